@@ -1,0 +1,247 @@
+"""A Llama-style decoder-only language model.
+
+Pre-norm blocks ``x + attn(norm(x))``, ``x + mlp(norm(x))`` with RMSNorm, rotary position
+embeddings (RoPE, Su et al. 2021), causal scaled-dot-product attention with grouped-query heads,
+a SwiGLU MLP (Shazeer 2020) or a plain GELU MLP, no biases, and a tied or untied LM head.
+
+Module names are a contract: the optimizer's routing table (``muonlab.optim.routing``) places
+parameters by these names, so ``embed``, ``layers.{i}.attn.{wq,wk,wv,wo}``,
+``layers.{i}.mlp.{w_gate,w_up,w_down}`` (or ``{w_in,w_out}``), ``*_norm``, ``norm`` and ``lm_head``
+must not be renamed.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .config import ModelConfig
+
+IGNORE_INDEX = -100
+"""Targets equal to this are left out of the loss (F.cross_entropy's default)."""
+
+
+# ---- RoPE ---------------------------------------------------------------------------------------
+
+
+def rope_cos_sin(
+    head_dim: int, max_seq_len: int, theta: float, device: torch.device | str | None = None
+) -> tuple[Tensor, Tensor]:
+    """RoPE tables in fp32: cos, sin of shape [max_seq_len, head_dim // 2].
+
+    Entry [t, i] is the angle t * theta ** (-2i / head_dim) of channel pair i at position t.
+    """
+    inv_freq = theta ** (-torch.arange(0, head_dim, 2, device=device, dtype=torch.float64) / head_dim)
+    t = torch.arange(max_seq_len, device=device, dtype=torch.float64)
+    angles = torch.outer(t, inv_freq)  # [T, head_dim/2], in float64 so large positions stay exact
+    return angles.cos().float(), angles.sin().float()
+
+
+def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+    """Rotate channel pairs of ``x`` [B, n_heads, T, head_dim] by the angles in ``cos``, ``sin`` [T, head_dim/2].
+
+    Pairs are (x[..., i], x[..., i + head_dim/2]) — the "rotate half" layout of GPT-NeoX and
+    Hugging Face Llama. Seen as the complex number z_i = x[..., i] + 1j * x[..., i + head_dim/2],
+    the result is z_i * exp(1j * angle[t, i]). Computed in fp32, returned in ``x.dtype``.
+    """
+    half = x.shape[-1] // 2
+    x1, x2 = x.float().split(half, dim=-1)
+    out = torch.cat((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1)
+    return out.to(x.dtype)
+
+
+# ---- layers -------------------------------------------------------------------------------------
+
+
+class Attention(nn.Module):
+    """Causal multi-head attention with grouped-query K/V heads and RoPE on q and k.
+
+    wq, wo: [d_model, d_model]; wk, wv: [n_kv_heads * head_dim, d_model] — whole matrices, not per
+    head, so Muon orthogonalizes each as one matrix. Query head h reads K/V head h // (n_heads / n_kv_heads).
+    """
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.n_heads = config.n_heads
+        self.n_kv_heads = config.n_kv_heads
+        self.head_dim = config.head_dim
+        d = config.d_model
+        self.wq = nn.Linear(d, d, bias=False)
+        self.wk = nn.Linear(d, config.kv_dim, bias=False)
+        self.wv = nn.Linear(d, config.kv_dim, bias=False)
+        self.wo = nn.Linear(d, d, bias=False)
+
+    def forward(self, x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+        """x: [B, T, d_model]; cos, sin: [T, head_dim/2] -> [B, T, d_model]."""
+        B, T, _ = x.shape
+        q = self.wq(x).view(B, T, self.n_heads, self.head_dim).transpose(1, 2)  # [B, H, T, hd]
+        k = self.wk(x).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)  # [B, Hkv, T, hd]
+        v = self.wv(x).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        if self.n_kv_heads != self.n_heads:
+            # Expand K/V explicitly rather than SDPA's enable_gqa, which not every backend supports
+            # (an unsupported flag silently falls back to the slow math kernel on some versions).
+            rep = self.n_heads // self.n_kv_heads
+            k = k[:, :, None].expand(B, self.n_kv_heads, rep, T, self.head_dim).reshape(B, self.n_heads, T, -1)
+            v = v[:, :, None].expand(B, self.n_kv_heads, rep, T, self.head_dim).reshape(B, self.n_heads, T, -1)
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=True)  # [B, H, T, hd]
+        return self.wo(y.transpose(1, 2).reshape(B, T, -1))
+
+
+class SwiGLU(nn.Module):
+    """w_down(silu(w_gate x) * w_up x); w_gate, w_up: [f, d], w_down: [d, f]."""
+
+    def __init__(self, d_model: int, hidden: int) -> None:
+        super().__init__()
+        self.w_gate = nn.Linear(d_model, hidden, bias=False)
+        self.w_up = nn.Linear(d_model, hidden, bias=False)
+        self.w_down = nn.Linear(hidden, d_model, bias=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.w_down(F.silu(self.w_gate(x)) * self.w_up(x))
+
+
+class GeluMLP(nn.Module):
+    """w_out(gelu(w_in x)); w_in: [f, d], w_out: [d, f] (the GPT-2 MLP without biases)."""
+
+    def __init__(self, d_model: int, hidden: int) -> None:
+        super().__init__()
+        self.w_in = nn.Linear(d_model, hidden, bias=False)
+        self.w_out = nn.Linear(hidden, d_model, bias=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.w_out(F.gelu(self.w_in(x)))
+
+
+OUTPUT_PROJECTIONS = ("wo", "w_down", "w_out")
+"""Names of linear layers that write into the residual stream; their init std is divided by sqrt(2*n_layers)."""
+
+
+def build_mlp(config: ModelConfig, layer_idx: int) -> nn.Module:
+    """The feed-forward module of block ``layer_idx``: the one place an MoE layer slots in.
+
+    Its output must have shape [B, T, d_model] for input [B, T, d_model]. ``ModelConfig.mlp_params``
+    must count what this builds.
+    """
+    assert config.ffn_hidden is not None
+    if config.mlp == "swiglu":
+        return SwiGLU(config.d_model, config.ffn_hidden)
+    return GeluMLP(config.d_model, config.ffn_hidden)
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block: x + attn(attn_norm(x)), then x + mlp(mlp_norm(x))."""
+
+    def __init__(self, config: ModelConfig, layer_idx: int) -> None:
+        super().__init__()
+        self.layer_idx = layer_idx
+        self.attn_norm = nn.RMSNorm(config.d_model, eps=config.norm_eps)
+        self.attn = Attention(config)
+        self.mlp_norm = nn.RMSNorm(config.d_model, eps=config.norm_eps)
+        self.mlp = build_mlp(config, layer_idx)
+
+    def forward(self, x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+        x = x + self.attn(self.attn_norm(x), cos, sin)
+        return x + self.mlp(self.mlp_norm(x))
+
+
+# ---- the model ----------------------------------------------------------------------------------
+
+
+class Transformer(nn.Module):
+    """Decoder-only LM: embed -> n_layers x Block -> norm -> lm_head.
+
+    ``forward(input_ids)`` gives logits [B, T, vocab]; ``forward(input_ids, targets)`` gives the
+    mean next-token cross-entropy (fp32 scalar; targets == -100 are ignored; the caller shifts,
+    i.e. targets[b, t] is the token that should follow input_ids[b, t]).
+
+    Weights are initialised in ``__init__`` (deterministic under ``torch.manual_seed``); call
+    ``init_weights()`` again after building on the meta device and ``to_empty()``.
+    """
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.embed = nn.Embedding(config.vocab_size, config.d_model)
+        self.layers = nn.ModuleList(Block(config, i) for i in range(config.n_layers))
+        self.norm = nn.RMSNorm(config.d_model, eps=config.norm_eps)
+        self.lm_head = nn.Linear(config.d_model, config.vocab_size, bias=False)
+        if config.tie_embeddings:
+            self.lm_head.weight = self.embed.weight
+        cos, sin = rope_cos_sin(config.head_dim, config.max_seq_len, config.rope_theta, self.embed.weight.device)
+        self.register_buffer("rope_cos", cos, persistent=False)
+        self.register_buffer("rope_sin", sin, persistent=False)
+        self.init_weights()
+
+    def _reset_rope(self) -> None:
+        """Recompute the fp32 RoPE tables on their current device."""
+        c = self.config
+        cos, sin = rope_cos_sin(c.head_dim, c.max_seq_len, c.rope_theta, self.rope_cos.device)
+        self.rope_cos, self.rope_sin = cos, sin
+
+    def _apply(self, fn: Any, recurse: bool = True) -> Transformer:
+        # model.to(torch.bfloat16) would round the RoPE tables to bf16 (angles off by ~1e-2 at
+        # position 1000) and to_empty() leaves them as garbage; rebuild them in fp32 after any move.
+        # to_empty() from the meta device also gives embed and lm_head separate tensors; re-tie.
+        super()._apply(fn, recurse)
+        if self.config.tie_embeddings and self.lm_head.weight is not self.embed.weight:
+            self.lm_head.weight = self.embed.weight
+        self._reset_rope()
+        return self
+
+    @torch.no_grad()
+    def init_weights(self, seed: int | None = None) -> None:
+        """Normal(0, init_std) for every linear and embedding weight, divided by sqrt(2*n_layers)
+        for the output projections (wo, w_down, w_out, GPT-2's residual scaling); RMSNorm weights = 1.
+
+        With ``seed``, draws from a private generator, so the result does not depend on (or advance)
+        the global RNG. Also rebuilds the RoPE tables.
+        """
+        std = self.config.init_std
+        out_std = std / math.sqrt(2 * self.config.n_layers)
+        gens: dict[torch.device, torch.Generator] = {}
+
+        def normal_(w: Tensor, s: float) -> None:
+            if w.is_meta:
+                return
+            gen = None
+            if seed is not None:
+                if w.device not in gens:
+                    gens[w.device] = torch.Generator(device=w.device).manual_seed(seed)
+                gen = gens[w.device]
+            w.normal_(0.0, s, generator=gen)
+
+        normal_(self.embed.weight, std)
+        for name, module in self.layers.named_modules():
+            if isinstance(module, nn.Linear):
+                normal_(module.weight, out_std if name.rsplit(".", 1)[-1] in OUTPUT_PROJECTIONS else std)
+            elif isinstance(module, nn.RMSNorm):
+                nn.init.ones_(module.weight)
+        nn.init.ones_(self.norm.weight)
+        if not self.config.tie_embeddings:
+            normal_(self.lm_head.weight, std)
+        self._reset_rope()
+
+    def forward(self, input_ids: Tensor, targets: Tensor | None = None) -> Tensor:
+        """input_ids: [B, T] int64 -> logits [B, T, vocab]; or, with targets [B, T], the mean CE loss (fp32 scalar)."""
+        T = input_ids.shape[1]
+        if T > self.config.max_seq_len:
+            raise ValueError(
+                f"Input length {T} exceeds ModelConfig.max_seq_len={self.config.max_seq_len}; "
+                f"use sequences of at most {self.config.max_seq_len} tokens or raise max_seq_len."
+            )
+        cos, sin = self.rope_cos[:T], self.rope_sin[:T]
+        x = self.embed(input_ids)
+        for layer in self.layers:
+            x = layer(x, cos, sin)
+        logits = self.lm_head(self.norm(x))
+        if targets is None:
+            return logits
+        # Cross-entropy on fp32 logits: a bf16 log-softmax over a large vocab loses ~2 digits.
+        return F.cross_entropy(
+            logits.float().view(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=IGNORE_INDEX
+        )

@@ -1,0 +1,382 @@
+"""``Muon``: one ``torch.optim.Optimizer`` holding Muon groups and AdamW groups.
+
+The Muon update of a matrix parameter ``W`` of logical shape ``[A, B]`` (Moonlight,
+arXiv 2502.16982, Eq. 1, footnote 1 and Eq. 4; Essential AI, arXiv 2505.02222 Eq. 1)::
+
+    M ← μ M + G                                   # momentum as a plain sum, kept in fp32
+    Õ = NS(G + μ M)   (Nesterov, default)   or   NS(M)
+    W ← W − lr · (s(A, B) · Õ + λ · W)             # decay uses the *unscaled* lr
+
+with ``s = 0.2·sqrt(max(A, B))`` under ``scale="moonlight"`` so that the update RMS is ≈ 0.2
+like AdamW's, and AdamW's lr and weight decay carry over. Parameters the paper keeps on AdamW
+(embeddings, LM head, norms, biases) live in ``algorithm="adamw"`` groups of the same optimizer
+and follow decoupled-decay AdamW (Loshchilov & Hutter) exactly as ``torch.optim.AdamW`` does.
+
+Batching: all Muon matrices with the same (wide-oriented) shape and the same Newton–Schulz
+settings are stacked and orthogonalized in one batched call, across groups; a 3-D parameter
+``[E, A, B]`` contributes its ``E`` experts to the batch, each orthogonalized on its own.
+
+Differences from ``torch.optim.Muon`` (intentional): the momentum buffer is the papers' sum
+``μM + G`` where torch keeps the EMA ``μM + (1 − μ)G``; the two differ by the constant factor
+``1 − μ``, which the Frobenius normalisation in Newton–Schulz removes, so updates agree to
+rounding. ``eps`` is added to the norm (as here) in both.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from collections.abc import Iterable
+from typing import Any
+
+import torch
+
+from .newton_schulz import NS_METHODS, get_coefficient_set, orthogonalize
+from .scaling import SCALE_RULES, logical_matrix_shape, update_scale
+
+__all__ = ["ALGORITHMS", "NONFINITE_POLICIES", "Muon", "NonFiniteGradientError"]
+
+ALGORITHMS = ("muon", "adamw")
+NONFINITE_POLICIES = ("raise", "skip")
+_NS_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32, "float64": torch.float64}
+
+
+class NonFiniteGradientError(FloatingPointError):
+    """A gradient contained NaN or inf; no parameter or optimizer state was changed."""
+
+
+def _as_dtype(value) -> torch.dtype:
+    if isinstance(value, torch.dtype):
+        return value
+    try:
+        return _NS_DTYPES[str(value).removeprefix("torch.")]
+    except KeyError:
+        raise ValueError(f"unknown ns_dtype {value!r}; valid: {sorted(_NS_DTYPES)}") from None
+
+
+class Muon(torch.optim.Optimizer):
+    """Muon with decoupled weight decay and AdamW-matched update RMS (Moonlight), plus AdamW.
+
+    Args:
+        params: parameter groups, each a dict with ``"params"`` and ``"algorithm"`` (``"muon"``
+            or ``"adamw"``) — build them with :func:`muonlab.optim.param_groups` — or a plain
+            iterable of tensors together with ``algorithm=...``. Any group may override any
+            keyword below; groups may carry ``"names"`` (parameter names, same order as
+            ``"params"``) for telemetry and error messages, and ``"role"``.
+        lr: learning rate, shared by both algorithms (Moonlight reuses AdamW's).
+        weight_decay: decoupled decay ``λ``; applied as ``W ← W − lr·λ·W``.
+        momentum: Muon's ``μ`` (0.95 in both papers).
+        nesterov: feed ``G + μM`` (not ``M``) to Newton–Schulz.
+        ns_steps: Newton–Schulz iterations.
+        ns_coefficients: ``"jordan"``, ``"polar_express"`` or a ``CoefficientSet``.
+        ns_dtype: Newton–Schulz compute dtype (bf16 by default, as both papers).
+        ns_method: ``"auto"`` (fewest FLOPs), ``"standard"``, ``"gram"``, or ``"svd"`` (exact
+            polar factor; slow).
+        scale: update-scale rule, see :mod:`muonlab.optim.scaling`.
+        adamw_betas, adamw_eps: AdamW's ``(β1, β2)`` and ``ε`` for ``algorithm="adamw"`` groups.
+        nonfinite: ``"raise"`` (default) raises :class:`NonFiniteGradientError` before touching
+            anything; ``"skip"`` leaves parameters and state untouched, counts the step in
+            ``skipped_steps`` and returns.
+        algorithm: default algorithm for groups that do not name one (``None``: they must).
+        eps: added to the Frobenius norm before Newton–Schulz.
+    """
+
+    def __init__(
+        self,
+        params: Iterable[torch.Tensor] | Iterable[dict[str, Any]],
+        lr: float = 1e-3,
+        weight_decay: float = 0.1,
+        momentum: float = 0.95,
+        nesterov: bool = True,
+        ns_steps: int = 5,
+        ns_coefficients: str = "jordan",
+        ns_dtype: torch.dtype | str = torch.bfloat16,
+        ns_method: str = "auto",
+        scale: str = "moonlight",
+        adamw_betas: tuple[float, float] = (0.9, 0.95),
+        adamw_eps: float = 1e-8,
+        nonfinite: str = "raise",
+        algorithm: str | None = None,
+        eps: float = 1e-7,
+    ) -> None:
+        if nonfinite not in NONFINITE_POLICIES:
+            raise ValueError(f"unknown nonfinite policy {nonfinite!r}; valid: {list(NONFINITE_POLICIES)}")
+        defaults = dict(
+            lr=lr,
+            weight_decay=weight_decay,
+            momentum=momentum,
+            nesterov=nesterov,
+            ns_steps=ns_steps,
+            ns_coefficients=ns_coefficients,
+            ns_dtype=_as_dtype(ns_dtype),
+            ns_method=ns_method,
+            scale=scale,
+            betas=tuple(adamw_betas),
+            eps=adamw_eps,
+            ns_eps=eps,
+            algorithm=algorithm,
+        )
+        self.nonfinite = nonfinite
+        self.skipped_steps = 0
+        self._measure = False
+        self.last_telemetry: dict[str, float] = {}
+        try:
+            super().__init__(params, defaults)
+        except ValueError as err:
+            if "more than one parameter group" in str(err):
+                raise ValueError(
+                    "a parameter appears in two parameter groups; each parameter must be routed "
+                    "exactly once (muonlab.optim.param_groups does this for a model)"
+                ) from None
+            raise
+
+    # ------------------------------------------------------------------ validation
+
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        """Add a group after checking its algorithm and options (see the class docstring)."""
+        super().add_param_group(param_group)
+        group = self.param_groups[-1]
+        index = len(self.param_groups) - 1
+        algorithm = group["algorithm"]
+        if algorithm not in ALGORITHMS:
+            hint = "" if algorithm is not None else " (pass algorithm=... or use muonlab.optim.param_groups(model))"
+            raise ValueError(
+                f"parameter group {index} has algorithm {algorithm!r}; valid: {list(ALGORITHMS)}{hint}"
+            )
+        names = group.get("names")
+        if names is not None and len(names) != len(group["params"]):
+            raise ValueError(f"parameter group {index} has {len(names)} names for {len(group['params'])} params")
+        if not 0.0 <= group["lr"]:
+            raise ValueError(f"parameter group {index}: lr must be >= 0, got {group['lr']}")
+        if not 0.0 <= group["weight_decay"]:
+            raise ValueError(f"parameter group {index}: weight_decay must be >= 0, got {group['weight_decay']}")
+        if algorithm == "adamw":
+            b1, b2 = group["betas"]
+            if not (0.0 <= b1 < 1.0 and 0.0 <= b2 < 1.0):
+                raise ValueError(f"parameter group {index}: AdamW betas must lie in [0, 1), got {group['betas']}")
+            return
+        group["ns_dtype"] = _as_dtype(group["ns_dtype"])
+        if group["scale"] not in SCALE_RULES:
+            raise ValueError(f"parameter group {index}: unknown scale rule {group['scale']!r}; valid: {sorted(SCALE_RULES)}")
+        if group["ns_method"] not in NS_METHODS:
+            raise ValueError(f"parameter group {index}: unknown ns_method {group['ns_method']!r}; valid: {list(NS_METHODS)}")
+        cset = get_coefficient_set(group["ns_coefficients"])
+        if group["ns_method"] != "svd" and group["ns_dtype"] not in cset.safe_dtypes:
+            raise ValueError(
+                f"parameter group {index}: coefficient set {cset.name!r} is not numerically safe in "
+                f"{group['ns_dtype']}; use one of {[str(d) for d in cset.safe_dtypes]}"
+            )
+        cset.schedule(group["ns_steps"])
+        if not 0.0 <= group["momentum"] < 1.0:
+            raise ValueError(f"parameter group {index}: momentum must lie in [0, 1), got {group['momentum']}")
+        for i, p in enumerate(group["params"]):
+            if p.ndim < 2:
+                raise ValueError(
+                    f"parameter {self._name(group, i)} of shape {tuple(p.shape)} is in a Muon group, but "
+                    "Muon updates matrices only (2-D, 3-D expert stacks, or conv weights); route "
+                    "1-D parameters (norms, biases) to an 'adamw' group"
+                )
+            if p.is_complex():
+                raise ValueError(f"parameter {self._name(group, i)} is complex; Muon supports real parameters only")
+
+    @staticmethod
+    def _name(group: dict[str, Any], i: int) -> str:
+        names = group.get("names")
+        return repr(names[i]) if names else f"#{i} of shape {tuple(group['params'][i].shape)}"
+
+    def _check_gradients(self) -> bool:
+        """Validate every gradient before any state changes; True if the step may proceed."""
+        grads, where = [], []
+        for group in self.param_groups:
+            for i, p in enumerate(group["params"]):
+                if p.grad is None:
+                    continue
+                if p.grad.is_sparse:
+                    raise RuntimeError(f"parameter {self._name(group, i)} has a sparse gradient; Muon and AdamW here need dense gradients")
+                if p.grad.is_complex():
+                    raise RuntimeError(f"parameter {self._name(group, i)} has a complex gradient; only real gradients are supported")
+                grads.append(p.grad)
+                where.append((group, i))
+        if not grads:
+            return False
+        # One reduction per tensor, one sync in total: the sum is non-finite iff some entry is.
+        sums = torch.stack([g.float().sum() for g in grads])
+        finite = torch.isfinite(sums)
+        if bool(finite.all()):
+            return True
+        if self.nonfinite == "skip":
+            self.skipped_steps += 1
+            return False
+        group, i = where[int((~finite).nonzero()[0])]
+        raise NonFiniteGradientError(
+            f"gradient of parameter {self._name(group, i)} contains NaN or inf; no parameter or "
+            "optimizer state was changed (pass nonfinite='skip' to skip such steps instead)"
+        )
+
+    # ------------------------------------------------------------------ telemetry
+
+    def measure_next_step(self) -> None:
+        """Collect telemetry during the next ``step()`` into ``last_telemetry``.
+
+        Keys: ``update_rms/muon`` and ``update_rms/adamw`` (mean RMS of the lr-free update
+        ``s·Õ`` resp. ``m̂/(sqrt(v̂)+ε)`` over parameters), ``update_rms/<name>`` per named
+        parameter, ``ns_orthogonality_residual`` (``‖ÕÕᵀ − I‖_F / sqrt(m)`` on the unscaled
+        Newton–Schulz output of one matrix per shape), and ``update_spectral_norm/max`` (largest
+        spectral norm of ``s·Õ`` on those samples). Measurement costs a few reductions and one
+        small SVD per shape, so it is off unless requested.
+        """
+        self._measure = True
+
+    # ------------------------------------------------------------------ step
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        """Perform one optimization step (Muon groups and AdamW groups)."""
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        measure, self._measure = self._measure, False
+        telemetry: dict[str, list[float]] = defaultdict(list)
+        if self._check_gradients():
+            self._muon_step(telemetry if measure else None)
+            self._adamw_step(telemetry if measure else None)
+        if measure:
+            self.last_telemetry = {k: sum(v) / len(v) if not k.startswith("update_spectral_norm") else max(v)
+                                   for k, v in telemetry.items()}
+        return loss
+
+    def _muon_step(self, telemetry: dict[str, list[float]] | None) -> None:
+        # Bucket key: everything that makes two matrices' Newton–Schulz calls identical.
+        buckets: dict[tuple, list[tuple[dict, int, torch.Tensor]]] = defaultdict(list)
+        for group in self.param_groups:
+            if group["algorithm"] != "muon":
+                continue
+            indices = [i for i, p in enumerate(group["params"]) if p.grad is not None]
+            if not indices:
+                continue
+            params = [group["params"][i] for i in indices]
+            bufs = []
+            for p in params:
+                state = self.state[p]
+                if "momentum_buffer" not in state:
+                    state["momentum_buffer"] = torch.zeros_like(p, dtype=torch.float32, memory_format=torch.contiguous_format)
+                bufs.append(state["momentum_buffer"])
+            grads = [p.grad.float() for p in params]
+            mu = group["momentum"]
+            torch._foreach_mul_(bufs, mu)
+            torch._foreach_add_(bufs, grads)
+            directions = torch._foreach_add(grads, bufs, alpha=mu) if group["nesterov"] else bufs
+            key_settings = (group["ns_steps"], str(group["ns_coefficients"]), group["ns_dtype"], group["ns_method"], group["ns_eps"])
+            for i, p, d in zip(indices, params, directions):
+                rows, cols = logical_matrix_shape(tuple(p.shape))
+                key = (min(rows, cols), max(rows, cols), p.device) + key_settings
+                buckets[key].append((group, i, d))
+        for key, items in buckets.items():
+            self._orthogonalize_and_apply(key, items, telemetry)
+
+    def _orthogonalize_and_apply(self, key, items, telemetry) -> None:
+        steps, coefficients, dtype, method, eps = key[3:]
+        group0 = items[0][0]
+        # Stack every logical matrix of the bucket in wide orientation: [N, m, n] with m ≤ n.
+        wide = []
+        for group, i, d in items:
+            p = group["params"][i]
+            rows, cols = logical_matrix_shape(tuple(p.shape))
+            mats = d.reshape(-1, rows, cols)
+            wide.append(mats.mT if rows > cols else mats)
+        stacked = torch.cat([w.to(dtype) for w in wide]) if len(wide) > 1 else wide[0].to(dtype)
+        ortho = orthogonalize(stacked, group0["ns_coefficients"], steps, dtype, eps, method)
+        offset = 0
+        for position, ((group, i, _), w) in enumerate(zip(items, wide)):
+            p = group["params"][i]
+            rows, cols = logical_matrix_shape(tuple(p.shape))
+            count = w.shape[0]
+            O = ortho[offset : offset + count]
+            offset += count
+            O = (O.mT if rows > cols else O).reshape(p.shape)
+            s = update_scale(group["scale"], tuple(p.shape))
+            lr, wd = group["lr"], group["weight_decay"]
+            if wd != 0.0:
+                p.mul_(1.0 - lr * wd)
+            p.add_(O.to(p.dtype), alpha=-lr * s)
+            if telemetry is not None:
+                self._record_muon(telemetry, group, i, O, s, sample_orthogonality=position == 0)
+
+    def _record_muon(self, telemetry, group, i, O, s, sample_orthogonality: bool) -> None:
+        rms = s * float(O.float().pow(2).mean().sqrt())
+        telemetry["update_rms/muon"].append(rms)
+        if group.get("names"):
+            telemetry[f"update_rms/{group['names'][i]}"].append(rms)
+        if sample_orthogonality:
+            p = group["params"][i]
+            rows, cols = logical_matrix_shape(tuple(p.shape))
+            sample = O.reshape(-1, rows, cols)[0].double()
+            if rows > cols:
+                sample = sample.T
+            eye = torch.eye(sample.shape[0], dtype=sample.dtype, device=sample.device)
+            residual = torch.linalg.matrix_norm(sample @ sample.T - eye) / math.sqrt(sample.shape[0])
+            telemetry["ns_orthogonality_residual"].append(float(residual))
+            telemetry["update_spectral_norm/max"].append(s * float(torch.linalg.matrix_norm(sample, ord=2)))
+
+    def _adamw_step(self, telemetry: dict[str, list[float]] | None) -> None:
+        for group in self.param_groups:
+            if group["algorithm"] != "adamw":
+                continue
+            indices = [i for i, p in enumerate(group["params"]) if p.grad is not None]
+            if not indices:
+                continue
+            params = [group["params"][i] for i in indices]
+            b1, b2 = group["betas"]
+            lr, wd, eps = group["lr"], group["weight_decay"], group["eps"]
+            exp_avgs, exp_avg_sqs, steps = [], [], []
+            for p in params:
+                state = self.state[p]
+                if "exp_avg" not in state:
+                    state["step"] = torch.tensor(0.0)
+                    state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                    state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                exp_avgs.append(state["exp_avg"])
+                exp_avg_sqs.append(state["exp_avg_sq"])
+                steps.append(state["step"])
+            grads = [p.grad for p in params]
+            torch._foreach_add_(steps, 1.0)
+            torch._foreach_lerp_(exp_avgs, grads, 1.0 - b1)
+            torch._foreach_mul_(exp_avg_sqs, b2)
+            torch._foreach_addcmul_(exp_avg_sqs, grads, grads, 1.0 - b2)
+            if wd != 0.0:
+                torch._foreach_mul_(params, 1.0 - lr * wd)
+            # Same arithmetic order as torch.optim.AdamW (foreach) so the two agree to rounding.
+            step_counts = [float(s) for s in steps]
+            bias1 = [1.0 - b1**t for t in step_counts]
+            bias2_sqrt = [(1.0 - b2**t) ** 0.5 for t in step_counts]
+            denom = torch._foreach_sqrt(exp_avg_sqs)
+            torch._foreach_div_(denom, bias2_sqrt)
+            torch._foreach_add_(denom, eps)
+            step_sizes = [-lr / b for b in bias1]
+            if telemetry is not None:
+                updates = torch._foreach_div(exp_avgs, denom)
+                for i, u, b in zip(indices, updates, bias1):
+                    rms = float(u.float().pow(2).mean().sqrt()) / b
+                    telemetry["update_rms/adamw"].append(rms)
+                    if group.get("names"):
+                        telemetry[f"update_rms/{group['names'][i]}"].append(rms)
+            torch._foreach_addcdiv_(params, exp_avgs, denom, step_sizes)
+
+    # ------------------------------------------------------------------ checkpointing
+
+    def state_dict(self) -> dict[str, Any]:
+        """The torch state dict plus ``skipped_steps`` (all tensors, numbers and strings)."""
+        sd = super().state_dict()
+        for group in sd["param_groups"]:
+            group["ns_dtype"] = str(group["ns_dtype"]).removeprefix("torch.")
+        sd["skipped_steps"] = self.skipped_steps
+        return sd
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Restore a state dict from :meth:`state_dict` (loadable with ``weights_only=True``)."""
+        state_dict = dict(state_dict)
+        self.skipped_steps = int(state_dict.pop("skipped_steps", 0))
+        super().load_state_dict(state_dict)
+        for group in self.param_groups:
+            group["ns_dtype"] = _as_dtype(group["ns_dtype"])
