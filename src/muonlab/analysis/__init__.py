@@ -1,0 +1,1 @@
+"""Analysis: read run folders, plot them and write reports. Reads only run folders, never training internals."""

@@ -1,0 +1,1 @@
+"""Training: config, the loop, LR schedules, checkpoints and the metrics log of a run folder."""

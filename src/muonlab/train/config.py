@@ -1,0 +1,168 @@
+"""``TrainConfig``: every knob of a training run, flat, typed and documented in one place.
+
+A run's resolved config is written to ``<run_dir>/config.json``; ``muonlab train --help`` prints
+each field's help text, and a config file (JSON, or TOML on Python ≥ 3.11) plus ``--key value``
+overrides build one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+__all__ = ["ConfigError", "TrainConfig", "load_config_file"]
+
+OPTIMIZERS = ("muon", "adamw")
+SCHEDULES = ("cosine", "wsd", "constant")
+DTYPES = ("bf16", "fp32")
+DEVICES = ("auto", "cpu", "cuda")
+
+
+class ConfigError(ValueError):
+    """A config key or value that is not valid; the message lists what would be."""
+
+
+def _f(default, help: str, choices: tuple | None = None):
+    return field(default=default, metadata={"help": help, "choices": choices})
+
+
+@dataclass
+class TrainConfig:
+    """The complete description of one training run."""
+
+    # where
+    run_dir: str = _f("runs/default", "run folder: config.json, metrics.jsonl, checkpoints/ go here")
+    resume: bool = _f(True, "continue from the run folder's latest checkpoint when there is one")
+    # data
+    corpus: str = _f("english", "built-in corpus ('english', 'python'), file/dir/glob, or hf:NAME[:SPLIT]")
+    tokenizer: str = _f("bpe", "'bpe' (byte-level BPE trained on the corpus) or 'byte'", ("bpe", "byte"))
+    vocab_size: int = _f(4096, "BPE vocabulary size (ignored for the byte tokenizer)")
+    val_fraction: float = _f(0.03, "fraction of documents held out for validation")
+    # model
+    model: str = _f("demo", "model preset name or depth (see `muonlab presets`)")
+    d_model: int = _f(0, "override the preset's width (0: keep)")
+    n_layers: int = _f(0, "override the preset's depth (0: keep)")
+    n_heads: int = _f(0, "override the preset's head count (0: keep)")
+    mlp: str = _f("swiglu", "MLP type", ("swiglu", "gelu"))
+    tie_embeddings: bool = _f(False, "share the token embedding and the LM head")
+    # batch and length
+    seq_len: int = _f(256, "tokens per sequence")
+    batch_size: int = _f(16, "sequences per micro-batch per process")
+    grad_accum: int = _f(1, "micro-batches per optimizer step")
+    train_tokens: int = _f(1_500_000, "training budget in tokens (sets the number of steps)")
+    # optimizer
+    optimizer: str = _f("muon", "'muon' (Muon on hidden matrices + AdamW elsewhere) or 'adamw' (AdamW everywhere)", OPTIMIZERS)
+    lr: float = _f(3e-3, "peak learning rate, shared by Muon and AdamW groups (Moonlight reuses AdamW's)")
+    weight_decay: float = _f(0.1, "decoupled weight decay λ (W ← W − lr·λ·W), every parameter")
+    decay_norms: bool = _f(True, "apply weight decay to norm gains too (Moonlight App. D: crucial for stability)")
+    momentum: float = _f(0.95, "Muon momentum μ")
+    nesterov: bool = _f(True, "Nesterov momentum for Muon")
+    ns_steps: int = _f(5, "Newton–Schulz iterations")
+    ns_coefficients: str = _f("jordan", "Newton–Schulz coefficient set", ("jordan", "polar_express"))
+    ns_dtype: str = _f("bfloat16", "Newton–Schulz compute dtype", ("bfloat16", "float32", "float64"))
+    scale: str = _f("moonlight", "Muon update-scale rule", ("moonlight", "keller", "spectral", "none"))
+    beta1: float = _f(0.9, "AdamW β1")
+    beta2: float = _f(0.95, "AdamW β2")
+    adam_eps: float = _f(1e-8, "AdamW ε")
+    grad_clip: float = _f(1.0, "clip the global norm of the raw gradient to this (0: off)")
+    # schedule
+    schedule: str = _f("cosine", "learning-rate schedule after warmup", SCHEDULES)
+    warmup_steps: int = _f(50, "linear warmup steps")
+    final_lr_ratio: float = _f(0.1, "final lr as a fraction of the peak (Essential AI: 0.1)")
+    decay_fraction: float = _f(0.2, "WSD: fraction of steps spent in the final linear decay")
+    # numerics and speed
+    dtype: str = _f("bf16", "autocast dtype for forward/backward (master weights stay fp32)", DTYPES)
+    compile: bool = _f(False, "torch.compile the model")
+    device: str = _f("auto", "'auto' (cuda if available), 'cpu' or 'cuda'", DEVICES)
+    seed: int = _f(0, "seed for initialisation and data order")
+    # logging, eval, checkpoints
+    log_every: int = _f(10, "write a metrics row every this many steps")
+    telemetry_every: int = _f(50, "measure optimizer telemetry (update RMS, …) every this many steps (0: never)")
+    eval_every: int = _f(100, "validate every this many steps (and at the end)")
+    eval_batches: int = _f(8, "validation batches per evaluation")
+    checkpoint_every: int = _f(0, "checkpoint every this many steps (0: only at the end)")
+    keep_checkpoints: int = _f(2, "how many checkpoints to keep")
+    progress: bool = _f(True, "show a progress bar")
+    tensorboard: bool = _f(False, "also log to TensorBoard (needs the tensorboard extra)")
+
+    def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            choices = f.metadata.get("choices")
+            if choices and value not in choices:
+                raise ConfigError(f"{f.name}={value!r} is not valid; choose one of {list(choices)}")
+        positive = ("vocab_size", "seq_len", "batch_size", "grad_accum", "train_tokens", "ns_steps",
+                    "log_every", "eval_every", "eval_batches", "keep_checkpoints")
+        for name in positive:
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"{name} must be a positive integer, got {getattr(self, name)}")
+        for name in ("lr", "weight_decay", "grad_clip", "warmup_steps", "checkpoint_every", "telemetry_every"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if not 0.0 < self.val_fraction < 1.0:
+            raise ConfigError(f"val_fraction must lie in (0, 1), got {self.val_fraction}")
+
+    def tokens_per_step(self, world_size: int = 1) -> int:
+        return self.seq_len * self.batch_size * self.grad_accum * world_size
+
+    def total_steps(self, world_size: int = 1) -> int:
+        return max(1, self.train_tokens // self.tokens_per_step(world_size))
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> TrainConfig:
+        """Build from a dict, converting strings (from a command line) to each field's type."""
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - set(fields))
+        if unknown:
+            raise ConfigError(f"unknown config key(s) {unknown}; valid keys: {sorted(fields)}")
+        return cls(**{k: _convert(k, v, fields[k].type) for k, v in values.items()})
+
+    def replace(self, **changes: Any) -> TrainConfig:
+        return TrainConfig.from_dict({**self.to_dict(), **changes})
+
+
+def _convert(name: str, value: Any, type_name: str) -> Any:
+    if not isinstance(value, str) or type_name == "str":
+        return value
+    try:
+        if type_name == "bool":
+            lowered = value.lower()
+            if lowered not in ("true", "false", "1", "0", "yes", "no"):
+                raise ValueError
+            return lowered in ("true", "1", "yes")
+        if type_name == "int":
+            return int(float(value)) if "e" in value.lower() else int(value)
+        if type_name == "float":
+            return float(value)
+    except ValueError:
+        raise ConfigError(f"{name}={value!r} is not a valid {type_name}") from None
+    return value
+
+
+def load_config_file(path: str | Path) -> dict[str, Any]:
+    """Read a JSON or TOML config file into a dict (validated later by ``TrainConfig.from_dict``)."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as err:
+        raise ConfigError(f"cannot read config file {str(path)!r}: {err.strerror}") from None
+    if path.suffix == ".toml":
+        import tomllib
+
+        try:
+            return tomllib.loads(text)
+        except tomllib.TOMLDecodeError as err:
+            raise ConfigError(f"config file {str(path)!r} is not valid TOML: {err}") from None
+    try:
+        values = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise ConfigError(f"config file {str(path)!r} is not valid JSON: {err}") from None
+    if not isinstance(values, dict):
+        raise ConfigError(f"config file {str(path)!r} must hold an object of key: value pairs")
+    return values

@@ -1,0 +1,266 @@
+"""The training loop: one function that reads top to bottom.
+
+data → forward/backward (grad accumulation, autocast) → clip the *raw* gradient → optimizer step
+→ lr schedule → log → evaluate → checkpoint. A run is a folder (see DESIGN.md "Runs"):
+``config.json`` (the resolved config), ``metrics.jsonl`` and ``checkpoints/``.
+
+Metrics rows carry ``step``, ``tokens``, ``loss`` (mean training loss since the previous row, on
+fresh batches), ``lr`` (the peak-normalised rate used at that step), ``tokens_per_s``, ``wall_s``
+(cumulative time inside the training steps, excluding evaluation and checkpointing),
+``optim_step_ms`` (the optimizer step alone, on this row's step) and, every ``telemetry_every``
+steps, the optimizer's telemetry (``update_rms/muon``, ``update_rms/adamw``, per-parameter RMS,
+Newton–Schulz orthogonality residual); evaluation rows add ``val_loss``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from ..data import Dataset, TokenLoader, prepare_dataset, val_batches
+from ..models import ModelConfig, Transformer, preset
+from ..optim import Muon, NonFiniteGradientError, param_groups
+from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from .config import TrainConfig
+from .metrics import MetricsLogger
+from .schedules import make_lr_lambda
+
+__all__ = ["NonFiniteLossError", "RunSummary", "build_model_config", "build_optimizer", "evaluate", "train"]
+
+
+class NonFiniteLossError(FloatingPointError):
+    """Training produced a NaN/inf loss or gradient; the weights were not updated with it."""
+
+
+@dataclass
+class RunSummary:
+    run_dir: Path
+    steps: int
+    tokens: int
+    final_val_loss: float
+    tokens_per_s: float
+    wall_s: float
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device='cuda' was requested but no CUDA device is available; use device='cpu' or 'auto'")
+    return torch.device(name)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def build_model_config(config: TrainConfig, vocab_size: int) -> ModelConfig:
+    """The model of a run: the named preset, with the config's overrides applied."""
+    overrides: dict[str, Any] = {"mlp": config.mlp, "tie_embeddings": config.tie_embeddings}
+    for name in ("d_model", "n_layers", "n_heads"):
+        if getattr(config, name):
+            overrides[name] = getattr(config, name)
+    if "d_model" in overrides or config.mlp != "swiglu":
+        overrides["ffn_hidden"] = None  # re-derive the MLP width from the final d_model and MLP type
+    model_name: str | int = int(config.model) if config.model.isdigit() else config.model
+    return preset(model_name, vocab_size=vocab_size, max_seq_len=config.seq_len, **overrides)
+
+
+def build_optimizer(model: torch.nn.Module, config: TrainConfig) -> Muon:
+    """Muon on hidden matrices + AdamW elsewhere, or AdamW everywhere (``optimizer='adamw'``).
+
+    Both use the same class, so the AdamW arithmetic and telemetry are identical between them.
+    """
+    overrides = {} if config.decay_norms else {"norm": {"weight_decay": 0.0}}
+    groups = param_groups(model, role_overrides=overrides)
+    if config.optimizer == "adamw":
+        for group in groups:
+            group["algorithm"] = "adamw"
+    return Muon(
+        groups,
+        lr=config.lr,
+        weight_decay=config.weight_decay,
+        momentum=config.momentum,
+        nesterov=config.nesterov,
+        ns_steps=config.ns_steps,
+        ns_coefficients=config.ns_coefficients,
+        ns_dtype=config.ns_dtype,
+        scale=config.scale,
+        adamw_betas=(config.beta1, config.beta2),
+        adamw_eps=config.adam_eps,
+    )
+
+
+def _lr_lambda(config: TrainConfig, total_steps: int):
+    warmup = min(config.warmup_steps, max(0, total_steps - 1))
+    if config.schedule == "cosine":
+        return make_lr_lambda("warmup_cosine", warmup_steps=warmup, total_steps=total_steps,
+                              final_ratio=config.final_lr_ratio)
+    if config.schedule == "wsd":
+        return make_lr_lambda("warmup_stable_decay", warmup_steps=warmup, total_steps=total_steps,
+                              decay_fraction=config.decay_fraction, final_ratio=config.final_lr_ratio)
+    return make_lr_lambda("constant", warmup_steps=warmup)
+
+
+def _autocast(config: TrainConfig, device: torch.device):
+    if config.dtype == "bf16":
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    return nullcontext()
+
+
+@torch.no_grad()
+def evaluate(model: torch.nn.Module, data: Dataset, config: TrainConfig, device: torch.device) -> float:
+    """Mean loss over the fixed validation batches (the same batches at every evaluation)."""
+    was_training = model.training
+    model.eval()
+    losses = []
+    for x, y in val_batches(data.val_tokens, config.batch_size, config.seq_len, config.eval_batches):
+        with _autocast(config, device):
+            losses.append(float(model(x.to(device), y.to(device))))
+    model.train(was_training)
+    return sum(losses) / len(losses)
+
+
+def _write_config(run_dir: Path, record: dict[str, Any]) -> None:
+    tmp = run_dir / f".config.json.tmp-{os.getpid()}"
+    tmp.write_text(json.dumps(record, indent=2) + "\n")
+    os.replace(tmp, run_dir / "config.json")
+
+
+def train(config: TrainConfig, command: str | None = None) -> RunSummary:
+    """Train one model as ``config`` says, in ``config.run_dir``; resume if a checkpoint exists."""
+    device = resolve_device(config.device)
+    run_dir = Path(config.run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    seed_everything(config.seed)
+
+    # ---- data
+    data = prepare_dataset(config.corpus, tokenizer=config.tokenizer, vocab_size=config.vocab_size,
+                           val_fraction=config.val_fraction)
+    loader = TokenLoader(data.train_tokens, config.batch_size, config.seq_len, seed=config.seed)
+
+    # ---- model and optimizer
+    model_config = build_model_config(config, data.vocab_size)
+    model = Transformer(model_config).to(device)
+    forward = torch.compile(model) if config.compile else model
+    optimizer = build_optimizer(model, config)
+    total_steps = config.total_steps()
+    tokens_per_step = config.tokens_per_step()
+
+    # ---- resume
+    start_step, tokens, wall_s = 0, 0, 0.0
+    checkpoint = latest_checkpoint(run_dir) if config.resume else None
+    if checkpoint is not None:
+        state = load_checkpoint(checkpoint, model, optimizer)
+        start_step, tokens, wall_s = state["step"], state["tokens"], state["wall_s"]
+        loader.load_state_dict(state["loader"])
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(config, total_steps),
+                                                  last_epoch=start_step - 1)
+    _write_config(run_dir, {
+        **config.to_dict(),
+        "model_config": model_config.to_dict(),
+        "num_params": model_config.num_params(),
+        "num_non_embedding_params": model_config.num_non_embedding_params(),
+        "flops_per_token": model_config.flops_per_token(config.seq_len),
+        "tokens_per_step": tokens_per_step,
+        "total_steps": total_steps,
+        "dataset": data.describe(),
+        "device": str(device),
+        "torch": torch.__version__,
+        "command": command,
+    })
+
+    def checkpoint_now(step: int) -> None:
+        save_checkpoint(run_dir, step, model, optimizer,
+                        {"tokens": tokens, "wall_s": wall_s, "loader": loader.state_dict()},
+                        keep=config.keep_checkpoints)
+
+    # ---- train
+    logger = MetricsLogger(run_dir, resume_step=start_step if checkpoint else None, tensorboard=config.tensorboard)
+    bar = tqdm(total=total_steps, initial=start_step, disable=not config.progress, desc=run_dir.name,
+               unit="step", dynamic_ncols=True)
+    loss_sum, loss_count, interval_tokens, interval_time = torch.zeros((), device=device), 0, 0, 0.0
+    val_loss = math.nan
+    model.train()
+    try:
+        for step in range(start_step + 1, total_steps + 1):
+            started = time.perf_counter()
+            for _ in range(config.grad_accum):
+                x, y = loader.next_batch()
+                x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+                with _autocast(config, device):
+                    loss = forward(x, y)
+                (loss / config.grad_accum).backward()
+                loss_sum += loss.detach()
+                loss_count += 1
+            if config.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+            measure = config.telemetry_every > 0 and (step % config.telemetry_every == 0 or step == 1)
+            if measure:
+                optimizer.measure_next_step()
+            lr = optimizer.param_groups[0]["lr"]
+            log_now = step % config.log_every == 0 or step == total_steps
+            if log_now and device.type == "cuda":
+                torch.cuda.synchronize()
+            opt_started = time.perf_counter()
+            try:
+                optimizer.step()
+            except NonFiniteGradientError:
+                raise NonFiniteLossError(
+                    f"step {step}: the loss or gradient became NaN/inf (loss {float(loss):.4g}); the weights "
+                    f"were not updated, and the last good checkpoint in {run_dir / 'checkpoints'} is kept — "
+                    "lower lr or raise warmup_steps"
+                ) from None
+            if log_now and device.type == "cuda":
+                torch.cuda.synchronize()
+            optim_ms = (time.perf_counter() - opt_started) * 1e3
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            tokens += tokens_per_step
+            interval_tokens += tokens_per_step
+            elapsed = time.perf_counter() - started
+            wall_s += elapsed
+            interval_time += elapsed
+            bar.update(1)
+
+            row: dict[str, Any] = {}
+            if log_now:
+                mean_loss = float(loss_sum) / loss_count
+                if not math.isfinite(mean_loss):
+                    raise NonFiniteLossError(
+                        f"step {step}: the training loss is {mean_loss}; the last good checkpoint in "
+                        f"{run_dir / 'checkpoints'} is kept — lower lr or raise warmup_steps"
+                    )
+                row.update(tokens=tokens, loss=mean_loss, lr=lr, tokens_per_s=interval_tokens / interval_time,
+                           wall_s=wall_s, optim_step_ms=optim_ms)
+                bar.set_postfix(loss=f"{mean_loss:.3f}", tok_s=f"{interval_tokens / interval_time:,.0f}")
+                loss_sum.zero_()
+                loss_count, interval_tokens, interval_time = 0, 0, 0.0
+            if measure:
+                row.update(optimizer.last_telemetry)
+            if step % config.eval_every == 0 or step == total_steps:
+                val_loss = evaluate(forward, data, config, device)
+                row.update(val_loss=val_loss, tokens=tokens, wall_s=wall_s)
+            if row:
+                logger.log(step, row)
+            if step == total_steps or (config.checkpoint_every and step % config.checkpoint_every == 0):
+                checkpoint_now(step)
+    finally:
+        bar.close()
+        logger.close()
+    if start_step >= total_steps and math.isnan(val_loss):
+        val_loss = evaluate(forward, data, config, device)
+    return RunSummary(run_dir, total_steps, tokens, val_loss, tokens / wall_s if wall_s else 0.0, wall_s)
