@@ -1,0 +1,119 @@
+"""The ``muonlab`` command line.
+
+    muonlab demo                     train AdamW vs Muon on the built-in corpus, write runs/demo/report.md
+    muonlab train [--config F] [--key value ...]   one training run (``muonlab train --help`` lists every key)
+    muonlab report RUN... [--out D]  rebuild a report from run folders
+    muonlab presets                  list the model presets with their sizes
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import shlex
+import sys
+from pathlib import Path
+
+from .allocator import ensure_fast_allocator
+
+__all__ = ["main"]
+
+
+def _train_parser(sub) -> argparse.ArgumentParser:
+    from .train.config import TrainConfig
+
+    parser = sub.add_parser("train", help="train one model; every TrainConfig field is a --flag",
+                            description="Train one model. Values come from the defaults, then --config, then flags.")
+    parser.add_argument("--config", help="a JSON or TOML file of config keys")
+    defaults = TrainConfig()
+    for f in dataclasses.fields(TrainConfig):
+        choices = f.metadata.get("choices")
+        help_text = f"{f.metadata['help']} (default: {getattr(defaults, f.name)!r})"
+        parser.add_argument(f"--{f.name}", dest=f.name, default=None, metavar=f.type.upper(),
+                            choices=[str(c) for c in choices] if choices else None, help=help_text)
+    return parser
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from .train.config import TrainConfig, load_config_file
+    from .train.loop import train
+
+    values = load_config_file(args.config) if args.config else {}
+    fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    values.update({k: v for k, v in vars(args).items() if k in fields and v is not None})
+    config = TrainConfig.from_dict(values)
+    summary = train(config, command=shlex.join(["muonlab", *sys.argv[1:]]))
+    print(f"finished {summary.steps} steps, {summary.tokens:,} tokens; final val loss {summary.final_val_loss:.4f}; "
+          f"{summary.tokens_per_s:,.0f} tokens/s; run folder {summary.run_dir}")
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from .experiments.demo import DemoPlan, run_demo
+
+    plan = DemoPlan(out=args.out, seeds=tuple(range(args.seeds)), compile=args.compile, progress=not args.no_progress)
+    if args.tokens:
+        plan.train_tokens = args.tokens
+    run_demo(plan)
+    return 0
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from .analysis.report import write_report
+
+    out = args.out or str(Path(args.runs[0]).parent)
+    print(f"report: {write_report(args.runs, out, title=args.title)}")
+    return 0
+
+
+def _cmd_presets(args: argparse.Namespace) -> int:
+    from .models import describe_presets
+
+    print(describe_presets(vocab_size=args.vocab_size, max_seq_len=args.seq_len))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="muonlab", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    demo = sub.add_parser("demo", help="AdamW vs Muon (same lr and weight decay) on the built-in corpus")
+    demo.add_argument("--out", default="runs/demo", help="folder for the runs and report.md (default: runs/demo)")
+    demo.add_argument("--seeds", type=int, default=2, help="seeds per optimizer (default: 2)")
+    demo.add_argument("--tokens", type=int, default=0, help="training tokens per run (default: the plan's)")
+    demo.add_argument("--compile", action="store_true", help="torch.compile the model")
+    demo.add_argument("--no-progress", action="store_true", help="no progress bars")
+    demo.set_defaults(func=_cmd_demo)
+
+    train = _train_parser(sub)
+    train.set_defaults(func=_cmd_train)
+
+    report = sub.add_parser("report", help="rebuild a report (report.md + plots) from run folders")
+    report.add_argument("runs", nargs="+", help="run folders")
+    report.add_argument("--out", help="output folder (default: the first run's parent)")
+    report.add_argument("--title", default="Muon vs AdamW")
+    report.set_defaults(func=_cmd_report)
+
+    presets = sub.add_parser("presets", help="list model presets and their parameter counts")
+    presets.add_argument("--vocab-size", type=int, default=4096)
+    presets.add_argument("--seq-len", type=int, default=256)
+    presets.set_defaults(func=_cmd_presets)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    if argv is None:
+        ensure_fast_allocator(["-m", "muonlab.cli", *sys.argv[1:]])
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (ValueError, OSError, FloatingPointError) as err:
+        print(f"muonlab {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"muonlab {args.command}: interrupted; finished checkpoints are kept", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Studies: each plans run folders, trains them through muonlab.train, and reports from their logs."""
