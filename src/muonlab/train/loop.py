@@ -73,6 +73,8 @@ def build_model_config(config: TrainConfig, vocab_size: int) -> ModelConfig:
     for name in ("d_model", "n_layers", "n_heads"):
         if getattr(config, name):
             overrides[name] = getattr(config, name)
+    if "d_model" in overrides and "n_heads" not in overrides:
+        overrides["n_heads"] = max(1, config.d_model // 64)  # keep the presets' head_dim of 64
     if "d_model" in overrides or config.mlp != "swiglu":
         overrides["ffn_hidden"] = None  # re-derive the MLP width from the final d_model and MLP type
     model_name: str | int = int(config.model) if config.model.isdigit() else config.model
