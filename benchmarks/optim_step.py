@@ -24,7 +24,7 @@ import time
 import torch
 
 from muonlab.optim import Muon, ns_flops
-from muonlab.optim.newton_schulz import _choose_method, get_coefficient_set
+from muonlab.optim.newton_schulz import choose_method, get_coefficient_set
 
 SETS = {
     "gpt2": [(2304, 768), (768, 768), (3072, 768), (768, 3072)] * 12,
@@ -66,7 +66,8 @@ def executed_ns_flops(shapes, steps=5) -> int:
     total = 0
     for rows, cols in shapes:
         m, n = min(rows, cols), max(rows, cols)
-        total += ns_flops(m, n, steps, _choose_method(m, n, steps, cset.gram_restart_every), cset.gram_restart_every)
+        method = choose_method("auto", m, n, steps, torch.bfloat16, cset.gram_restart_every)
+        total += ns_flops(m, n, steps, method, cset.gram_restart_every)
     return total
 
 

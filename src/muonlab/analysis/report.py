@@ -155,9 +155,14 @@ def _reproduce(runs: Sequence[Run], out_dir: Path) -> str:
 
 
 def write_report(
-    run_dirs: Iterable[str | os.PathLike], out_dir: str | os.PathLike, title: str = "Muon vs AdamW"
+    run_dirs: Iterable[str | os.PathLike],
+    out_dir: str | os.PathLike,
+    title: str = "Muon vs AdamW",
+    intro: str | None = None,
 ) -> Path:
     """Read the run folders, write the plots and ``report.md`` into ``out_dir``; return the report path.
+
+    ``intro`` (markdown) is placed under the title: what was trained and why.
 
     The report holds the headline (``headline``), one table row per run (optimizer, lr, weight
     decay, seed, final val loss, tokens trained, median tokens/s, median optimizer-step ms, median
@@ -181,6 +186,7 @@ def write_report(
     text = "\n\n".join(
         [
             f"# {title}",
+            *([intro] if intro else []),
             "## Headline",
             headline(summarize_by_optimizer(runs)),
             "## Runs",

@@ -12,6 +12,7 @@ demo skips finished runs), and ``<out>/report.md`` is rebuilt from them.
 
 from __future__ import annotations
 
+import json
 import shlex
 import sys
 from dataclasses import dataclass
@@ -65,7 +66,9 @@ def run_demo(plan: DemoPlan) -> Path:
         print(f"[{i}/{len(configs)}] {config.optimizer} seed {config.seed} -> {config.run_dir}", flush=True)
         command = shlex.join(["muonlab", "train", *_as_flags(config)])
         train(config, command=command)
-    report = write_report([c.run_dir for c in configs], plan.out, title="muonlab demo: Muon vs AdamW at AdamW's lr and weight decay")
+    report = write_report([c.run_dir for c in configs], plan.out,
+                          title="muonlab demo: Muon vs AdamW at AdamW's lr and weight decay",
+                          intro=_intro(configs[0]))
     summaries = summarize_by_optimizer(_load(configs))
     muon, adamw = summaries.get("muon"), summaries.get("adamw")
     print(f"\nreport: {report}")
@@ -76,6 +79,27 @@ def run_demo(plan: DemoPlan) -> Path:
               f"(Muon lower by {gap:.4f} nats; seed-to-seed std {spread:.4f})")
     sys.stdout.flush()
     return report
+
+
+def _intro(config: TrainConfig) -> str:
+    record = json.loads((Path(config.run_dir) / "config.json").read_text())
+    model = record["model_config"]
+    return (
+        f"Moonlight (arXiv 2502.16982) scales Muon's update by 0.2·sqrt(max(A, B)) so that its RMS matches "
+        f"AdamW's (≈ 0.2) and AdamW's learning rate and weight decay can be reused unchanged. This demo "
+        f"trains the same model with AdamW and with Muon at the *same* lr ({config.lr:g}, warmup + cosine "
+        f"to {config.final_lr_ratio:g}×) and weight decay ({config.weight_decay:g}); only the optimizer "
+        f"differs within a seed.\n\n"
+        f"- Model: Llama-style decoder, {model['n_layers']} layers, d_model {model['d_model']}, "
+        f"{model['n_heads']} heads, SwiGLU {model['ffn_hidden']}, untied head: {record['num_params']:,} "
+        f"parameters ({record['num_non_embedding_params']:,} outside the embedding and head).\n"
+        f"- Data: {record['dataset']}; {record['total_steps']} steps of {record['tokens_per_step']:,} tokens "
+        f"= {record['total_steps'] * record['tokens_per_step']:,} training tokens per run.\n"
+        f"- Muon on the {4 * model['n_layers'] + (3 if model['mlp'] == 'swiglu' else 2) * model['n_layers']} "
+        f"hidden matrices; AdamW (β = ({config.beta1:g}, {config.beta2:g})) on embedding, head and norms in "
+        f"both runs. Validation loss is measured on {config.eval_batches} fixed held-out batches.\n"
+        f"- Device: {record['device']}, torch {record['torch']}, {config.dtype} autocast."
+    )
 
 
 def _load(configs):

@@ -32,7 +32,7 @@ from typing import Any
 import torch
 
 from .newton_schulz import NS_METHODS, get_coefficient_set, orthogonalize
-from .scaling import SCALE_RULES, logical_matrix_shape, update_scale
+from .scaling import SCALE_RULES, logical_matrix_shape
 
 __all__ = ["ALGORITHMS", "NONFINITE_POLICIES", "Muon", "NonFiniteGradientError"]
 
@@ -43,6 +43,16 @@ _NS_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": t
 
 class NonFiniteGradientError(FloatingPointError):
     """A gradient contained NaN or inf; no parameter or optimizer state was changed."""
+
+
+def _matrix_shape(group: dict[str, Any], p: torch.Tensor) -> tuple[int, int]:
+    # A 3-D parameter is an expert stack unless its group is routed as a plain "hidden" weight
+    # (a Conv1d weight [out, in, k]); see logical_matrix_shape.
+    return logical_matrix_shape(tuple(p.shape), stacked=group.get("role") != "hidden")
+
+
+def _momentum_dtype(p: torch.Tensor) -> torch.dtype:
+    return torch.promote_types(p.dtype, torch.float32)
 
 
 def _as_dtype(value) -> torch.dtype:
@@ -199,9 +209,8 @@ class Muon(torch.optim.Optimizer):
                 where.append((group, i))
         if not grads:
             return False
-        # One reduction per tensor, one sync in total: the sum is non-finite iff some entry is.
-        sums = torch.stack([g.float().sum() for g in grads])
-        finite = torch.isfinite(sums)
+        # One reduction per tensor, one sync in total.
+        finite = torch.stack([torch.isfinite(g).all() for g in grads])
         if bool(finite.all()):
             return True
         if self.nonfinite == "skip":
@@ -260,16 +269,16 @@ class Muon(torch.optim.Optimizer):
             for p in params:
                 state = self.state[p]
                 if "momentum_buffer" not in state:
-                    state["momentum_buffer"] = torch.zeros_like(p, dtype=torch.float32, memory_format=torch.contiguous_format)
+                    state["momentum_buffer"] = torch.zeros_like(p, dtype=_momentum_dtype(p), memory_format=torch.contiguous_format)
                 bufs.append(state["momentum_buffer"])
-            grads = [p.grad.float() for p in params]
+            grads = [p.grad.to(b.dtype) for p, b in zip(params, bufs)]
             mu = group["momentum"]
             torch._foreach_mul_(bufs, mu)
             torch._foreach_add_(bufs, grads)
             directions = torch._foreach_add(grads, bufs, alpha=mu) if group["nesterov"] else bufs
             key_settings = (group["ns_steps"], str(group["ns_coefficients"]), group["ns_dtype"], group["ns_method"], group["ns_eps"])
             for i, p, d in zip(indices, params, directions):
-                rows, cols = logical_matrix_shape(tuple(p.shape))
+                rows, cols = _matrix_shape(group, p)
                 key = (min(rows, cols), max(rows, cols), p.device) + key_settings
                 buckets[key].append((group, i, d))
         for key, items in buckets.items():
@@ -281,21 +290,23 @@ class Muon(torch.optim.Optimizer):
         # Stack every logical matrix of the bucket in wide orientation: [N, m, n] with m ≤ n.
         wide = []
         for group, i, d in items:
-            p = group["params"][i]
-            rows, cols = logical_matrix_shape(tuple(p.shape))
+            rows, cols = _matrix_shape(group, group["params"][i])
             mats = d.reshape(-1, rows, cols)
             wide.append(mats.mT if rows > cols else mats)
-        stacked = torch.cat([w.to(dtype) for w in wide]) if len(wide) > 1 else wide[0].to(dtype)
+        # Cast before concatenating (half the bytes), except for the exact SVD, which must see
+        # the momentum at full precision.
+        cast = dtype if method != "svd" else wide[0].dtype
+        stacked = torch.cat([w.to(cast) for w in wide]) if len(wide) > 1 else wide[0].to(cast)
         ortho = orthogonalize(stacked, group0["ns_coefficients"], steps, dtype, eps, method)
         offset = 0
         for position, ((group, i, _), w) in enumerate(zip(items, wide)):
             p = group["params"][i]
-            rows, cols = logical_matrix_shape(tuple(p.shape))
+            rows, cols = _matrix_shape(group, p)
             count = w.shape[0]
             O = ortho[offset : offset + count]
             offset += count
             O = (O.mT if rows > cols else O).reshape(p.shape)
-            s = update_scale(group["scale"], tuple(p.shape))
+            s = SCALE_RULES[group["scale"]](rows, cols)
             lr, wd = group["lr"], group["weight_decay"]
             if wd != 0.0:
                 p.mul_(1.0 - lr * wd)
@@ -309,8 +320,7 @@ class Muon(torch.optim.Optimizer):
         if group.get("names"):
             telemetry[f"update_rms/{group['names'][i]}"].append(rms)
         if sample_orthogonality:
-            p = group["params"][i]
-            rows, cols = logical_matrix_shape(tuple(p.shape))
+            rows, cols = _matrix_shape(group, group["params"][i])
             sample = O.reshape(-1, rows, cols)[0].double()
             if rows > cols:
                 sample = sample.T
@@ -377,6 +387,14 @@ class Muon(torch.optim.Optimizer):
         """Restore a state dict from :meth:`state_dict` (loadable with ``weights_only=True``)."""
         state_dict = dict(state_dict)
         self.skipped_steps = int(state_dict.pop("skipped_steps", 0))
+        # torch casts floating state to each parameter's dtype; momentum must stay fp32 (or
+        # wider) for low-precision parameters, so keep the saved buffers and restore them after.
+        saved_ids = [i for g in state_dict["param_groups"] for i in g["params"]]
+        momenta = {i: s["momentum_buffer"] for i, s in state_dict["state"].items() if "momentum_buffer" in s}
         super().load_state_dict(state_dict)
+        params = [p for g in self.param_groups for p in g["params"]]
+        for saved_id, p in zip(saved_ids, params):
+            if saved_id in momenta:
+                self.state[p]["momentum_buffer"] = momenta[saved_id].to(device=p.device, dtype=_momentum_dtype(p))
         for group in self.param_groups:
             group["ns_dtype"] = _as_dtype(group["ns_dtype"])

@@ -170,7 +170,8 @@ def routing_table(model_or_routed: nn.Module | list[RoutedParam], scale: str = "
     rows = [("parameter", "shape", "role", "algorithm", f"scale ({scale})")]
     for rp in routed:
         name = rp.name + (f" (= {', '.join(rp.aliases)})" if rp.aliases else "")
-        factor = f"{update_scale(scale, tuple(rp.param.shape)):.3f}" if rp.algorithm == "muon" else "-"
+        stacked = rp.role != "hidden"
+        factor = f"{update_scale(scale, tuple(rp.param.shape), stacked):.3f}" if rp.algorithm == "muon" else "-"
         rows.append((name, "x".join(map(str, rp.param.shape)) or "scalar", rp.role, rp.algorithm, factor))
     widths = [max(len(r[c]) for r in rows) for c in range(len(rows[0]))]
     lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]

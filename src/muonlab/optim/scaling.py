@@ -45,25 +45,29 @@ SCALE_RULES: dict[str, Callable[[int, int], float]] = {
 }
 
 
-def logical_matrix_shape(shape: tuple[int, ...]) -> tuple[int, int]:
+def logical_matrix_shape(shape: tuple[int, ...], stacked: bool = True) -> tuple[int, int]:
     """The ``(rows, cols)`` of the matrices a parameter of ``shape`` stands for.
 
-    2-D ``[A, B]`` is one matrix; 3-D ``[E, A, B]`` is a stack of ``E`` experts, each ``[A, B]``;
-    a conv weight ``[out, in, *kernel]`` (4-D or more) is one ``(out, in·prod(kernel))`` matrix.
+    2-D ``[A, B]`` is one matrix. 3-D is ambiguous: with ``stacked`` (an expert stack
+    ``[E, A, B]``) it is ``E`` matrices of ``[A, B]``; without (a Conv1d weight ``[out, in, k]``) it
+    is one ``(out, in·k)`` matrix. A conv weight ``[out, in, *kernel]`` (4-D or more) is one
+    ``(out, in·prod(kernel))`` matrix.
     """
     if len(shape) == 2:
         return shape[0], shape[1]
-    if len(shape) == 3:
+    if len(shape) == 3 and stacked:
         return shape[1], shape[2]
+    if len(shape) == 3:
+        return shape[0], shape[1] * shape[2]
     if len(shape) >= 4:
         return shape[0], math.prod(shape[1:])
     raise ValueError(f"a Muon parameter must have at least 2 dimensions, got shape {tuple(shape)}")
 
 
-def update_scale(rule: str, shape: tuple[int, ...]) -> float:
+def update_scale(rule: str, shape: tuple[int, ...], stacked: bool = True) -> float:
     """``s(A, B)`` for a parameter of ``shape`` under the named rule (logical matrix shape)."""
     try:
         fn = SCALE_RULES[rule]
     except (KeyError, TypeError):
         raise ValueError(f"unknown scale rule {rule!r}; valid: {sorted(SCALE_RULES)}") from None
-    return fn(*logical_matrix_shape(tuple(shape)))
+    return fn(*logical_matrix_shape(tuple(shape), stacked))

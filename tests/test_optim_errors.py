@@ -1,0 +1,196 @@
+"""Bad input raises the documented error, naming the problem; a refused step changes nothing."""
+
+import pytest
+import torch
+from torch import nn
+
+from muonlab.optim import CoefficientSet, Muon, NonFiniteGradientError
+
+
+def randn(*shape, seed):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(*shape, generator=g)
+
+
+# ---- construction ------------------------------------------------------------------------------
+
+
+def muon_params():
+    return [nn.Parameter(torch.zeros(4, 6))]
+
+
+@pytest.mark.parametrize(
+    "kwargs, pattern",
+    [
+        (dict(scale="adam"), r"unknown scale rule 'adam'.*moonlight"),
+        (dict(ns_coefficients="chebyshev"), r"unknown ns_coefficients 'chebyshev'.*polar_express"),
+        (dict(ns_method="qr"), r"unknown ns_method 'qr'.*gram"),
+        (dict(ns_dtype="int8"), r"unknown ns_dtype 'int8'.*bfloat16"),
+        (dict(nonfinite="ignore"), r"unknown nonfinite policy 'ignore'.*skip"),
+        (dict(ns_steps=0), r"ns_steps must be a positive integer, got 0"),
+        (dict(momentum=1.0), r"momentum must lie in \[0, 1\), got 1.0"),
+        (dict(lr=-1.0), r"lr must be >= 0, got -1.0"),
+        (dict(weight_decay=-0.1), r"weight_decay must be >= 0, got -0.1"),
+    ],
+)
+def test_bad_muon_options_are_named(kwargs, pattern):
+    with pytest.raises(ValueError, match=pattern):
+        Muon(muon_params(), algorithm="muon", **kwargs)
+
+
+def test_bad_option_in_one_group_is_named_with_the_group():
+    with pytest.raises(ValueError, match=r"parameter group 1: unknown scale rule 'huge'"):
+        Muon([{"params": muon_params()}, {"params": muon_params(), "scale": "huge"}], algorithm="muon")
+
+
+def test_bad_adamw_betas_are_named():
+    with pytest.raises(ValueError, match=r"betas must lie in \[0, 1\)"):
+        Muon([nn.Parameter(torch.zeros(3))], algorithm="adamw", adamw_betas=(0.9, 1.0))
+
+
+def test_unsafe_dtype_for_a_coefficient_set_is_refused():
+    # Both built-in sets are measured safe in every dtype; a set that declares fewer is enforced.
+    fragile = CoefficientSet("fragile", ((3.0, -3.0, 1.0),), safe_dtypes=(torch.float32,))
+    with pytest.raises(ValueError, match=r"'fragile' is not numerically safe in torch.bfloat16"):
+        Muon(muon_params(), algorithm="muon", ns_coefficients=fragile)
+    Muon(muon_params(), algorithm="muon", ns_coefficients=fragile, ns_dtype=torch.float32)
+    Muon(muon_params(), algorithm="muon", ns_coefficients=fragile, ns_method="svd")
+
+
+def test_group_without_algorithm_is_refused():
+    with pytest.raises(ValueError, match=r"parameter group 0 has algorithm None; valid: \['muon', 'adamw'\].*param_groups"):
+        Muon(muon_params())
+    with pytest.raises(ValueError, match=r"parameter group 1 has algorithm 'sgd'"):
+        Muon([{"params": muon_params(), "algorithm": "muon"}, {"params": muon_params(), "algorithm": "sgd"}])
+
+
+def test_vector_in_a_muon_group_is_refused_by_name():
+    bias = nn.Parameter(torch.zeros(8))
+    with pytest.raises(ValueError, match=r"parameter 'blk.bias' of shape \(8,\) is in a Muon group.*adamw"):
+        Muon([{"params": [nn.Parameter(torch.zeros(8, 8)), bias], "names": ["blk.weight", "blk.bias"],
+               "algorithm": "muon"}])
+    with pytest.raises(ValueError, match=r"of shape \(\) is in a Muon group"):
+        Muon([nn.Parameter(torch.tensor(1.0))], algorithm="muon")
+
+
+def test_parameter_in_two_groups_is_refused():
+    p = nn.Parameter(torch.zeros(4, 4))
+    with pytest.raises(ValueError, match="appears in two parameter groups"):
+        Muon([{"params": [p], "algorithm": "muon"}, {"params": [p], "algorithm": "adamw"}])
+
+
+def test_names_must_match_params():
+    with pytest.raises(ValueError, match="has 1 names for 2 params"):
+        Muon([{"params": muon_params() + [nn.Parameter(torch.zeros(2, 2))], "names": ["a"], "algorithm": "muon"}])
+
+
+def test_complex_parameter_in_a_muon_group_is_refused():
+    with pytest.raises(ValueError, match="complex"):
+        Muon([nn.Parameter(torch.zeros(4, 4, dtype=torch.complex64))], algorithm="muon")
+
+
+# ---- refused steps leave weights and state untouched --------------------------------------------
+
+
+def setup(nonfinite="raise"):
+    """A Muon group (2-D + 3-D) and an AdamW group, after two valid steps (so state exists)."""
+    params = {
+        "w": nn.Parameter(randn(12, 20, seed=0)),
+        "experts": nn.Parameter(randn(2, 8, 12, seed=1)),
+        "gain": nn.Parameter(randn(12, seed=2)),
+        "emb": nn.Parameter(randn(10, 12, seed=3)),
+    }
+    opt = Muon([
+        {"params": [params["w"], params["experts"]], "names": ["w", "experts"], "algorithm": "muon"},
+        {"params": [params["gain"], params["emb"]], "names": ["gain", "emb"], "algorithm": "adamw"},
+    ], lr=0.05, weight_decay=0.1, nonfinite=nonfinite)
+    for t in range(2):
+        set_grads(params, seed=10 * t)
+        opt.step()
+    return params, opt
+
+
+def set_grads(params, seed):
+    for i, p in enumerate(params.values()):
+        p.grad = randn(*p.shape, seed=seed + i)
+
+
+def snapshot(params, opt):
+    weights = {k: p.detach().clone() for k, p in params.items()}
+    state = {k: {s: v.clone() for s, v in opt.state[p].items()} for k, p in params.items()}
+    return weights, state
+
+
+def assert_unchanged(params, opt, snap):
+    weights, state = snap
+    for k, p in params.items():
+        assert torch.equal(p.detach(), weights[k]), f"weight {k} changed"
+        assert opt.state[p].keys() == state[k].keys()
+        for s, v in state[k].items():
+            assert torch.equal(opt.state[p][s], v), f"state {k}.{s} changed"
+
+
+@pytest.mark.parametrize("bad", ["w", "experts", "gain", "emb"])
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), -float("inf")], ids=["nan", "inf", "-inf"])
+def test_nonfinite_gradient_raises_and_changes_nothing(bad, value):
+    params, opt = setup("raise")
+    set_grads(params, seed=99)
+    params[bad].grad.view(-1)[3] = value
+    snap = snapshot(params, opt)
+    with pytest.raises(NonFiniteGradientError, match=rf"gradient of parameter '{bad}' contains NaN or inf"):
+        opt.step()
+    assert_unchanged(params, opt, snap)
+    assert opt.skipped_steps == 0
+    # The optimizer is still usable afterwards.
+    set_grads(params, seed=98)
+    opt.step()
+    assert not torch.equal(params["w"].detach(), snap[0]["w"])
+
+
+def test_nonfinite_error_is_a_floating_point_error():
+    assert issubclass(NonFiniteGradientError, FloatingPointError)
+
+
+def test_nonfinite_skip_changes_nothing_and_counts():
+    params, opt = setup("skip")
+    for k, bad in enumerate(["emb", "w"]):
+        set_grads(params, seed=50 + k)
+        params[bad].grad[0] = float("nan")
+        snap = snapshot(params, opt)
+        assert opt.step() is None
+        assert_unchanged(params, opt, snap)
+        assert opt.skipped_steps == k + 1
+    set_grads(params, seed=60)
+    opt.step()
+    assert opt.skipped_steps == 2
+
+
+def test_nonfinite_skip_on_the_very_first_step_creates_no_state():
+    p = nn.Parameter(randn(6, 6, seed=0))
+    opt = Muon([p], algorithm="muon", nonfinite="skip")
+    p.grad = torch.full((6, 6), float("nan"))
+    opt.step()
+    assert opt.skipped_steps == 1 and p not in opt.state
+
+
+def test_sparse_gradient_is_refused_and_changes_nothing():
+    params, opt = setup()
+    set_grads(params, seed=70)
+    params["emb"].grad = params["emb"].grad.to_sparse()
+    snap = snapshot(params, opt)
+    with pytest.raises(RuntimeError, match="'emb' has a sparse gradient"):
+        opt.step()
+    assert_unchanged(params, opt, snap)
+
+
+def test_complex_gradient_is_refused_and_changes_nothing():
+    params, opt = setup()
+    c = nn.Parameter(torch.zeros(5, dtype=torch.complex64))
+    opt.add_param_group({"params": [c], "names": ["phase"], "algorithm": "adamw"})
+    set_grads(params, seed=80)
+    c.grad = torch.ones(5, dtype=torch.complex64)
+    snap = snapshot(params, opt)
+    with pytest.raises(RuntimeError, match="'phase' has a complex gradient"):
+        opt.step()
+    assert_unchanged(params, opt, snap)
+    assert torch.equal(c.detach(), torch.zeros(5, dtype=torch.complex64))
