@@ -83,6 +83,7 @@ class TrainConfig:
     telemetry_every: int = _f(50, "measure optimizer telemetry (update RMS, …) every this many steps (0: never)")
     eval_every: int = _f(100, "validate every this many steps (and at the end)")
     eval_batches: int = _f(8, "validation batches per evaluation")
+    spectra_every: int = _f(0, "log the SVD entropy of every weight matrix every this many steps (0: never)")
     checkpoint_every: int = _f(0, "checkpoint every this many steps (0: only at the end)")
     keep_checkpoints: int = _f(2, "how many checkpoints to keep")
     progress: bool = _f(True, "show a progress bar")
@@ -99,7 +100,8 @@ class TrainConfig:
         for name in positive:
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be a positive integer, got {getattr(self, name)}")
-        for name in ("lr", "weight_decay", "grad_clip", "warmup_steps", "checkpoint_every", "telemetry_every"):
+        for name in ("lr", "weight_decay", "grad_clip", "warmup_steps", "checkpoint_every", "telemetry_every",
+                     "spectra_every"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
         if not 0.0 < self.val_fraction < 1.0:

@@ -9,7 +9,13 @@ fresh batches), ``lr`` (the peak-normalised rate used at that step), ``tokens_pe
 (cumulative time inside the training steps, excluding evaluation and checkpointing),
 ``optim_step_ms`` (the optimizer step alone, on this row's step) and, every ``telemetry_every``
 steps, the optimizer's telemetry (``update_rms/muon``, ``update_rms/adamw``, per-parameter RMS,
-Newton–Schulz orthogonality residual); evaluation rows add ``val_loss``.
+Newton–Schulz orthogonality residual) plus the model's own (``model.telemetry()`` when the model
+has it, e.g. MoE expert load); evaluation rows add ``val_loss``, and every ``spectra_every``
+steps the SVD entropy of every weight matrix is logged (``svd_entropy/<name>``).
+
+Models may define two hooks: ``telemetry() -> dict[str, float]`` (read and reset on telemetry
+steps) and ``after_optimizer_step()`` (non-gradient updates such as an MoE router's
+load-balancing bias), called after every optimizer step.
 """
 
 from __future__ import annotations
@@ -28,6 +34,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from ..analysis.spectra import svd_entropies
 from ..data import Dataset, TokenLoader, prepare_dataset, val_batches
 from ..models import ModelConfig, Transformer, preset
 from ..optim import Muon, NonFiniteGradientError, param_groups
@@ -229,6 +236,8 @@ def train(config: TrainConfig, command: str | None = None) -> RunSummary:
             if log_now and device.type == "cuda":
                 torch.cuda.synchronize()
             optim_ms = (time.perf_counter() - opt_started) * 1e3
+            if hasattr(model, "after_optimizer_step"):
+                model.after_optimizer_step()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
             tokens += tokens_per_step
@@ -253,6 +262,10 @@ def train(config: TrainConfig, command: str | None = None) -> RunSummary:
                 loss_count, interval_tokens, interval_time = 0, 0, 0.0
             if measure:
                 row.update(optimizer.last_telemetry)
+                if hasattr(model, "telemetry"):
+                    row.update(model.telemetry())
+            if config.spectra_every and (step % config.spectra_every == 0 or step == total_steps):
+                row.update(svd_entropies(model))
             if step % config.eval_every == 0 or step == total_steps:
                 val_loss = evaluate(forward, data, config, device)
                 row.update(val_loss=val_loss, tokens=tokens, wall_s=wall_s)
