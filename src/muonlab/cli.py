@@ -42,7 +42,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     fields = {f.name for f in dataclasses.fields(TrainConfig)}
     values.update({k: v for k, v in vars(args).items() if k in fields and v is not None})
     config = TrainConfig.from_dict(values)
-    summary = train(config, command=shlex.join(["muonlab", *sys.argv[1:]]))
+    summary = train(config, command=shlex.join(["muonlab", *args.argv]))
     print(f"finished {summary.steps} steps, {summary.tokens:,} tokens; final val loss {summary.final_val_loss:.4f}; "
           f"{summary.tokens_per_s:,.0f} tokens/s; run folder {summary.run_dir}")
     return 0
@@ -104,7 +104,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     if argv is None:
         ensure_fast_allocator(["-m", "muonlab.cli", *sys.argv[1:]])
+        argv = sys.argv[1:]
     args = build_parser().parse_args(argv)
+    args.argv = list(argv)
     try:
         return args.func(args)
     except (ValueError, OSError, FloatingPointError) as err:

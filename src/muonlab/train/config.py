@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -130,7 +131,10 @@ class TrainConfig:
 
 
 def _convert(name: str, value: Any, type_name: str) -> Any:
-    if not isinstance(value, str) or type_name == "str":
+    """``value`` as the field's type: strings (command line) are parsed, other values type-checked."""
+    if not isinstance(value, str):
+        return _check_type(name, value, type_name)
+    if type_name == "str":
         return value
     try:
         if type_name == "bool":
@@ -141,9 +145,29 @@ def _convert(name: str, value: Any, type_name: str) -> Any:
         if type_name == "int":
             return int(float(value)) if "e" in value.lower() else int(value)
         if type_name == "float":
-            return float(value)
+            return _check_type(name, float(value), type_name)
     except ValueError:
         raise ConfigError(f"{name}={value!r} is not a valid {type_name}") from None
+    return value
+
+
+def _check_type(name: str, value: Any, type_name: str) -> Any:
+    bad = ConfigError(f"{name}={value!r} is not a valid {type_name}")
+    if type_name == "bool":
+        if not isinstance(value, bool):
+            raise bad
+    elif type_name == "int":
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value != int(value):
+            raise bad
+        value = int(value)
+    elif type_name == "float":
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise bad
+        value = float(value)
+    elif type_name == "str":
+        if isinstance(value, bool) or not isinstance(value, (str, int)):
+            raise bad
+        value = str(value)  # e.g. an integer model depth written as a JSON number
     return value
 
 

@@ -5,7 +5,7 @@ data → forward/backward (grad accumulation, autocast) → clip the *raw* gradi
 ``config.json`` (the resolved config), ``metrics.jsonl`` and ``checkpoints/``.
 
 Metrics rows carry ``step``, ``tokens``, ``loss`` (mean training loss since the previous row, on
-fresh batches), ``lr`` (the peak-normalised rate used at that step), ``tokens_per_s``, ``wall_s``
+fresh batches), ``lr`` (the learning rate used at that step), ``tokens_per_s``, ``wall_s``
 (cumulative time inside the training steps, excluding evaluation and checkpointing),
 ``optim_step_ms`` (the optimizer step alone, on this row's step) and, every ``telemetry_every``
 steps, the optimizer's telemetry (``update_rms/muon``, ``update_rms/adamw``, per-parameter RMS,
@@ -172,6 +172,11 @@ def train(config: TrainConfig, command: str | None = None) -> RunSummary:
     # ---- resume
     start_step, tokens, wall_s = 0, 0, 0.0
     checkpoint = latest_checkpoint(run_dir) if config.resume else None
+    if not config.resume and (latest_checkpoint(run_dir) or (run_dir / "metrics.jsonl").exists()):
+        raise ValueError(f"run folder {run_dir} already holds a run; pass resume=True to continue it, "
+                         "or choose a new run_dir (nothing was changed)")
+    if command is None and (run_dir / "config.json").exists():
+        command = json.loads((run_dir / "config.json").read_text()).get("command")
     if checkpoint is not None:
         state = load_checkpoint(checkpoint, model, optimizer)
         start_step, tokens, wall_s = state["step"], state["tokens"], state["wall_s"]
@@ -229,7 +234,7 @@ def train(config: TrainConfig, command: str | None = None) -> RunSummary:
                 optimizer.step()
             except NonFiniteGradientError:
                 raise NonFiniteLossError(
-                    f"step {step}: the loss or gradient became NaN/inf (loss {float(loss):.4g}); the weights "
+                    f"step {step}: the loss or gradient became NaN/inf (loss {loss.item():.4g}); the weights "
                     f"were not updated, and the last good checkpoint in {run_dir / 'checkpoints'} is kept — "
                     "lower lr or raise warmup_steps"
                 ) from None

@@ -1,0 +1,335 @@
+"""The ``muonlab`` command line, and the demo's plumbing at tiny scale.
+
+Commands run in-process through ``muonlab.cli.main(argv)`` (an explicit argv skips the allocator
+re-exec); one real subprocess checks that re-exec. Training runs are the tiny ones of conftest.py.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shlex
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from muonlab.allocator import allocator_environment
+from muonlab.cli import build_parser, main
+from muonlab.experiments import demo
+from muonlab.experiments.demo import DemoPlan, demo_configs, run_demo
+from muonlab.models import list_presets
+from muonlab.train import loop
+from muonlab.train.config import TrainConfig
+from muonlab.train.metrics import read_metrics
+
+from conftest import tiny_config_dict
+
+FIELDS = [f.name for f in dataclasses.fields(TrainConfig)]
+
+
+@pytest.fixture(autouse=True)
+def _isolated(single_thread, muonlab_cache, monkeypatch, tmp_path):
+    """One torch thread, a private data cache, and a scratch working directory (runs/ goes there)."""
+    monkeypatch.chdir(tmp_path)
+
+
+def _tiny_file_values(tiny_corpus: Path, run_dir: Path, **overrides) -> dict:
+    return tiny_config_dict(tiny_corpus, run_dir, train_tokens=32 * 4 * 4, log_every=2, eval_every=2,
+                            telemetry_every=2, **overrides)
+
+
+def _write_toml(path: Path, values: dict) -> None:
+    def literal(v):
+        return json.dumps(v) if not isinstance(v, bool) else str(v).lower()
+
+    path.write_text("".join(f"{k} = {literal(v)}\n" for k, v in values.items()))
+
+
+def _one_line_error(stderr: str, command: str) -> str:
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith(f"muonlab {command}: error: "), stderr
+    assert "Traceback" not in stderr
+    return lines[0]
+
+
+# ---------------------------------------------------------------------------------------------
+# muonlab train
+
+
+def test_train_help_mentions_every_config_field(capsys):
+    with pytest.raises(SystemExit) as info:
+        main(["train", "--help"])
+    assert info.value.code == 0
+    text = " ".join(capsys.readouterr().out.split())  # undo argparse's line wrapping
+    for f in dataclasses.fields(TrainConfig):
+        assert f"--{f.name}" in text, f.name
+        assert " ".join(f.metadata["help"].split()) in text, f"help text of {f.name}"
+
+
+@pytest.mark.parametrize("suffix", [".json", ".toml"])
+def test_train_merges_config_file_then_flags(tiny_corpus, tmp_path, capsys, suffix):
+    run_dir = tmp_path / "run"
+    file_values = _tiny_file_values(tiny_corpus, run_dir, lr=0.5, weight_decay=0.05, optimizer="adamw")
+    config_file = tmp_path / f"config{suffix}"
+    if suffix == ".json":
+        config_file.write_text(json.dumps(file_values))
+    else:
+        _write_toml(config_file, file_values)
+
+    rc = main(["train", "--config", str(config_file), "--lr", "0.01", "--optimizer", "muon"])
+
+    assert rc == 0
+    out = capsys.readouterr().out
+    assert "finished 4 steps" in out and str(run_dir) in out
+    record = json.loads((run_dir / "config.json").read_text())
+    assert record["lr"] == 0.01 and record["optimizer"] == "muon"  # flags win over the file
+    assert record["weight_decay"] == 0.05 and record["seq_len"] == 32  # the file wins over defaults
+    assert record["schedule"] == TrainConfig().schedule  # defaults fill the rest
+    assert record["total_steps"] == 4
+    assert TrainConfig.from_dict({k: record[k] for k in FIELDS}) == TrainConfig.from_dict(
+        {**file_values, "lr": 0.01, "optimizer": "muon"})
+
+
+def test_train_records_the_command_it_was_given(tiny_corpus, tmp_path):
+    """config.json's "command" must reproduce the run: it is the argv given to main(), not sys.argv."""
+    run_dir = tmp_path / "run"
+    config_file = tmp_path / "config.json"
+    config_file.write_text(json.dumps(_tiny_file_values(tiny_corpus, run_dir)))
+    argv = ["train", "--config", str(config_file), "--lr", "0.01"]
+
+    assert main(argv) == 0
+
+    command = json.loads((run_dir / "config.json").read_text())["command"]
+    assert shlex.split(command) == ["muonlab", *argv]
+
+
+def test_train_unknown_key_in_config_file_exits_2(tmp_path, capsys):
+    config_file = tmp_path / "config.json"
+    config_file.write_text(json.dumps({"run_dir": str(tmp_path / "run"), "lrr": 0.01}))
+
+    rc = main(["train", "--config", str(config_file)])
+
+    assert rc == 2
+    captured = capsys.readouterr()
+    message = _one_line_error(captured.err, "train")
+    assert "'lrr'" in message and "'lr'" in message
+    assert captured.out == ""
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("{not json", "not valid JSON"),
+        ("[1, 2]", "object"),
+        (json.dumps({"optimizer": "sgd"}), "'muon'"),
+        (json.dumps({"lr": None}), "lr"),  # null from a JSON file
+        (json.dumps({"seq_len": [32]}), "seq_len"),
+    ],
+    ids=["syntax", "not-an-object", "bad-choice", "null-value", "list-value"],
+)
+def test_train_malformed_config_file_exits_2(tmp_path, capsys, text, expected):
+    config_file = tmp_path / "config.json"
+    config_file.write_text(text)
+    rc = main(["train", "--config", str(config_file)])
+    assert rc == 2
+    assert expected in _one_line_error(capsys.readouterr().err, "train")
+
+
+def test_train_missing_config_file_exits_2(tmp_path, capsys):
+    missing = tmp_path / "nope.json"
+    assert main(["train", "--config", str(missing)]) == 2
+    assert str(missing) in _one_line_error(capsys.readouterr().err, "train")
+
+
+@pytest.mark.parametrize("argv", [["--lrr", "1"], ["--optimizer", "sgd"]], ids=["unknown-flag", "bad-choice"])
+def test_train_bad_flag_exits_2(capsys, argv):
+    with pytest.raises(SystemExit) as info:
+        main(["train", *argv])
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert argv[0] in err or "sgd" in err
+
+
+def test_train_bad_flag_value_exits_2(capsys):
+    assert main(["train", "--lr", "fast"]) == 2
+    assert "'fast'" in _one_line_error(capsys.readouterr().err, "train")
+
+
+def test_train_missing_corpus_exits_2(tmp_path, capsys):
+    missing = tmp_path / "missing.txt"
+    rc = main(["train", "--corpus", str(missing), "--tokenizer", "byte", "--run_dir", str(tmp_path / "run"),
+               "--progress", "false", "--device", "cpu"])
+    assert rc == 2
+    assert str(missing) in _one_line_error(capsys.readouterr().err, "train")
+
+
+def test_train_interrupted_exits_130(monkeypatch, tmp_path, capsys):
+    def interrupted(config, command=None):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(loop, "train", interrupted)
+    assert main(["train", "--run_dir", str(tmp_path / "run")]) == 130
+    assert "interrupted" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------------------------
+# muonlab report / presets
+
+
+@pytest.fixture
+def two_runs(tiny_corpus, tmp_path) -> list[Path]:
+    runs = []
+    for optimizer in ("adamw", "muon"):
+        run_dir = tmp_path / "runs" / optimizer
+        loop.train(TrainConfig(**_tiny_file_values(tiny_corpus, run_dir, optimizer=optimizer)))
+        runs.append(run_dir)
+    return runs
+
+
+def test_report_writes_report_md(two_runs, tmp_path, capsys):
+    out = tmp_path / "report"
+    assert main(["report", *map(str, two_runs), "--out", str(out), "--title", "tiny check"]) == 0
+    report = out / "report.md"
+    assert str(report) in capsys.readouterr().out
+    text = report.read_text()
+    assert text.startswith("# tiny check")
+    assert "## Headline" in text and "**adamw**" in text and "**muon**" in text
+    assert "muon − adamw" in text
+
+
+def test_report_defaults_to_the_first_runs_parent(two_runs):
+    assert main(["report", *map(str, two_runs)]) == 0
+    assert (two_runs[0].parent / "report.md").is_file()
+
+
+def test_report_of_a_folder_that_is_not_a_run_exits_2(two_runs, tmp_path, capsys):
+    not_a_run = tmp_path / "empty"
+    not_a_run.mkdir()
+    assert main(["report", str(two_runs[0]), str(not_a_run), "--out", str(tmp_path / "r")]) == 2
+    assert str(not_a_run) in _one_line_error(capsys.readouterr().err, "report")
+    assert not (tmp_path / "r" / "report.md").exists()
+
+
+def test_presets_lists_every_preset(capsys):
+    assert main(["presets", "--vocab-size", "257", "--seq-len", "64"]) == 0
+    out = capsys.readouterr().out
+    for name in list_presets():
+        assert name in out
+
+
+_SITECUSTOMIZE = textwrap.dedent("""
+    import os, sys
+    sys.stderr.write("allocator marker: %r\\n" % os.environ.get("MUONLAB_ALLOCATOR"))
+    sys.stderr.flush()
+""")
+
+
+def _run_cli_subprocess(tmp_path: Path, env_changes: dict[str, str | None]) -> subprocess.CompletedProcess:
+    """``python -m muonlab.cli presets`` with a sitecustomize that reports MUONLAB_ALLOCATOR at startup."""
+    hook = tmp_path / "hook"
+    hook.mkdir(exist_ok=True)
+    (hook / "sitecustomize.py").write_text(_SITECUSTOMIZE)
+    env = {k: v for k, v in os.environ.items() if k != "MUONLAB_ALLOCATOR"}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(hook), env.get("PYTHONPATH")]))
+    for key, value in env_changes.items():
+        if value is None:
+            env.pop(key, None)
+        else:
+            env[key] = value
+    return subprocess.run([sys.executable, "-m", "muonlab.cli", "presets"], env=env, capture_output=True,
+                          text=True, timeout=120)
+
+
+def test_cli_reexecs_once_under_the_fast_allocator(tmp_path):
+    proc = _run_cli_subprocess(tmp_path, {"MUONLAB_ALLOCATOR": None})
+    assert proc.returncode == 0, proc.stderr
+    assert "tiny" in proc.stdout and "demo" in proc.stdout
+    markers = [line for line in proc.stderr.splitlines() if line.startswith("allocator marker:")]
+    # The first process starts without the marker, re-executes itself once, and the child has it.
+    assert len(markers) == 2, proc.stderr
+    assert markers[0] == "allocator marker: None"
+    expected, _ = allocator_environment({})  # the allocator this machine offers (jemalloc, mimalloc, ...)
+    assert markers[1] == f"allocator marker: {expected!r}"
+
+
+def test_cli_allocator_default_keeps_the_process(tmp_path):
+    proc = _run_cli_subprocess(tmp_path, {"MUONLAB_ALLOCATOR": "default"})
+    assert proc.returncode == 0, proc.stderr
+    markers = [line for line in proc.stderr.splitlines() if line.startswith("allocator marker:")]
+    assert markers == ["allocator marker: 'default'"]
+    assert "tiny" in proc.stdout
+
+
+# ---------------------------------------------------------------------------------------------
+# muonlab demo
+
+
+def test_demo_configs_pair_runs_that_differ_only_in_optimizer_and_seed(tmp_path):
+    plan = DemoPlan(out=str(tmp_path / "demo"), seeds=(0, 1, 2))
+    configs = demo_configs(plan)
+    assert sorted((c.optimizer, c.seed) for c in configs) == sorted(
+        (o, s) for o in ("adamw", "muon") for s in (0, 1, 2))
+    assert len({c.run_dir for c in configs}) == len(configs)
+    assert all(Path(c.run_dir).parent == Path(plan.out) for c in configs)
+    base = configs[0].to_dict()
+    for config in configs[1:]:
+        differing = {k for k, v in config.to_dict().items() if v != base[k]}
+        assert differing <= {"optimizer", "seed", "run_dir"}, differing
+    assert all(c.lr == plan.lr and c.weight_decay == plan.weight_decay for c in configs)
+    assert all(c.train_tokens == plan.train_tokens and c.d_model == plan.d_model for c in configs)
+
+
+def test_demo_command_passes_its_flags_to_the_plan(monkeypatch, tmp_path):
+    plans = []
+    monkeypatch.setattr(demo, "run_demo", plans.append)
+    out = str(tmp_path / "d")
+    assert main(["demo", "--out", out, "--seeds", "3", "--tokens", "4096", "--no-progress"]) == 0
+    (plan,) = plans
+    assert plan.out == out and plan.seeds == (0, 1, 2) and plan.train_tokens == 4096 and plan.progress is False
+
+
+def test_run_demo_at_tiny_scale_writes_the_report(tiny_corpus, monkeypatch, tmp_path, capsys):
+    """DemoPlan has no corpus/tokenizer knobs, so the tiny corpus and byte tokenizer are patched in."""
+    planned: list[TrainConfig] = []
+    real_train = demo.train
+
+    def tiny_train(config, command=None):
+        planned.append(config)
+        return real_train(config.replace(corpus=str(tiny_corpus), tokenizer="byte", device="cpu"), command=command)
+
+    monkeypatch.setattr(demo, "train", tiny_train)
+    plan = DemoPlan(out=str(tmp_path / "demo"), seeds=(0, 1), train_tokens=32 * 4 * 10, model="tiny", d_model=64,
+                    seq_len=32, batch_size=4, progress=False)
+
+    report = run_demo(plan)
+
+    assert report == Path(plan.out) / "report.md" and report.is_file()
+    out = capsys.readouterr().out
+    assert "final validation loss: AdamW" in out and "Muon lower by" in out
+    text = report.read_text()
+    assert "## Headline" in text
+    assert "**adamw**: mean final validation loss" in text and "**muon**: mean final validation loss" in text
+    assert "over 2 seeds" in text and "muon − adamw" in text and "seed-to-seed std" in text
+
+    # Each run folder records a command that reproduces its (planned) config through the CLI.
+    assert len(planned) == 4
+    parser = build_parser()
+    for config in planned:
+        record = json.loads((Path(config.run_dir) / "config.json").read_text())
+        argv = shlex.split(record["command"])
+        assert argv[:2] == ["muonlab", "train"]
+        args = parser.parse_args(argv[1:])
+        values = {k: v for k, v in vars(args).items() if k in FIELDS and v is not None}
+        rebuilt = TrainConfig.from_dict(values)
+        assert rebuilt.replace(progress=config.progress) == config
+        assert read_metrics(config.run_dir)[-1]["step"] == 10
+
+    # Re-running the demo skips the finished runs.
+    before = {c.run_dir: (Path(c.run_dir) / "metrics.jsonl").read_bytes() for c in planned}
+    run_demo(plan)
+    assert {d: (Path(d) / "metrics.jsonl").read_bytes() for d in before} == before
