@@ -26,8 +26,11 @@ def rel(a, b):
 @pytest.mark.parametrize("scale, adjust_lr_fn", [("moonlight", "match_rms_adamw"), ("keller", None)])
 def test_muon_matches_torch_muon(scale, adjust_lr_fn, nesterov, shape):
     # torch keeps the EMA buffer μB + (1 − μ)g, we keep the papers' sum μM + g; the NS input differs
-    # by the constant (1 − μ), which the Frobenius normalisation removes. Both run NS in bf16, so
-    # the total parameter change over 6 steps agrees to bf16 tolerance.
+    # by the constant (1 − μ), which the Frobenius normalisation removes. Both run NS in bf16 with
+    # different (equally valid) rounding, so "bf16 tolerance" is measured, not guessed: the two
+    # may differ by at most twice torch's own distance from the same algorithm run in float64.
+    adjust = {"moonlight": lambda A, B: 0.2 * math.sqrt(max(A, B)),
+              "keller": lambda A, B: math.sqrt(max(1.0, A / B))}[scale]
     W0 = randn(*shape, seed=0)
     ours, theirs = nn.Parameter(W0.clone()), nn.Parameter(W0.clone())
     lr, wd = 0.02, 0.1
@@ -39,12 +42,16 @@ def test_muon_matches_torch_muon(scale, adjust_lr_fn, nesterov, shape):
         ours.grad, theirs.grad = g.clone(), g.clone()
         o1.step()
         o2.step()
+    grads = [randn(*shape, seed=10 + t).double() for t in range(6)]
+    exact = torch_style_muon_fp32(W0.double(), grads, lr=lr, wd=wd, mu=0.95, nesterov=nesterov, adjust=adjust)
+    torch_bf16_error = rel(theirs.detach().double() - W0, exact - W0)
     err = rel(ours.detach() - W0, theirs.detach() - W0)
-    assert err < 2e-2, err
+    assert torch_bf16_error < 5e-2, torch_bf16_error
+    assert err < 2 * torch_bf16_error, (err, torch_bf16_error)
 
 
 def torch_style_muon_fp32(W, grads, *, lr, wd, mu, nesterov, adjust):
-    """torch.optim.Muon's algorithm (EMA buffer via lerp, NS with norm.clamp(eps)) in fp32."""
+    """torch.optim.Muon's algorithm (EMA buffer via lerp, NS with norm.clamp(eps)) in W's dtype."""
     a, b, c = 3.4445, -4.7750, 2.0315
     W, buf = W.clone(), torch.zeros_like(W)
     for g in grads:

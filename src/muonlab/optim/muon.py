@@ -209,7 +209,11 @@ class Muon(torch.optim.Optimizer):
                 where.append((group, i))
         if not grads:
             return False
-        # One reduction per tensor, one sync in total.
+        # Fast path: one sum per tensor and one sync; a sum is finite when every entry is (it can
+        # overflow for huge finite entries, so a non-finite sum is re-checked entry by entry).
+        sums = torch.stack([g.sum(dtype=torch.float64) if g.dtype == torch.float64 else g.float().sum() for g in grads])
+        if bool(torch.isfinite(sums).all()):
+            return True
         finite = torch.stack([torch.isfinite(g).all() for g in grads])
         if bool(finite.all()):
             return True
@@ -257,7 +261,7 @@ class Muon(torch.optim.Optimizer):
 
     def _muon_step(self, telemetry: dict[str, list[float]] | None) -> None:
         # Bucket key: everything that makes two matrices' Newton–Schulz calls identical.
-        buckets: dict[tuple, list[tuple[dict, int, torch.Tensor]]] = defaultdict(list)
+        buckets: dict[tuple, list[tuple[dict, int, torch.Tensor, torch.Tensor]]] = defaultdict(list)
         for group in self.param_groups:
             if group["algorithm"] != "muon":
                 continue
@@ -271,46 +275,47 @@ class Muon(torch.optim.Optimizer):
                 if "momentum_buffer" not in state:
                     state["momentum_buffer"] = torch.zeros_like(p, dtype=_momentum_dtype(p), memory_format=torch.contiguous_format)
                 bufs.append(state["momentum_buffer"])
-            grads = [p.grad.to(b.dtype) for p, b in zip(params, bufs)]
-            mu = group["momentum"]
-            torch._foreach_mul_(bufs, mu)
-            torch._foreach_add_(bufs, grads)
-            directions = torch._foreach_add(grads, bufs, alpha=mu) if group["nesterov"] else bufs
+            grads = [p.grad if p.grad.dtype == b.dtype else p.grad.to(b.dtype) for p, b in zip(params, bufs)]
+            for g, buf in zip(grads, bufs):  # M ← G + μM in one pass over M
+                torch.add(g, buf, alpha=group["momentum"], out=buf)
             key_settings = (group["ns_steps"], str(group["ns_coefficients"]), group["ns_dtype"], group["ns_method"], group["ns_eps"])
-            for i, p, d in zip(indices, params, directions):
+            for i, p, g, buf in zip(indices, params, grads, bufs):
                 rows, cols = _matrix_shape(group, p)
-                key = (min(rows, cols), max(rows, cols), p.device) + key_settings
-                buckets[key].append((group, i, d))
+                key = (rows, cols, p.device) + key_settings
+                buckets[key].append((group, i, g, buf))
         for key, items in buckets.items():
             self._orthogonalize_and_apply(key, items, telemetry)
 
     def _orthogonalize_and_apply(self, key, items, telemetry) -> None:
-        steps, coefficients, dtype, method, eps = key[3:]
-        group0 = items[0][0]
-        # Stack every logical matrix of the bucket in wide orientation: [N, m, n] with m ≤ n.
-        wide = []
-        for group, i, d in items:
-            rows, cols = _matrix_shape(group, group["params"][i])
-            mats = d.reshape(-1, rows, cols)
-            wide.append(mats.mT if rows > cols else mats)
-        # Cast before concatenating (half the bytes), except for the exact SVD, which must see
-        # the momentum at full precision.
-        cast = dtype if method != "svd" else wide[0].dtype
-        stacked = torch.cat([w.to(cast) for w in wide]) if len(wide) > 1 else wide[0].to(cast)
-        ortho = orthogonalize(stacked, group0["ns_coefficients"], steps, dtype, eps, method)
+        rows, cols, device, steps, coefficients, dtype, method, eps = key
+        # One [N, rows, cols] stack of every logical matrix in the bucket. The Newton–Schulz input
+        # G + μM (Nesterov) or M is written straight into it, cast to the NS dtype in the same
+        # pass (the exact SVD keeps the momentum's precision).
+        counts = [buf.numel() // (rows * cols) for _, _, _, buf in items]
+        stack_dtype = dtype if method != "svd" else items[0][3].dtype
+        stacked = torch.empty(sum(counts), rows, cols, dtype=stack_dtype, device=device)
         offset = 0
-        for position, ((group, i, _), w) in enumerate(zip(items, wide)):
-            p = group["params"][i]
-            rows, cols = _matrix_shape(group, p)
-            count = w.shape[0]
-            O = ortho[offset : offset + count]
+        for (group, i, g, buf), count in zip(items, counts):
+            dst = stacked[offset : offset + count]
+            if group["nesterov"]:
+                torch.add(g.reshape(count, rows, cols), buf.view(count, rows, cols), alpha=group["momentum"], out=dst)
+            else:
+                dst.copy_(buf.view(count, rows, cols))
             offset += count
-            O = (O.mT if rows > cols else O).reshape(p.shape)
+        ortho = orthogonalize(stacked, items[0][0]["ns_coefficients"], steps, dtype, eps, method)
+        offset = 0
+        for position, ((group, i, _, _), count) in enumerate(zip(items, counts)):
+            p = group["params"][i]
+            O = ortho[offset : offset + count]  # [count, rows, cols]
+            offset += count
             s = SCALE_RULES[group["scale"]](rows, cols)
             lr, wd = group["lr"], group["weight_decay"]
+            target = p.view(count, rows, cols) if p.is_contiguous() else p.detach().reshape(count, rows, cols)
             if wd != 0.0:
-                p.mul_(1.0 - lr * wd)
-            p.add_(O.to(p.dtype), alpha=-lr * s)
+                target.mul_(1.0 - lr * wd)
+            target.add_(O, alpha=-lr * s)
+            if target.data_ptr() != p.data_ptr():  # a non-contiguous parameter was updated in a copy
+                p.copy_(target.view(p.shape))
             if telemetry is not None:
                 self._record_muon(telemetry, group, i, O, s, sample_orthogonality=position == 0)
 

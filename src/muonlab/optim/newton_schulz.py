@@ -171,20 +171,43 @@ def choose_method(method: str, m: int, n: int, steps: int, dtype: torch.dtype, g
     return "gram" if gram < ns_flops(m, n, steps, "standard") else "standard"
 
 
-def _standard(X: torch.Tensor, schedule) -> torch.Tensor:
-    # X: [batch, m, n] with m ≤ n, already normalised.
+def _small_gram(X: torch.Tensor) -> torch.Tensor:
+    # The Gram matrix on the small side: XXᵀ for a wide [batch, m, n] X, XᵀX for a tall one.
+    return torch.bmm(X, X.mT) if X.shape[-2] <= X.shape[-1] else torch.bmm(X.mT, X)
+
+
+def _apply(M: torch.Tensor, X: torch.Tensor) -> torch.Tensor:
+    # M·X for a wide X, X·M for a tall one; M is a symmetric polynomial in the small Gram matrix,
+    # so both are the same iteration written for either orientation, and nothing is transposed.
+    return torch.bmm(M, X) if X.shape[-2] <= X.shape[-1] else torch.bmm(X, M)
+
+
+def _scale(A: torch.Tensor, inv: torch.Tensor | None, power: int) -> torch.Tensor:
+    return A if inv is None else A.mul_(inv**power)
+
+
+def _standard(X: torch.Tensor, gram: torch.Tensor | None, inv: torch.Tensor | None, schedule) -> torch.Tensor:
+    # X: [batch, r, c], *not* normalised; gram: its small Gram matrix (or None); inv: [batch, 1, 1]
+    # = 1 / (margin·‖X‖_F + eps), or None when X is already normalised. The normalisation
+    # X₀ = inv·X is folded into the first step: A₀ = inv²·XXᵀ, X₁ = inv·(aX + B₀X). aX + BX is one
+    # fused call (the aX term is added before rounding, which keeps bf16 as accurate as the
+    # textbook form; forming aI + B first would round the cancelling sum twice).
     for a, b, c in schedule:
-        A = torch.bmm(X, X.mT)  # [batch, m, m]
+        A = _scale(gram if gram is not None else _small_gram(X), inv, 2)
         B = torch.baddbmm(A, A, A, beta=b, alpha=c)  # bA + cA²
-        X = torch.baddbmm(X, B, X, beta=a)  # aX + BX
+        X = torch.baddbmm(X, B, X, beta=a) if X.shape[-2] <= X.shape[-1] else torch.baddbmm(X, X, B, beta=a)
+        X = _scale(X, inv, 1)
+        gram = inv = None
     return X
 
 
-def _gram(X: torch.Tensor, schedule, restart_every: int) -> torch.Tensor:
-    # X: [batch, m, n] with m ≤ n, already normalised. See the module docstring for the algebra.
+def _gram(X: torch.Tensor, gram: torch.Tensor, inv: torch.Tensor | None, schedule, restart_every: int) -> torch.Tensor:
+    # X, gram, inv as in _standard. The iteration runs on the small Gram matrix and applies the
+    # accumulated polynomial Q to X at the end of each segment (see the module docstring).
     for start in range(0, len(schedule), restart_every):
         segment = schedule[start : start + restart_every]
-        A = torch.bmm(X, X.mT)
+        A = _scale(gram if gram is not None else _small_gram(X), inv, 2)
+        gram = None
         Q = None
         for k, (a, b, c) in enumerate(segment):
             P = torch.baddbmm(A, A, A, beta=b, alpha=c)
@@ -192,7 +215,8 @@ def _gram(X: torch.Tensor, schedule, restart_every: int) -> torch.Tensor:
             Q = P if Q is None else torch.bmm(P, Q)
             if k < len(segment) - 1:
                 A = torch.bmm(P, torch.bmm(P, A))
-        X = torch.bmm(Q, X)
+        X = _apply(_scale(Q, inv, 1), X)
+        inv = None
     return X
 
 
@@ -213,8 +237,8 @@ def orthogonalize(
 
     Args:
         G: ``[..., A, B]``; leading dims are a batch of independent matrices (e.g. the experts of
-            a stacked ``[E, A, B]`` parameter). Tall matrices are transposed internally so the
-            iteration always runs on the wide orientation (the smaller Gram matrix).
+            a stacked ``[E, A, B]`` parameter). The iteration always works with the Gram matrix
+            of the smaller side (``XXᵀ`` when wide, ``XᵀX`` when tall), without transposing.
         coefficients: a name in ``COEFFICIENT_SETS`` or a ``CoefficientSet``.
         steps: number of Newton–Schulz iterations.
         dtype: compute dtype (bf16 by default, as in both papers; fp32/fp64 for accuracy).
@@ -238,19 +262,22 @@ def orthogonalize(
     schedule = cset.schedule(steps)
     batch_shape, (rows, cols) = G.shape[:-2], G.shape[-2:]
     X = G.reshape(-1, rows, cols)
-    tall = rows > cols
-    if tall:
-        X = X.mT
     if method == "svd":
         svd_dtype = torch.float64 if dtype == torch.float64 else torch.float32
         X = _polar_svd(X.to(svd_dtype))
     else:
         X = X.to(dtype)
-        norm = torch.linalg.vector_norm(X, dim=(-2, -1), keepdim=True, dtype=torch.promote_types(dtype, torch.float32))
-        X = X / (norm * cset.norm_margin + eps).to(dtype)
-        m, n = X.shape[-2:]
+        if dtype == torch.float16:  # the Gram matrix of an unnormalised X can exceed fp16's range
+            norm = torch.linalg.vector_norm(X, dim=(-2, -1), keepdim=True, dtype=torch.float32)
+            X, gram, inv = X * (1.0 / (norm * cset.norm_margin + eps)).to(dtype), None, None
+        else:  # ‖X‖_F² = trace of the first Gram matrix, which the iteration needs anyway
+            gram = _small_gram(X)
+            norm_sq = gram.diagonal(dim1=-2, dim2=-1).sum(-1, dtype=torch.promote_types(dtype, torch.float32))
+            inv = (1.0 / (norm_sq.sqrt() * cset.norm_margin + eps))[:, None, None]  # kept at ≥ fp32
+        m, n = min(rows, cols), max(rows, cols)
         chosen = choose_method(method, m, n, steps, dtype, cset.gram_restart_every)
-        X = _gram(X, schedule, cset.gram_restart_every) if chosen == "gram" else _standard(X, schedule)
-    if tall:
-        X = X.mT
+        if chosen == "gram":
+            X = _gram(X, gram, inv, schedule, cset.gram_restart_every)
+        else:
+            X = _standard(X, gram, inv, schedule)
     return X.reshape(*batch_shape, rows, cols)
