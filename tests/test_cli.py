@@ -293,18 +293,13 @@ def test_demo_command_passes_its_flags_to_the_plan(monkeypatch, tmp_path):
     assert plan.out == out and plan.seeds == (0, 1, 2) and plan.train_tokens == 4096 and plan.progress is False
 
 
-def test_run_demo_at_tiny_scale_writes_the_report(tiny_corpus, monkeypatch, tmp_path, capsys):
-    """DemoPlan has no corpus/tokenizer knobs, so the tiny corpus and byte tokenizer are patched in."""
-    planned: list[TrainConfig] = []
-    real_train = demo.train
-
-    def tiny_train(config, command=None):
-        planned.append(config)
-        return real_train(config.replace(corpus=str(tiny_corpus), tokenizer="byte", device="cpu"), command=command)
-
-    monkeypatch.setattr(demo, "train", tiny_train)
-    plan = DemoPlan(out=str(tmp_path / "demo"), seeds=(0, 1), train_tokens=32 * 4 * 10, model="tiny", d_model=64,
-                    seq_len=32, batch_size=4, progress=False)
+@pytest.mark.parametrize("workers", [1, 2])
+def test_run_demo_at_tiny_scale_writes_the_report(tiny_corpus, muonlab_cache, tmp_path, capsys, workers):
+    """The demo on the tiny corpus, in-process (workers=1) and as parallel train processes (2)."""
+    plan = DemoPlan(out=str(tmp_path / "demo"), corpus=str(tiny_corpus), tokenizer="byte", seeds=(0, 1),
+                    train_tokens=32 * 4 * 10, model="tiny", d_model=64, seq_len=32, batch_size=4, progress=False,
+                    workers=workers)
+    planned = demo_configs(plan)
 
     report = run_demo(plan)
 
@@ -326,7 +321,7 @@ def test_run_demo_at_tiny_scale_writes_the_report(tiny_corpus, monkeypatch, tmp_
         args = parser.parse_args(argv[1:])
         values = {k: v for k, v in vars(args).items() if k in FIELDS and v is not None}
         rebuilt = TrainConfig.from_dict(values)
-        assert rebuilt.replace(progress=config.progress) == config
+        assert rebuilt.replace(progress=config.progress, threads=config.threads) == config  # speed-only knobs
         assert read_metrics(config.run_dir)[-1]["step"] == 10
 
     # Re-running the demo skips the finished runs.

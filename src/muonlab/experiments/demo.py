@@ -13,14 +13,13 @@ demo skips finished runs), and ``<out>/report.md`` is rebuilt from them.
 from __future__ import annotations
 
 import json
-import shlex
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 from ..analysis.report import summarize_by_optimizer, write_report
 from ..train.config import TrainConfig
-from ..train.loop import train
+from .runner import run_configs
 
 __all__ = ["DemoPlan", "demo_configs", "run_demo"]
 
@@ -30,6 +29,9 @@ class DemoPlan:
     """What the demo trains. The defaults fit in about five minutes on a 2-core CPU."""
 
     out: str = "runs/demo"
+    corpus: str = "english"
+    tokenizer: str = "bpe"
+    vocab_size: int = 4096
     seeds: tuple[int, ...] = (0, 1)
     train_tokens: int = 1_572_864
     lr: float = 3e-3
@@ -40,13 +42,14 @@ class DemoPlan:
     batch_size: int = 16
     compile: bool = False
     progress: bool = True
+    workers: int = 2
 
 
 def demo_configs(plan: DemoPlan) -> list[TrainConfig]:
     """One ``TrainConfig`` per (optimizer, seed); the optimizer is the only difference in a pair."""
     steps = plan.train_tokens // (plan.seq_len * plan.batch_size)
     base = TrainConfig(
-        corpus="english", tokenizer="bpe", vocab_size=4096, model=plan.model, d_model=plan.d_model,
+        corpus=plan.corpus, tokenizer=plan.tokenizer, vocab_size=plan.vocab_size, model=plan.model, d_model=plan.d_model,
         seq_len=plan.seq_len, batch_size=plan.batch_size, train_tokens=plan.train_tokens,
         lr=plan.lr, weight_decay=plan.weight_decay, schedule="cosine", warmup_steps=max(1, steps // 20),
         eval_every=max(1, steps // 12), eval_batches=8, log_every=10, telemetry_every=25,
@@ -62,10 +65,7 @@ def demo_configs(plan: DemoPlan) -> list[TrainConfig]:
 def run_demo(plan: DemoPlan) -> Path:
     """Train every demo run (skipping finished ones), write the report, print the headline."""
     configs = demo_configs(plan)
-    for i, config in enumerate(configs, 1):
-        print(f"[{i}/{len(configs)}] {config.optimizer} seed {config.seed} -> {config.run_dir}", flush=True)
-        command = shlex.join(["muonlab", "train", *_as_flags(config)])
-        train(config, command=command)
+    run_configs(configs, workers=plan.workers)
     report = write_report([c.run_dir for c in configs], plan.out,
                           title="muonlab demo: Muon vs AdamW at AdamW's lr and weight decay",
                           intro=_intro(configs[0]))
@@ -90,28 +90,38 @@ def _intro(config: TrainConfig) -> str:
         f"trains the same model with AdamW and with Muon at the *same* lr ({config.lr:g}, warmup + cosine "
         f"to {config.final_lr_ratio:g}×) and weight decay ({config.weight_decay:g}); only the optimizer "
         f"differs within a seed.\n\n"
-        f"- Model: Llama-style decoder, {model['n_layers']} layers, d_model {model['d_model']}, "
-        f"{model['n_heads']} heads, SwiGLU {model['ffn_hidden']}, untied head: {record['num_params']:,} "
+        f"- Model: {_describe_model(model)}, untied head: {record['num_params']:,} "
         f"parameters ({record['num_non_embedding_params']:,} outside the embedding and head).\n"
         f"- Data: {record['dataset']}; {record['total_steps']} steps of {record['tokens_per_step']:,} tokens "
         f"= {record['total_steps'] * record['tokens_per_step']:,} training tokens per run.\n"
-        f"- Muon on the {4 * model['n_layers'] + (3 if model['mlp'] == 'swiglu' else 2) * model['n_layers']} "
-        f"hidden matrices; AdamW (β = ({config.beta1:g}, {config.beta2:g})) on embedding, head and norms in "
+        f"- Muon on the {_muon_matrix_count(model)} hidden matrices; AdamW (β = ({config.beta1:g}, {config.beta2:g})) on embedding, head and norms in "
         f"both runs. Validation loss is measured on {config.eval_batches} fixed held-out batches.\n"
         f"- Device: {record['device']}, torch {record['torch']}, {config.dtype} autocast."
     )
+
+
+def _describe_model(model: dict) -> str:
+    text = f"{model['n_layers']} layers, d_model {model['d_model']}, {model['n_heads']} heads"
+    if model.get("n_routed_experts"):
+        return (f"Moonlight-style MoE decoder, {text}, {model['attention'].upper()} attention; blocks from "
+                f"{model['first_k_dense']} on have {model['n_routed_experts']} routed (top-{model['top_k']}) + "
+                f"{model['n_shared_experts']} shared SwiGLU experts of width {model['expert_ffn_hidden']}")
+    return f"Llama-style decoder, {text}, SwiGLU {model['ffn_hidden']}"
+
+
+def _muon_matrix_count(model: dict) -> int:
+    """Matrices Muon orthogonalizes (each expert of a stack counts once), from the routing of the model."""
+    import torch
+
+    from ..models import ModelConfig, Transformer
+    from ..optim import route_parameters
+
+    with torch.device("meta"):
+        routed = route_parameters(Transformer(ModelConfig.from_dict(model)))
+    return sum(rp.param.shape[0] if rp.role == "expert" else 1 for rp in routed if rp.algorithm == "muon")
 
 
 def _load(configs):
     from ..analysis.runs import load_runs
 
     return load_runs([c.run_dir for c in configs])
-
-
-def _as_flags(config: TrainConfig) -> list[str]:
-    defaults = TrainConfig().to_dict()
-    flags = []
-    for key, value in config.to_dict().items():
-        if value != defaults[key] and key != "progress":
-            flags += [f"--{key}", str(value)]
-    return flags

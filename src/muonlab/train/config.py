@@ -79,6 +79,7 @@ class TrainConfig:
     compile: bool = _f(False, "torch.compile the model")
     device: str = _f("auto", "'auto' (cuda if available), 'cpu' or 'cuda'", DEVICES)
     seed: int = _f(0, "seed for initialisation and data order")
+    threads: int = _f(0, "CPU threads for torch (0: torch's default, all cores)")
     # logging, eval, checkpoints
     log_every: int = _f(10, "write a metrics row every this many steps")
     telemetry_every: int = _f(50, "measure optimizer telemetry (update RMS, …) every this many steps (0: never)")
@@ -102,7 +103,7 @@ class TrainConfig:
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be a positive integer, got {getattr(self, name)}")
         for name in ("lr", "weight_decay", "grad_clip", "warmup_steps", "checkpoint_every", "telemetry_every",
-                     "spectra_every"):
+                     "spectra_every", "threads"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
         if not 0.0 < self.val_fraction < 1.0:

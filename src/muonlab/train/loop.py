@@ -152,6 +152,8 @@ def _write_config(run_dir: Path, record: dict[str, Any]) -> None:
 def train(config: TrainConfig, command: str | None = None) -> RunSummary:
     """Train one model as ``config`` says, in ``config.run_dir``; resume if a checkpoint exists."""
     device = resolve_device(config.device)
+    if config.threads:
+        torch.set_num_threads(config.threads)
     run_dir = Path(config.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     seed_everything(config.seed)
@@ -188,6 +190,7 @@ def train(config: TrainConfig, command: str | None = None) -> RunSummary:
         "model_config": model_config.to_dict(),
         "num_params": model_config.num_params(),
         "num_non_embedding_params": model_config.num_non_embedding_params(),
+        "num_active_params": model_config.num_active_params(),  # = num_params unless MoE
         "flops_per_token": model_config.flops_per_token(config.seq_len),
         "tokens_per_step": tokens_per_step,
         "total_steps": total_steps,
