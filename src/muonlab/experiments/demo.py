@@ -34,13 +34,13 @@ class DemoPlan:
     vocab_size: int = 4096
     seeds: tuple[int, ...] = (0, 1)
     train_tokens: int = 1_572_864
-    lr: float = 3e-3
+    lr: float = 2e-3
     weight_decay: float = 0.1
     model: str = "demo"
     d_model: int = 192
     seq_len: int = 256
     batch_size: int = 16
-    compile: bool = False
+    compile: bool = True
     progress: bool = True
     workers: int = 2
 
