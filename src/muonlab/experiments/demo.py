@@ -26,18 +26,24 @@ __all__ = ["DemoPlan", "demo_configs", "run_demo"]
 
 @dataclass
 class DemoPlan:
-    """What the demo trains. The defaults fit in about five minutes on a 2-core CPU."""
+    """What the demo trains. The defaults fit in about five minutes on a 2-core CPU.
+
+    4 layers, d_model 160, untied head, BPE vocab 4096: 2.6M parameters. Two runs train side by
+    side (one thread each) and the model is compiled: measured on the 2-core machine, one thread
+    trains this model at ≈ 18k tokens per CPU-second compiled (≈ 10.7k eager), so the four runs'
+    6M tokens take ≈ 3 minutes of wall time plus compilation.
+    """
 
     out: str = "runs/demo"
     corpus: str = "english"
     tokenizer: str = "bpe"
     vocab_size: int = 4096
     seeds: tuple[int, ...] = (0, 1)
-    train_tokens: int = 1_572_864
-    lr: float = 2e-3
+    train_tokens: int = 1_503_232  # 367 steps of 16 × 256 tokens: just over 1.5M
+    lr: float = 3e-3  # AdamW's best of {2e-3, 3e-3, 4.5e-3} on this setup (val 3.887, 3.783, 3.829)
     weight_decay: float = 0.1
     model: str = "demo"
-    d_model: int = 192
+    d_model: int = 160
     seq_len: int = 256
     batch_size: int = 16
     compile: bool = True
