@@ -152,3 +152,48 @@ def plot_val_loss_by_optimizer(runs: Sequence[Run], path: str | os.PathLike) -> 
             ax.fill_between(tokens, mean - std, mean + std, color=color, alpha=0.2)
         plotted = True
     return _save(fig, path) if plotted else None
+
+
+def plot_svd_entropy_groups(runs: Sequence[Run], path: str | os.PathLike) -> Path | None:
+    """SVD entropy per matrix group over training, one panel per Moonlight Figure-4 group.
+
+    Each point is a row's ``svd_entropy/*`` values macro-averaged per group
+    (``muonlab.analysis.spectra.group_means``); one line per run, coloured by optimizer. Groups no
+    run has (e.g. Router in a dense model) get no panel.
+    """
+    from muonlab.analysis.spectra import MATRIX_GROUPS, group_means
+
+    styles = _styles(runs)
+    curves: dict[str, list[tuple[Run, list[int], list[float]]]] = {}
+    for run in runs:
+        per_group: dict[str, tuple[list[int], list[float]]] = {}
+        for row in sorted(run.rows, key=lambda r: r["step"]):
+            values = {k: v for k, v in row.items() if k.startswith("svd_entropy/")}
+            for group, mean in group_means(values).items():
+                steps, means = per_group.setdefault(group, ([], []))
+                steps.append(row["step"])
+                means.append(mean)
+        for group, (steps, means) in per_group.items():
+            curves.setdefault(group, []).append((run, steps, means))
+    groups = [g for g in MATRIX_GROUPS if g in curves]
+    if not groups:
+        return None
+    cols = min(3, len(groups))
+    rows = -(-len(groups) // cols)
+    fig = Figure(figsize=(4.2 * cols, 3.4 * rows), layout="constrained")
+    FigureCanvasAgg(fig)
+    fig.suptitle("SVD entropy by matrix type (macro-averaged over layers; higher = flatter spectrum)")
+    for i, group in enumerate(groups):
+        ax = fig.add_subplot(rows, cols, i + 1)
+        for run, steps, means in curves[group]:
+            color, ls = styles[run.name]
+            ax.plot(steps, means, color=color, linestyle=ls, marker="o", markersize=3, label=f"{run.name} ({run.optimizer})")
+        ax.set_title(group)
+        ax.set_xlabel("optimizer step")
+        ax.set_ylabel("SVD entropy")
+        ax.grid(True, alpha=0.3)
+    fig.axes[0].legend(fontsize="small")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=DPI)
+    return path

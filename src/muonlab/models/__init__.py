@@ -1,21 +1,14 @@
-"""Models: a Llama-style decoder (RMSNorm, RoPE, SwiGLU/GELU, GQA) and its config, presets and counts.
+"""Models: a Llama-style decoder (RMSNorm, RoPE, SwiGLU/GELU, GQA) and its config, presets and counts,
+with Moonlight's DeepSeek-V3-style options: multi-head latent attention and a mixture-of-experts layer.
 
 No torch.distributed here: parallelism is applied to these models from ``muonlab.parallel``.
 """
 
-from .config import ModelConfig, default_ffn_hidden, describe_presets, list_presets, preset
-from .transformer import (
-    IGNORE_INDEX,
-    OUTPUT_PROJECTIONS,
-    Attention,
-    Block,
-    GeluMLP,
-    SwiGLU,
-    Transformer,
-    apply_rope,
-    build_mlp,
-    rope_cos_sin,
-)
+from .config import ModelConfig, default_ffn_hidden, describe_presets, list_moe_presets, list_presets, preset
+from .layers import GeluMLP, SwiGLU, apply_rope, rope_cos_sin
+from .mla import MLA
+from .moe import MoE, routed_scaling_factor
+from .transformer import IGNORE_INDEX, OUTPUT_PROJECTIONS, Attention, Block, Transformer, build_attention, build_mlp
 
 __all__ = [
     "IGNORE_INDEX",
@@ -23,14 +16,19 @@ __all__ = [
     "Attention",
     "Block",
     "GeluMLP",
+    "MLA",
     "ModelConfig",
+    "MoE",
     "SwiGLU",
     "Transformer",
     "apply_rope",
+    "build_attention",
     "build_mlp",
     "default_ffn_hidden",
     "describe_presets",
+    "list_moe_presets",
     "list_presets",
     "preset",
     "rope_cos_sin",
+    "routed_scaling_factor",
 ]

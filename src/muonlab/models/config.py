@@ -3,6 +3,11 @@
 Everything here is plain Python (no torch): parameter and FLOP counts are formulas over the config,
 so an experiment can plan a compute budget without building the model. Tests check each formula
 against ``sum(p.numel())`` of the built model and against a hand count of the matrix shapes.
+
+One dataclass describes the dense Llama-style model and Moonlight's DeepSeek-V3-style variant
+(arXiv 2502.16982 §3.3, App. C): ``attention="mla"`` selects multi-head latent attention, and
+``n_routed_experts > 0`` turns every block from ``first_k_dense`` on into a mixture-of-experts
+layer (shared + fine-grained routed experts, sigmoid router, aux-loss-free balancing).
 """
 
 from __future__ import annotations
@@ -13,6 +18,8 @@ from dataclasses import dataclass, fields
 from typing import Any
 
 MLP_KINDS = ("swiglu", "gelu")
+ATTENTION_KINDS = ("mha", "mla")
+_MLA_FIELDS = ("kv_lora_rank", "qk_nope_head_dim", "qk_rope_head_dim", "v_head_dim")
 
 
 def _round_up(x: float, multiple: int) -> int:
@@ -32,10 +39,12 @@ def default_ffn_hidden(d_model: int, mlp: str, multiple_of: int = 64) -> int:
 
 @dataclass
 class ModelConfig:
-    """A Llama-style decoder-only transformer (RMSNorm, RoPE, SwiGLU or GELU MLP, no biases).
+    """A Llama-style decoder-only transformer (RMSNorm, RoPE, SwiGLU or GELU MLP, no biases),
+    optionally with multi-head latent attention and mixture-of-experts blocks (Moonlight's shape).
 
-    ``n_kv_heads`` and ``ffn_hidden`` given as None are resolved to numbers in ``__post_init__``,
-    so ``to_dict()`` writes the fully resolved config. Because of that, ``dataclasses.replace(cfg,
+    ``n_kv_heads``, ``ffn_hidden`` and the MLA / MoE widths given as None are resolved to numbers
+    in ``__post_init__`` (MLA widths only with ``attention="mla"``, ``expert_ffn_hidden`` only with
+    ``n_routed_experts > 0``), so ``to_dict()`` writes the fully resolved config. Because of that, ``dataclasses.replace(cfg,
     d_model=...)`` keeps the old resolved ``ffn_hidden``; pass ``ffn_hidden=None`` (and
     ``n_kv_heads=None``) alongside to re-derive them.
     """
@@ -66,6 +75,38 @@ class ModelConfig:
     """If True, the LM head reuses the embedding matrix (lm_head.weight is embed.weight)."""
     init_std: float = 0.02
     """Std of the normal init of every linear and embedding weight (output projections get /sqrt(2*n_layers))."""
+    # ---- attention kind (Moonlight / DeepSeek-V2 §2.1: multi-head latent attention) ----------------
+    attention: str = "mha"
+    """Attention kind: "mha" (multi-head / grouped-query, ``n_kv_heads``) or "mla" (multi-head latent attention)."""
+    q_lora_rank: int = 0
+    """MLA: rank of the query compression W_DQ (with an RMSNorm on the latent); 0 = no compression (Moonlight)."""
+    kv_lora_rank: int | None = None
+    """MLA: width of the compressed KV latent c_KV, cached per token. None: d_model // 4 (Moonlight: 512 = 2048/4)."""
+    qk_nope_head_dim: int | None = None
+    """MLA: per-head query/key channels without RoPE (content part). None: head_dim (Moonlight: 128)."""
+    qk_rope_head_dim: int | None = None
+    """MLA: per-head query channels with RoPE; the key's rope part is one shared head. None: head_dim // 2 (Moonlight: 64)."""
+    v_head_dim: int | None = None
+    """MLA: per-head value channels. None: head_dim (Moonlight: 128)."""
+    # ---- mixture of experts (Moonlight App. C: DeepSeek-V3-small-like) -----------------------------
+    n_routed_experts: int = 0
+    """Routed experts per MoE layer (Moonlight: 64); 0 = a dense model."""
+    n_shared_experts: int = 0
+    """Shared experts every token passes through, stored as one SwiGLU of n_shared * expert_ffn_hidden (Moonlight: 2)."""
+    top_k: int = 0
+    """Routed experts chosen per token (Moonlight: 6); required (>= 1) when n_routed_experts > 0."""
+    expert_ffn_hidden: int | None = None
+    """Hidden width of one expert's SwiGLU. None: ffn_hidden // (top_k + n_shared_experts), so the active
+    expert width equals the dense width (Moonlight: 11264 / (6 + 2) = 1408)."""
+    first_k_dense: int = 1
+    """With experts, blocks 0 .. first_k_dense-1 keep the dense MLP (Moonlight: first_k_dense_replace = 1)."""
+    routed_scaling_factor: float = 1.0
+    """Multiplies the normalised top-k gate weights (Moonlight: 2.446; see ``moe.routed_scaling_factor``)."""
+    moe_bias_update_rate: float = 1e-3
+    """u of the aux-loss-free balance bias update b_i <- b_i + u * (sign(e_i) - mean(sign(e))) (Moonlight: 1e-3)."""
+    moe_aux_loss_coef: float = 0.0
+    """α of DeepSeek-V3's sequence-wise balance loss, added to the training loss; 0 = off (aux-loss-free only).
+    Moonlight's released config lists 0.001 with seq_aux; the paper does not say it was used."""
 
     def __post_init__(self) -> None:
         for name in ("vocab_size", "d_model", "n_layers", "n_heads", "multiple_of", "max_seq_len"):
@@ -100,6 +141,67 @@ class ModelConfig:
             setattr(self, name, float(value))
         if not isinstance(self.tie_embeddings, bool):
             raise ValueError(f"ModelConfig.tie_embeddings is {self.tie_embeddings!r}; it must be True or False.")
+        self._resolve_attention()
+        self._resolve_moe()
+
+    def _resolve_attention(self) -> None:
+        if self.attention not in ATTENTION_KINDS:
+            raise ValueError(
+                f"ModelConfig.attention is {self.attention!r}; valid values are {', '.join(map(repr, ATTENTION_KINDS))}."
+            )
+        _check_non_negative_int("q_lora_rank", self.q_lora_rank)
+        if self.attention == "mha":
+            given = [n for n in _MLA_FIELDS if getattr(self, n) is not None] + (["q_lora_rank"] if self.q_lora_rank else [])
+            if given:
+                raise ValueError(
+                    f"ModelConfig.{given[0]} is {getattr(self, given[0])!r}, but it applies only to attention='mla' "
+                    f"(attention is 'mha'); leave it unset or set attention='mla'."
+                )
+            return
+        # Moonlight's MLA widths relative to its head_dim 128 and d_model 2048 (App. C config).
+        derived = dict(kv_lora_rank=self.d_model // 4, qk_nope_head_dim=self.head_dim,
+                       qk_rope_head_dim=self.head_dim // 2, v_head_dim=self.head_dim)
+        for name, value in derived.items():
+            if getattr(self, name) is None:
+                setattr(self, name, value)
+            _check_positive_int(name, getattr(self, name))
+        if self.qk_rope_head_dim % 2:
+            raise ValueError(
+                f"ModelConfig.qk_rope_head_dim is {self.qk_rope_head_dim}; RoPE rotates pairs of channels, so it must be even."
+            )
+
+    def _resolve_moe(self) -> None:
+        for name in ("n_routed_experts", "n_shared_experts", "top_k", "first_k_dense"):
+            _check_non_negative_int(name, getattr(self, name))
+        for name, low in (("routed_scaling_factor", "> 0"), ("moe_bias_update_rate", ">= 0"), ("moe_aux_loss_coef", ">= 0")):
+            value = getattr(self, name)
+            ok = not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value)
+            if not ok or value < 0 or (low == "> 0" and value == 0):
+                raise ValueError(f"ModelConfig.{name} is {value!r}; it must be a finite number {low}.")
+            setattr(self, name, float(value))
+        E = self.n_routed_experts
+        if E == 0:
+            given = [n for n in ("n_shared_experts", "top_k") if getattr(self, n)]
+            given += ["expert_ffn_hidden"] if self.expert_ffn_hidden is not None else []
+            if given:
+                raise ValueError(
+                    f"ModelConfig.{given[0]} is {getattr(self, given[0])!r}, but it applies only to MoE models; "
+                    f"set n_routed_experts > 0 or leave it unset."
+                )
+            return
+        if self.mlp != "swiglu":
+            raise ValueError(f"ModelConfig.mlp is {self.mlp!r}, but experts are SwiGLU; use mlp='swiglu' with n_routed_experts > 0.")
+        if not 1 <= self.top_k <= E:
+            raise ValueError(f"ModelConfig.top_k is {self.top_k}; with n_routed_experts={E} it must lie in 1 .. {E}.")
+        if self.first_k_dense >= self.n_layers:
+            raise ValueError(
+                f"ModelConfig.first_k_dense={self.first_k_dense} leaves no MoE block among n_layers={self.n_layers}; "
+                f"valid values are 0 .. {self.n_layers - 1}."
+            )
+        if self.expert_ffn_hidden is None:
+            assert self.ffn_hidden is not None
+            self.expert_ffn_hidden = max(1, self.ffn_hidden // (self.top_k + self.n_shared_experts))
+        _check_positive_int("expert_ffn_hidden", self.expert_ffn_hidden)
 
     # ---- derived shapes -------------------------------------------------------------------------
 
@@ -113,6 +215,31 @@ class ModelConfig:
         """Output width of wk and wv: n_kv_heads * head_dim."""
         assert self.n_kv_heads is not None
         return self.n_kv_heads * self.head_dim
+
+    @property
+    def rope_dim(self) -> int:
+        """Channels per head that RoPE rotates: qk_rope_head_dim for MLA, head_dim for MHA."""
+        return self.qk_rope_head_dim if self.attention == "mla" else self.head_dim  # type: ignore[return-value]
+
+    @property
+    def is_moe(self) -> bool:
+        """True when some blocks are mixture-of-experts layers (n_routed_experts > 0)."""
+        return self.n_routed_experts > 0
+
+    def is_moe_layer(self, layer_idx: int) -> bool:
+        """Whether block ``layer_idx`` holds an MoE layer (blocks from first_k_dense on, when is_moe)."""
+        return self.is_moe and layer_idx >= self.first_k_dense
+
+    def kv_cache_width(self) -> int:
+        """Numbers cached per token and layer for generation.
+
+        MHA/GQA: keys and values, 2 * n_kv_heads * head_dim. MLA: the normalised latent c_KV and the
+        shared rope key, kv_lora_rank + qk_rope_head_dim (DeepSeek-V2 §2.1.2; Moonlight: 512 + 64 = 576,
+        against 2 * 16 * 128 = 4096 for MHA of the same heads).
+        """
+        if self.attention == "mla":
+            return self.kv_lora_rank + self.qk_rope_head_dim  # type: ignore[operator]
+        return 2 * self.kv_dim
 
     # ---- serialisation --------------------------------------------------------------------------
 
@@ -134,15 +261,64 @@ class ModelConfig:
 
     # ---- counts ---------------------------------------------------------------------------------
 
+    def attn_matmul_params(self) -> int:
+        """Matrix weights of one attention layer (each takes part in a matmul for every token).
+
+        MHA/GQA: wq, wo [d, d]; wk, wv [kv_dim, d]  ->  2*d*d + 2*d*kv_dim.
+
+        MLA, with H heads, n = qk_nope_head_dim, r = qk_rope_head_dim, v = v_head_dim,
+        c = kv_lora_rank, q = q_lora_rank (names of ``mla.MLA``)::
+
+            queries, q = 0:  wq_nope [H*n, d], wq_rope [H*r, d]                   d*H*(n + r)
+            queries, q > 0:  wq_down [q, d], wq_nope [H*n, q], wq_rope [H*r, q]   d*q + q*H*(n + r)
+            keys, values:    wkv_down [c, d], wk_rope [r, d],
+                             wk_up [H*n, c], wv_up [H*v, c]                       d*(c + r) + c*H*(n + v)
+            output:          wo [d, H*v]                                          H*v*d
+        """
+        d, H = self.d_model, self.n_heads
+        if self.attention == "mha":
+            return 2 * d * d + 2 * d * self.kv_dim
+        n, r, v, c, q = self.qk_nope_head_dim, self.qk_rope_head_dim, self.v_head_dim, self.kv_lora_rank, self.q_lora_rank
+        assert n is not None and r is not None and v is not None and c is not None
+        queries = d * H * (n + r) if q == 0 else d * q + q * H * (n + r)
+        return queries + d * (c + r) + c * H * (n + v) + H * v * d
+
     def attn_params(self) -> int:
-        """Weights of one attention layer: wq, wo are [d, d]; wk, wv are [kv_dim, d]."""
-        return 2 * self.d_model * self.d_model + 2 * self.d_model * self.kv_dim
+        """All parameters of one attention layer: ``attn_matmul_params()``, plus for MLA the RMSNorm
+        gains of its latents (kv_lora_rank, and q_lora_rank when the query is compressed)."""
+        if self.attention == "mha":
+            return self.attn_matmul_params()
+        assert self.kv_lora_rank is not None
+        return self.attn_matmul_params() + self.kv_lora_rank + self.q_lora_rank
+
+    def _expert_params(self) -> int:
+        """Weights of one routed expert (SwiGLU of width f_e): 3 * d * f_e."""
+        assert self.expert_ffn_hidden is not None
+        return 3 * self.d_model * self.expert_ffn_hidden
 
     def mlp_params(self, layer_idx: int = 0) -> int:
-        """Weights of the MLP of block ``layer_idx``: 3*d*f for SwiGLU, 2*d*f for GELU."""
+        """All parameters of the feed-forward module of block ``layer_idx``.
+
+        Dense: 3*d*f (SwiGLU) or 2*d*f (GELU). MoE (E routed experts of width f_e, S shared)::
+
+            E * 3*d*f_e        routed expert stacks w_gate, w_up [E, f_e, d], w_down [E, d, f_e]
+          + 3*d*(S*f_e)        the shared experts, one SwiGLU of width S*f_e
+          + E*d                the router [E, d]
+
+        The load-balancing bias is a buffer, not a parameter.
+        """
+        if self.is_moe_layer(layer_idx):
+            return (self.n_routed_experts + self.n_shared_experts) * self._expert_params() + self.n_routed_experts * self.d_model
         assert self.ffn_hidden is not None
         n_mats = 3 if self.mlp == "swiglu" else 2
         return n_mats * self.d_model * self.ffn_hidden
+
+    def mlp_active_params(self, layer_idx: int = 0) -> int:
+        """Feed-forward parameters one token uses in block ``layer_idx``: the whole dense MLP, or in an
+        MoE layer its top_k routed experts, the shared experts and the router: (k + S)*3*d*f_e + E*d."""
+        if self.is_moe_layer(layer_idx):
+            return (self.top_k + self.n_shared_experts) * self._expert_params() + self.n_routed_experts * self.d_model
+        return self.mlp_params(layer_idx)
 
     def block_params(self, layer_idx: int = 0) -> int:
         """All parameters of block ``layer_idx``: attention + MLP + its two RMSNorm weight vectors."""
@@ -157,8 +333,22 @@ class ModelConfig:
         non_embedding = sum(self.block_params(i) for i in range(self.n_layers)) + self.d_model
         if not include_embedding:
             return non_embedding
-        vocab_mats = 1 if self.tie_embeddings else 2
-        return non_embedding + vocab_mats * self.vocab_size * self.d_model
+        return non_embedding + self._vocab_params()
+
+    def num_active_params(self, include_embedding: bool = True) -> int:
+        """Parameters a token uses (Moonlight's "activated" parameters), counted like ``num_params``
+        but with each MoE block's routed experts counted top_k times instead of n_routed_experts::
+
+            active = total - sum over MoE blocks of (E - k) * 3*d*f_e
+
+        Equal to ``num_params`` for a dense model. Moonlight: 2.24B activated of 15.29B without
+        embeddings (arXiv 2502.16982 §3.3).
+        """
+        inactive = sum(self.mlp_params(i) - self.mlp_active_params(i) for i in range(self.n_layers))
+        return self.num_params(include_embedding) - inactive
+
+    def _vocab_params(self) -> int:
+        return (1 if self.tie_embeddings else 2) * self.vocab_size * self.d_model
 
     def num_non_embedding_params(self) -> int:
         """Parameters outside the vocabulary matrices: total minus the embedding and the (untied) LM head.
@@ -169,34 +359,47 @@ class ModelConfig:
         return self.num_params(include_embedding=False)
 
     def num_matmul_params(self) -> int:
-        """Weights that take part in a matmul per token: every block's linear layers plus the LM head.
+        """Weights that take part in a matmul per token: every block's attention matrices and *active*
+        feed-forward weights (``mlp_active_params``, the router included) plus the LM head.
 
         The embedding lookup is not a matmul and is excluded; the LM head (V*d) is included even when
         tied, because the head's matmul runs either way. Norm weights are excluded.
         """
-        blocks = sum(self.attn_params() + self.mlp_params(i) for i in range(self.n_layers))
+        blocks = sum(self.attn_matmul_params() + self.mlp_active_params(i) for i in range(self.n_layers))
         return blocks + self.vocab_size * self.d_model
 
     def flops_per_token(self, seq_len: int | None = None) -> int:
         """Training FLOPs per token (forward + backward) at context length ``seq_len`` (default max_seq_len).
 
-            flops = 6 * N_matmul + 12 * n_layers * d_model * seq_len
+            flops = 6 * N_matmul + 6 * n_layers * seq_len * n_heads * (d_qk + d_v)
 
         6*N_matmul: each matmul weight costs 2 FLOPs (multiply + add) per token forward and 4 backward
-        (grad w.r.t. input and w.r.t. weight); N_matmul is ``num_matmul_params()`` (LM head included,
-        embedding lookup excluded). The second term is attention itself: per layer and token, the
-        scores q.k over seq_len keys (2*seq_len*d_model) and the weighted sum of values (the same),
-        times 3 for forward + backward. The causal mask is NOT discounted: the count is for full
-        seq_len x seq_len score matrices (as in Kaplan et al. / PaLM's 6N + 12LHT), not the ~half
-        a causal kernel actually needs. Norms, RoPE, softmax and activations are ignored.
+        (grad w.r.t. input and w.r.t. weight); N_matmul is ``num_matmul_params()`` (active weights
+        only in MoE blocks, LM head included, embedding lookup excluded). The second term is
+        attention itself: per layer and token, the scores q.k over seq_len keys (2*seq_len*H*d_qk)
+        and the weighted sum of values (2*seq_len*H*d_v), times 3 for forward + backward. For MHA,
+        H*d_qk = H*d_v = d_model and the term is Kaplan et al. / PaLM's 12 * n_layers * d_model *
+        seq_len; for MLA, d_qk = qk_nope_head_dim + qk_rope_head_dim and d_v = v_head_dim. The causal
+        mask is NOT discounted: the count is for full seq_len x seq_len score matrices, not the
+        ~half a causal kernel actually needs. Norms, RoPE, softmax, activations and MoE routing
+        (sigmoid, top-k, permutation) are ignored.
         """
         t = self.max_seq_len if seq_len is None else seq_len
-        return 6 * self.num_matmul_params() + 12 * self.n_layers * self.d_model * t
+        if self.attention == "mla":
+            score_dims = self.n_heads * (self.qk_nope_head_dim + self.qk_rope_head_dim + self.v_head_dim)  # type: ignore[operator]
+        else:
+            score_dims = 2 * self.d_model
+        return 6 * self.num_matmul_params() + 6 * self.n_layers * t * score_dims
 
 
 def _check_positive_int(name: str, value: Any) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ValueError(f"ModelConfig.{name} is {value!r}; it must be a positive integer.")
+
+
+def _check_non_negative_int(name: str, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"ModelConfig.{name} is {value!r}; it must be an integer >= 0.")
 
 
 # ---- presets ------------------------------------------------------------------------------------
@@ -236,16 +439,23 @@ def preset(name_or_depth: str | int, vocab_size: int, max_seq_len: int, **overri
     64 * depth < 1536 and 128 from there on, with d_model rounded up to a multiple of head_dim;
     n_heads = d_model // head_dim; n_kv_heads = n_heads; SwiGLU with the default hidden width.
     Presets tie the LM head to the embedding (GPT-2 style; the names' sizes are counted that way);
-    pass ``tie_embeddings=False`` for a Llama/Moonlight-style untied head. Any ModelConfig field can
+    pass ``tie_embeddings=False`` for a Llama/Moonlight-style untied head. The MoE presets
+    (``list_moe_presets()``: ``moe-tiny``, ``moe-demo``, ``moonlight``) are fixed shapes, not points
+    on the dial; their MLA and expert widths derive from d_model, so overriding it keeps the ratios. Any ModelConfig field can
     be overridden by keyword (e.g. ``mlp="gelu"``, ``n_kv_heads=2``).
 
     Example: ``preset("gpt2-small", 50257, 1024).num_params() == 123_551_232``.
     """
+    if isinstance(name_or_depth, str) and name_or_depth in _MOE_PRESETS:
+        kwargs = dict(vocab_size=vocab_size, max_seq_len=max_seq_len, tie_embeddings=True)
+        kwargs.update(_MOE_PRESETS[name_or_depth])
+        kwargs.update(overrides)
+        return ModelConfig(**kwargs)
     if isinstance(name_or_depth, str):
         if name_or_depth not in _PRESETS:
             raise ValueError(
-                f"Unknown model preset {name_or_depth!r}; valid presets are {', '.join(_PRESETS)} "
-                f"or an integer depth >= 1."
+                f"Unknown model preset {name_or_depth!r}; valid presets are {', '.join(_PRESETS)}, "
+                f"{', '.join(_MOE_PRESETS)} or an integer depth >= 1."
             )
         depth, width = _PRESETS[name_or_depth]
         d_model, n_heads = _dial(depth) if width is None else (width, max(1, width // 64))
@@ -269,9 +479,54 @@ def preset(name_or_depth: str | int, vocab_size: int, max_seq_len: int, **overri
     return ModelConfig(**kwargs)
 
 
+# Moonlight (arXiv 2502.16982 App. C; HF config of Moonlight-16B-A3B): MLA and a DeepSeek-V3-style
+# MoE with 64 routed + 2 shared experts, top-6, sigmoid router, gate scaling 2.446, layer 0 dense.
+_MOONLIGHT_ROUTING: dict[str, Any] = dict(
+    attention="mla", n_routed_experts=64, n_shared_experts=2, top_k=6, first_k_dense=1, routed_scaling_factor=2.446,
+)
+_MOE_PRESETS: dict[str, dict[str, Any]] = {
+    "moe-tiny": dict(n_layers=2, d_model=64, n_heads=1, **_MOONLIGHT_ROUTING),
+    "moe-demo": dict(n_layers=4, d_model=256, n_heads=4, **_MOONLIGHT_ROUTING),
+    "moonlight": dict(
+        n_layers=27, d_model=2048, n_heads=16, ffn_hidden=11264, expert_ffn_hidden=1408, kv_lora_rank=512,
+        qk_nope_head_dim=128, qk_rope_head_dim=64, v_head_dim=128, rope_theta=50000.0, tie_embeddings=False,
+        **_MOONLIGHT_ROUTING,
+    ),
+}
+"""Moonlight-shaped MoE presets.
+
+``moonlight`` is the paper's model (27 layers, d 2048, 16 MLA heads, dense FFN 11264, experts 1408,
+KV latent 512, untied head; 15.29B parameters and 2.24B active without embeddings). It is there for
+counting and planning; it does not fit a laptop.
+
+``moe-tiny`` (d 64, 2 layers) and ``moe-demo`` (d 256, 4 layers) keep Moonlight's ratios:
+
+- the routing: 64 routed + 2 shared experts, top-6 (top_k / E = 6/64 ≈ 0.094), layer 0 dense;
+- expert width = dense width / 8 (Moonlight 1408 / 11264): ``expert_ffn_hidden`` is derived as
+  ffn_hidden // (top_k + n_shared) = ffn_hidden / 8, so a token's active expert width (6 routed +
+  2 shared) equals the dense width and an MoE block costs what a dense block costs per token;
+- the gate scaling 2.446: the Monte-Carlo factor of ``muonlab.models.moe.routed_scaling_factor``
+  for 64 experts, top-6 (2.4463 ± 0.001 with 10^5 samples; 2.446 in the paper);
+- MLA: no query compression, KV latent = d_model / 4 (512/2048), nope = v = head_dim,
+  rope = head_dim / 2 (128, 128, 64 at head_dim 128);
+- active vs total non-embedding parameters: 0.21 for moe-demo (3.1M of 14.9M), 0.29 for moe-tiny
+  (Moonlight 0.147 = 2.24B / 15.29B: with 26 of 27 blocks MoE and a relatively smaller attention,
+  experts are a larger share of its model than of these 2- and 4-block ones).
+
+Not kept: the dense FFN width, which follows the project's 8/3 * d_model rule (Moonlight uses
+5.5 * d_model), so a preset's dense twin (``n_routed_experts=0``, the same attention) is the
+ordinary dense model of the same active size; head_dim is 64 as in the other small presets.
+"""
+
+
 def list_presets() -> list[str]:
-    """Preset names, smallest first (for CLI choices and help)."""
+    """Dense preset names, smallest first (for CLI choices and help); see also ``list_moe_presets()``."""
     return list(_PRESETS)
+
+
+def list_moe_presets() -> list[str]:
+    """Names of the Moonlight-shaped MoE + MLA presets, smallest first."""
+    return list(_MOE_PRESETS)
 
 
 def describe_presets(vocab_size: int = 50257, max_seq_len: int = 1024) -> str:
@@ -284,6 +539,19 @@ def describe_presets(vocab_size: int = 50257, max_seq_len: int = 1024) -> str:
             f"{_human(c.num_params()):>9} {_human(c.num_non_embedding_params()):>9}"
         )
     lines.append(f"(vocab {vocab_size}, tied head; any integer depth also works: d_model = 64 * depth)")
+    lines.append("")
+    lines.append(f"{'MoE preset':<11} {'layers':>6} {'d_model':>7} {'heads':>5} {'experts':>9} {'f_e':>5} "
+                 f"{'params':>9} {'active':>9} {'non-emb':>9} {'active':>9}")
+    for name in _MOE_PRESETS:
+        c = preset(name, vocab_size, max_seq_len)
+        experts = f"{c.n_routed_experts}+{c.n_shared_experts}/k{c.top_k}"
+        lines.append(
+            f"{name:<11} {c.n_layers:>6} {c.d_model:>7} {c.n_heads:>5} {experts:>9} {c.expert_ffn_hidden:>5} "
+            f"{_human(c.num_params()):>9} {_human(c.num_active_params()):>9} "
+            f"{_human(c.num_non_embedding_params()):>9} {_human(c.num_active_params(include_embedding=False)):>9}"
+        )
+    lines.append("(MLA attention, layer 0 dense; experts = routed+shared/top-k; f_e = expert width; "
+                 "'active' = parameters a token uses)")
     return "\n".join(lines)
 
 

@@ -1,13 +1,16 @@
-"""A Llama-style decoder-only language model.
+"""A Llama-style decoder-only language model, optionally in Moonlight's DeepSeek-V3 shape.
 
 Pre-norm blocks ``x + attn(norm(x))``, ``x + mlp(norm(x))`` with RMSNorm, rotary position
-embeddings (RoPE, Su et al. 2021), causal scaled-dot-product attention with grouped-query heads,
-a SwiGLU MLP (Shazeer 2020) or a plain GELU MLP, no biases, and a tied or untied LM head.
+embeddings (RoPE, Su et al. 2021), causal scaled-dot-product attention with grouped-query heads
+or multi-head latent attention (``mla.MLA``), a SwiGLU MLP (Shazeer 2020), a plain GELU MLP or a
+mixture-of-experts layer (``moe.MoE``), no biases, and a tied or untied LM head.
 
-Module names are a contract: the optimizer's routing table (``muonlab.optim.routing``) places
-parameters by these names, so ``embed``, ``layers.{i}.attn.{wq,wk,wv,wo}``,
-``layers.{i}.mlp.{w_gate,w_up,w_down}`` (or ``{w_in,w_out}``), ``*_norm``, ``norm`` and ``lm_head``
-must not be renamed.
+Module names are a contract: the optimizer's routing table (``muonlab.optim.routing``) and the
+SVD-entropy groups (``muonlab.analysis.spectra``) place parameters by these names, so ``embed``,
+``layers.{i}.attn.{wq,wk,wv,wo}`` (MLA: ``{wq_down,wq_nope,wq_rope,wkv_down,wk_rope,wk_up,wv_up,wo}``
+and ``{q_norm,kv_norm}``), ``layers.{i}.mlp.{w_gate,w_up,w_down}`` (or ``{w_in,w_out}``; MoE:
+``router``, the stacks ``w_gate,w_up,w_down`` and ``shared.{w_gate,w_up,w_down}``), ``*_norm``,
+``norm`` and ``lm_head`` must not be renamed.
 """
 
 from __future__ import annotations
@@ -20,38 +23,12 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .config import ModelConfig
+from .layers import GeluMLP, SwiGLU, apply_rope, rope_cos_sin
+from .mla import MLA
+from .moe import MoE
 
 IGNORE_INDEX = -100
 """Targets equal to this are left out of the loss (F.cross_entropy's default)."""
-
-
-# ---- RoPE ---------------------------------------------------------------------------------------
-
-
-def rope_cos_sin(
-    head_dim: int, max_seq_len: int, theta: float, device: torch.device | str | None = None
-) -> tuple[Tensor, Tensor]:
-    """RoPE tables in fp32: cos, sin of shape [max_seq_len, head_dim // 2].
-
-    Entry [t, i] is the angle t * theta ** (-2i / head_dim) of channel pair i at position t.
-    """
-    inv_freq = theta ** (-torch.arange(0, head_dim, 2, device=device, dtype=torch.float64) / head_dim)
-    t = torch.arange(max_seq_len, device=device, dtype=torch.float64)
-    angles = torch.outer(t, inv_freq)  # [T, head_dim/2], in float64 so large positions stay exact
-    return angles.cos().float(), angles.sin().float()
-
-
-def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
-    """Rotate channel pairs of ``x`` [B, n_heads, T, head_dim] by the angles in ``cos``, ``sin`` [T, head_dim/2].
-
-    Pairs are (x[..., i], x[..., i + head_dim/2]) — the "rotate half" layout of GPT-NeoX and
-    Hugging Face Llama. Seen as the complex number z_i = x[..., i] + 1j * x[..., i + head_dim/2],
-    the result is z_i * exp(1j * angle[t, i]). Computed in fp32, returned in ``x.dtype``.
-    """
-    half = x.shape[-1] // 2
-    x1, x2 = x.float().split(half, dim=-1)
-    out = torch.cat((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1)
-    return out.to(x.dtype)
 
 
 # ---- layers -------------------------------------------------------------------------------------
@@ -92,42 +69,29 @@ class Attention(nn.Module):
         return self.wo(y.transpose(1, 2).reshape(B, T, -1))
 
 
-class SwiGLU(nn.Module):
-    """w_down(silu(w_gate x) * w_up x); w_gate, w_up: [f, d], w_down: [d, f]."""
-
-    def __init__(self, d_model: int, hidden: int) -> None:
-        super().__init__()
-        self.w_gate = nn.Linear(d_model, hidden, bias=False)
-        self.w_up = nn.Linear(d_model, hidden, bias=False)
-        self.w_down = nn.Linear(hidden, d_model, bias=False)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.w_down(F.silu(self.w_gate(x)) * self.w_up(x))
-
-
-class GeluMLP(nn.Module):
-    """w_out(gelu(w_in x)); w_in: [f, d], w_out: [d, f] (the GPT-2 MLP without biases)."""
-
-    def __init__(self, d_model: int, hidden: int) -> None:
-        super().__init__()
-        self.w_in = nn.Linear(d_model, hidden, bias=False)
-        self.w_out = nn.Linear(hidden, d_model, bias=False)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.w_out(F.gelu(self.w_in(x)))
-
-
 OUTPUT_PROJECTIONS = ("wo", "w_down", "w_out")
 """Names of linear layers that write into the residual stream; their init std is divided by sqrt(2*n_layers)."""
 
 
+def build_attention(config: ModelConfig, layer_idx: int) -> nn.Module:
+    """The attention module of block ``layer_idx``: ``Attention`` (MHA/GQA) or ``MLA``, by ``config.attention``.
+
+    Called as ``attn(x, cos, sin)`` with RoPE tables of width ``config.rope_dim // 2``; output
+    [B, T, d_model]. ``ModelConfig.attn_params`` must count what this builds.
+    """
+    return MLA(config) if config.attention == "mla" else Attention(config)
+
+
 def build_mlp(config: ModelConfig, layer_idx: int) -> nn.Module:
-    """The feed-forward module of block ``layer_idx``: the one place an MoE layer slots in.
+    """The feed-forward module of block ``layer_idx``: an ``MoE`` layer where ``config.is_moe_layer``
+    says so, else the dense SwiGLU or GELU MLP.
 
     Its output must have shape [B, T, d_model] for input [B, T, d_model]. ``ModelConfig.mlp_params``
     must count what this builds.
     """
     assert config.ffn_hidden is not None
+    if config.is_moe_layer(layer_idx):
+        return MoE(config)
     if config.mlp == "swiglu":
         return SwiGLU(config.d_model, config.ffn_hidden)
     return GeluMLP(config.d_model, config.ffn_hidden)
@@ -140,7 +104,7 @@ class Block(nn.Module):
         super().__init__()
         self.layer_idx = layer_idx
         self.attn_norm = nn.RMSNorm(config.d_model, eps=config.norm_eps)
-        self.attn = Attention(config)
+        self.attn = build_attention(config, layer_idx)
         self.mlp_norm = nn.RMSNorm(config.d_model, eps=config.norm_eps)
         self.mlp = build_mlp(config, layer_idx)
 
@@ -172,7 +136,7 @@ class Transformer(nn.Module):
         self.lm_head = nn.Linear(config.d_model, config.vocab_size, bias=False)
         if config.tie_embeddings:
             self.lm_head.weight = self.embed.weight
-        cos, sin = rope_cos_sin(config.head_dim, config.max_seq_len, config.rope_theta, self.embed.weight.device)
+        cos, sin = rope_cos_sin(config.rope_dim, config.max_seq_len, config.rope_theta, self.embed.weight.device)
         self.register_buffer("rope_cos", cos, persistent=False)
         self.register_buffer("rope_sin", sin, persistent=False)
         self.init_weights()
@@ -180,7 +144,7 @@ class Transformer(nn.Module):
     def _reset_rope(self) -> None:
         """Recompute the fp32 RoPE tables on their current device."""
         c = self.config
-        cos, sin = rope_cos_sin(c.head_dim, c.max_seq_len, c.rope_theta, self.rope_cos.device)
+        cos, sin = rope_cos_sin(c.rope_dim, c.max_seq_len, c.rope_theta, self.rope_cos.device)
         self.rope_cos, self.rope_sin = cos, sin
 
     def _apply(self, fn: Any, recurse: bool = True) -> Transformer:
@@ -196,7 +160,8 @@ class Transformer(nn.Module):
     @torch.no_grad()
     def init_weights(self, seed: int | None = None) -> None:
         """Normal(0, init_std) for every linear and embedding weight, divided by sqrt(2*n_layers)
-        for the output projections (wo, w_down, w_out, GPT-2's residual scaling); RMSNorm weights = 1.
+        for the output projections (wo, w_down, w_out, GPT-2's residual scaling); RMSNorm weights = 1;
+        MoE layers initialise their expert stacks and router the same way (``MoE.init_weights``).
 
         With ``seed``, draws from a private generator, so the result does not depend on (or advance)
         the global RNG. Also rebuilds the RoPE tables.
@@ -221,6 +186,8 @@ class Transformer(nn.Module):
                 normal_(module.weight, out_std if name.rsplit(".", 1)[-1] in OUTPUT_PROJECTIONS else std)
             elif isinstance(module, nn.RMSNorm):
                 nn.init.ones_(module.weight)
+            elif isinstance(module, MoE):
+                module.init_weights(normal_, std, out_std)
         nn.init.ones_(self.norm.weight)
         if not self.config.tie_embeddings:
             normal_(self.lm_head.weight, std)
@@ -242,6 +209,33 @@ class Transformer(nn.Module):
         if targets is None:
             return logits
         # Cross-entropy on fp32 logits: a bf16 log-softmax over a large vocab loses ~2 digits.
-        return F.cross_entropy(
+        loss = F.cross_entropy(
             logits.float().view(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=IGNORE_INDEX
         )
+        for _, moe in self._moe_layers():
+            if moe.aux_loss is not None:  # the sequence-wise balance loss, on when moe_aux_loss_coef > 0
+                loss = loss + moe.aux_loss
+        return loss
+
+    def _moe_layers(self) -> list[tuple[int, MoE]]:
+        """(block index, MoE layer) for every MoE block."""
+        return [(i, block.mlp) for i, block in enumerate(self.layers) if isinstance(block.mlp, MoE)]
+
+    def after_optimizer_step(self) -> None:
+        """Non-gradient updates after each optimizer step: every MoE layer's balance-bias update."""
+        for _, moe in self._moe_layers():
+            moe.update_balance_bias()
+
+    def telemetry(self) -> dict[str, float]:
+        """MoE routing statistics since the last call (then reset), per layer and averaged over layers:
+        ``moe/load_max_over_mean[/<layer>]``, ``moe/router_entropy[/<layer>]``, ``moe/bias_abs_mean[/<layer>]``
+        and, with the balance loss on, ``moe/aux_loss[/<layer>]`` (see ``MoE.telemetry``). Empty for a dense model.
+        """
+        rows: dict[str, float] = {}
+        per_stat: dict[str, list[float]] = {}
+        for i, moe in self._moe_layers():
+            for stat, value in moe.telemetry().items():
+                rows[f"moe/{stat}/{i}"] = value
+                per_stat.setdefault(stat, []).append(value)
+        rows.update({f"moe/{stat}": sum(values) / len(values) for stat, values in per_stat.items()})
+        return rows

@@ -31,8 +31,11 @@ from typing import Any
 
 import torch
 
+from .distributed import build_engine
+from .distributed.engines import Zero1Engine
 from .newton_schulz import NS_METHODS, get_coefficient_set, orthogonalize
 from .scaling import SCALE_RULES, logical_matrix_shape
+from .telemetry import UpdateTelemetry
 
 __all__ = ["ALGORITHMS", "NONFINITE_POLICIES", "Muon", "NonFiniteGradientError"]
 
@@ -89,6 +92,15 @@ class Muon(torch.optim.Optimizer):
             ``skipped_steps`` and returns.
         algorithm: default algorithm for groups that do not name one (``None``: they must).
         eps: added to the Frobenius norm before Newton–Schulz.
+        max_grad_norm: clip the global L2 norm of the (reduced) gradient of all parameters to
+            this before the step, as ``torch.nn.utils.clip_grad_norm_`` would (0: off). Inside the
+            optimizer because under ZeRO-1 and FSDP only the optimizer sees the reduced gradient.
+
+    Distributed training needs no other code: the parameters say how they are parallelized
+    (FSDP2 DTensors, or replicated parameters marked by ``muonlab.parallel.parallelize``) and
+    :mod:`muonlab.optim.distributed` runs the same update on N processes — Newton–Schulz once
+    per matrix, optimizer state sharded under ZeRO-1 and FSDP2. Checkpoint those with
+    ``checkpoint_state``/``load_checkpoint_state`` (torch.distributed.checkpoint, any world size).
     """
 
     def __init__(
@@ -108,9 +120,12 @@ class Muon(torch.optim.Optimizer):
         nonfinite: str = "raise",
         algorithm: str | None = None,
         eps: float = 1e-7,
+        max_grad_norm: float = 0.0,
     ) -> None:
         if nonfinite not in NONFINITE_POLICIES:
             raise ValueError(f"unknown nonfinite policy {nonfinite!r}; valid: {list(NONFINITE_POLICIES)}")
+        if not max_grad_norm >= 0.0:
+            raise ValueError(f"max_grad_norm must be >= 0 (0 disables clipping), got {max_grad_norm}")
         defaults = dict(
             lr=lr,
             weight_decay=weight_decay,
@@ -127,9 +142,11 @@ class Muon(torch.optim.Optimizer):
             algorithm=algorithm,
         )
         self.nonfinite = nonfinite
+        self.max_grad_norm = float(max_grad_norm)
         self.skipped_steps = 0
         self._measure = False
         self.last_telemetry: dict[str, float] = {}
+        self._engine = None
         try:
             super().__init__(params, defaults)
         except ValueError as err:
@@ -139,11 +156,15 @@ class Muon(torch.optim.Optimizer):
                     "exactly once (muonlab.optim.param_groups does this for a model)"
                 ) from None
             raise
+        self._engine = build_engine(self)
 
     # ------------------------------------------------------------------ validation
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         """Add a group after checking its algorithm and options (see the class docstring)."""
+        if self._engine is not None and self._engine.group is not None:
+            raise ValueError("a distributed Muon's parameter groups are fixed at construction (they define how "
+                             "state is partitioned across ranks); pass every group to Muon(...)")
         super().add_param_group(param_group)
         group = self.param_groups[-1]
         index = len(self.param_groups) - 1
@@ -221,10 +242,20 @@ class Muon(torch.optim.Optimizer):
             self.skipped_steps += 1
             return False
         group, i = where[int((~finite).nonzero()[0])]
-        raise NonFiniteGradientError(
+        raise self.nonfinite_error(group, i)
+
+    def nonfinite_error(self, group: dict[str, Any], i: int) -> NonFiniteGradientError:
+        """The error for a NaN/inf gradient of parameter ``i`` of ``group``."""
+        return NonFiniteGradientError(
             f"gradient of parameter {self._name(group, i)} contains NaN or inf; no parameter or "
             "optimizer state was changed (pass nonfinite='skip' to skip such steps instead)"
         )
+
+    def _current_engine(self):
+        """The engine for the current parameter groups (rebuilt on one process after add_param_group)."""
+        if len(self._engine.entries) != sum(len(g["params"]) for g in self.param_groups):
+            self._engine = build_engine(self)
+        return self._engine
 
     # ------------------------------------------------------------------ telemetry
 
@@ -250,8 +281,18 @@ class Muon(torch.optim.Optimizer):
             with torch.enable_grad():
                 loss = closure()
         measure, self._measure = self._measure, False
+        engine = self._current_engine()
+        if engine.group is not None:  # several processes: see muonlab.optim.distributed
+            record = UpdateTelemetry() if measure else None
+            engine.step(record)
+            if measure:
+                self.last_telemetry = record.result()
+            return loss
         telemetry: dict[str, list[float]] = defaultdict(list)
         if self._check_gradients():
+            if self.max_grad_norm > 0:
+                torch.nn.utils.clip_grad_norm_([p for g in self.param_groups for p in g["params"] if p.grad is not None],
+                                               self.max_grad_norm)
             self._muon_step(telemetry if measure else None)
             self._adamw_step(telemetry if measure else None)
         if measure:
@@ -382,6 +423,9 @@ class Muon(torch.optim.Optimizer):
 
     def state_dict(self) -> dict[str, Any]:
         """The torch state dict plus ``skipped_steps`` (all tensors, numbers and strings)."""
+        if isinstance(self._engine, Zero1Engine):
+            raise ValueError("a ZeRO-1 Muon's state is partitioned across ranks; save it with "
+                             "muonlab.train.sharded_checkpoint (checkpoint_state), which any world size can load")
         sd = super().state_dict()
         for group in sd["param_groups"]:
             group["ns_dtype"] = str(group["ns_dtype"]).removeprefix("torch.")
@@ -390,6 +434,9 @@ class Muon(torch.optim.Optimizer):
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Restore a state dict from :meth:`state_dict` (loadable with ``weights_only=True``)."""
+        if isinstance(self._engine, Zero1Engine):
+            raise ValueError("a ZeRO-1 Muon's state is partitioned across ranks; load it with "
+                             "muonlab.train.sharded_checkpoint (load_checkpoint_state)")
         state_dict = dict(state_dict)
         self.skipped_steps = int(state_dict.pop("skipped_steps", 0))
         # torch casts floating state to each parameter's dtype; momentum must stay fp32 (or
@@ -403,3 +450,59 @@ class Muon(torch.optim.Optimizer):
                 self.state[p]["momentum_buffer"] = momenta[saved_id].to(device=p.device, dtype=_momentum_dtype(p))
         for group in self.param_groups:
             group["ns_dtype"] = _as_dtype(group["ns_dtype"])
+
+    # ------------------------------------------------------------------ sharded checkpoints
+
+    def checkpoint_state(self) -> dict[str, torch.Tensor]:
+        """This rank's optimizer state for torch.distributed.checkpoint, ``{"<param name>/<field>": tensor}``.
+
+        Tensors have the parameter's logical shape: plain (one process, DDP; identical on every
+        rank), DTensors (FSDP2), or, under ZeRO-1, whole tensors assembled on one rank per
+        parameter (a collective). Fields: ``momentum_buffer`` (Muon); ``exp_avg``, ``exp_avg_sq``,
+        ``step`` (AdamW). Group hyperparameters are in :meth:`checkpoint_metadata`.
+        """
+        return self._current_engine().checkpoint_state()
+
+    def load_checkpoint_state(self, available: set[str], read) -> None:
+        """Restore :meth:`checkpoint_state` at any world size: ``read(template)`` must fill the
+        tensors of ``template`` (keys among ``available``) in place, e.g. with ``dcp.load``."""
+        self._current_engine().load_checkpoint_state(available, read)
+
+    def checkpoint_metadata(self) -> dict[str, Any]:
+        """JSON-serializable group hyperparameters, parameter names and ``skipped_steps``."""
+        groups = []
+        for group in self.param_groups:
+            entry = {}
+            for key, value in group.items():
+                if key == "params":
+                    continue
+                if isinstance(value, torch.dtype):
+                    value = str(value).removeprefix("torch.")
+                elif isinstance(value, tuple):
+                    value = list(value)
+                elif not isinstance(value, (int, float, str, bool, list, type(None))):
+                    value = str(value)
+                entry[key] = value
+            entry["size"] = len(group["params"])
+            groups.append(entry)
+        return {"param_groups": groups, "skipped_steps": self.skipped_steps}
+
+    def load_checkpoint_metadata(self, metadata: dict[str, Any]) -> None:
+        """Restore :meth:`checkpoint_metadata`; raises ``ValueError`` if the groups do not match."""
+        saved = metadata["param_groups"]
+        if len(saved) != len(self.param_groups):
+            raise ValueError(f"the checkpoint has {len(saved)} parameter groups, this optimizer {len(self.param_groups)}")
+        for index, (entry, group) in enumerate(zip(saved, self.param_groups)):
+            if entry["size"] != len(group["params"]) or entry.get("names") != group.get("names"):
+                raise ValueError(f"parameter group {index} holds {entry.get('names') or entry['size']} in the checkpoint "
+                                 f"but {group.get('names') or len(group['params'])} here")
+        for entry, group in zip(saved, self.param_groups):
+            for key, value in entry.items():
+                if key in ("size", "names") or (key == "ns_coefficients" and not isinstance(group[key], str)):
+                    continue
+                group[key] = _as_dtype(value) if key == "ns_dtype" else tuple(value) if key == "betas" else value
+        self.skipped_steps = int(metadata.get("skipped_steps", 0))
+
+    def state_bytes(self) -> int:
+        """Bytes of optimizer state this rank holds (1/N of the total under ZeRO-1 and FSDP2)."""
+        return self._current_engine().state_bytes()

@@ -18,7 +18,10 @@ Nothing is unpickled on load: weights come from safetensors, the optimizer state
 ``torch.load(..., weights_only=True)`` (so it may hold only tensors, numbers, strings, bools, None,
 lists, tuples and dicts) and the rest from JSON.
 
-Sharded (FSDP2 / DTensor) state is out of scope here: gather it to full tensors first.
+A multi-process run writes the same folders in the sharded layout of
+:mod:`muonlab.train.sharded_checkpoint` (``trainer.json`` + ``state/``, torch.distributed.checkpoint);
+``latest_checkpoint`` finds either layout and ``load_checkpoint`` loads either, so a run saved by N
+processes resumes on one.
 """
 
 from __future__ import annotations
@@ -41,6 +44,7 @@ MODEL_FILE = "model.safetensors"
 OPTIMIZER_FILE = "optimizer.pt"
 TRAINER_FILE = "trainer.json"
 CHECKPOINT_FILES = (MODEL_FILE, OPTIMIZER_FILE, TRAINER_FILE)
+SHARDED_STATE_METADATA = "state/.metadata"  # a muonlab.train.sharded_checkpoint checkpoint
 LATEST_FILE = "latest"
 FORMAT_VERSION = 1
 _RESERVED_KEYS = ("format", "rng", "model_config")
@@ -165,13 +169,19 @@ def _step_of(path: Path) -> int | None:
     return int(name[5:])
 
 
+def _is_complete(path: Path) -> bool:
+    """A complete single-process checkpoint, or a complete sharded one (``state/.metadata`` is written last)."""
+    return all((path / f).is_file() for f in CHECKPOINT_FILES) or (
+        (path / TRAINER_FILE).is_file() and (path / SHARDED_STATE_METADATA).is_file())
+
+
 def _complete_checkpoints(ckpt_root: Path) -> list[Path]:
     """Complete checkpoint directories, oldest step first. Temp dirs never match ``step_*``."""
     found = []
     if ckpt_root.is_dir():
         for p in ckpt_root.iterdir():
             step = _step_of(p)
-            if step is not None and p.is_dir() and all((p / f).is_file() for f in CHECKPOINT_FILES):
+            if step is not None and p.is_dir() and _is_complete(p):
                 found.append((step, p))
     return [p for _, p in sorted(found)]
 
@@ -303,7 +313,7 @@ def latest_checkpoint(run_dir: str | os.PathLike) -> Path | None:
     pointer = ckpt_root / LATEST_FILE
     if pointer.is_file():
         candidate = ckpt_root / pointer.read_text().strip()
-        if _step_of(candidate) is not None and all((candidate / f).is_file() for f in CHECKPOINT_FILES):
+        if _step_of(candidate) is not None and _is_complete(candidate):
             return candidate
     complete = _complete_checkpoints(ckpt_root)
     return complete[-1] if complete else None
@@ -326,6 +336,13 @@ def load_checkpoint(
     model whose config differs from ``model.config``.
     """
     path = Path(path)
+    if (path / SHARDED_STATE_METADATA).is_file():
+        from .sharded_checkpoint import load_sharded_checkpoint
+
+        return load_sharded_checkpoint(path, model, optimizer, restore_rng)
+    if torch.distributed.is_available() and torch.distributed.is_initialized() and torch.distributed.get_world_size() > 1:
+        raise CheckpointError(f"checkpoint {path} was written by a single process; resume it with one process "
+                              "(multi-process runs write and resume sharded checkpoints)")
     missing = [f for f in CHECKPOINT_FILES if not (path / f).is_file()]
     if missing:
         raise CheckpointError(

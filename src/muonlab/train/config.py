@@ -20,6 +20,7 @@ OPTIMIZERS = ("muon", "adamw")
 SCHEDULES = ("cosine", "wsd", "constant")
 DTYPES = ("bf16", "fp32")
 DEVICES = ("auto", "cpu", "cuda")
+PARALLEL_MODES = ("none", "ddp", "zero1", "fsdp")  # muonlab.parallel.PARALLEL_MODES, without importing torch here
 
 
 class ConfigError(ValueError):
@@ -80,6 +81,8 @@ class TrainConfig:
     device: str = _f("auto", "'auto' (cuda if available), 'cpu' or 'cuda'", DEVICES)
     seed: int = _f(0, "seed for initialisation and data order")
     threads: int = _f(0, "CPU threads for torch (0: torch's default, all cores)")
+    parallel: str = _f("none", "data parallelism when launched with torchrun: 'ddp', 'zero1' (Moonlight's "
+                       "Distributed Muon), 'fsdp' (FSDP2); batch_size is per process", PARALLEL_MODES)
     # logging, eval, checkpoints
     log_every: int = _f(10, "write a metrics row every this many steps")
     telemetry_every: int = _f(50, "measure optimizer telemetry (update RMS, …) every this many steps (0: never)")

@@ -38,10 +38,12 @@ from ..analysis.spectra import svd_entropies
 from ..data import Dataset, TokenLoader, prepare_dataset, val_batches
 from ..models import ModelConfig, Transformer, preset
 from ..optim import Muon, NonFiniteGradientError, param_groups
+from ..parallel import Runtime, init_runtime, parallelize, sum_step_statistics
 from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from .config import TrainConfig
 from .metrics import MetricsLogger
 from .schedules import make_lr_lambda
+from .sharded_checkpoint import save_sharded_checkpoint
 
 __all__ = ["NonFiniteLossError", "RunSummary", "build_model_config", "build_optimizer", "evaluate", "train"]
 
@@ -110,6 +112,7 @@ def build_optimizer(model: torch.nn.Module, config: TrainConfig) -> Muon:
         scale=config.scale,
         adamw_betas=(config.beta1, config.beta2),
         adamw_eps=config.adam_eps,
+        max_grad_norm=config.grad_clip,  # clipped inside the step, where ZeRO-1/FSDP hold the reduced gradient
     )
 
 
@@ -131,16 +134,27 @@ def _autocast(config: TrainConfig, device: torch.device):
 
 
 @torch.no_grad()
-def evaluate(model: torch.nn.Module, data: Dataset, config: TrainConfig, device: torch.device) -> float:
-    """Mean loss over the fixed validation batches (the same batches at every evaluation)."""
+def evaluate(model: torch.nn.Module, data: Dataset, config: TrainConfig, device: torch.device,
+             runtime: Runtime | None = None) -> float:
+    """Mean loss over the fixed validation batches (the same batches at every evaluation).
+
+    With several processes the batches are the single-process ones (``batch_size · world_size``
+    windows); each rank evaluates its slice of rows and the row-weighted means are summed across
+    ranks, so the result equals the single-process value.
+    """
+    world, rank = (runtime.world_size, runtime.rank) if runtime is not None else (1, 0)
     was_training = model.training
     model.eval()
-    losses = []
-    for x, y in val_batches(data.val_tokens, config.batch_size, config.seq_len, config.eval_batches):
+    total, batches = 0.0, 0
+    for x, y in val_batches(data.val_tokens, config.batch_size * world, config.seq_len, config.eval_batches):
+        lo, hi = rank * len(x) // world, (rank + 1) * len(x) // world
+        rows = slice(lo, hi) if hi > lo else slice(0, 1)  # a rank with no rows still joins FSDP's collectives
         with _autocast(config, device):
-            losses.append(float(model(x.to(device), y.to(device))))
+            loss = float(model(x[rows].to(device), y[rows].to(device)))
+        total += loss * (hi - lo) / len(x)
+        batches += 1
     model.train(was_training)
-    return sum(losses) / len(losses)
+    return world * (runtime.mean(total) if runtime is not None else total) / batches
 
 
 def _write_config(run_dir: Path, record: dict[str, Any]) -> None:
@@ -150,26 +164,43 @@ def _write_config(run_dir: Path, record: dict[str, Any]) -> None:
 
 
 def train(config: TrainConfig, command: str | None = None) -> RunSummary:
-    """Train one model as ``config`` says, in ``config.run_dir``; resume if a checkpoint exists."""
-    device = resolve_device(config.device)
+    """Train one model as ``config`` says, in ``config.run_dir``; resume if a checkpoint exists.
+
+    Under ``torchrun`` with ``config.parallel`` set, every process runs this function: rank r
+    takes the r-th ``batch_size`` slice of each global batch, the model is wrapped by
+    ``muonlab.parallel.parallelize``, rank 0 alone writes the config, metrics and progress
+    (losses averaged over ranks), and checkpoints are sharded (any world size can resume them).
+    """
+    runtime = init_runtime(config.parallel, config.device)
+    runtime.require_same(config.to_dict(), "config")  # ranks launched with different settings stop here
+    device = runtime.device
+    if runtime.distributed and runtime.mode == "fsdp" and config.spectra_every:
+        raise ValueError("spectra_every needs whole weight matrices, which FSDP2 shards across ranks; use "
+                         "parallel='ddp' or 'zero1' for SVD-entropy logging, or spectra_every=0")
     if config.threads:
         torch.set_num_threads(config.threads)
     run_dir = Path(config.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     seed_everything(config.seed)
 
-    # ---- data
+    # ---- data (rank 0 builds the cached shards and tokenizer first; the others then read them)
+    if not runtime.is_main:
+        runtime.barrier()
     data = prepare_dataset(config.corpus, tokenizer=config.tokenizer, vocab_size=config.vocab_size,
                            val_fraction=config.val_fraction)
-    loader = TokenLoader(data.train_tokens, config.batch_size, config.seq_len, seed=config.seed)
+    if runtime.is_main:
+        runtime.barrier()
+    loader = TokenLoader(data.train_tokens, config.batch_size, config.seq_len, seed=config.seed,
+                         rank=runtime.rank, world_size=runtime.world_size)
 
     # ---- model and optimizer
     model_config = build_model_config(config, data.vocab_size)
     model = Transformer(model_config).to(device)
-    forward = torch.compile(model) if config.compile else model
+    forward = parallelize(model, runtime.mode)
+    forward = torch.compile(forward) if config.compile else forward
     optimizer = build_optimizer(model, config)
-    total_steps = config.total_steps()
-    tokens_per_step = config.tokens_per_step()
+    total_steps = config.total_steps(runtime.world_size)
+    tokens_per_step = config.tokens_per_step(runtime.world_size)
 
     # ---- resume
     start_step, tokens, wall_s = 0, 0, 0.0
@@ -185,30 +216,33 @@ def train(config: TrainConfig, command: str | None = None) -> RunSummary:
         loader.load_state_dict(state["loader"])
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(config, total_steps),
                                                   last_epoch=start_step - 1)
-    _write_config(run_dir, {
-        **config.to_dict(),
-        "model_config": model_config.to_dict(),
-        "num_params": model_config.num_params(),
-        "num_non_embedding_params": model_config.num_non_embedding_params(),
-        "num_active_params": model_config.num_active_params(),  # = num_params unless MoE
-        "flops_per_token": model_config.flops_per_token(config.seq_len),
-        "tokens_per_step": tokens_per_step,
-        "total_steps": total_steps,
-        "dataset": data.describe(),
-        "device": str(device),
-        "torch": torch.__version__,
-        "command": command,
-    })
+    if runtime.is_main:
+        _write_config(run_dir, {
+            **config.to_dict(),
+            "model_config": model_config.to_dict(),
+            "num_params": model_config.num_params(),
+            "num_non_embedding_params": model_config.num_non_embedding_params(),
+            "num_active_params": model_config.num_active_params(),  # = num_params unless MoE
+            "flops_per_token": model_config.flops_per_token(config.seq_len),
+            "tokens_per_step": tokens_per_step,
+            "total_steps": total_steps,
+            "dataset": data.describe(),
+            "device": str(device),
+            "torch": torch.__version__,
+            "world_size": runtime.world_size,
+            "command": command,
+        })
 
     def checkpoint_now(step: int) -> None:
-        save_checkpoint(run_dir, step, model, optimizer,
-                        {"tokens": tokens, "wall_s": wall_s, "loader": loader.state_dict()},
-                        keep=config.keep_checkpoints)
+        save = save_sharded_checkpoint if runtime.distributed else save_checkpoint
+        save(run_dir, step, model, optimizer, {"tokens": tokens, "wall_s": wall_s, "loader": loader.state_dict()},
+             keep=config.keep_checkpoints)
 
     # ---- train
-    logger = MetricsLogger(run_dir, resume_step=start_step if checkpoint else None, tensorboard=config.tensorboard)
-    bar = tqdm(total=total_steps, initial=start_step, disable=not config.progress, desc=run_dir.name,
-               unit="step", dynamic_ncols=True)
+    logger = (MetricsLogger(run_dir, resume_step=start_step if checkpoint else None, tensorboard=config.tensorboard)
+              if runtime.is_main else None)
+    bar = tqdm(total=total_steps, initial=start_step, disable=not (config.progress and runtime.is_main),
+               desc=run_dir.name, unit="step", dynamic_ncols=True)
     loss_sum, loss_count, interval_tokens, interval_time = torch.zeros((), device=device), 0, 0, 0.0
     val_loss = math.nan
     model.train()
@@ -223,8 +257,6 @@ def train(config: TrainConfig, command: str | None = None) -> RunSummary:
                 (loss / config.grad_accum).backward()
                 loss_sum += loss.detach()
                 loss_count += 1
-            if config.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
             measure = config.telemetry_every > 0 and (step % config.telemetry_every == 0 or step == 1)
             if measure:
                 optimizer.measure_next_step()
@@ -245,6 +277,8 @@ def train(config: TrainConfig, command: str | None = None) -> RunSummary:
                 torch.cuda.synchronize()
             optim_ms = (time.perf_counter() - opt_started) * 1e3
             if hasattr(model, "after_optimizer_step"):
+                if runtime.distributed:
+                    sum_step_statistics(model)  # e.g. MoE expert loads: every rank sees the global count
                 model.after_optimizer_step()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
@@ -257,7 +291,7 @@ def train(config: TrainConfig, command: str | None = None) -> RunSummary:
 
             row: dict[str, Any] = {}
             if log_now:
-                mean_loss = float(loss_sum) / loss_count
+                mean_loss = runtime.mean(loss_sum) / loss_count
                 if not math.isfinite(mean_loss):
                     raise NonFiniteLossError(
                         f"step {step}: the training loss is {mean_loss}; the last good checkpoint in "
@@ -272,18 +306,20 @@ def train(config: TrainConfig, command: str | None = None) -> RunSummary:
                 row.update(optimizer.last_telemetry)
                 if hasattr(model, "telemetry"):
                     row.update(model.telemetry())
-            if config.spectra_every and (step % config.spectra_every == 0 or step == total_steps):
+            if config.spectra_every and (step % config.spectra_every == 0 or step == total_steps) and runtime.is_main:
                 row.update(svd_entropies(model))
             if step % config.eval_every == 0 or step == total_steps:
-                val_loss = evaluate(forward, data, config, device)
+                val_loss = evaluate(model, data, config, device, runtime)  # eager: no second compiled graph
                 row.update(val_loss=val_loss, tokens=tokens, wall_s=wall_s)
-            if row:
+            if row and logger is not None:
                 logger.log(step, row)
             if step == total_steps or (config.checkpoint_every and step % config.checkpoint_every == 0):
                 checkpoint_now(step)
     finally:
         bar.close()
-        logger.close()
+        if logger is not None:
+            logger.close()
     if start_step >= total_steps and math.isnan(val_loss):
-        val_loss = evaluate(forward, data, config, device)
+        val_loss = evaluate(model, data, config, device, runtime)  # eager: no second compiled graph
+    runtime.shutdown()
     return RunSummary(run_dir, total_steps, tokens, val_loss, tokens / wall_s if wall_s else 0.0, wall_s)

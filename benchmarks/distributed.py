@@ -1,0 +1,364 @@
+"""Distributed Muon on 1, 2 and 4 gloo processes: state per rank, bytes per collective, NS FLOPs per rank, step time.
+
+For each world size and mode (``none`` on one process; ``ddp``, ``zero1``, ``fsdp`` on several) the
+same model trains a few steps with muonlab's Muon and, under the same mode, with AdamW (the same
+class with every group on AdamW). Measured per rank and step:
+
+- optimizer state bytes (``Muon.state_bytes()``: what this rank holds);
+- every collective this rank calls during a step, forward and backward included: the
+  ``torch.distributed`` functions are wrapped (DDP's all-reduce is routed through them with its
+  default Python comm hook, FSDP2 calls them from Python), and so are the functional collectives
+  that DTensor's redistribution calls. Per collective: payload bytes given to
+  it and bytes this rank *sends* under the standard algorithms — ring all-reduce 2(N−1)/N of the
+  buffer, ring reduce-scatter / all-gather (N−1)/N of the full buffer, all-to-all exactly what goes
+  to other ranks;
+- Newton–Schulz FLOPs this rank executes (``orthogonalize`` is wrapped and each call's FLOPs taken
+  from ``ns_flops`` for the shapes it saw);
+- median wall time of the whole step (forward, backward, optimizer) and of the optimizer step.
+
+Also run, under FSDP2: ``torch.optim.Muon`` applied to the DTensor parameters, i.e. plain Muon math
+through DTensor's dispatch. It is numerically right but every rank gathers every whole matrix and
+repeats its Newton–Schulz; the table shows what muonlab avoids.
+
+Checked against targets (printed PASS/FAIL):
+
+- state per rank ≤ single-process state / N + one largest matrix (fp32 momentum of it);
+- NS FLOPs per rank ≤ single-process NS FLOPs / N + one largest matrix's NS FLOPs;
+- ZeRO-1 Muon bytes sent per rank ≤ Moonlight's bound for Distributed Muon (arXiv 2502.16982 §2.3):
+  (4 + 4 + 2)·Ψ·(N−1)/N bytes — fp32 reduce-scatter of the gradients, fp32 all-gather of the
+  parameters, bf16 gather of the Muon matrices — i.e. 1.25 × ZeRO-1 AdamW's 8·Ψ·(N−1)/N, with Ψ the
+  number of parameters; the measured ZeRO-1 AdamW bytes are shown beside it.
+
+    python benchmarks/distributed.py                       # worlds 1 2 4, the "demo" preset
+    python benchmarks/distributed.py --worlds 1 2 --steps 4 --model tiny
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import statistics
+import sys
+import tempfile
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from muonlab.models import Transformer, preset
+from muonlab.optim import Muon, ns_flops, param_groups
+from muonlab.optim.newton_schulz import choose_method, get_coefficient_set
+from muonlab.parallel import parallelize
+
+VOCAB, SEQ = 256, 64
+
+# ---- instruments ---------------------------------------------------------------------------------
+
+_WRAPPED = ("all_reduce", "reduce_scatter_single", "reduce_scatter_tensor", "all_gather_single",
+            "all_gather_into_tensor", "all_to_all_single", "broadcast", "all_gather", "reduce_scatter")
+
+
+def _nbytes(t) -> int:
+    if isinstance(t, (list, tuple)):
+        return sum(_nbytes(x) for x in t)
+    return t.numel() * t.element_size() if isinstance(t, torch.Tensor) else 0
+
+
+class Counter:
+    """Per collective: calls, payload bytes, bytes this rank sends (while ``active``)."""
+
+    def __init__(self) -> None:
+        self.active = False
+        self.depth = 0  # torch's deprecated names call the new ones: count the outermost call only
+        self.stats: dict[str, list[float]] = defaultdict(lambda: [0, 0, 0])
+        self.ns_flops = 0.0
+
+    def add(self, op: str, payload: int, sent: float) -> None:
+        if self.active:
+            entry = self.stats[op]
+            entry[0] += 1
+            entry[1] += payload
+            entry[2] += sent
+
+    def reset(self) -> None:
+        self.stats.clear()
+        self.ns_flops = 0.0
+
+
+def _sent(op: str, args, kwargs, world: int, rank: int) -> tuple[int, float]:
+    """(payload bytes, bytes sent by this rank) of one c10d call under ring / pairwise algorithms."""
+    first = args[0] if args else next(iter(kwargs.values()))
+    if op == "all_reduce":
+        b = _nbytes(first)
+        return b, 2 * b * (world - 1) / world
+    if op in ("reduce_scatter_single", "reduce_scatter_tensor"):  # (output, input)
+        b = _nbytes(args[1] if len(args) > 1 else kwargs["input"])
+        return b, b * (world - 1) / world
+    if op in ("all_gather_single", "all_gather_into_tensor"):  # (output, input)
+        b = _nbytes(first)
+        return b, b * (world - 1) / world
+    if op == "all_to_all_single":  # (output, input, output_splits, input_splits)
+        inp = args[1]
+        splits = args[3] if len(args) > 3 else kwargs.get("input_split_sizes")
+        per = inp.numel() // world if not splits else None
+        sizes = splits or [per] * world
+        row = inp.element_size() * (inp[0].numel() if inp.ndim > 1 else 1)
+        return _nbytes(inp), sum(s for r, s in enumerate(sizes) if r != rank) * row
+    if op == "broadcast":
+        b = _nbytes(first)
+        return b, b if rank == 0 else 0
+    b = _nbytes(first)
+    return b, b * (world - 1) / world
+
+
+def _funcol_sent(op: str, args, kwargs, world: int, rank: int) -> tuple[int, float]:
+    """(payload bytes, bytes sent) of one functional collective: its first argument is the local input."""
+    b = _nbytes(args[0])
+    if "all_reduce" in op:
+        return b, 2 * b * (world - 1) / world
+    if "all_gather" in op:
+        return b, b * (world - 1)
+    return b, b * (world - 1) / world
+
+
+def _wrap(module, names, counter: Counter, sent, prefix: str = "") -> None:
+    """Replace ``module.<name>`` by a counting wrapper (outermost call only)."""
+    world, rank = dist.get_world_size(), dist.get_rank()
+    for op in names:
+        real = getattr(module, op, None)
+        if real is None:
+            continue
+
+        def wrapper(*args, _real=real, _op=op, **kwargs):
+            outer = counter.depth == 0
+            counter.depth += 1
+            try:
+                if outer:
+                    counter.add(prefix + _op, *sent(_op, args, kwargs, world, rank))
+                return _real(*args, **kwargs)
+            finally:
+                counter.depth -= 1
+
+        setattr(module, op, wrapper)
+
+
+def install_collective_counters(counter: Counter) -> None:
+    """Count c10d collectives (Muon, DDP's Python comm hook, FSDP2) and functional ones (DTensor)."""
+    import torch.distributed._functional_collectives as funcol
+
+    _wrap(dist, _WRAPPED, counter, _sent)
+    _wrap(funcol, ("all_gather_single", "all_gather_tensor", "all_reduce", "reduce_scatter_single",
+                   "reduce_scatter_tensor", "all_to_all_single"), counter, _funcol_sent, prefix="functional.")
+
+
+def install_ns_counter(counter: Counter) -> None:
+    """Count Newton–Schulz FLOPs in muonlab (both paths) and in torch.optim.Muon."""
+    import muonlab.optim.functional as functional
+    import muonlab.optim.muon as muon_module
+    import torch.optim._muon as torch_muon
+
+    def counted(real):
+        def orthogonalize(G, coefficients="jordan", steps=5, dtype=torch.bfloat16, eps=1e-7, method="auto"):
+            rows, cols = G.shape[-2:]
+            m, n = min(rows, cols), max(rows, cols)
+            cset = get_coefficient_set(coefficients)
+            chosen = choose_method(method, m, n, steps, dtype, cset.gram_restart_every)
+            if counter.active:
+                counter.ns_flops += math.prod(G.shape[:-2]) * ns_flops(m, n, steps, chosen if chosen != "svd" else "standard",
+                                                                      cset.gram_restart_every)
+            return real(G, coefficients, steps, dtype, eps, method)
+        return orthogonalize
+
+    functional.orthogonalize = counted(functional.orthogonalize)
+    muon_module.orthogonalize = counted(muon_module.orthogonalize)
+    real_torch = torch_muon._zeropower_via_newtonschulz
+
+    def torch_ns(grad, ns_coefficients, ns_steps, eps):
+        m, n = min(grad.shape), max(grad.shape)
+        if counter.active:
+            counter.ns_flops += ns_flops(m, n, ns_steps, "standard")
+        return real_torch(grad, ns_coefficients, ns_steps, eps)
+
+    torch_muon._zeropower_via_newtonschulz = torch_ns
+
+
+# ---- one configuration -----------------------------------------------------------------------------
+
+
+def _optimizers(model, name: str, lr: float = 3e-3):
+    groups = param_groups(model)
+    if name == "torch.optim.Muon":
+        muon = [p for g in groups if g["algorithm"] == "muon" for p in g["params"]]
+        rest = [p for g in groups if g["algorithm"] != "muon" for p in g["params"]]
+        return [torch.optim.Muon(muon, lr=lr, weight_decay=0.1, adjust_lr_fn="match_rms_adamw"),
+                torch.optim.AdamW(rest, lr=lr, weight_decay=0.1, betas=(0.9, 0.95))]
+    if name == "adamw":
+        for g in groups:
+            g["algorithm"] = "adamw"
+    return [Muon(groups, lr=lr, weight_decay=0.1, max_grad_norm=1.0)]
+
+
+def _state_bytes(optimizers) -> int:
+    total = 0
+    for opt in optimizers:
+        if isinstance(opt, Muon):
+            total += opt.state_bytes()
+        else:
+            total += sum((v._local_tensor if hasattr(v, "_local_tensor") else v).numel() * v.element_size()
+                         for s in opt.state.values() for v in s.values() if isinstance(v, torch.Tensor))
+    return total
+
+
+def run_config(rank: int, world: int, mode: str, optimizer: str, args, counter: Counter) -> dict:
+    torch.manual_seed(0)
+    model = Transformer(preset(args.model, vocab_size=VOCAB, max_seq_len=SEQ))
+    forward = parallelize(model, mode)
+    if mode == "ddp":
+        from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import allreduce_hook
+
+        forward.register_comm_hook(None, allreduce_hook)  # DDP's all-reduce through dist.all_reduce
+    optimizers = _optimizers(model, optimizer)
+    largest = max((tuple(p.shape) for g in param_groups(model) if g["algorithm"] == "muon" for p in g["params"]),
+                  key=math.prod)
+    step_ms, optim_ms = [], []
+    for step in range(args.warmup + args.steps):
+        g = torch.Generator().manual_seed(step)
+        x = torch.randint(0, VOCAB, (world * args.batch, SEQ + 1), generator=g)[rank * args.batch : (rank + 1) * args.batch]
+        measured = step >= args.warmup
+        counter.active = measured
+        try:
+            started = time.perf_counter()
+            forward(x[:, :-1], x[:, 1:]).backward()
+            opt_started = time.perf_counter()
+            for opt in optimizers:
+                opt.step()
+            done = time.perf_counter()
+            for opt in optimizers:
+                opt.zero_grad(set_to_none=True)
+        finally:
+            counter.active = False
+        if measured:
+            step_ms.append((done - started) * 1e3)
+            optim_ms.append((done - opt_started) * 1e3)
+    stats = {op: [v / args.steps for v in values] for op, values in counter.stats.items()}
+    result = {
+        "world": world, "mode": mode, "optimizer": optimizer, "rank": rank,
+        "params": sum(p.numel() for p in model.parameters()),
+        "largest_matrix": list(largest),
+        "state_bytes": _state_bytes(optimizers),
+        "collectives": stats,
+        "sent_bytes": sum(v[2] for v in stats.values()),
+        "ns_flops": counter.ns_flops / args.steps,
+        "step_ms": statistics.median(step_ms),
+        "optim_ms": statistics.median(optim_ms),
+    }
+    counter.reset()
+    return result
+
+
+def worker(rank: int, world: int, port: int, args, out_dir: str) -> None:
+    torch.set_num_threads(1)
+    counter = Counter()
+    if world > 1:
+        os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+        dist.init_process_group("gloo", rank=rank, world_size=world)
+        install_collective_counters(counter)
+    install_ns_counter(counter)
+    results = []
+    modes = ["none"] if world == 1 else args.modes
+    for mode in modes:
+        for optimizer in ("muon", "adamw") + (("torch.optim.Muon",) if mode == "fsdp" and args.naive else ()):
+            results.append(run_config(rank, world, mode, optimizer, args, counter))
+    torch.save(results, Path(out_dir) / f"rank{rank}.pt")
+    if world > 1:
+        dist.destroy_process_group()
+
+
+def measure(world: int, args) -> list[dict]:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    with tempfile.TemporaryDirectory() as out:
+        if world == 1:
+            worker(0, 1, port, args, out)
+        else:
+            mp.spawn(worker, args=(world, port, args, out), nprocs=world)
+        return [r for rank in range(world) for r in torch.load(Path(out) / f"rank{rank}.pt", weights_only=False)]
+
+
+# ---- report ----------------------------------------------------------------------------------------
+
+
+def report(results: list[dict]) -> list[str]:
+    by = defaultdict(list)
+    for r in results:
+        by[(r["world"], r["mode"], r["optimizer"])].append(r)
+    single = by[(1, "none", "muon")][0]
+    m, n = sorted(single["largest_matrix"])
+    largest, ns_largest = m * n, ns_flops(m, n, 5, choose_method("auto", m, n, 5, torch.bfloat16, 3))
+    lines = [
+        f"model: {single['params']:,} parameters; largest Muon matrix {m}x{n} ({ns_largest / 1e9:.4f} NS GFLOP)",
+        "",
+        "| N | mode | optimizer | state / rank (max) | sent / rank / step (max) | NS GFLOP / rank (max) | step ms | optim ms |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for (world, mode, opt), rs in by.items():
+        lines.append(f"| {world} | {mode} | {opt} | {max(r['state_bytes'] for r in rs) / 1e6:.3f} MB | "
+                     f"{max(r['sent_bytes'] for r in rs) / 1e6:.3f} MB | {max(r['ns_flops'] for r in rs) / 1e9:.3f} | "
+                     f"{statistics.median(r['step_ms'] for r in rs):.1f} | {statistics.median(r['optim_ms'] for r in rs):.1f} |")
+    lines += ["", "Bytes per collective (rank 0, per step): calls, payload MB, sent MB", ""]
+    for (world, mode, opt), rs in by.items():
+        if world > 1:
+            parts = [f"{op} {v[0]:.0f}x {v[1] / 1e6:.3f}/{v[2] / 1e6:.3f}" for op, v in sorted(rs[0]["collectives"].items())]
+            lines.append(f"- N={world} {mode} {opt}: " + "; ".join(parts))
+    lines += ["", "Targets:", ""]
+    psi = single["params"]
+    for (world, mode, opt), rs in by.items():
+        if world == 1 or opt != "muon":
+            continue
+        state = max(r["state_bytes"] for r in rs)
+        bound = single["state_bytes"] / world + 4 * largest
+        flops = max(r["ns_flops"] for r in rs)
+        fbound = single["ns_flops"] / world + ns_largest
+        verdict = ("n/a (DDP replicates optimizer state, as for AdamW)" if mode == "ddp"
+                   else "PASS" if state <= bound else "FAIL")
+        lines.append(f"- N={world} {mode}: state/rank {state / 1e6:.3f} MB vs ≤ {bound / 1e6:.3f} MB "
+                     f"(1/N + one largest matrix): {verdict}; "
+                     f"NS FLOPs/rank {flops / 1e9:.3f} G ≤ {fbound / 1e9:.3f} G: {'PASS' if flops <= fbound else 'FAIL'}")
+        if mode == "zero1":
+            sent = max(r["sent_bytes"] for r in rs)
+            paper = 10 * psi * (world - 1) / world
+            adamw = max(r["sent_bytes"] for r in by[(world, "zero1", "adamw")])
+            lines.append(f"  ZeRO-1 bytes sent/rank/step {sent / 1e6:.3f} MB ≤ Moonlight's bound (4+4+2)·Ψ·(N−1)/N = "
+                         f"{paper / 1e6:.3f} MB: {'PASS' if sent <= paper else 'FAIL'}; ratio to measured ZeRO-1 AdamW "
+                         f"({adamw / 1e6:.3f} MB) = {sent / adamw:.3f} (paper: (1, 1.25])")
+    return lines
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--worlds", type=int, nargs="+", default=[1, 2, 4])
+    parser.add_argument("--modes", nargs="+", default=["ddp", "zero1", "fsdp"])
+    parser.add_argument("--model", default="demo", help="muonlab model preset (byte vocab, seq 64)")
+    parser.add_argument("--batch", type=int, default=4, help="sequences per rank")
+    parser.add_argument("--steps", type=int, default=6, help="measured steps per configuration")
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--no-naive", dest="naive", action="store_false", help="skip torch.optim.Muon on DTensors")
+    parser.add_argument("--json", help="also write the raw per-rank results here")
+    args = parser.parse_args()
+    results = [r for world in args.worlds for r in measure(world, args)]
+    print("\n".join(report(results)))
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,232 @@
+"""Owner-compute: each matrix is orthogonalized once, on one rank, and only pieces move.
+
+Newton–Schulz needs a whole matrix, but in every data-parallel layout a rank holds only part of
+the optimizer's view of it: a row block (FSDP2 ``Shard(0)``), a flat range of a partition (ZeRO-1),
+or the whole matrix with the work to be split (DDP). A :class:`Unit` says, for one batch of
+same-shape matrices ``[batch, rows, cols]`` (row-major, flattened), which range each rank
+contributes (``inputs``), which rank computes (``owner``) and which range of the result each
+rank needs back (``outputs``). :class:`OwnerCompute` runs a matrix function over all units:
+
+1. every rank sends its input pieces of units it does not own to their owners (one all-to-all
+   per bucket of same-key units, in the exchange dtype — bf16 for bf16 Newton–Schulz, as
+   Moonlight communicates, arXiv 2502.16982 §2.3);
+2. each owner assembles its units and runs the function once per bucket, batched;
+3. owners send the result pieces back (a second all-to-all per bucket).
+
+Buckets run largest matrix first, and every exchange is asynchronous: while bucket k is being
+orthogonalized, bucket k+1's pieces are already arriving and bucket k−1's results leaving. A
+bucket in which nothing crosses ranks (whole matrices on their owner) issues no collective; on
+one process nothing is ever sent. This is the all-to-all design Essential AI describe for FSDP
+(arXiv 2505.02222 infra note; microsoft/dion ``muon_update_batch_async``), generalised to uneven
+pieces and to any owner.
+
+Owners are chosen by :func:`lpt_assign` (Graham's longest-processing-time-first list
+scheduling): the busiest rank's Newton–Schulz FLOPs are at most the mean plus one largest
+matrix.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Hashable, Mapping, Sequence
+from dataclasses import dataclass
+
+import torch
+
+from .collectives import all_to_all_uneven
+
+__all__ = ["OwnerCompute", "Unit", "lpt_assign"]
+
+Range = tuple[int, int]
+
+
+@dataclass(frozen=True)
+class Unit:
+    """A batch of same-shape matrices that one rank orthogonalizes.
+
+    Attributes:
+        key: bucket key; units with equal keys are computed in one batched call (same shape,
+            same Newton–Schulz settings, same exchange dtypes).
+        batch, rows, cols: the unit is ``[batch, rows, cols]``, flattened row-major.
+        owner: the rank that assembles the unit and runs the function.
+        inputs: per rank, the flat range ``[lo, hi)`` it contributes; the non-empty ranges
+            partition ``[0, numel)``.
+        outputs: per rank, the flat range of the result it needs (may be empty).
+    """
+
+    key: Hashable
+    batch: int
+    rows: int
+    cols: int
+    owner: int
+    inputs: tuple[Range, ...]
+    outputs: tuple[Range, ...]
+
+    @property
+    def numel(self) -> int:
+        return self.batch * self.rows * self.cols
+
+
+def lpt_assign(costs: Sequence[float], world_size: int, loads: Sequence[float] | None = None) -> list[int]:
+    """Owner rank of each item: largest cost first, each to the least-loaded rank (ties: lowest rank).
+
+    ``loads`` are work already fixed on each rank. Deterministic, so every rank computes the same
+    assignment from the same inputs. Bound (Graham 1969): max load ≤ mean load + max cost.
+    """
+    load = list(loads) if loads is not None else [0.0] * world_size
+    owners = [0] * len(costs)
+    for i in sorted(range(len(costs)), key=lambda i: (-costs[i], i)):
+        rank = min(range(world_size), key=lambda r: (load[r], r))
+        owners[i] = rank
+        load[rank] += costs[i]
+    return owners
+
+
+def _length(r: Range) -> int:
+    return r[1] - r[0]
+
+
+def _partitions(ranges: Sequence[Range], n: int) -> bool:
+    """Whether the non-empty ``ranges`` tile ``[0, n)`` without gaps or overlaps."""
+    edge = 0
+    for lo, hi in sorted(r for r in ranges if _length(r) > 0):
+        if lo != edge:
+            return False
+        edge = hi
+    return edge == n
+
+
+@dataclass
+class _Bucket:
+    key: Hashable
+    units: list[int]
+    owned: list[int]
+    fwd_send: list[list[int]]  # per destination rank: units whose input piece this rank sends there
+    fwd_recv: list[list[int]]  # per source rank: owned units whose input piece arrives from there
+    bwd_send: list[list[int]]  # per destination rank: owned units whose output piece goes there
+    bwd_recv: list[list[int]]  # per source rank: units owned there whose output piece this rank needs
+    moves_forward: bool  # any input piece on a rank other than its owner (same answer on every rank)
+    moves_backward: bool
+
+
+class OwnerCompute:
+    """Run a function of whole matrices once per :class:`Unit`, on its owner, and exchange pieces.
+
+    Args:
+        units: the same list, in the same order, on every rank.
+        rank, world_size, group: this rank's place in the process group (``group`` unused when
+            ``world_size`` is 1).
+        dtypes: ``key -> (input dtype, output dtype)`` of the exchanged pieces.
+        order: ``key -> sort value``; buckets run in increasing order (pass the negated matrix
+            cost to run the largest first).
+    """
+
+    def __init__(self, units: Sequence[Unit], rank: int, world_size: int, group,
+                 dtypes: Callable[[Hashable], tuple[torch.dtype, torch.dtype]],
+                 order: Callable[[Hashable], float]) -> None:
+        for u in units:
+            if not _partitions(u.inputs, u.numel):
+                raise ValueError(f"unit inputs {u.inputs} do not partition [0, {u.numel})")
+        self.units = list(units)
+        self.rank, self.world_size, self.group = rank, world_size, group
+        self.dtypes = dtypes
+        by_key: dict[Hashable, list[int]] = {}
+        for i, u in enumerate(self.units):
+            by_key.setdefault(u.key, []).append(i)
+        self.buckets = [self._bucket(key, idx) for key, idx in sorted(by_key.items(), key=lambda kv: order(kv[0]))]
+
+    def _bucket(self, key, idx: list[int]) -> _Bucket:
+        me, W, units = self.rank, self.world_size, self.units
+        owned = [i for i in idx if units[i].owner == me]
+        return _Bucket(
+            key=key,
+            units=idx,
+            owned=owned,
+            fwd_send=[[i for i in idx if units[i].owner == d != me and _length(units[i].inputs[me])] for d in range(W)],
+            fwd_recv=[[i for i in owned if s != me and _length(units[i].inputs[s])] for s in range(W)],
+            bwd_send=[[i for i in owned if d != me and _length(units[i].outputs[d])] for d in range(W)],
+            bwd_recv=[[i for i in idx if units[i].owner == s != me and _length(units[i].outputs[me])] for s in range(W)],
+            moves_forward=any(_length(units[i].inputs[r]) for i in idx for r in range(W) if r != units[i].owner),
+            moves_backward=any(_length(units[i].outputs[r]) for i in idx for r in range(W) if r != units[i].owner),
+        )
+
+    def run(self, pieces: Mapping[int, torch.Tensor],
+            compute: Callable[[Hashable, list[int], list[torch.Tensor]], list[torch.Tensor]],
+            device: torch.device) -> dict[int, torch.Tensor]:
+        """Exchange, compute, exchange back.
+
+        Args:
+            pieces: unit index -> this rank's flat input piece (in the bucket's input dtype) for
+                every unit whose ``inputs[rank]`` is non-empty.
+            compute: ``(key, unit indices, [batch, rows, cols] inputs) -> outputs`` (same shapes,
+                in the output dtype); called on each owner once per bucket it owns units in.
+            device: where receive buffers live.
+
+        Returns:
+            unit index -> this rank's flat output piece, for every unit whose ``outputs[rank]``
+            is non-empty.
+        """
+        units, me = self.units, self.rank
+        forward = [self._send(b.fwd_send, b.fwd_recv, lambda i, d: pieces[i], lambda i, s: _length(units[i].inputs[s]),
+                              self.dtypes(b.key)[0], device)
+                   if b.moves_forward else None for b in self.buckets]
+        results: dict[int, torch.Tensor] = {}
+        backward = []
+        for b, flight in zip(self.buckets, forward):
+            received = self._receive(b.fwd_recv, lambda i, s: _length(units[i].inputs[s]), flight)
+            full: dict[int, torch.Tensor] = {}
+            if b.owned:
+                mats = [self._assemble(i, pieces, received, device).view(units[i].batch, units[i].rows, units[i].cols)
+                        for i in b.owned]
+                outs = compute(b.key, b.owned, mats)
+                full = {i: o.reshape(-1) for i, o in zip(b.owned, outs)}
+                for i in b.owned:
+                    lo, hi = units[i].outputs[me]
+                    if hi > lo:
+                        results[i] = full[i][lo:hi]
+            if b.moves_backward:
+                flight = self._send(b.bwd_send, b.bwd_recv, lambda i, d: full[i][slice(*units[i].outputs[d])],
+                                    lambda i, s: _length(units[i].outputs[me]), self.dtypes(b.key)[1], device)
+                backward.append((b, flight))
+        for b, flight in backward:
+            received = self._receive(b.bwd_recv, lambda i, s: _length(units[i].outputs[me]), flight)
+            results.update({i: piece for (i, _), piece in received.items()})
+        return results
+
+    def _send(self, send: list[list[int]], recv: list[list[int]], piece, recv_length, dtype, device):
+        """Start one all-to-all: ``piece(i, d)`` for each unit i sent to rank d, ``recv_length(i, s)``
+        elements of unit i from rank s."""
+        chunks = [piece(i, d).to(dtype) for d, idx in enumerate(send) for i in idx]
+        send_sizes = [sum(piece(i, d).numel() for i in idx) for d, idx in enumerate(send)]
+        recv_sizes = [sum(recv_length(i, s) for i in idx) for s, idx in enumerate(recv)]
+        buffer = torch.cat(chunks) if chunks else torch.empty(0, dtype=dtype, device=device)
+        work, received = all_to_all_uneven(buffer, send_sizes, recv_sizes, self.group)
+        return work, buffer, received
+
+    @staticmethod
+    def _receive(recv: list[list[int]], length, flight) -> dict[tuple[int, int], torch.Tensor]:
+        """Wait for an exchange and split what arrived into ``(unit, source rank)`` pieces."""
+        if flight is None:
+            return {}
+        work, _, received = flight
+        work.wait()
+        out, offset = {}, 0
+        for s, idx in enumerate(recv):
+            for i in idx:
+                n = length(i, s)
+                out[(i, s)] = received[offset : offset + n]
+                offset += n
+        return out
+
+    def _assemble(self, i: int, pieces: Mapping[int, torch.Tensor], received: dict, device) -> torch.Tensor:
+        u, me = self.units[i], self.rank
+        lo, hi = u.inputs[me]
+        if (lo, hi) == (0, u.numel):
+            return pieces[i]
+        full = torch.empty(u.numel, dtype=self.dtypes(u.key)[0], device=device)
+        if hi > lo:
+            full[lo:hi] = pieces[i]
+        for s in range(self.world_size):
+            a, b = u.inputs[s]
+            if s != me and b > a:
+                full[a:b] = received[(i, s)]
+        return full

@@ -1,0 +1,18 @@
+"""Data parallelism applied to an unmodified model, and the launch side of a multi-process run.
+
+::
+
+    runtime = init_runtime("fsdp")                   # joins the torchrun process group (gloo/NCCL)
+    forward = parallelize(model, runtime.mode)       # DDP wrapper, FSDP2 in place, or ZeRO-1 marks
+    optimizer = Muon(param_groups(model), ...)       # the same Muon: it reads the mode from the parameters
+
+Modes (``PARALLEL_MODES``): ``none``, ``ddp``, ``zero1`` (Moonlight's Distributed Muon), ``fsdp``
+(FSDP2 ``fully_shard``). See :mod:`muonlab.optim.distributed` for what the optimizer does in each,
+and :mod:`muonlab.train.sharded_checkpoint` for checkpoints that load at any world size.
+"""
+
+from .runtime import PARALLEL_MODES, Runtime, init_runtime
+from .wrap import STEP_STATISTICS_ATTR, parallelize, sum_step_statistics, unwrap
+
+__all__ = ["PARALLEL_MODES", "STEP_STATISTICS_ATTR", "Runtime", "init_runtime", "parallelize", "sum_step_statistics",
+           "unwrap"]

@@ -1,0 +1,111 @@
+"""The pure planning behind distributed Muon (no processes): owner balance, ZeRO-1 layout, FSDP2 row blocks.
+
+The bounds here are the ones the benchmark reports (benchmarks/distributed.py): Newton–Schulz
+FLOPs per rank ≤ 1/N of the total + one largest matrix, optimizer state per rank ≤ 1/N of the
+total + one largest matrix, and every byte of every parameter in exactly one place.
+"""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+import torch
+
+from muonlab.optim.distributed.layouts import MatrixParam, Zero1Layout, chunk_rows, replicated_units, sharded_units
+from muonlab.optim.distributed.owners import OwnerCompute, lpt_assign
+
+
+def _random_model(seed: int, n_matrices: int = 12, n_adamw: int = 5):
+    rng = random.Random(seed)
+    mats = []
+    for k in range(n_matrices):
+        rows, cols, batch = rng.randint(1, 40), rng.randint(1, 40), rng.choice([1, 1, 1, 3, 5])
+        m, n = min(rows, cols), max(rows, cols)
+        mats.append(MatrixParam(k, (rows, cols), batch, rows, cols, float(4 * m * m * n + 2 * m**3)))
+    adamw = [(n_matrices + j, rng.randint(1, 2000)) for j in range(n_adamw)]
+    return mats, adamw
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_lpt_keeps_every_rank_within_one_largest_item_of_the_mean(seed):
+    rng = random.Random(seed)
+    costs = [rng.uniform(1, 100) for _ in range(rng.randint(1, 40))]
+    for world in (1, 2, 3, 4, 7):
+        owners = lpt_assign(costs, world)
+        loads = [sum(c for c, o in zip(costs, owners) if o == r) for r in range(world)]
+        assert max(loads) <= sum(costs) / world + max(costs) + 1e-9
+        assert owners == lpt_assign(costs, world)  # every rank computes the same plan
+
+
+@pytest.mark.parametrize("seed", range(5))
+@pytest.mark.parametrize("world", [1, 2, 3, 4, 5])
+def test_zero1_layout_places_every_element_once_and_balances_state_and_work(seed, world):
+    mats, adamw = _random_model(seed)
+    layout = Zero1Layout(mats, adamw, world)
+    numel = {m.index: m.batch * m.rows * m.cols for m in mats} | dict(adamw)
+    covered = {k: torch.zeros(n, dtype=torch.int32) for k, n in numel.items()}
+    flat = torch.zeros(world * layout.chunk, dtype=torch.int32)
+    for s in layout.segments:
+        covered[s.param][s.lo : s.hi] += 1
+        flat[s.flat : s.flat + s.numel] += 1
+    assert all(bool((c == 1).all()) for c in covered.values()), "a parameter element is missing or duplicated"
+    assert int(flat.max()) == 1 and int(flat.sum()) == layout.total
+    assert layout.chunk == -(-layout.total // world)  # equal chunks, padding < world
+    # Per rank: pieces tile its chunk, and the state (momentum 1x, AdamW 2x) stays within 1/N + one matrix.
+    muon_params = {m.index for m in mats}
+    largest = max(m.rows * m.cols for m in mats)
+    total_state = sum(n * (1 if k in muon_params else 2) for k, n in numel.items())
+    for rank in range(world):
+        pieces = layout.pieces(rank)
+        assert sum(p.numel for p in pieces) == min(layout.chunk, max(0, layout.total - rank * layout.chunk))
+        state = sum(p.numel * (1 if p.segment.param in muon_params else 2) for p in pieces)
+        assert state <= total_state / world + largest + world
+    cost = {m.index: m.cost for m in mats}
+    work = [sum(u.batch * cost[w.param] for u, w in zip(layout.units, layout.where) if u.owner == r) for r in range(world)]
+    assert max(work) <= sum(m.batch * m.cost for m in mats) / world + max(cost.values()) + 1e-6
+
+
+def test_zero1_matrices_are_cut_only_when_adamw_cannot_absorb_the_imbalance():
+    mats = [MatrixParam(k, (10, 10), 1, 10, 10, 1.0) for k in range(3)]
+    no_adamw = Zero1Layout(mats, [], 2)  # 300 elements, chunks of 150: one matrix must be cut
+    assert sum(sum(hi > lo for lo, hi in u.inputs) > 1 for u in no_adamw.units) == 1
+    with_adamw = Zero1Layout(mats, [(3, 100)], 2)  # chunks of 200: 2 matrices | 1 matrix + 100 AdamW
+    assert all(sum(hi > lo for lo, hi in u.inputs) == 1 for u in with_adamw.units)
+
+
+@pytest.mark.parametrize("world", [2, 3, 4])
+def test_sharded_units_follow_torch_chunk_and_keep_experts_where_they_are(world):
+    for n in (1, 2, 5, 35):  # FSDP2's Shard(0) splits dim 0 like torch.chunk (possibly fewer, uneven blocks)
+        assert [(o, c) for o, c in chunk_rows(n, world) if c] == [(int(p[0]), len(p)) for p in torch.arange(n).chunk(world)]
+    stack = MatrixParam(0, (7, 9), 5, 7, 9, 1.0)  # 5 experts
+    matrix = MatrixParam(1, (35, 20), 1, 35, 20, 1.0)
+    units, where = sharded_units([stack, matrix], world)
+    for u, w in zip(units, where):
+        if w.param == 0:  # whole experts: computed where they are, nothing sent
+            assert [r for r, (lo, hi) in enumerate(u.inputs) if hi > lo] == [u.owner] and u.outputs == u.inputs
+    (row_unit,) = [u for u, w in zip(units, where) if w.param == 1]
+    rows = [(lo // 20, hi // 20) for lo, hi in row_unit.inputs if hi > lo]
+    assert rows == [(o, o + c) for o, c in chunk_rows(35, world) if c]
+
+
+def test_replicated_units_split_one_stack_among_owners_and_share_results():
+    units, where = replicated_units([MatrixParam(0, (4, 4), 6, 4, 4, 1.0)], 3)
+    assert sorted(u.owner for u in units) == [0, 1, 2] and sum(u.batch for u in units) == 6
+    assert all(u.outputs == ((0, u.numel),) * 3 for u in units)
+
+
+def test_owner_compute_on_one_process_runs_each_bucket_once_and_sends_nothing():
+    mats = [MatrixParam(0, (2, 3), 1, 2, 3, 1.0), MatrixParam(1, (2, 3), 2, 2, 3, 1.0), MatrixParam(2, (3, 3), 1, 3, 3, 1.0)]
+    units, _ = replicated_units(mats, 1)
+    executor = OwnerCompute(units, 0, 1, None, dtypes=lambda key: (torch.float32, torch.float32), order=lambda key: 0)
+    calls = []
+
+    def compute(key, ids, tensors):
+        calls.append((key, ids))
+        return [2 * t for t in tensors]
+
+    pieces = {i: torch.arange(u.numel, dtype=torch.float32) for i, u in enumerate(units)}
+    out = executor.run(pieces, compute, torch.device("cpu"))
+    assert sorted(len(ids) for _, ids in calls) == [1, 2]  # two buckets, each in one call
+    assert all(torch.equal(out[i], 2 * pieces[i]) for i in pieces)

@@ -1,0 +1,135 @@
+"""``muonlab train --parallel {ddp,zero1,fsdp}`` under ``torchrun`` on 2 gloo processes, faults, bad input.
+
+- Each mode trains the "tiny" preset with half the per-process batch and logs the same loss and
+  validation loss at every step as one process with the whole batch (DESIGN.md: the same Muon
+  gives the same numbers; only rank 0 writes the run folder).
+- A rank killed mid-run under ``torchrun --max-restarts 1`` is restarted with the others, resumes
+  from the last (sharded) checkpoint and finishes with the uninterrupted run's metrics.
+- Ranks that disagree on the training config, the optimizer settings or the model's shapes fail
+  at start-up, on every rank, with a message naming the mismatch (instead of hanging in a
+  collective).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import tiny_config_dict
+from distributed_harness import spawn
+
+pytestmark = pytest.mark.distributed
+
+STEPS = 12
+TIMING_KEYS = {"tokens_per_s", "wall_s", "optim_step_ms"}
+
+
+def _flags(values: dict) -> list[str]:
+    return [item for key, value in values.items() for item in (f"--{key}", str(value).lower() if isinstance(value, bool) else str(value))]
+
+
+def _run_values(corpus: Path, run_dir: Path, **overrides) -> dict:
+    return tiny_config_dict(corpus, run_dir, train_tokens=32 * 4 * STEPS, log_every=1, eval_every=4,
+                            telemetry_every=4, ns_dtype="float32", threads=1, **overrides)
+
+
+def _torchrun(script: list[str], values: dict, *extra: str, timeout: float = 240) -> subprocess.CompletedProcess:
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", *extra,
+               *script, "train", *_flags(values)]
+    env = {**os.environ, "MUONLAB_ALLOCATOR": "default", "OMP_NUM_THREADS": "1"}
+    return subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=env)
+
+
+def _rows(run_dir: Path) -> list[dict]:
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return [{k: v for k, v in row.items() if k not in TIMING_KEYS} for row in rows]
+
+
+@pytest.fixture(scope="module")
+def single_process_run(tiny_corpus, muonlab_cache_dir, tmp_path_factory):
+    from muonlab.train.config import TrainConfig
+    from muonlab.train.loop import train
+
+    run_dir = tmp_path_factory.mktemp("single") / "run"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MUONLAB_CACHE", str(muonlab_cache_dir))
+        train(TrainConfig(**_run_values(tiny_corpus, run_dir)))
+    return _rows(run_dir)
+
+
+def _assert_same_trajectory(rows: list[dict], expected: list[dict]) -> None:
+    assert [r["step"] for r in rows] == [r["step"] for r in expected]
+    for row, ref in zip(rows, expected):
+        for key in ("loss", "val_loss"):
+            if key in ref:
+                assert row[key] == pytest.approx(ref[key], rel=1e-5), (row["step"], key)
+        assert row["tokens"] == ref["tokens"]  # the global batch: 2 processes x batch_size 2 = 4
+
+
+@pytest.mark.parametrize("mode", ["ddp", "zero1", "fsdp"])
+def test_torchrun_training_matches_one_process(tiny_corpus, muonlab_cache, tmp_path, single_process_run, mode):
+    run_dir = tmp_path / mode
+    done = _torchrun(["-m", "muonlab.cli"], _run_values(tiny_corpus, run_dir, batch_size=2, parallel=mode))
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.count("finished 12 steps") == 1  # rank 0 prints, rank 1 does not
+    _assert_same_trajectory(_rows(run_dir), single_process_run)
+    config = json.loads((run_dir / "config.json").read_text())
+    assert config["world_size"] == 2 and config["tokens_per_step"] == 32 * 4
+
+
+def test_a_killed_rank_is_restarted_and_resumes_from_the_last_checkpoint(tiny_corpus, muonlab_cache, tmp_path,
+                                                                         single_process_run, monkeypatch):
+    run_dir = tmp_path / "faulty"
+    values = _run_values(tiny_corpus, run_dir, batch_size=2, parallel="zero1", checkpoint_every=4)
+    monkeypatch.setenv("MUONLAB_TEST_KILL_AFTER_STEP", "6")  # rank 1 dies after step 6; the checkpoint is at 4
+    done = _torchrun([str(Path(__file__).parent / "distributed_fault_entry.py")], values, "--max-restarts=1")
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "(exitcode: 17) local_rank: 1" in done.stderr  # rank 1 did die, and torchrun restarted both
+    rows = _rows(run_dir)
+    assert len({r["step"] for r in rows}) == len(rows), "a step was logged twice"
+    _assert_same_trajectory(rows, single_process_run)
+
+
+def _train_with_rank_dependent_lr(rank: int, world: int, values: dict) -> None:
+    from muonlab.train.config import TrainConfig
+    from muonlab.train.loop import train
+
+    train(TrainConfig(**{**values, "lr": 3e-3 if rank == 0 else 1e-3}))
+
+
+def test_ranks_with_different_training_configs_fail_fast(tiny_corpus, muonlab_cache, tmp_path):
+    started = time.perf_counter()
+    with pytest.raises(Exception) as caught:
+        spawn(_train_with_rank_dependent_lr, 2, _run_values(tiny_corpus, tmp_path / "run", batch_size=2, parallel="ddp"))
+    assert "configs differ across ranks: config lr is 0.003 on rank 0 but 0.001 on rank 1" in str(caught.value)
+    assert time.perf_counter() - started < 60
+
+
+def _mismatched(rank: int, world: int, what: str) -> None:
+    from muonlab.models import Transformer
+    from muonlab.models.config import preset
+    from muonlab.optim import Muon, param_groups
+    from muonlab.parallel import parallelize
+
+    d_model = 64 if what != "shape" or rank == 0 else 128
+    model = Transformer(preset("tiny", vocab_size=64, max_seq_len=16, d_model=d_model, n_heads=1))
+    parallelize(model, "zero1")
+    Muon(param_groups(model), lr=0.02 if what != "lr" or rank == 0 else 0.01)
+
+
+@pytest.mark.parametrize("what, message", [
+    ("lr", "param group 0 lr is '0.02' on rank 0 but '0.01' on rank 1"),
+    ("shape", "parameter 'embed.weight' (shape, dtype) is ((64, 64), 'torch.float32') on rank 0 but ((64, 128)"),
+])
+def test_ranks_that_disagree_fail_fast_naming_the_mismatch(what, message):
+    started = time.perf_counter()
+    with pytest.raises(Exception) as caught:
+        spawn(_mismatched, 2, what)
+    assert message in str(caught.value)
+    assert time.perf_counter() - started < 60
