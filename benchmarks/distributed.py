@@ -167,10 +167,10 @@ def install_ns_counter(counter: Counter) -> None:
             rows, cols = G.shape[-2:]
             m, n = min(rows, cols), max(rows, cols)
             cset = get_coefficient_set(coefficients)
-            chosen = choose_method(method, m, n, steps, dtype, cset.gram_restart_every)
+            chosen = choose_method(method, m, n, steps, dtype, cset)
             if counter.active:
                 counter.ns_flops += math.prod(G.shape[:-2]) * ns_flops(m, n, steps, chosen if chosen != "svd" else "standard",
-                                                                      cset.gram_restart_every)
+                                                                      cset)
             return real(G, coefficients, steps, dtype, eps, method)
         return orthogonalize
 
@@ -302,7 +302,7 @@ def report(results: list[dict]) -> list[str]:
         by[(r["world"], r["mode"], r["optimizer"])].append(r)
     single = by[(1, "none", "muon")][0]
     m, n = sorted(single["largest_matrix"])
-    largest, ns_largest = m * n, ns_flops(m, n, 5, choose_method("auto", m, n, 5, torch.bfloat16, 3))
+    largest, ns_largest = m * n, ns_flops(m, n, 5, choose_method("auto", m, n, 5, torch.bfloat16))
     lines = [
         f"model: {single['params']:,} parameters; largest Muon matrix {m}x{n} ({ns_largest / 1e9:.4f} NS GFLOP)",
         "",

@@ -74,8 +74,8 @@ def executed_ns_flops(shapes, steps=5) -> int:
     total = 0
     for rows, cols in shapes:
         m, n = min(rows, cols), max(rows, cols)
-        method = choose_method("auto", m, n, steps, torch.bfloat16, cset.gram_restart_every)
-        total += ns_flops(m, n, steps, method, cset.gram_restart_every)
+        method = choose_method("auto", m, n, steps, torch.bfloat16, cset)
+        total += ns_flops(m, n, steps, method, cset)
     return total
 
 

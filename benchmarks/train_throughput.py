@@ -2,7 +2,7 @@
 
 The plain loop is the floor of what any loop can do: batches of the same corpus loaded into
 memory beforehand (real text: its skewed token counts cost more in the embedding backward than
-uniform random ids), forward under autocast, backward, clip, optimizer step, zero_grad — no data
+uniform random ids), forward under autocast, backward, optimizer step (which clips the raw gradient, as in muonlab's loop), zero_grad — no data
 loading, logging, evaluation or schedule.
 muonlab's loop (``muonlab.train.train``) runs with evaluation only at the end (excluded from its
 timing, as its ``tokens_per_s`` metric does). Both run in this process, under the fastest
@@ -58,7 +58,6 @@ def plain_loop_tokens_per_s(config: TrainConfig, steps: int, device: torch.devic
         with autocast:
             loss = forward(x, y)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         sync(device)

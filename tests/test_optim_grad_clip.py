@@ -24,9 +24,12 @@ def _run(clip_inside: bool, max_norm: float = 0.05):
 
 
 def test_clipping_in_the_step_equals_clip_grad_norm_before_it():
+    # The two sum the per-tensor norms in different orders (optimizer groups vs module order), so
+    # the clip coefficient may differ in its last bit. That 1e-7 relative perturbation is what
+    # floating-point reduction order allows, the same 1e-5 bound as multi-process equality.
     inside, outside = _run(True), _run(False)
     for (name, a), b in zip(inside.named_parameters(), outside.parameters()):
-        assert torch.equal(a, b), name
+        assert float((a - b).norm() / b.norm()) < 1e-5, name
 
 
 def test_clipping_changes_the_trajectory():  # the 0.05 norm above really clips

@@ -251,3 +251,15 @@ def test_vector_and_nonpositive_steps_are_refused():
         orthogonalize(torch.ones(5))
     with pytest.raises(ValueError, match="ns_steps must be a positive integer"):
         orthogonalize(torch.ones(3, 3), steps=0)
+
+
+def test_gram_form_stays_bounded_on_a_real_ill_conditioned_expert_momentum():
+    # Regression: the momentum of a rarely-routed MoE expert (64 × 192, σ from 1.8e-2 down to
+    # 1e-4), saved from a Muon run. With three Gram steps between restarts, bf16 rounding of A
+    # lost its small singular values, which then grew past the quintic's stable range (σ_max 5.2).
+    from pathlib import Path
+
+    M = torch.load(Path(__file__).parent / "data" / "moe_expert_momentum_64x192.pt", weights_only=True)
+    for coefficients in ("jordan", "polar_express"):
+        out = orthogonalize(M[None], coefficients, 5, torch.bfloat16, method="gram")
+        assert torch.linalg.svdvals(out[0].double()).max() < 1.25, coefficients

@@ -111,8 +111,8 @@ class Engine:
                         in_dtype, out_dtype)
         m, n = min(rows, cols), max(rows, cols)
         cset = get_coefficient_set(group["ns_coefficients"])
-        chosen = choose_method(method, m, n, group["ns_steps"], dtype, cset.gram_restart_every)
-        cost = ns_flops(m, n, group["ns_steps"], chosen if chosen != "svd" else "standard", cset.gram_restart_every)
+        chosen = choose_method(method, m, n, group["ns_steps"], dtype, cset)
+        cost = ns_flops(m, n, group["ns_steps"], chosen if chosen != "svd" else "standard", cset)
         return MatrixParam(k, key, batch, rows, cols, float(cost))
 
     def executor(self, units) -> OwnerCompute:
