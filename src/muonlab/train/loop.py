@@ -6,7 +6,8 @@ data → forward/backward (grad accumulation, autocast) → clip the *raw* gradi
 
 Metrics rows carry ``step``, ``tokens``, ``loss`` (mean training loss since the previous row, on
 fresh batches), ``lr`` (the learning rate used at that step), ``tokens_per_s``, ``wall_s``
-(cumulative time inside the training steps, excluding evaluation and checkpointing),
+(cumulative time inside the training steps, excluding evaluation and checkpointing, and with
+``compile`` the first step, which is mostly compilation and is logged once as ``compile_s``),
 ``optim_step_ms`` (the optimizer step alone, on this row's step) and, every ``telemetry_every``
 steps, the optimizer's telemetry (``update_rms/muon``, ``update_rms/adamw``, per-parameter RMS,
 Newton–Schulz orthogonality residual) plus the model's own (``model.telemetry()`` when the model
@@ -245,6 +246,7 @@ def train(config: TrainConfig, command: str | None = None) -> RunSummary:
                desc=run_dir.name, unit="step", dynamic_ncols=True)
     loss_sum, loss_count, interval_tokens, interval_time = torch.zeros((), device=device), 0, 0, 0.0
     val_loss = math.nan
+    compile_s: float | None = None
     model.train()
     try:
         for step in range(start_step + 1, total_steps + 1):
@@ -283,10 +285,13 @@ def train(config: TrainConfig, command: str | None = None) -> RunSummary:
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
             tokens += tokens_per_step
-            interval_tokens += tokens_per_step
             elapsed = time.perf_counter() - started
-            wall_s += elapsed
-            interval_time += elapsed
+            if config.compile and step == start_step + 1:
+                compile_s = elapsed  # the first compiled step is mostly compilation: logged, not timed
+            else:
+                interval_tokens += tokens_per_step
+                wall_s += elapsed
+                interval_time += elapsed
             bar.update(1)
 
             row: dict[str, Any] = {}
@@ -297,9 +302,12 @@ def train(config: TrainConfig, command: str | None = None) -> RunSummary:
                         f"step {step}: the training loss is {mean_loss}; the last good checkpoint in "
                         f"{run_dir / 'checkpoints'} is kept — lower lr or raise warmup_steps"
                     )
-                row.update(tokens=tokens, loss=mean_loss, lr=lr, tokens_per_s=interval_tokens / interval_time,
-                           wall_s=wall_s, optim_step_ms=optim_ms)
-                bar.set_postfix(loss=f"{mean_loss:.3f}", tok_s=f"{interval_tokens / interval_time:,.0f}")
+                row.update(tokens=tokens, loss=mean_loss, lr=lr, wall_s=wall_s, optim_step_ms=optim_ms)
+                if interval_time > 0:
+                    row["tokens_per_s"] = interval_tokens / interval_time
+                    bar.set_postfix(loss=f"{mean_loss:.3f}", tok_s=f"{interval_tokens / interval_time:,.0f}")
+                if compile_s is not None:
+                    row["compile_s"], compile_s = compile_s, None
                 loss_sum.zero_()
                 loss_count, interval_tokens, interval_time = 0, 0, 0.0
             if measure:
