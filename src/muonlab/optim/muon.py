@@ -33,6 +33,7 @@ import torch
 
 from .distributed import build_engine
 from .distributed.engines import Zero1Engine
+from .functional import adamw_
 from .newton_schulz import NS_METHODS, get_coefficient_set, orthogonalize
 from .scaling import SCALE_RULES, logical_matrix_shape
 from .telemetry import UpdateTelemetry
@@ -395,29 +396,14 @@ class Muon(torch.optim.Optimizer):
                 exp_avgs.append(state["exp_avg"])
                 exp_avg_sqs.append(state["exp_avg_sq"])
                 steps.append(state["step"])
-            grads = [p.grad for p in params]
-            torch._foreach_add_(steps, 1.0)
-            torch._foreach_lerp_(exp_avgs, grads, 1.0 - b1)
-            torch._foreach_mul_(exp_avg_sqs, b2)
-            torch._foreach_addcmul_(exp_avg_sqs, grads, grads, 1.0 - b2)
-            if wd != 0.0:
-                torch._foreach_mul_(params, 1.0 - lr * wd)
-            # Same arithmetic order as torch.optim.AdamW (foreach) so the two agree to rounding.
-            step_counts = [float(s) for s in steps]
-            bias1 = [1.0 - b1**t for t in step_counts]
-            bias2_sqrt = [(1.0 - b2**t) ** 0.5 for t in step_counts]
-            denom = torch._foreach_sqrt(exp_avg_sqs)
-            torch._foreach_div_(denom, bias2_sqrt)
-            torch._foreach_add_(denom, eps)
-            step_sizes = [-lr / b for b in bias1]
+            updates = adamw_(params, [p.grad for p in params], exp_avgs, exp_avg_sqs, steps, beta1=b1, beta2=b2,
+                             lr=lr, weight_decay=wd, eps=eps, want_updates=telemetry is not None)
             if telemetry is not None:
-                updates = torch._foreach_div(exp_avgs, denom)
-                for i, u, b in zip(indices, updates, bias1):
-                    rms = float(u.float().pow(2).mean().sqrt()) / b
+                for i, u in zip(indices, updates):
+                    rms = float(u.float().pow(2).mean().sqrt())
                     telemetry["update_rms/adamw"].append(rms)
                     if group.get("names"):
                         telemetry[f"update_rms/{group['names'][i]}"].append(rms)
-            torch._foreach_addcdiv_(params, exp_avgs, denom, step_sizes)
 
     # ------------------------------------------------------------------ checkpointing
 
