@@ -72,6 +72,7 @@ class Runtime:
     def shutdown(self) -> None:
         """Leave the process group if this runtime created it."""
         if self.owns_group and dist.is_initialized():
+            dist.barrier()  # every rank has finished its collectives before any rank tears down
             dist.destroy_process_group()
             self.owns_group = False
 

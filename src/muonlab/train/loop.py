@@ -329,5 +329,8 @@ def train(config: TrainConfig, command: str | None = None) -> RunSummary:
             logger.close()
     if start_step >= total_steps and math.isnan(val_loss):
         val_loss = evaluate(model, data, config, device, runtime)  # eager: no second compiled graph
+    # Release the wrappers that hold the process group (DDP's reducer, the optimizer's async
+    # collectives) before leaving it, so no communication thread outlives the group.
+    del forward, optimizer
     runtime.shutdown()
     return RunSummary(run_dir, total_steps, tokens, val_loss, tokens / wall_s if wall_s else 0.0, wall_s)
