@@ -207,6 +207,18 @@ def _remove_stale_temp_dirs(ckpt_root: Path) -> None:
                 p.unlink(missing_ok=True)
 
 
+def _publish(tmp: Path, final: Path) -> None:
+    """Rename a complete temp checkpoint directory into place (atomically, also over an old copy)."""
+    if final.exists():  # re-saving a step: move the old copy aside, then swap in the new one
+        old = final.parent / f".tmp-old-{final.name}-{os.getpid()}"
+        os.replace(final, old)
+        os.replace(tmp, final)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, final)
+    _fsync_dir(final.parent)
+
+
 def _write_latest(ckpt_root: Path, name: str) -> None:
     tmp = ckpt_root / f".tmp-{LATEST_FILE}-{os.getpid()}"
     tmp.write_text(name + "\n")
@@ -281,14 +293,7 @@ def save_checkpoint(
             target = tmp / f
             _fsync_file(target)
         target = final
-        if final.exists():  # re-saving a step: move the old copy aside, then swap in the new one
-            old = ckpt_root / f".tmp-old-{name}-{os.getpid()}"
-            os.replace(final, old)
-            os.replace(tmp, final)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, final)
-        _fsync_dir(ckpt_root)
+        _publish(tmp, final)
         target = ckpt_root / LATEST_FILE
         _write_latest(ckpt_root, name)
     except OSError as e:

@@ -41,7 +41,7 @@ from .checkpoint import (
     CheckpointError,
     _complete_checkpoints,
     _config_difference,
-    _fsync_dir,
+    _publish,
     _fsync_file,
     _json_roundtrip,
     _remove_stale_temp_dirs,
@@ -141,14 +141,7 @@ def save_sharded_checkpoint(
             target.write_text(json.dumps(record, indent=1))
             _fsync_file(target)
             target = final
-            if final.exists():
-                old = ckpt_root / f".tmp-old-{name}-{os.getpid()}"
-                os.replace(final, old)
-                os.replace(tmp, final)
-                shutil.rmtree(old, ignore_errors=True)
-            else:
-                os.replace(tmp, final)
-            _fsync_dir(ckpt_root)
+            _publish(tmp, final)
             _write_latest(ckpt_root, name)
         except OSError as e:
             shutil.rmtree(tmp, ignore_errors=True)
