@@ -83,6 +83,7 @@ class Engine:
             (g, i, p) for g in optimizer.param_groups for i, p in enumerate(g["params"])
         ]
         self.index = {id(p): k for k, (_, _, p) in enumerate(self.entries)}
+        self._plans: dict[tuple, tuple] = {}  # matrix set -> (units, where, executor), see plan()
 
     # ---- descriptions
 
@@ -114,6 +115,14 @@ class Engine:
         chosen = choose_method(method, m, n, group["ns_steps"], dtype, cset)
         cost = ns_flops(m, n, group["ns_steps"], chosen if chosen != "svd" else "standard", cset)
         return MatrixParam(k, key, batch, rows, cols, float(cost))
+
+    def plan(self, mats, split):
+        """``(units, where, executor)`` for this set of matrices, built once by ``split`` and cached."""
+        signature = tuple(mats)
+        if signature not in self._plans:
+            units, where = split(mats, self.world_size)
+            self._plans[signature] = (units, where, self.executor(units))
+        return self._plans[signature]
 
     def executor(self, units) -> OwnerCompute:
         return OwnerCompute(units, self.rank, self.world_size, self.group,
@@ -210,7 +219,6 @@ class ReplicatedEngine(Engine):
 
     def __init__(self, optimizer, group=None) -> None:
         super().__init__(optimizer, group)
-        self._plans: dict[tuple, tuple] = {}
 
     def step(self, telemetry: UpdateTelemetry | None) -> None:
         opt = self.opt
@@ -244,11 +252,7 @@ class ReplicatedEngine(Engine):
         return state["momentum_buffer"]
 
     def _orthogonalize_and_apply(self, mats, directions, telemetry) -> None:
-        signature = tuple(mats)
-        if signature not in self._plans:
-            units, where = replicated_units(mats, self.world_size)
-            self._plans[signature] = (units, where, self.executor(units))
-        units, where, executor = self._plans[signature]
+        units, where, executor = self.plan(mats, replicated_units)
         by_index = {m.index: m for m in mats}
         pieces = {}
         for u, (unit, w) in enumerate(zip(units, where)):
@@ -354,7 +358,6 @@ class ShardedEngine(Engine):
             if tuple(p._local_tensor.shape) != (count, *p.shape[1:]):
                 raise ValueError(f"parameter {self.name(k)!r}: local shard {tuple(p._local_tensor.shape)} is not the "
                                  f"torch.chunk row block {(count, *p.shape[1:])} that Shard(0) implies")
-        self._plans: dict[tuple, tuple] = {}
 
     def _dtensor_like(self, p, local: torch.Tensor):
         from torch.distributed.tensor import DTensor
@@ -407,11 +410,7 @@ class ShardedEngine(Engine):
                 telemetry.add("adamw", k, _name_or_none(group, self.entries[k][1]), u)
 
     def _orthogonalize_and_apply(self, mats, directions, telemetry, device) -> None:
-        signature = tuple(mats)
-        if signature not in self._plans:
-            units, where = sharded_units(mats, self.world_size)
-            self._plans[signature] = (units, where, self.executor(units))
-        units, where, executor = self._plans[signature]
+        units, where, executor = self.plan(mats, sharded_units)
         by_index = {m.index: m for m in mats}
         pieces = {}
         for u, (unit, w) in enumerate(zip(units, where)):
