@@ -158,8 +158,7 @@ def install_collective_counters(counter: Counter) -> None:
 
 def install_ns_counter(counter: Counter) -> None:
     """Count Newton–Schulz FLOPs in muonlab (both paths) and in torch.optim.Muon."""
-    import muonlab.optim.functional as functional
-    import muonlab.optim.muon as muon_module
+    import muonlab.optim.engines.base as engine_base
     import torch.optim._muon as torch_muon
 
     def counted(real):
@@ -174,8 +173,7 @@ def install_ns_counter(counter: Counter) -> None:
             return real(G, coefficients, steps, dtype, eps, method)
         return orthogonalize
 
-    functional.orthogonalize = counted(functional.orthogonalize)
-    muon_module.orthogonalize = counted(muon_module.orthogonalize)
+    engine_base.orthogonalize = counted(engine_base.orthogonalize)
     real_torch = torch_muon._zeropower_via_newtonschulz
 
     def torch_ns(grad, ns_coefficients, ns_steps, eps):

@@ -169,7 +169,7 @@ def train_case(rank: int, world: int, mode: str, steps: int, per_rank: int, ns_d
 
 def _use_local_shard_newton_schulz() -> None:
     """Monkeypatch the FSDP plan so each rank orthogonalizes only its own rows (wrong on purpose)."""
-    from muonlab.optim.distributed import engines, layouts
+    from muonlab.optim.distributed import layouts
     from muonlab.optim.distributed.owners import Unit
 
     def local_units(mats, world_size):
@@ -185,7 +185,7 @@ def _use_local_shard_newton_schulz() -> None:
                 where.append(layouts.UnitOf(m.index, offset if m.batch > 1 else 0))
         return units, where
 
-    engines.sharded_units = local_units
+    layouts.sharded_units = local_units
 
 
 def run_plan(rank: int, world: int, plan: list[tuple[str, dict]]) -> dict[str, dict]:

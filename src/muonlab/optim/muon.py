@@ -24,39 +24,22 @@ rounding. ``eps`` is added to the norm (as here) in both.
 
 from __future__ import annotations
 
-import math
-from collections import defaultdict
 from collections.abc import Iterable
 from typing import Any
 
 import torch
 
-from .distributed import build_engine
-from .distributed.engines import Zero1Engine
-from .functional import adamw_
-from .newton_schulz import NS_METHODS, get_coefficient_set, orthogonalize
-from .scaling import SCALE_RULES, logical_matrix_shape
+from .engines import build_engine
+from .gradients import NONFINITE_POLICIES, NonFiniteGradientError, NonFinitePolicy
+from .newton_schulz import NS_METHODS, get_coefficient_set
+from .scaling import SCALE_RULES
+from .state import momentum_dtype
 from .telemetry import UpdateTelemetry
 
 __all__ = ["ALGORITHMS", "NONFINITE_POLICIES", "Muon", "NonFiniteGradientError"]
 
 ALGORITHMS = ("muon", "adamw")
-NONFINITE_POLICIES = ("raise", "skip")
 _NS_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32, "float64": torch.float64}
-
-
-class NonFiniteGradientError(FloatingPointError):
-    """A gradient contained NaN or inf; no parameter or optimizer state was changed."""
-
-
-def _matrix_shape(group: dict[str, Any], p: torch.Tensor) -> tuple[int, int]:
-    # A 3-D parameter is an expert stack unless its group is routed as a plain "hidden" weight
-    # (a Conv1d weight [out, in, k]); see logical_matrix_shape.
-    return logical_matrix_shape(tuple(p.shape), stacked=group.get("role") != "hidden")
-
-
-def _momentum_dtype(p: torch.Tensor) -> torch.dtype:
-    return torch.promote_types(p.dtype, torch.float32)
 
 
 def _as_dtype(value) -> torch.dtype:
@@ -123,8 +106,7 @@ class Muon(torch.optim.Optimizer):
         eps: float = 1e-7,
         max_grad_norm: float = 0.0,
     ) -> None:
-        if nonfinite not in NONFINITE_POLICIES:
-            raise ValueError(f"unknown nonfinite policy {nonfinite!r}; valid: {list(NONFINITE_POLICIES)}")
+        policy = NonFinitePolicy(nonfinite)
         if not max_grad_norm >= 0.0:
             raise ValueError(f"max_grad_norm must be >= 0 (0 disables clipping), got {max_grad_norm}")
         defaults = dict(
@@ -142,9 +124,8 @@ class Muon(torch.optim.Optimizer):
             ns_eps=eps,
             algorithm=algorithm,
         )
-        self.nonfinite = nonfinite
+        self._policy = policy
         self.max_grad_norm = float(max_grad_norm)
-        self.skipped_steps = 0
         self._measure = False
         self.last_telemetry: dict[str, float] = {}
         self._engine = None
@@ -157,13 +138,23 @@ class Muon(torch.optim.Optimizer):
                     "exactly once (muonlab.optim.param_groups does this for a model)"
                 ) from None
             raise
-        self._engine = build_engine(self)
+        self._engine = build_engine(self, self._policy)
+
+    @property
+    def nonfinite(self) -> str:
+        """The non-finite gradient policy, ``"raise"`` or ``"skip"``."""
+        return self._policy.policy
+
+    @property
+    def skipped_steps(self) -> int:
+        """Steps skipped because a gradient held NaN or inf (``nonfinite="skip"``)."""
+        return self._policy.skipped_steps
 
     # ------------------------------------------------------------------ validation
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         """Add a group after checking its algorithm and options (see the class docstring)."""
-        if self._engine is not None and self._engine.group is not None:
+        if self._engine is not None and self._engine.process_group is not None:
             raise ValueError("a distributed Muon's parameter groups are fixed at construction (they define how "
                              "state is partitioned across ranks); pass every group to Muon(...)")
         super().add_param_group(param_group)
@@ -216,46 +207,10 @@ class Muon(torch.optim.Optimizer):
         names = group.get("names")
         return repr(names[i]) if names else f"#{i} of shape {tuple(group['params'][i].shape)}"
 
-    def _check_gradients(self) -> bool:
-        """Validate every gradient before any state changes; True if the step may proceed."""
-        grads, where = [], []
-        for group in self.param_groups:
-            for i, p in enumerate(group["params"]):
-                if p.grad is None:
-                    continue
-                if p.grad.is_sparse:
-                    raise RuntimeError(f"parameter {self._name(group, i)} has a sparse gradient; Muon and AdamW here need dense gradients")
-                if p.grad.is_complex():
-                    raise RuntimeError(f"parameter {self._name(group, i)} has a complex gradient; only real gradients are supported")
-                grads.append(p.grad)
-                where.append((group, i))
-        if not grads:
-            return False
-        # Fast path: one sum per tensor and one sync; a sum is finite when every entry is (it can
-        # overflow for huge finite entries, so a non-finite sum is re-checked entry by entry).
-        sums = torch.stack([g.sum(dtype=torch.float64) if g.dtype == torch.float64 else g.float().sum() for g in grads])
-        if bool(torch.isfinite(sums).all()):
-            return True
-        finite = torch.stack([torch.isfinite(g).all() for g in grads])
-        if bool(finite.all()):
-            return True
-        if self.nonfinite == "skip":
-            self.skipped_steps += 1
-            return False
-        group, i = where[int((~finite).nonzero()[0])]
-        raise self.nonfinite_error(group, i)
-
-    def nonfinite_error(self, group: dict[str, Any], i: int) -> NonFiniteGradientError:
-        """The error for a NaN/inf gradient of parameter ``i`` of ``group``."""
-        return NonFiniteGradientError(
-            f"gradient of parameter {self._name(group, i)} contains NaN or inf; no parameter or "
-            "optimizer state was changed (pass nonfinite='skip' to skip such steps instead)"
-        )
-
     def _current_engine(self):
         """The engine for the current parameter groups (rebuilt on one process after add_param_group)."""
-        if len(self._engine.entries) != sum(len(g["params"]) for g in self.param_groups):
-            self._engine = build_engine(self)
+        if len(self._engine.slots) != sum(len(g["params"]) for g in self.param_groups):
+            self._engine = build_engine(self, self._policy)
         return self._engine
 
     # ------------------------------------------------------------------ telemetry
@@ -282,149 +237,33 @@ class Muon(torch.optim.Optimizer):
             with torch.enable_grad():
                 loss = closure()
         measure, self._measure = self._measure, False
-        engine = self._current_engine()
-        if engine.group is not None:  # several processes: see muonlab.optim.distributed
-            record = UpdateTelemetry() if measure else None
-            engine.step(record)
-            if measure:
-                self.last_telemetry = record.result()
-            return loss
-        telemetry: dict[str, list[float]] = defaultdict(list)
-        if self._check_gradients():
-            if self.max_grad_norm > 0:
-                torch.nn.utils.clip_grad_norm_([p for g in self.param_groups for p in g["params"] if p.grad is not None],
-                                               self.max_grad_norm)
-            self._muon_step(telemetry if measure else None)
-            self._adamw_step(telemetry if measure else None)
-        if measure:
-            self.last_telemetry = {k: sum(v) / len(v) if not k.startswith("update_spectral_norm") else max(v)
-                                   for k, v in telemetry.items()}
+        telemetry = UpdateTelemetry() if measure else None
+        self._current_engine().step(telemetry)
+        if telemetry is not None:
+            self.last_telemetry = telemetry.result()
         return loss
-
-    def _muon_step(self, telemetry: dict[str, list[float]] | None) -> None:
-        # Bucket key: everything that makes two matrices' Newton–Schulz calls identical.
-        buckets: dict[tuple, list[tuple[dict, int, torch.Tensor, torch.Tensor]]] = defaultdict(list)
-        for group in self.param_groups:
-            if group["algorithm"] != "muon":
-                continue
-            indices = [i for i, p in enumerate(group["params"]) if p.grad is not None]
-            if not indices:
-                continue
-            params = [group["params"][i] for i in indices]
-            bufs = []
-            for p in params:
-                state = self.state[p]
-                if "momentum_buffer" not in state:
-                    state["momentum_buffer"] = torch.zeros_like(p, dtype=_momentum_dtype(p), memory_format=torch.contiguous_format)
-                bufs.append(state["momentum_buffer"])
-            grads = [p.grad if p.grad.dtype == b.dtype else p.grad.to(b.dtype) for p, b in zip(params, bufs)]
-            for g, buf in zip(grads, bufs):  # M ← G + μM in one pass over M
-                torch.add(g, buf, alpha=group["momentum"], out=buf)
-            key_settings = (group["ns_steps"], str(group["ns_coefficients"]), group["ns_dtype"], group["ns_method"], group["ns_eps"])
-            for i, p, g, buf in zip(indices, params, grads, bufs):
-                rows, cols = _matrix_shape(group, p)
-                key = (rows, cols, p.device) + key_settings
-                buckets[key].append((group, i, g, buf))
-        for key, items in buckets.items():
-            self._orthogonalize_and_apply(key, items, telemetry)
-
-    def _orthogonalize_and_apply(self, key, items, telemetry) -> None:
-        rows, cols, device, steps, coefficients, dtype, method, eps = key
-        # One [N, rows, cols] stack of every logical matrix in the bucket. The Newton–Schulz input
-        # G + μM (Nesterov) or M is written straight into it, cast to the NS dtype in the same
-        # pass (the exact SVD keeps the momentum's precision).
-        counts = [buf.numel() // (rows * cols) for _, _, _, buf in items]
-        stack_dtype = dtype if method != "svd" else items[0][3].dtype
-        stacked = torch.empty(sum(counts), rows, cols, dtype=stack_dtype, device=device)
-        offset = 0
-        for (group, i, g, buf), count in zip(items, counts):
-            dst = stacked[offset : offset + count]
-            if group["nesterov"]:
-                torch.add(g.reshape(count, rows, cols), buf.view(count, rows, cols), alpha=group["momentum"], out=dst)
-            else:
-                dst.copy_(buf.view(count, rows, cols))
-            offset += count
-        ortho = orthogonalize(stacked, items[0][0]["ns_coefficients"], steps, dtype, eps, method)
-        offset = 0
-        for position, ((group, i, _, _), count) in enumerate(zip(items, counts)):
-            p = group["params"][i]
-            O = ortho[offset : offset + count]  # [count, rows, cols]
-            offset += count
-            s = SCALE_RULES[group["scale"]](rows, cols)
-            lr, wd = group["lr"], group["weight_decay"]
-            target = p.view(count, rows, cols) if p.is_contiguous() else p.detach().reshape(count, rows, cols)
-            if wd != 0.0:
-                target.mul_(1.0 - lr * wd)
-            target.add_(O, alpha=-lr * s)
-            if target.data_ptr() != p.data_ptr():  # a non-contiguous parameter was updated in a copy
-                p.copy_(target.view(p.shape))
-            if telemetry is not None:
-                self._record_muon(telemetry, group, i, O, s, sample_orthogonality=position == 0)
-
-    def _record_muon(self, telemetry, group, i, O, s, sample_orthogonality: bool) -> None:
-        rms = s * float(O.float().pow(2).mean().sqrt())
-        telemetry["update_rms/muon"].append(rms)
-        if group.get("names"):
-            telemetry[f"update_rms/{group['names'][i]}"].append(rms)
-        if sample_orthogonality:
-            rows, cols = _matrix_shape(group, group["params"][i])
-            sample = O.reshape(-1, rows, cols)[0].double()
-            if rows > cols:
-                sample = sample.T
-            eye = torch.eye(sample.shape[0], dtype=sample.dtype, device=sample.device)
-            residual = torch.linalg.matrix_norm(sample @ sample.T - eye) / math.sqrt(sample.shape[0])
-            telemetry["ns_orthogonality_residual"].append(float(residual))
-            telemetry["update_spectral_norm/max"].append(s * float(torch.linalg.matrix_norm(sample, ord=2)))
-
-    def _adamw_step(self, telemetry: dict[str, list[float]] | None) -> None:
-        for group in self.param_groups:
-            if group["algorithm"] != "adamw":
-                continue
-            indices = [i for i, p in enumerate(group["params"]) if p.grad is not None]
-            if not indices:
-                continue
-            params = [group["params"][i] for i in indices]
-            b1, b2 = group["betas"]
-            lr, wd, eps = group["lr"], group["weight_decay"], group["eps"]
-            exp_avgs, exp_avg_sqs, steps = [], [], []
-            for p in params:
-                state = self.state[p]
-                if "exp_avg" not in state:
-                    state["step"] = torch.tensor(0.0)
-                    state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-                    state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-                exp_avgs.append(state["exp_avg"])
-                exp_avg_sqs.append(state["exp_avg_sq"])
-                steps.append(state["step"])
-            updates = adamw_(params, [p.grad for p in params], exp_avgs, exp_avg_sqs, steps, beta1=b1, beta2=b2,
-                             lr=lr, weight_decay=wd, eps=eps, want_updates=telemetry is not None)
-            if telemetry is not None:
-                for i, u in zip(indices, updates):
-                    rms = float(u.float().pow(2).mean().sqrt())
-                    telemetry["update_rms/adamw"].append(rms)
-                    if group.get("names"):
-                        telemetry[f"update_rms/{group['names'][i]}"].append(rms)
 
     # ------------------------------------------------------------------ checkpointing
 
     def state_dict(self) -> dict[str, Any]:
         """The torch state dict plus ``skipped_steps`` (all tensors, numbers and strings)."""
-        if isinstance(self._engine, Zero1Engine):
-            raise ValueError("a ZeRO-1 Muon's state is partitioned across ranks; save it with "
-                             "muonlab.train.sharded_checkpoint (checkpoint_state), which any world size can load")
+        if self._engine.partitioned_state:
+            raise ValueError("a ZeRO-1 Muon's state is partitioned across ranks; save it with checkpoint_state() "
+                             "and torch.distributed.checkpoint (muonlab's sharded checkpoints), which any world "
+                             "size can load")
         sd = super().state_dict()
         for group in sd["param_groups"]:
             group["ns_dtype"] = str(group["ns_dtype"]).removeprefix("torch.")
-        sd["skipped_steps"] = self.skipped_steps
+        sd["skipped_steps"] = self._policy.skipped_steps
         return sd
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Restore a state dict from :meth:`state_dict` (loadable with ``weights_only=True``)."""
-        if isinstance(self._engine, Zero1Engine):
+        if self._engine.partitioned_state:
             raise ValueError("a ZeRO-1 Muon's state is partitioned across ranks; load it with "
-                             "muonlab.train.sharded_checkpoint (load_checkpoint_state)")
+                             "load_checkpoint_state() (muonlab's sharded checkpoints)")
         state_dict = dict(state_dict)
-        self.skipped_steps = int(state_dict.pop("skipped_steps", 0))
+        self._policy.skipped_steps = int(state_dict.pop("skipped_steps", 0))
         # torch casts floating state to each parameter's dtype; momentum must stay fp32 (or
         # wider) for low-precision parameters, so keep the saved buffers and restore them after.
         saved_ids = [i for g in state_dict["param_groups"] for i in g["params"]]
@@ -433,7 +272,7 @@ class Muon(torch.optim.Optimizer):
         params = [p for g in self.param_groups for p in g["params"]]
         for saved_id, p in zip(saved_ids, params):
             if saved_id in momenta:
-                self.state[p]["momentum_buffer"] = momenta[saved_id].to(device=p.device, dtype=_momentum_dtype(p))
+                self.state[p]["momentum_buffer"] = momenta[saved_id].to(device=p.device, dtype=momentum_dtype(p.dtype))
         for group in self.param_groups:
             group["ns_dtype"] = _as_dtype(group["ns_dtype"])
 
@@ -471,7 +310,7 @@ class Muon(torch.optim.Optimizer):
                 entry[key] = value
             entry["size"] = len(group["params"])
             groups.append(entry)
-        return {"param_groups": groups, "skipped_steps": self.skipped_steps}
+        return {"param_groups": groups, "skipped_steps": self._policy.skipped_steps}
 
     def load_checkpoint_metadata(self, metadata: dict[str, Any]) -> None:
         """Restore :meth:`checkpoint_metadata`; raises ``ValueError`` if the groups do not match."""
@@ -487,7 +326,7 @@ class Muon(torch.optim.Optimizer):
                 if key in ("size", "names") or (key == "ns_coefficients" and not isinstance(group[key], str)):
                     continue
                 group[key] = _as_dtype(value) if key == "ns_dtype" else tuple(value) if key == "betas" else value
-        self.skipped_steps = int(metadata.get("skipped_steps", 0))
+        self._policy.skipped_steps = int(metadata.get("skipped_steps", 0))
 
     def state_bytes(self) -> int:
         """Bytes of optimizer state this rank holds (1/N of the total under ZeRO-1 and FSDP2)."""

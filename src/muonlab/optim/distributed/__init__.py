@@ -51,18 +51,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-import torch.distributed as dist
 
-from .collectives import check_same_across_ranks
-from .engines import Engine, ReplicatedEngine, ShardedEngine, Zero1Engine
 
-__all__ = [
-    "DATA_PARALLEL_MODES",
-    "DataParallel",
-    "Engine",
-    "build_engine",
-    "mark_data_parallel",
-]
+__all__ = ["DATA_PARALLEL_MODES", "PARALLEL_ATTR", "DataParallel", "mark_data_parallel"]
 
 DATA_PARALLEL_MODES = ("ddp", "zero1")
 PARALLEL_ATTR = "_muon_data_parallel"
@@ -86,56 +77,3 @@ def mark_data_parallel(params: Iterable[torch.Tensor], mode: str, group=None) ->
     spec = DataParallel(mode, group)
     for p in params:
         setattr(p, PARALLEL_ATTR, spec)
-
-
-def _is_dtensor(p: torch.Tensor) -> bool:
-    try:
-        from torch.distributed.tensor import DTensor
-    except ImportError:  # a torch built without distributed support
-        return False
-    return isinstance(p, DTensor)
-
-
-def build_engine(optimizer) -> Engine:
-    """The engine for ``optimizer``'s parameters (see the module docstring)."""
-    params = [(g, i, p) for g in optimizer.param_groups for i, p in enumerate(g["params"])]
-    if any(_is_dtensor(p) for _, _, p in params):
-        check_same_across_ranks(signature(optimizer), "optimizer settings or parameter shapes",
-                                next(p for _, _, p in params if _is_dtensor(p)).device_mesh.get_group())
-        return ShardedEngine(optimizer)
-    specs = [getattr(p, PARALLEL_ATTR, None) for _, _, p in params]
-    if all(s is None for s in specs):
-        return ReplicatedEngine(optimizer, None)
-    for (group, i, p), spec in zip(params, specs):
-        if spec != specs[0]:
-            names = group.get("names")
-            raise ValueError(
-                f"parameter {names[i] if names else i!r} of shape {tuple(p.shape)} is marked {spec} but others "
-                f"{specs[0]}; give one Muon the parameters of one model parallelized in one mode"
-            )
-    spec = specs[0]
-    if not (dist.is_available() and dist.is_initialized()):
-        raise ValueError(f"parameters are marked for {spec.mode!r} but no torch.distributed process group is "
-                         "initialized; launch with torchrun (muonlab.parallel.init_runtime does the rest)")
-    group = spec.group if spec.group is not None else dist.group.WORLD
-    if dist.get_world_size(group) == 1:
-        return ReplicatedEngine(optimizer, None)
-    check_same_across_ranks(signature(optimizer), "optimizer settings or parameter shapes", group)
-    return ReplicatedEngine(optimizer, group) if spec.mode == "ddp" else Zero1Engine(optimizer, group)
-
-
-_SIGNATURE_KEYS = ("algorithm", "lr", "weight_decay", "momentum", "nesterov", "ns_steps", "ns_coefficients",
-                   "ns_dtype", "ns_method", "scale", "betas", "eps", "ns_eps", "role")
-
-
-def signature(optimizer) -> list[tuple[str, Any]]:
-    """Everything that must agree across ranks: settings per group, name/shape/dtype per parameter."""
-    desc: list[tuple[str, Any]] = [("nonfinite", optimizer.nonfinite), ("max_grad_norm", optimizer.max_grad_norm)]
-    for gi, group in enumerate(optimizer.param_groups):
-        desc += [(f"param group {gi} {key}", str(group.get(key))) for key in _SIGNATURE_KEYS]
-        desc.append((f"param group {gi} size", len(group["params"])))
-        names = group.get("names")
-        for i, p in enumerate(group["params"]):
-            label = f"parameter {names[i]!r}" if names else f"parameter {i} of param group {gi}"
-            desc.append((f"{label} (shape, dtype)", (tuple(p.shape), str(p.dtype))))
-    return desc

@@ -149,24 +149,27 @@ class OwnerCompute:
             moves_backward=any(_length(units[i].outputs[r]) for i in idx for r in range(W) if r != units[i].owner),
         )
 
-    def run(self, pieces: Mapping[int, torch.Tensor],
-            compute: Callable[[Hashable, list[int], list[torch.Tensor]], list[torch.Tensor]],
+    def run(self, write_input: Callable[[int, torch.Tensor], None],
+            compute: Callable[[Hashable, list[int], torch.Tensor], torch.Tensor],
             device: torch.device) -> dict[int, torch.Tensor]:
         """Exchange, compute, exchange back.
 
         Args:
-            pieces: unit index -> this rank's flat input piece (in the bucket's input dtype) for
-                every unit whose ``inputs[rank]`` is non-empty.
-            compute: ``(key, unit indices, [batch, rows, cols] inputs) -> outputs`` (same shapes,
-                in the output dtype); called on each owner once per bucket it owns units in.
-            device: where receive buffers live.
+            write_input: ``(unit index, out)`` writes this rank's flat input piece of a unit into
+                ``out`` (the bucket's input dtype, ``inputs[rank]``'s length); called once for every
+                unit whose ``inputs[rank]`` is non-empty, straight into the owner's batch or the
+                send buffer, so no input is materialized twice.
+            compute: ``(key, owned unit indices, [Σ batch, rows, cols] input batch) -> output batch``
+                (same shape, the output dtype); called on each owner once per bucket it owns units in.
+            device: where buffers live.
 
         Returns:
             unit index -> this rank's flat output piece, for every unit whose ``outputs[rank]``
-            is non-empty.
+            is non-empty (views into the owner's output batch where it was computed here).
         """
         units, me = self.units, self.rank
-        forward = [self._send(b.fwd_send, b.fwd_recv, lambda i, d: pieces[i], lambda i, s: _length(units[i].inputs[s]),
+        forward = [self._send(b.fwd_send, b.fwd_recv, lambda i, d: _length(units[i].inputs[me]),
+                              lambda i, d, out: write_input(i, out), lambda i, s: _length(units[i].inputs[s]),
                               self.dtypes(b.key)[0], device)
                    if b.moves_forward else None for b in self.buckets]
         results: dict[int, torch.Tensor] = {}
@@ -175,16 +178,16 @@ class OwnerCompute:
             received = self._receive(b.fwd_recv, lambda i, s: _length(units[i].inputs[s]), flight)
             full: dict[int, torch.Tensor] = {}
             if b.owned:
-                mats = [self._assemble(i, pieces, received, device).view(units[i].batch, units[i].rows, units[i].cols)
-                        for i in b.owned]
-                outs = compute(b.key, b.owned, mats)
-                full = {i: o.reshape(-1) for i, o in zip(b.owned, outs)}
+                batch, offsets = self._assemble(b, write_input, received, device)
+                out = compute(b.key, b.owned, batch).reshape(-1)
+                full = {i: out[o : o + units[i].numel] for i, o in zip(b.owned, offsets)}
                 for i in b.owned:
                     lo, hi = units[i].outputs[me]
                     if hi > lo:
                         results[i] = full[i][lo:hi]
             if b.moves_backward:
-                flight = self._send(b.bwd_send, b.bwd_recv, lambda i, d: full[i][slice(*units[i].outputs[d])],
+                flight = self._send(b.bwd_send, b.bwd_recv, lambda i, d: _length(units[i].outputs[d]),
+                                    lambda i, d, out: out.copy_(full[i][slice(*units[i].outputs[d])]),
                                     lambda i, s: _length(units[i].outputs[me]), self.dtypes(b.key)[1], device)
                 backward.append((b, flight))
         for b, flight in backward:
@@ -192,13 +195,18 @@ class OwnerCompute:
             results.update({i: piece for (i, _), piece in received.items()})
         return results
 
-    def _send(self, send: list[list[int]], recv: list[list[int]], piece, recv_length, dtype, device):
-        """Start one all-to-all: ``piece(i, d)`` for each unit i sent to rank d, ``recv_length(i, s)``
-        elements of unit i from rank s."""
-        chunks = [piece(i, d).to(dtype) for d, idx in enumerate(send) for i in idx]
-        send_sizes = [sum(piece(i, d).numel() for i in idx) for d, idx in enumerate(send)]
+    def _send(self, send: list[list[int]], recv: list[list[int]], send_length, fill, recv_length, dtype, device):
+        """Start one all-to-all: ``send_length(i, d)`` elements of unit i to rank d, written into the
+        send buffer by ``fill(i, d, out)``, and ``recv_length(i, s)`` elements of unit i from rank s."""
+        send_sizes = [sum(send_length(i, d) for i in idx) for d, idx in enumerate(send)]
         recv_sizes = [sum(recv_length(i, s) for i in idx) for s, idx in enumerate(recv)]
-        buffer = torch.cat(chunks) if chunks else torch.empty(0, dtype=dtype, device=device)
+        buffer = torch.empty(sum(send_sizes), dtype=dtype, device=device)
+        offset = 0
+        for d, idx in enumerate(send):
+            for i in idx:
+                n = send_length(i, d)
+                fill(i, d, buffer[offset : offset + n])
+                offset += n
         work, received = all_to_all_uneven(buffer, send_sizes, recv_sizes, self.group)
         return work, buffer, received
 
@@ -217,16 +225,22 @@ class OwnerCompute:
                 offset += n
         return out
 
-    def _assemble(self, i: int, pieces: Mapping[int, torch.Tensor], received: dict, device) -> torch.Tensor:
-        u, me = self.units[i], self.rank
-        lo, hi = u.inputs[me]
-        if (lo, hi) == (0, u.numel):
-            return pieces[i]
-        full = torch.empty(u.numel, dtype=self.dtypes(u.key)[0], device=device)
-        if hi > lo:
-            full[lo:hi] = pieces[i]
-        for s in range(self.world_size):
-            a, b = u.inputs[s]
-            if s != me and b > a:
-                full[a:b] = received[(i, s)]
-        return full
+    def _assemble(self, b: _Bucket, write_input, received: dict, device) -> tuple[torch.Tensor, list[int]]:
+        """The owned units of bucket ``b`` as one ``[Σ batch, rows, cols]`` batch, and each unit's offset."""
+        units, me = self.units, self.rank
+        first = units[b.owned[0]]
+        offsets, total = [], 0
+        for i in b.owned:
+            offsets.append(total)
+            total += units[i].numel
+        flat = torch.empty(total, dtype=self.dtypes(b.key)[0], device=device)
+        for i, offset in zip(b.owned, offsets):
+            for s in range(self.world_size):
+                lo, hi = units[i].inputs[s]
+                if hi <= lo:
+                    continue
+                if s == me:
+                    write_input(i, flat[offset + lo : offset + hi])
+                else:
+                    flat[offset + lo : offset + hi] = received[(i, s)]
+        return flat.view(-1, first.rows, first.cols), offsets

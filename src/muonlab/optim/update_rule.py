@@ -1,14 +1,14 @@
-"""The element-wise and batched pieces of a Muon/AdamW step, as pure functions on tensor lists.
+"""The Muon and AdamW update rules, as pure functions on tensors (or lists of them).
 
-Every data-parallel layout (one process, DDP, ZeRO-1, FSDP2) runs exactly these functions; they
-differ only in which tensors they pass: whole parameters, local row shards, or flat ranges of a
+Every engine (one process, DDP, ZeRO-1, FSDP2) runs exactly these functions; the engines differ
+only in which tensors they pass: whole parameters, local row shards, or flat ranges of a
 partition. Element-wise math gives the same bits on a piece as on the whole tensor, so the
 layouts agree up to the order in which gradients were summed across ranks.
 
 Muon (Moonlight, arXiv 2502.16982, Eq. 1, footnote 1 and Eq. 4)::
 
-    M ← μ M + G                           muon_momentum_
-    Õ = NS(G + μ M)  (Nesterov) or NS(M)  orthogonalize_stack
+    M ← μ M + G                           momentum_
+    Õ = NS(G + μ M)  (Nesterov) or NS(M)  newton_schulz_input_, then newton_schulz.orthogonalize
     W ← W − lr · (s · Õ + λ · W)          decoupled_update_
 
 AdamW (Loshchilov & Hutter, in ``torch.optim.AdamW``'s foreach arithmetic order)::
@@ -22,27 +22,30 @@ from collections.abc import Sequence
 
 import torch
 
-from .newton_schulz import orthogonalize
-
-__all__ = ["adamw_", "decoupled_update_", "exchange_dtypes", "muon_momentum_", "orthogonalize_stack"]
+__all__ = ["adamw_", "decoupled_update_", "exchange_dtypes", "momentum_", "newton_schulz_input_"]
 
 
-def muon_momentum_(bufs: list[torch.Tensor], grads: list[torch.Tensor], momentum: float,
-                   nesterov: bool) -> list[torch.Tensor]:
-    """``M ← μM + G`` in place on ``bufs``; returns the Newton–Schulz input (``G + μM`` or ``M``)."""
-    grads = [g if g.dtype == b.dtype else g.to(b.dtype) for g, b in zip(grads, bufs)]
-    torch._foreach_mul_(bufs, momentum)
-    torch._foreach_add_(bufs, grads)
-    return torch._foreach_add(grads, bufs, alpha=momentum) if nesterov else bufs
+def momentum_(buf: torch.Tensor, grad: torch.Tensor, momentum: float) -> None:
+    """``M ← G + μM`` in place, in one pass over ``M`` (the gradient cast to ``M``'s dtype)."""
+    torch.add(grad if grad.dtype == buf.dtype else grad.to(buf.dtype), buf, alpha=momentum, out=buf)
 
 
-def decoupled_update_(params: Sequence[torch.Tensor], updates: Sequence[torch.Tensor], lr: float,
-                      weight_decay: float, scales: Sequence[float]) -> None:
-    """``W ← W·(1 − lr·λ) − lr·s·Õ`` for each parameter (or piece), ``Õ`` cast to its dtype."""
-    for p, O, s in zip(params, updates, scales):
-        if weight_decay != 0.0:
-            p.mul_(1.0 - lr * weight_decay)
-        p.add_(O.to(p.dtype), alpha=-lr * s)
+def newton_schulz_input_(out: torch.Tensor, grad: torch.Tensor, buf: torch.Tensor, momentum: float,
+                         nesterov: bool) -> None:
+    """Write the Newton–Schulz input, ``G + μM`` (Nesterov) or ``M``, into ``out`` (any dtype, e.g.
+    a slot of the bf16 batch), after :func:`momentum_`. The shapes must match ``out``'s."""
+    if nesterov:
+        torch.add(grad if grad.dtype == buf.dtype else grad.to(buf.dtype), buf, alpha=momentum, out=out)
+    else:
+        out.copy_(buf)
+
+
+def decoupled_update_(param: torch.Tensor, update: torch.Tensor, lr: float, weight_decay: float,
+                      scale: float) -> None:
+    """``W ← W·(1 − lr·λ) − lr·s·Õ`` in place (``update`` has ``param``'s shape, any float dtype)."""
+    if weight_decay != 0.0:
+        param.mul_(1.0 - lr * weight_decay)
+    param.add_(update, alpha=-lr * scale)
 
 
 def adamw_(params: list[torch.Tensor], grads: list[torch.Tensor], exp_avgs: list[torch.Tensor],
@@ -69,17 +72,10 @@ def adamw_(params: list[torch.Tensor], grads: list[torch.Tensor], exp_avgs: list
     return updates
 
 
-def orthogonalize_stack(mats: list[torch.Tensor], coefficients, steps: int, dtype: torch.dtype, eps: float,
-                        method: str) -> list[torch.Tensor]:
-    """Newton–Schulz on same-shape ``[batch, rows, cols]`` tensors in one batched call; same shapes out."""
-    stacked = torch.cat(mats) if len(mats) > 1 else mats[0]
-    ortho = orthogonalize(stacked, coefficients, steps, dtype, eps, method)
-    return list(ortho.split([m.shape[0] for m in mats]))
-
-
 def exchange_dtypes(ns_dtype: torch.dtype, method: str, momentum_dtype: torch.dtype) -> tuple[torch.dtype, torch.dtype]:
     """Dtypes of a Newton–Schulz input and output: ``ns_dtype`` both ways, except that the exact SVD
     reads the momentum at full precision and returns fp32 (fp64 when asked for)."""
     if method != "svd":
         return ns_dtype, ns_dtype
     return momentum_dtype, (torch.float64 if ns_dtype == torch.float64 else torch.float32)
+
