@@ -411,7 +411,8 @@ class Muon(torch.optim.Optimizer):
         """The torch state dict plus ``skipped_steps`` (all tensors, numbers and strings)."""
         if isinstance(self._engine, Zero1Engine):
             raise ValueError("a ZeRO-1 Muon's state is partitioned across ranks; save it with "
-                             "muonlab.train.sharded_checkpoint (checkpoint_state), which any world size can load")
+                             "muonlab.rundir.checkpoint's save_checkpoint (sharded, through checkpoint_state), "
+                             "which any world size can load")
         sd = super().state_dict()
         for group in sd["param_groups"]:
             group["ns_dtype"] = str(group["ns_dtype"]).removeprefix("torch.")
@@ -422,7 +423,7 @@ class Muon(torch.optim.Optimizer):
         """Restore a state dict from :meth:`state_dict` (loadable with ``weights_only=True``)."""
         if isinstance(self._engine, Zero1Engine):
             raise ValueError("a ZeRO-1 Muon's state is partitioned across ranks; load it with "
-                             "muonlab.train.sharded_checkpoint (load_checkpoint_state)")
+                             "muonlab.rundir.checkpoint's load_checkpoint (sharded, through load_checkpoint_state)")
         state_dict = dict(state_dict)
         self.skipped_steps = int(state_dict.pop("skipped_steps", 0))
         # torch casts floating state to each parameter's dtype; momentum must stay fp32 (or
