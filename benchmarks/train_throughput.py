@@ -34,7 +34,7 @@ from muonlab.data import TokenLoader, prepare_dataset
 from muonlab.models import Transformer
 from muonlab.train.config import TrainConfig
 from muonlab.train.loop import build_model_config, build_optimizer, resolve_device, train
-from muonlab.train.metrics import read_metrics
+from muonlab.rundir import read_metrics
 
 sys.path.insert(0, str(Path(__file__).parent))
 from optim_step import matmul_peak_gflops, sync  # noqa: E402

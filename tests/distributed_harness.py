@@ -139,7 +139,7 @@ def train_case(rank: int, world: int, mode: str, steps: int, per_rank: int, ns_d
     """
     from muonlab.optim import Muon, param_groups
     from muonlab.parallel import parallelize
-    from muonlab.train.sharded_checkpoint import load_sharded_checkpoint, save_sharded_checkpoint
+    from muonlab.rundir.checkpoint import load_sharded_checkpoint, save_sharded_checkpoint
 
     if wrong:
         _use_local_shard_newton_schulz()

@@ -15,8 +15,8 @@ import safetensors
 import torch
 from torch import nn
 
-from muonlab.train import checkpoint
-from muonlab.train.checkpoint import CheckpointError, latest_checkpoint, load_checkpoint, save_checkpoint
+from muonlab.rundir import checkpoint
+from muonlab.rundir.checkpoint import CheckpointError, latest_checkpoint, load_checkpoint, save_checkpoint
 
 
 @dataclasses.dataclass
@@ -194,7 +194,7 @@ def test_full_disk_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
 
 CHILD = r"""
 import sys, time, torch
-from muonlab.train.checkpoint import save_checkpoint
+from muonlab.rundir.checkpoint import save_checkpoint
 
 run_dir = sys.argv[1]
 torch.manual_seed(0)

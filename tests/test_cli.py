@@ -24,7 +24,7 @@ from muonlab.experiments.demo import DemoPlan, demo_configs, run_demo
 from muonlab.models import list_presets
 from muonlab.train import loop
 from muonlab.train.config import TrainConfig
-from muonlab.train.metrics import read_metrics
+from muonlab.rundir import read_metrics
 
 from conftest import tiny_config_dict
 

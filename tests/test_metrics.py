@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from muonlab.train.metrics import MetricsLogger, read_metrics
+from muonlab.rundir import MetricsLogger, read_metrics
 
 
 def test_rows_are_plain_json_and_flushed(tmp_path):

@@ -10,7 +10,7 @@ from safetensors.torch import load_file
 from muonlab.models import ModelConfig, MoE, Transformer, list_moe_presets, preset
 from muonlab.optim import route_parameters
 from muonlab.train.loop import train
-from muonlab.train.metrics import read_metrics
+from muonlab.rundir import read_metrics
 
 V, D, L, H, E, S, K, FE, FD, T = 50, 32, 3, 2, 8, 2, 3, 12, 96, 20
 

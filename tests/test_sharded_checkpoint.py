@@ -11,8 +11,13 @@ import torch
 from muonlab.models import Transformer
 from muonlab.models.config import preset
 from muonlab.optim import Muon, param_groups
-from muonlab.train.checkpoint import CheckpointError, latest_checkpoint, load_checkpoint
-from muonlab.train.sharded_checkpoint import is_sharded_checkpoint, save_sharded_checkpoint
+from muonlab.rundir.checkpoint import (
+    CheckpointError,
+    is_sharded_checkpoint,
+    latest_checkpoint,
+    load_checkpoint,
+    save_sharded_checkpoint,
+)
 
 
 def _trained(steps: int = 2):

@@ -8,7 +8,8 @@ import torch
 from safetensors.torch import load_file
 
 from muonlab.analysis.runs import load_run
-from muonlab.analysis.spectra import group_means, layer_of, matrix_group, svd_entropies, svd_entropy
+from muonlab.analysis.spectra import group_means, layer_of, matrix_group
+from muonlab.spectra import svd_entropies, svd_entropy
 from muonlab.analysis.spectra_report import entropy_rows
 from muonlab.cli import main
 from muonlab.models import ModelConfig, Transformer

@@ -21,10 +21,10 @@ import torch
 from muonlab.data import DataError
 from muonlab.models import ModelConfig, Transformer
 from muonlab.train import loop
-from muonlab.train.checkpoint import CheckpointError, latest_checkpoint, load_checkpoint
+from muonlab.rundir.checkpoint import CheckpointError, latest_checkpoint, load_checkpoint
 from muonlab.train.config import ConfigError, TrainConfig
 from muonlab.train.loop import NonFiniteLossError, build_model_config, train
-from muonlab.train.metrics import MetricsLogger, read_metrics
+from muonlab.rundir import MetricsLogger, read_metrics
 
 from conftest import TINY_STEPS, tiny_config_dict
 

@@ -1,9 +1,10 @@
 """Read run folders: ``config.json`` (the resolved config) and ``metrics.jsonl`` (one row per logged step).
 
 This is the only way analysis code sees a training run, so a run made on a GPU machine can be
-analysed anywhere. Rows are the dicts written by ``muonlab.train.metrics.MetricsLogger``: ``step``,
-``tokens``, ``loss``, ``val_loss`` (on eval steps only), ``lr``, ``tokens_per_s``, ``wall_s``,
-``optim_step_ms`` and telemetry such as ``update_rms/muon`` and ``update_rms/adamw``.
+analysed anywhere; the files themselves are read by :mod:`muonlab.rundir`. Rows are the dicts
+written by ``muonlab.rundir.MetricsLogger``: ``step``, ``tokens``, ``loss``, ``val_loss`` (on eval
+steps only), ``lr``, ``tokens_per_s``, ``wall_s``, ``optim_step_ms`` and telemetry such as
+``update_rms/muon`` and ``update_rms/adamw``.
 """
 
 from __future__ import annotations
@@ -17,9 +18,7 @@ from typing import Any, Iterable
 
 import numpy as np
 
-from muonlab.train.metrics import METRICS_FILE, read_metrics
-
-CONFIG_FILE = "config.json"
+from muonlab.rundir import METRICS_FILE, read_config, read_metrics
 
 # Config keys that do not change what is being measured: runs differing only in these are repeats.
 NOT_HYPERPARAMETERS = frozenset({"seed", "name", "run_name", "run_dir", "out_dir", "output_dir", "command", "resume"})
@@ -82,17 +81,7 @@ class Run:
 def load_run(path: str | os.PathLike) -> Run:
     """Read one run folder; raises ``FileNotFoundError`` naming the missing file if it is not one."""
     path = Path(path)
-    config_path = path / CONFIG_FILE
-    if not config_path.is_file():
-        raise FileNotFoundError(
-            f"{path} is not a run folder: it has no {CONFIG_FILE} (a run folder holds {CONFIG_FILE} and {METRICS_FILE})"
-        )
-    try:
-        config = json.loads(config_path.read_text())
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{config_path} is not valid JSON: {e}") from None
-    if not isinstance(config, dict):
-        raise ValueError(f"{config_path} must hold a JSON object (the resolved config), got {type(config).__name__}")
+    config = read_config(path)
     rows = read_metrics(path)
     for i, row in enumerate(rows):
         if not isinstance(row.get("step"), int):

@@ -1,11 +1,6 @@
-"""SVD entropy of weight matrices (Moonlight, arXiv 2502.16982 §3.4, Figure 4).
+"""SVD entropy by matrix type (Moonlight, arXiv 2502.16982 §3.4, Figure 4).
 
-For a matrix with singular values σ₁ … σ_n::
-
-    H(σ) = −(1 / log n) · Σᵢ pᵢ log pᵢ,   pᵢ = σᵢ² / Σⱼ σⱼ²
-
-normalised to [0, 1]: 1 when all singular values are equal, 0 for a rank-one matrix.
-
+The entropy of one matrix, ``H(σ)``, and of every matrix of a model are :mod:`muonlab.spectra`.
 Moonlight's Figure 4 groups the matrices by type and macro-averages each group over layers:
 AttnQO (query and output projections), AttnKV (key and value projections), Experts (routed experts;
 the paper samples 3 of 64 per layer, here all are used), SharedExperts, Router, and Dense (the
@@ -15,12 +10,7 @@ parameter names (the ``svd_entropy/<name>[/<expert>]`` keys logged by training) 
 
 from __future__ import annotations
 
-import math
-
-import torch
-from torch import nn
-
-__all__ = ["MATRIX_GROUPS", "group_means", "layer_of", "matrix_group", "svd_entropies", "svd_entropy"]
+__all__ = ["MATRIX_GROUPS", "group_means", "layer_of", "matrix_group"]
 
 MATRIX_GROUPS = ("AttnQO", "AttnKV", "Experts", "SharedExperts", "Router", "Dense")
 """Moonlight Figure 4's matrix groups, in its order."""
@@ -28,40 +18,6 @@ MATRIX_GROUPS = ("AttnQO", "AttnKV", "Experts", "SharedExperts", "Router", "Dens
 # Attention projections by leaf name: MHA (wq, wk, wv, wo) and MLA (see muonlab.models.mla).
 _ATTN_QO = frozenset({"wq", "wo", "wq_down", "wq_nope", "wq_rope"})
 _ATTN_KV = frozenset({"wk", "wv", "wkv_down", "wk_rope", "wk_up", "wv_up"})
-
-
-def svd_entropy(matrix: torch.Tensor) -> float:
-    """Normalised SVD entropy ``H(σ)`` of one 2-D matrix (computed in float64)."""
-    if matrix.ndim != 2:
-        raise ValueError(f"svd_entropy needs a 2-D matrix, got shape {tuple(matrix.shape)}")
-    sigma = torch.linalg.svdvals(matrix.detach().double())
-    n = sigma.numel()
-    if n < 2:
-        return 0.0
-    p = sigma.square() / sigma.square().sum()
-    p = p[p > 0]
-    return float(-(p * p.log()).sum() / math.log(n))
-
-
-@torch.no_grad()
-def svd_entropies(model: nn.Module) -> dict[str, float]:
-    """``{"svd_entropy/<param name>": H}`` for every 2-D weight except embeddings and the LM head.
-
-    3-D expert stacks ``[E, A, B]`` give one entry per expert: ``svd_entropy/<name>/<e>``.
-    """
-    from ..optim.routing import route_parameters
-
-    result: dict[str, float] = {}
-    for rp in route_parameters(model):
-        if rp.algorithm != "muon" and rp.role != "router":
-            continue
-        weight = rp.param
-        if weight.ndim == 3 and rp.role == "expert":
-            for e, expert in enumerate(weight.unbind(0)):
-                result[f"svd_entropy/{rp.name}/{e}"] = svd_entropy(expert)
-        else:
-            result[f"svd_entropy/{rp.name}"] = svd_entropy(weight.reshape(weight.shape[0], -1))
-    return result
 
 
 def matrix_group(name: str) -> str | None:

@@ -10,7 +10,6 @@ Matrices are paired by name, so the two runs must be the same architecture.
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -35,9 +34,9 @@ def checkpoint_entropies(run: Run, checkpoint: Path) -> tuple[int, dict[str, flo
     """(step, ``svd_entropies`` of the model) of one of the run's checkpoints."""
     import torch
 
-    from muonlab.analysis.spectra import svd_entropies
     from muonlab.models import ModelConfig, Transformer
-    from muonlab.train.checkpoint import load_checkpoint
+    from muonlab.rundir.checkpoint import load_checkpoint
+    from muonlab.spectra import svd_entropies
 
     if "model_config" not in run.config:
         raise ValueError(f"{run.path}/config.json has no model_config, so its checkpoint cannot be rebuilt into a model")
@@ -51,13 +50,12 @@ def checkpoint_entropies(run: Run, checkpoint: Path) -> tuple[int, dict[str, flo
 def entropy_rows(run: Run) -> list[dict[str, Any]]:
     """The run's ``{"step", "svd_entropy/…"}`` rows in step order: those in metrics.jsonl, plus one
     computed from the latest checkpoint when that is later than all of them."""
-    from muonlab.train.checkpoint import TRAINER_FILE, latest_checkpoint
+    from muonlab.rundir.checkpoint import checkpoint_step, latest_checkpoint
 
     rows = sorted(({"step": r["step"], **_entropies(r)} for r in run.rows if _entropies(r)), key=lambda r: r["step"])
     checkpoint = latest_checkpoint(run.path)
     if checkpoint is not None:
-        saved_step = json.loads((checkpoint / TRAINER_FILE).read_text()).get("step", -1)
-        if not rows or saved_step > rows[-1]["step"]:
+        if not rows or checkpoint_step(checkpoint) > rows[-1]["step"]:
             step, entropies = checkpoint_entropies(run, checkpoint)
             rows.append({"step": step, **entropies})
     return rows

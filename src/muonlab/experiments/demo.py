@@ -12,12 +12,12 @@ demo skips finished runs), and ``<out>/report.md`` is rebuilt from them.
 
 from __future__ import annotations
 
-import json
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 from ..analysis.report import summarize_by_optimizer, write_report
+from ..rundir import read_config
 from ..train.config import TrainConfig
 from .runner import run_configs
 
@@ -88,7 +88,7 @@ def run_demo(plan: DemoPlan) -> Path:
 
 
 def _intro(config: TrainConfig) -> str:
-    record = json.loads((Path(config.run_dir) / "config.json").read_text())
+    record = read_config(config.run_dir)
     model = record["model_config"]
     return (
         f"Moonlight (arXiv 2502.16982) scales Muon's update by 0.2·sqrt(max(A, B)) so that its RMS matches "

@@ -248,9 +248,9 @@ class Muon(torch.optim.Optimizer):
     def state_dict(self) -> dict[str, Any]:
         """The torch state dict plus ``skipped_steps`` (all tensors, numbers and strings)."""
         if self._engine.partitioned_state:
-            raise ValueError("a ZeRO-1 Muon's state is partitioned across ranks; save it with checkpoint_state() "
-                             "and torch.distributed.checkpoint (muonlab's sharded checkpoints), which any world "
-                             "size can load")
+            raise ValueError("a ZeRO-1 Muon's state is partitioned across ranks; save it with "
+                             "muonlab.rundir.checkpoint's save_checkpoint (sharded, through checkpoint_state), "
+                             "which any world size can load")
         sd = super().state_dict()
         for group in sd["param_groups"]:
             group["ns_dtype"] = str(group["ns_dtype"]).removeprefix("torch.")
@@ -261,7 +261,7 @@ class Muon(torch.optim.Optimizer):
         """Restore a state dict from :meth:`state_dict` (loadable with ``weights_only=True``)."""
         if self._engine.partitioned_state:
             raise ValueError("a ZeRO-1 Muon's state is partitioned across ranks; load it with "
-                             "load_checkpoint_state() (muonlab's sharded checkpoints)")
+                             "muonlab.rundir.checkpoint's load_checkpoint (sharded, through load_checkpoint_state)")
         state_dict = dict(state_dict)
         self._policy.skipped_steps = int(state_dict.pop("skipped_steps", 0))
         # torch casts floating state to each parameter's dtype; momentum must stay fp32 (or

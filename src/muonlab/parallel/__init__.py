@@ -8,7 +8,7 @@
 
 Modes (``PARALLEL_MODES``): ``none``, ``ddp``, ``zero1`` (Moonlight's Distributed Muon), ``fsdp``
 (FSDP2 ``fully_shard``). See :mod:`muonlab.optim.distributed` for what the optimizer does in each,
-and :mod:`muonlab.train.sharded_checkpoint` for checkpoints that load at any world size.
+and :mod:`muonlab.rundir.checkpoint.sharded` for checkpoints that load at any world size.
 """
 
 from .runtime import PARALLEL_MODES, Runtime, init_runtime

@@ -1,1 +1,1 @@
-"""Training: config, the loop, LR schedules, checkpoints and the metrics log of a run folder."""
+"""Training: the config, the loop and LR schedules. The run folder it writes is :mod:`muonlab.rundir`."""

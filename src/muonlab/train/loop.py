@@ -21,9 +21,7 @@ load-balancing bias), called after every optimizer step.
 
 from __future__ import annotations
 
-import json
 import math
-import os
 import random
 import time
 from contextlib import nullcontext
@@ -35,16 +33,15 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ..analysis.spectra import svd_entropies
 from ..data import Dataset, TokenLoader, prepare_dataset, val_batches
 from ..models import ModelConfig, Transformer, preset
 from ..optim import Muon, NonFiniteGradientError, param_groups
 from ..parallel import Runtime, init_runtime, parallelize, sum_step_statistics
-from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from ..rundir import CONFIG_FILE, MetricsLogger, holds_run, read_config, write_config
+from ..rundir.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from ..spectra import svd_entropies
 from .config import TrainConfig
-from .metrics import MetricsLogger
 from .schedules import make_lr_lambda
-from .sharded_checkpoint import save_sharded_checkpoint
 
 __all__ = ["NonFiniteLossError", "RunSummary", "build_model_config", "build_optimizer", "evaluate", "train"]
 
@@ -158,12 +155,6 @@ def evaluate(model: torch.nn.Module, data: Dataset, config: TrainConfig, device:
     return world * (runtime.mean(total) if runtime is not None else total) / batches
 
 
-def _write_config(run_dir: Path, record: dict[str, Any]) -> None:
-    tmp = run_dir / f".config.json.tmp-{os.getpid()}"
-    tmp.write_text(json.dumps(record, indent=2) + "\n")
-    os.replace(tmp, run_dir / "config.json")
-
-
 def train(config: TrainConfig, command: str | None = None) -> RunSummary:
     """Train one model as ``config`` says, in ``config.run_dir``; resume if a checkpoint exists.
 
@@ -206,11 +197,11 @@ def train(config: TrainConfig, command: str | None = None) -> RunSummary:
     # ---- resume
     start_step, tokens, wall_s = 0, 0, 0.0
     checkpoint = latest_checkpoint(run_dir) if config.resume else None
-    if not config.resume and (latest_checkpoint(run_dir) or (run_dir / "metrics.jsonl").exists()):
+    if not config.resume and holds_run(run_dir):
         raise ValueError(f"run folder {run_dir} already holds a run; pass resume=True to continue it, "
                          "or choose a new run_dir (nothing was changed)")
-    if command is None and (run_dir / "config.json").exists():
-        command = json.loads((run_dir / "config.json").read_text()).get("command")
+    if command is None and (run_dir / CONFIG_FILE).exists():
+        command = read_config(run_dir).get("command")
     if checkpoint is not None:
         state = load_checkpoint(checkpoint, model, optimizer)
         start_step, tokens, wall_s = state["step"], state["tokens"], state["wall_s"]
@@ -218,7 +209,7 @@ def train(config: TrainConfig, command: str | None = None) -> RunSummary:
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(config, total_steps),
                                                   last_epoch=start_step - 1)
     if runtime.is_main:
-        _write_config(run_dir, {
+        write_config(run_dir, {
             **config.to_dict(),
             "model_config": model_config.to_dict(),
             "num_params": model_config.num_params(),
@@ -234,10 +225,10 @@ def train(config: TrainConfig, command: str | None = None) -> RunSummary:
             "command": command,
         })
 
-    def checkpoint_now(step: int) -> None:
-        save = save_sharded_checkpoint if runtime.distributed else save_checkpoint
-        save(run_dir, step, model, optimizer, {"tokens": tokens, "wall_s": wall_s, "loader": loader.state_dict()},
-             keep=config.keep_checkpoints)
+    def checkpoint_now(step: int) -> None:  # sharded (every rank writes) when runtime.distributed
+        save_checkpoint(run_dir, step, model, optimizer,
+                        {"tokens": tokens, "wall_s": wall_s, "loader": loader.state_dict()},
+                        keep=config.keep_checkpoints)
 
     # ---- train
     logger = (MetricsLogger(run_dir, resume_step=start_step if checkpoint else None, tensorboard=config.tensorboard)

@@ -1,0 +1,98 @@
+"""Atomic, resumable checkpoints in a run folder's ``checkpoints/``: one store, two formats.
+
+::
+
+    path = save_checkpoint(run_dir, step, model, optimizer, {"tokens": ..., "loader": ...})
+    state = load_checkpoint(latest_checkpoint(run_dir), model, optimizer)   # state["step"], state["tokens"], ...
+
+Modules: :mod:`.store` (folder layout, atomic publish, ``latest``, pruning, ``trainer.json`` and
+its checks), :mod:`.rng` (global RNG states as JSON), and one module per format:
+
+- :mod:`.plain` — ``model.safetensors`` + ``optimizer.pt`` (``torch.load(weights_only=True)``):
+  one process, any ``torch.optim.Optimizer``; the weights file is readable by any safetensors tool.
+- :mod:`.sharded` — torch.distributed.checkpoint (``state/``): written by every rank of a
+  multi-process run, each tensor at its logical shape, loadable at any world size (also on one).
+
+Why two formats rather than DCP always: the sharded format stores optimizer state through
+:class:`muonlab.optim.Muon`'s ``checkpoint_state``, so DCP-always would need a second optimizer
+path for plain torch optimizers (e.g. ``torch.optim.AdamW``) — not simpler — and it would give up
+the single-file safetensors weights. Both formats share the store, so they have the same
+guarantees: a ``step_*`` directory is complete or absent (SIGKILL, ENOSPC), resume is exact (RNG
+states included), nothing is unpickled, and a checkpoint of another model fails naming the field.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .plain import load_plain_checkpoint, save_plain_checkpoint
+from .rng import capture_rng_state, restore_rng_state
+from .sharded import is_sharded_checkpoint, load_sharded_checkpoint, save_sharded_checkpoint
+from .store import (
+    SHARDED_METADATA,
+    CheckpointError,
+    checkpoint_dir_name,
+    checkpoint_step,
+    latest_checkpoint,
+    model_config_dict,
+    multi_process,
+)
+
+__all__ = ["CheckpointError", "capture_rng_state", "checkpoint_dir_name", "checkpoint_step", "is_sharded_checkpoint",
+           "latest_checkpoint", "load_checkpoint", "load_plain_checkpoint", "load_sharded_checkpoint",
+           "model_config_dict", "restore_rng_state", "save_checkpoint", "save_plain_checkpoint",
+           "save_sharded_checkpoint"]
+
+
+def save_checkpoint(
+    run_dir: str | os.PathLike,
+    step: int,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    trainer_state: dict[str, Any],
+    keep: int = 2,
+    sharded: bool | None = None,
+) -> Path:
+    """Atomically write a checkpoint for ``step`` into ``<run_dir>/checkpoints/`` and return its directory.
+
+    ``trainer_state`` is whatever the loop needs to resume (e.g. ``tokens`` and the data loader's
+    state); it must be JSON-serializable and may not use the keys ``format``, ``rng``,
+    ``model_config``, ``optimizer`` or ``world_size``, which are filled in (RNG states from
+    ``capture_rng_state()``, the model config from ``model.config``). Only the newest ``keep``
+    checkpoints are kept; the one just written is never deleted. Saving the same step twice
+    replaces the older copy.
+
+    ``sharded``: the format; by default sharded (a collective: call on every rank) when this
+    process is one of several, plain otherwise. ``sharded=True`` on one process writes a sharded
+    checkpoint too (it needs a :class:`muonlab.optim.Muon`).
+
+    On a write error (e.g. ``ENOSPC``, disk full) the partial checkpoint is removed, the previous
+    checkpoint is left as it was, and an ``OSError`` with the same errno names the failed path.
+    """
+    save = save_sharded_checkpoint if (multi_process() if sharded is None else sharded) else save_plain_checkpoint
+    return save(run_dir, step, model, optimizer, trainer_state, keep)
+
+
+def load_checkpoint(
+    path: str | os.PathLike,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer | None = None,
+    restore_rng: bool = True,
+) -> dict[str, Any]:
+    """Load a checkpoint directory (either format, told apart by its files) into ``model`` and ``optimizer``.
+
+    Returns the ``trainer_state`` given to ``save_checkpoint`` plus ``step``, ``rng`` and
+    ``model_config``. With ``restore_rng`` (the default) the global RNGs are restored too, so
+    call this after building the model and optimizer and right before training resumes. Pass
+    ``optimizer=None`` to load only the weights (evaluation, fine-tuning). A sharded checkpoint
+    loads at any world size; a plain one on one process.
+
+    Raises ``CheckpointError`` if the directory is incomplete or corrupt, or if it was saved for a
+    model whose config differs from ``model.config``.
+    """
+    load = load_sharded_checkpoint if (Path(path) / SHARDED_METADATA).is_file() else load_plain_checkpoint
+    return load(path, model, optimizer, restore_rng)

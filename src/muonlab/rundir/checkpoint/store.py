@@ -1,0 +1,347 @@
+"""The checkpoint store of a run folder: naming, atomic publishing, ``latest``, pruning, ``trainer.json``.
+
+Layout (``N`` is the optimizer step, zero-padded so names sort by step)::
+
+    <run_dir>/checkpoints/
+        step_0000N/              # one checkpoint, in one of two formats:
+            model.safetensors    #   plain (muonlab.rundir.checkpoint.plain): the weights,
+            optimizer.pt         #   the optimizer state_dict,
+            state/               #   or sharded (muonlab.rundir.checkpoint.sharded): DCP files, .metadata last
+            trainer.json         # both: format version, step, the caller's trainer state, model config, RNG states
+        latest                   # text file naming the newest checkpoint directory
+        .tmp-step_0000N-<pid>/   # a save in progress (or left by a process that died mid-save)
+
+A checkpoint is written into ``.tmp-step_0000N-<pid>/`` (the pid of rank 0 when several processes
+write) and renamed into place with ``os.replace``, so a ``step_*`` directory either is complete or
+does not exist: a crash, a kill or a full disk mid-write leaves the previous checkpoint untouched.
+The ``latest`` pointer is replaced the same way, and :func:`latest_checkpoint` falls back to
+scanning the folder if the pointer is stale. Temp directories of dead processes are deleted by the
+next save.
+
+``trainer.json`` is plain JSON: ``{"format": 1, "step": N, **trainer_state, [format fields],
+"model_config": {...}, "rng": {...}}``. The keys in ``RESERVED_KEYS`` are filled in here (or by a
+format), never by the caller, so one trainer state fits either format.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import errno
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import torch
+import torch.distributed as dist
+
+from ...parallel import unwrap
+from .rng import capture_rng_state, restore_rng_state
+
+__all__ = ["CHECKPOINTS_DIR", "FORMAT_VERSION", "LATEST_FILE", "MODEL_FILE", "OPTIMIZER_FILE", "PLAIN_FILES",
+           "RESERVED_KEYS", "SHARDED_FILES", "SHARDED_METADATA", "SHARDED_STATE_DIR", "TRAINER_FILE",
+           "CheckpointError", "checkpoint_dir_name", "checkpoint_step", "finish_load", "from_rank0", "is_complete",
+           "latest_checkpoint", "model_config_dict", "multi_process", "read_trainer_record", "write_checkpoint"]
+
+CHECKPOINTS_DIR = "checkpoints"
+TRAINER_FILE = "trainer.json"
+MODEL_FILE = "model.safetensors"
+OPTIMIZER_FILE = "optimizer.pt"
+SHARDED_STATE_DIR = "state"
+PLAIN_FILES = (MODEL_FILE, OPTIMIZER_FILE, TRAINER_FILE)
+SHARDED_METADATA = f"{SHARDED_STATE_DIR}/.metadata"  # DCP writes it last
+SHARDED_FILES = (TRAINER_FILE, SHARDED_METADATA)
+LATEST_FILE = "latest"
+FORMAT_VERSION = 1
+RESERVED_KEYS = ("format", "rng", "model_config", "optimizer", "world_size")
+_FORMAT_FIELDS = ("format", "optimizer", "world_size")  # kept in trainer.json, not returned by a load
+
+Writer = Callable[[Path], None]
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that is missing, incomplete, corrupt, or saved for a different model."""
+
+
+def checkpoint_dir_name(step: int) -> str:
+    """The directory name of the checkpoint taken after ``step`` optimizer steps."""
+    return f"step_{step:08d}"
+
+
+def multi_process() -> bool:
+    """Whether this process is one of several in a torch.distributed process group."""
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def from_rank0(value: Any) -> Any:
+    """Rank 0's ``value`` on every rank (a collective under :func:`multi_process`; ``value`` otherwise)."""
+    if not multi_process():
+        return value
+    box = [value]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def model_config_dict(model: torch.nn.Module) -> dict[str, Any] | None:
+    """The model's ``config`` attribute as a plain dict (dataclass or dict), or None if it has none."""
+    config = getattr(unwrap(model), "config", None)
+    if dataclasses.is_dataclass(config) and not isinstance(config, type):
+        return dataclasses.asdict(config)
+    if isinstance(config, dict):
+        return dict(config)
+    return None
+
+
+# ---------------------------------------------------------------------------------------------
+# the folder
+
+
+def _step_of(path: Path) -> int | None:
+    name = path.name
+    if not name.startswith("step_") or not name[5:].isdigit():
+        return None
+    return int(name[5:])
+
+
+def is_complete(path: Path) -> bool:
+    """Whether ``path`` holds every file of a plain checkpoint or of a sharded one."""
+    return any(all((path / f).is_file() for f in files) for files in (PLAIN_FILES, SHARDED_FILES))
+
+
+def _complete_checkpoints(ckpt_root: Path) -> list[Path]:
+    """Complete checkpoint directories, oldest step first. Temp dirs never match ``step_*``."""
+    found = []
+    if ckpt_root.is_dir():
+        for p in ckpt_root.iterdir():
+            step = _step_of(p)
+            if step is not None and p.is_dir() and is_complete(p):
+                found.append((step, p))
+    return [p for _, p in sorted(found)]
+
+
+def latest_checkpoint(run_dir: str | os.PathLike) -> Path | None:
+    """The newest complete checkpoint directory of a run, or None if there is none.
+
+    Trusts the ``latest`` pointer when it names a complete checkpoint, otherwise takes the highest
+    complete ``step_*`` directory. Temp directories of interrupted saves are ignored.
+    """
+    ckpt_root = Path(run_dir) / CHECKPOINTS_DIR
+    pointer = ckpt_root / LATEST_FILE
+    if pointer.is_file():
+        candidate = ckpt_root / pointer.read_text().strip()
+        if _step_of(candidate) is not None and is_complete(candidate):
+            return candidate
+    complete = _complete_checkpoints(ckpt_root)
+    return complete[-1] if complete else None
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True
+
+
+def _remove_stale_temp_dirs(ckpt_root: Path) -> None:
+    """Delete ``.tmp-*`` entries left by processes that died mid-save (they can be large)."""
+    for p in ckpt_root.glob(".tmp-*"):
+        pid = p.name.rsplit("-", 1)[-1]
+        if pid.isdigit() and (int(pid) == os.getpid() or not _pid_alive(int(pid))):
+            if p.is_dir():
+                shutil.rmtree(p, ignore_errors=True)
+            else:
+                p.unlink(missing_ok=True)
+
+
+def _fsync_dir(path: Path) -> None:
+    if os.name == "posix":  # directories cannot be opened for fsync on Windows
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def _fsync_file(path: Path) -> None:
+    with open(path, "rb+") as f:
+        os.fsync(f.fileno())
+
+
+def _publish(tmp: Path, final: Path) -> None:
+    """Rename a complete temp checkpoint directory into place (atomically, also over an old copy)."""
+    if final.exists():  # re-saving a step: move the old copy aside, then swap in the new one
+        old = final.parent / f".tmp-old-{final.name}-{os.getpid()}"
+        os.replace(final, old)
+        os.replace(tmp, final)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, final)
+    _fsync_dir(final.parent)
+
+
+def _write_latest(ckpt_root: Path, name: str) -> None:
+    tmp = ckpt_root / f".tmp-{LATEST_FILE}-{os.getpid()}"
+    tmp.write_text(name + "\n")
+    _fsync_file(tmp)
+    os.replace(tmp, ckpt_root / LATEST_FILE)
+
+
+def _failure(e: OSError, target: Path, previous: list[Path]) -> tuple[int, str]:
+    kept = f"the previous checkpoint {previous[-1]} is kept" if previous else "there is no previous checkpoint"
+    return e.errno or errno.EIO, f"could not write checkpoint {target} ({e.strerror or e}); {kept}"
+
+
+# ---------------------------------------------------------------------------------------------
+# writing and reading
+
+
+def _trainer_json(step: int, model: torch.nn.Module, trainer_state: dict[str, Any],
+                  format_fields: dict[str, Any]) -> str:
+    clashes = [k for k in RESERVED_KEYS if k in trainer_state]
+    if clashes or trainer_state.get("step", step) != step:
+        raise ValueError(
+            f"trainer_state may not set {', '.join(clashes) or 'step'}: {', '.join(RESERVED_KEYS)} are filled in "
+            f"by save_checkpoint and 'step' must equal the step argument ({step})"
+        )
+    record = {
+        "format": FORMAT_VERSION,
+        "step": step,
+        **trainer_state,
+        **format_fields,
+        "model_config": model_config_dict(model),
+        "rng": capture_rng_state(),  # last: long base64 strings
+    }
+    try:
+        return json.dumps(record, indent=1)
+    except (TypeError, ValueError) as e:
+        raise ValueError(
+            "trainer_state and model.config must hold only JSON values "
+            f"(numbers, strings, bools, None, lists, dicts): {e}"
+        ) from None
+
+
+def write_checkpoint(
+    run_dir: str | os.PathLike,
+    step: int,
+    model: torch.nn.Module,
+    trainer_state: dict[str, Any],
+    writers: Sequence[tuple[str, Writer]],
+    keep: int,
+    format_fields: dict[str, Any] | None = None,
+) -> Path:
+    """Write the checkpoint of ``step`` atomically and return its directory; a format's save calls this.
+
+    ``writers``: ``(name, write)`` pairs; ``write(path)`` creates ``name`` inside the temp
+    directory (a file, or a directory such as DCP's ``state/``). Under :func:`multi_process`
+    this is a collective: every rank runs every writer, rank 0 adds ``trainer.json``, publishes
+    and prunes, and every rank raises rank 0's error. ``format_fields`` go into ``trainer.json``
+    beside the caller's ``trainer_state`` (see ``RESERVED_KEYS``). Only the newest ``keep``
+    checkpoints are kept; the one just written is never deleted; re-saving a step replaces it.
+
+    On a write error (e.g. ``ENOSPC``, disk full) the partial checkpoint is removed, the previous
+    checkpoint is left as it was, and an ``OSError`` with the same errno names the failed path.
+    """
+    if keep < 1:
+        raise ValueError(f"keep must be >= 1 (the number of checkpoints to keep), got {keep}")
+    trainer_json = _trainer_json(step, model, trainer_state, format_fields or {})
+    rank0 = not multi_process() or dist.get_rank() == 0
+    ckpt_root = Path(run_dir) / CHECKPOINTS_DIR
+    name = checkpoint_dir_name(step)
+    final, tmp = ckpt_root / name, ckpt_root / f".tmp-{name}-{os.getpid()}"
+    previous: list[Path] = []
+    error, cause = None, None
+    if rank0:
+        try:
+            ckpt_root.mkdir(parents=True, exist_ok=True)
+            _remove_stale_temp_dirs(ckpt_root)
+            previous = _complete_checkpoints(ckpt_root)
+            tmp.mkdir()
+        except OSError as e:
+            error, cause = _failure(e, tmp, previous), e
+    tmp, error = from_rank0((tmp, error))
+    if error is None:
+        target = tmp
+        try:
+            for file_name, write in writers:
+                target = tmp / file_name
+                write(target)
+            if rank0:
+                target = tmp / TRAINER_FILE
+                target.write_text(trainer_json)
+                for file_name in [n for n, _ in writers] + [TRAINER_FILE]:
+                    target = tmp / file_name
+                    if target.is_file():  # a format's directory (DCP) syncs its own files
+                        _fsync_file(target)
+                target = final
+                _publish(tmp, final)
+                target = ckpt_root / LATEST_FILE
+                _write_latest(ckpt_root, name)
+        except OSError as e:
+            if rank0:
+                shutil.rmtree(tmp, ignore_errors=True)
+            error, cause = _failure(e, target, previous), e
+    if rank0 and error is None:
+        complete = _complete_checkpoints(ckpt_root)
+        for old in [p for p in complete if p != final][: max(0, len(complete) - keep)]:
+            shutil.rmtree(old, ignore_errors=True)
+    error = from_rank0(error)
+    if error is not None:
+        raise OSError(*error) from cause
+    return final
+
+
+def _config_difference(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
+    diffs = []
+    for key in sorted(set(saved) | set(current)):
+        if key not in saved:
+            diffs.append(f"{key} (absent in the checkpoint, {current[key]!r} now)")
+        elif key not in current:
+            diffs.append(f"{key} ({saved[key]!r} in the checkpoint, absent now)")
+        elif saved[key] != current[key]:
+            diffs.append(f"{key} ({saved[key]!r} in the checkpoint, {current[key]!r} now)")
+    return diffs
+
+
+def _read_record(path: Path) -> dict[str, Any]:
+    try:
+        record = json.loads((path / TRAINER_FILE).read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"checkpoint file {path / TRAINER_FILE} is corrupt: {e}") from None
+    valid = isinstance(record, dict) and record.get("format") == FORMAT_VERSION and isinstance(record.get("step"), int)
+    if not valid:
+        raise CheckpointError(
+            f"checkpoint file {path / TRAINER_FILE} is not a muonlab checkpoint of format {FORMAT_VERSION}"
+        )
+    return record
+
+
+def checkpoint_step(path: str | os.PathLike) -> int:
+    """The number of optimizer steps the checkpoint at ``path`` was taken after (from its ``trainer.json``)."""
+    return _read_record(Path(path))["step"]
+
+
+def read_trainer_record(path: Path, model: torch.nn.Module) -> dict[str, Any]:
+    """``trainer.json`` of the checkpoint at ``path``, checked against ``model``.
+
+    Raises ``CheckpointError`` if the file is corrupt, of another format version, or saved for a
+    model whose config differs from ``model.config`` (naming every differing field).
+    """
+    record = _read_record(path)
+    saved_config, current_config = record.get("model_config"), model_config_dict(model)
+    if saved_config is not None and current_config is not None:
+        # Compare configs the way they come back from trainer.json (tuples become lists, etc.).
+        diffs = _config_difference(saved_config, json.loads(json.dumps(current_config)))
+        if diffs:
+            raise CheckpointError(f"checkpoint {path} was saved for a different model: {'; '.join(diffs)}")
+    return record
+
+
+def finish_load(record: dict[str, Any], restore_rng: bool) -> dict[str, Any]:
+    """Restore the RNGs (if asked) and return the trainer state: the record without the format's fields."""
+    if restore_rng:
+        restore_rng_state(record["rng"])
+    return {k: v for k, v in record.items() if k not in _FORMAT_FIELDS}
