@@ -113,7 +113,7 @@ def test_ranks_with_different_training_configs_fail_fast(tiny_corpus, muonlab_ca
 
 def _mismatched(rank: int, world: int, what: str) -> None:
     from muonlab.models import Transformer
-    from muonlab.models.config import preset
+    from muonlab.models import preset
     from muonlab.optim import Muon, param_groups
     from muonlab.parallel import parallelize
 

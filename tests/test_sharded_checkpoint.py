@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from muonlab.models import Transformer
-from muonlab.models.config import preset
+from muonlab.models import preset
 from muonlab.optim import Muon, param_groups
 from muonlab.train.checkpoint import CheckpointError, latest_checkpoint, load_checkpoint
 from muonlab.train.sharded_checkpoint import is_sharded_checkpoint, save_sharded_checkpoint
