@@ -1,9 +1,9 @@
 """The training loop end to end, at tiny scale on the CPU.
 
-Covers DESIGN.md "Runs" (what a run folder holds), "Checkpoints" (resume continues the exact
-trajectory) and "Errors" (bad input stops with one clear sentence and nothing already written is
-lost). Every test trains the "tiny" preset on a ~36 KB byte-tokenized corpus written by
-``conftest.py``; a run of 20 steps takes a fraction of a second.
+Covers what a run folder holds (README "Training runs"), that resume continues the exact trajectory,
+and that bad input stops with one clear sentence and nothing already written is lost. Every test
+trains the "tiny" preset on a ~36 KB byte-tokenized corpus written by ``conftest.py``; a run of 20
+steps takes a fraction of a second.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """The training loop: one function that reads top to bottom.
 
 data → forward/backward (grad accumulation, autocast) → clip the *raw* gradient → optimizer step
-→ lr schedule → log → evaluate → checkpoint. A run is a folder (see DESIGN.md "Runs"):
+→ lr schedule → log → evaluate → checkpoint. A run is a folder (README "Training runs"):
 ``config.json`` (the resolved config), ``metrics.jsonl`` and ``checkpoints/``.
 
 Metrics rows carry ``step``, ``tokens``, ``loss`` (mean training loss since the previous row, on
