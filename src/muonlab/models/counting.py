@@ -155,7 +155,8 @@ def flops_per_token(cfg: ModelConfig, seq_len: int | None = None) -> int:
     """
     t = cfg.max_seq_len if seq_len is None else seq_len
     if cfg.attention == "mla":
-        score_dims = cfg.n_heads * (cfg.qk_nope_head_dim + cfg.qk_rope_head_dim + cfg.v_head_dim)  # type: ignore[operator]
+        head_dims = cfg.qk_nope_head_dim + cfg.qk_rope_head_dim + cfg.v_head_dim  # type: ignore[operator]
+        score_dims = cfg.n_heads * head_dims
     else:
         score_dims = 2 * cfg.d_model
     return 6 * num_matmul_params(cfg) + 6 * cfg.n_layers * t * score_dims
