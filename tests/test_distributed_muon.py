@@ -5,7 +5,7 @@ single-process runs they are compared with are made here, in the test process, b
 one-process path. The model (``HarnessModel``) has dims not divisible by 2 or 3 and a 3-D expert
 stack, so FSDP2 shards are uneven and experts split unevenly (3+2, 2+2+1).
 
-Checks (DESIGN.md "The same Muon gives the same numbers on one process and on N processes"):
+Checks (README "On several processes": the same Muon gives the same numbers on one process and on N):
 - fp32 Newton–Schulz: after 4 steps the total update ``W₄ − W₀`` of every parameter and every
   optimizer state tensor match the single-process run within 1e-5 relative (Frobenius);
 - a deliberately wrong FSDP plan (Newton–Schulz on each local row shard) fails that check;

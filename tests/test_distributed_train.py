@@ -1,8 +1,8 @@
 """``muonlab train --parallel {ddp,zero1,fsdp}`` under ``torchrun`` on 2 gloo processes, faults, bad input.
 
 - Each mode trains the "tiny" preset with half the per-process batch and logs the same loss and
-  validation loss at every step as one process with the whole batch (DESIGN.md: the same Muon
-  gives the same numbers; only rank 0 writes the run folder).
+  validation loss at every step as one process with the whole batch (README "On several processes":
+  the same Muon gives the same numbers; only rank 0 writes the run folder).
 - A rank killed mid-run under ``torchrun --max-restarts 1`` is restarted with the others, resumes
   from the last (sharded) checkpoint and finishes with the uninterrupted run's metrics.
 - Ranks that disagree on the training config, the optimizer settings or the model's shapes fail
@@ -113,7 +113,7 @@ def test_ranks_with_different_training_configs_fail_fast(tiny_corpus, muonlab_ca
 
 def _mismatched(rank: int, world: int, what: str) -> None:
     from muonlab.models import Transformer
-    from muonlab.models.config import preset
+    from muonlab.models import preset
     from muonlab.optim import Muon, param_groups
     from muonlab.parallel import parallelize
 

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from muonlab.models import Transformer
-from muonlab.models.config import preset
+from muonlab.models import preset
 from muonlab.optim import Muon, param_groups, route_parameters, routing_table
 
 

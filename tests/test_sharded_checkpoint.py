@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from muonlab.models import Transformer
-from muonlab.models.config import preset
+from muonlab.models import preset
 from muonlab.optim import Muon, param_groups
 from muonlab.rundir.checkpoint import (
     CheckpointError,

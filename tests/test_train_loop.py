@@ -1,9 +1,9 @@
 """The training loop end to end, at tiny scale on the CPU.
 
-Covers DESIGN.md "Runs" (what a run folder holds), "Checkpoints" (resume continues the exact
-trajectory) and "Errors" (bad input stops with one clear sentence and nothing already written is
-lost). Every test trains the "tiny" preset on a ~36 KB byte-tokenized corpus written by
-``conftest.py``; a run of 20 steps takes a fraction of a second.
+Covers what a run folder holds (README "Training runs"), that resume continues the exact trajectory,
+and that bad input stops with one clear sentence and nothing already written is lost. Every test
+trains the "tiny" preset on a ~36 KB byte-tokenized corpus written by ``conftest.py``; a run of 20
+steps takes a fraction of a second.
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ from __future__ import annotations
 import errno
 import json
 import math
+import time
 import warnings
 from pathlib import Path
 
@@ -25,6 +26,7 @@ from muonlab.rundir.checkpoint import CheckpointError, latest_checkpoint, load_c
 from muonlab.train.config import ConfigError, TrainConfig
 from muonlab.train.loop import NonFiniteLossError, build_model_config, train
 from muonlab.rundir import MetricsLogger, read_metrics
+from muonlab.train.run_folder import RunFolderError
 
 from conftest import TINY_STEPS, tiny_config_dict
 
@@ -353,6 +355,57 @@ def test_resume_with_another_model_refuses_and_keeps_the_run(tiny_config, change
     model = _model_from_run(Path(config.run_dir))
     state = load_checkpoint(latest_checkpoint(config.run_dir), model)
     assert state["step"] == 4
+
+
+def _bytes_and_mtimes(run_dir: Path) -> dict[str, tuple[bytes | None, int]]:
+    """Every entry of a run folder, by relative path: a file's bytes (None for a folder) and its mtime in ns."""
+    return {str(p.relative_to(run_dir)): (p.read_bytes() if p.is_file() else None, p.stat().st_mtime_ns)
+            for p in sorted([run_dir, *run_dir.rglob("*")])}
+
+
+@pytest.mark.parametrize("change, named", [
+    ({"lr": 0.01}, ["lr", "0.003", "0.01"]),
+    ({"train_tokens": TOKENS_PER_STEP * 6}, ["train_tokens", "512", "768"]),
+    ({"corpus": "english"}, ["corpus", "'english'"]),
+    ({"resume": False}, ["already holds a run", "resume=True"]),
+], ids=["lr", "train_tokens", "corpus", "resume-off"])
+def test_rerun_into_a_finished_run_with_another_config_fails_at_once_and_changes_nothing(
+        tiny_config, monkeypatch, tmp_path, change, named):
+    """The run-folder decision comes before the tokenizer and the dataset: no cache is built, and the
+    error names the folder and the first differing field, well within 2 s."""
+    config = tiny_config(train_tokens=TOKENS_PER_STEP * 4, log_every=2, eval_every=2)
+    train(config, command="muonlab train ...")
+    run_dir = Path(config.run_dir)
+    before = _bytes_and_mtimes(run_dir)
+    empty_cache = tmp_path / "empty-cache"
+    empty_cache.mkdir()
+    monkeypatch.setenv("MUONLAB_CACHE", str(empty_cache))
+
+    started = time.perf_counter()
+    with pytest.raises(RunFolderError) as info:
+        train(config.replace(**change))
+    elapsed = time.perf_counter() - started
+
+    assert elapsed < 2.0, f"the re-run took {elapsed:.2f} s to fail"
+    message = _one_sentence(info.value)
+    assert str(run_dir) in message
+    for word in named:
+        assert word in message
+    assert list(empty_cache.iterdir()) == [], "the re-run built a tokenizer or dataset before failing"
+    assert _bytes_and_mtimes(run_dir) == before, "the failed re-run changed the run folder"
+
+
+def test_rerun_may_change_how_the_run_executes(tiny_config):
+    """Threads, progress bar and checkpoint keeping are not part of what is trained: a finished run
+    re-run with other values of them resumes (and trains nothing more)."""
+    config = tiny_config(train_tokens=TOKENS_PER_STEP * 4, log_every=2, eval_every=2)
+    first = train(config)
+    rows = read_metrics(config.run_dir)
+
+    again = train(config.replace(threads=1, progress=True, keep_checkpoints=3, checkpoint_every=2))
+
+    assert again.steps == first.steps and again.final_val_loss == first.final_val_loss
+    assert read_metrics(config.run_dir) == rows
 
 
 def _nan_loss_at_training_call(monkeypatch, k: int) -> None:

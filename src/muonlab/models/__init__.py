@@ -4,10 +4,11 @@ with Moonlight's DeepSeek-V3-style options: multi-head latent attention and a mi
 No torch.distributed here: parallelism is applied to these models from ``muonlab.parallel``.
 """
 
-from .config import ModelConfig, default_ffn_hidden, describe_presets, list_moe_presets, list_presets, preset
+from .config import ModelConfig, default_ffn_hidden
 from .layers import GeluMLP, SwiGLU, apply_rope, rope_cos_sin
 from .mla import MLA
 from .moe import MoE, routed_scaling_factor
+from .presets import describe_presets, list_moe_presets, list_presets, model_config_for, preset
 from .transformer import IGNORE_INDEX, OUTPUT_PROJECTIONS, Attention, Block, Transformer, build_attention, build_mlp
 
 __all__ = [
@@ -28,6 +29,7 @@ __all__ = [
     "describe_presets",
     "list_moe_presets",
     "list_presets",
+    "model_config_for",
     "preset",
     "rope_cos_sin",
     "routed_scaling_factor",

@@ -1,8 +1,8 @@
-"""Model configuration: one flat dataclass, size presets on a single depth dial, exact counts.
+"""Model configuration: one flat dataclass with its validation and derived shapes.
 
-Everything here is plain Python (no torch): parameter and FLOP counts are formulas over the config,
-so an experiment can plan a compute budget without building the model. Tests check each formula
-against ``sum(p.numel())`` of the built model and against a hand count of the matrix shapes.
+Everything here is plain Python (no torch). The exact parameter and FLOP counts are formulas in
+``muonlab.models.counting`` (``cfg.num_params()`` and friends call them); named sizes and the depth
+dial are in ``muonlab.models.presets``.
 
 One dataclass describes the dense Llama-style model and Moonlight's DeepSeek-V3-style variant
 (arXiv 2502.16982 §3.3, App. C): ``attention="mla"`` selects multi-head latent attention, and
@@ -16,6 +16,8 @@ import dataclasses
 import math
 from dataclasses import dataclass, fields
 from typing import Any
+
+from . import counting
 
 MLP_KINDS = ("swiglu", "gelu")
 ATTENTION_KINDS = ("mha", "mla")
@@ -259,137 +261,31 @@ class ModelConfig:
             )
         return cls(**d)
 
-    # ---- counts ---------------------------------------------------------------------------------
-
-    def attn_matmul_params(self) -> int:
-        """Matrix weights of one attention layer (each takes part in a matmul for every token).
-
-        MHA/GQA: wq, wo [d, d]; wk, wv [kv_dim, d]  ->  2*d*d + 2*d*kv_dim.
-
-        MLA, with H heads, n = qk_nope_head_dim, r = qk_rope_head_dim, v = v_head_dim,
-        c = kv_lora_rank, q = q_lora_rank (names of ``mla.MLA``)::
-
-            queries, q = 0:  wq_nope [H*n, d], wq_rope [H*r, d]                   d*H*(n + r)
-            queries, q > 0:  wq_down [q, d], wq_nope [H*n, q], wq_rope [H*r, q]   d*q + q*H*(n + r)
-            keys, values:    wkv_down [c, d], wk_rope [r, d],
-                             wk_up [H*n, c], wv_up [H*v, c]                       d*(c + r) + c*H*(n + v)
-            output:          wo [d, H*v]                                          H*v*d
-        """
-        d, H = self.d_model, self.n_heads
-        if self.attention == "mha":
-            return 2 * d * d + 2 * d * self.kv_dim
-        n, r, v, c, q = self.qk_nope_head_dim, self.qk_rope_head_dim, self.v_head_dim, self.kv_lora_rank, self.q_lora_rank
-        assert n is not None and r is not None and v is not None and c is not None
-        queries = d * H * (n + r) if q == 0 else d * q + q * H * (n + r)
-        return queries + d * (c + r) + c * H * (n + v) + H * v * d
-
-    def attn_params(self) -> int:
-        """All parameters of one attention layer: ``attn_matmul_params()``, plus for MLA the RMSNorm
-        gains of its latents (kv_lora_rank, and q_lora_rank when the query is compressed)."""
-        if self.attention == "mha":
-            return self.attn_matmul_params()
-        assert self.kv_lora_rank is not None
-        return self.attn_matmul_params() + self.kv_lora_rank + self.q_lora_rank
-
-    def _expert_params(self) -> int:
-        """Weights of one routed expert (SwiGLU of width f_e): 3 * d * f_e."""
-        assert self.expert_ffn_hidden is not None
-        return 3 * self.d_model * self.expert_ffn_hidden
-
-    def mlp_params(self, layer_idx: int = 0) -> int:
-        """All parameters of the feed-forward module of block ``layer_idx``.
-
-        Dense: 3*d*f (SwiGLU) or 2*d*f (GELU). MoE (E routed experts of width f_e, S shared)::
-
-            E * 3*d*f_e        routed expert stacks w_gate, w_up [E, f_e, d], w_down [E, d, f_e]
-          + 3*d*(S*f_e)        the shared experts, one SwiGLU of width S*f_e
-          + E*d                the router [E, d]
-
-        The load-balancing bias is a buffer, not a parameter.
-        """
-        if self.is_moe_layer(layer_idx):
-            return (self.n_routed_experts + self.n_shared_experts) * self._expert_params() + self.n_routed_experts * self.d_model
-        assert self.ffn_hidden is not None
-        n_mats = 3 if self.mlp == "swiglu" else 2
-        return n_mats * self.d_model * self.ffn_hidden
-
-    def mlp_active_params(self, layer_idx: int = 0) -> int:
-        """Feed-forward parameters one token uses in block ``layer_idx``: the whole dense MLP, or in an
-        MoE layer its top_k routed experts, the shared experts and the router: (k + S)*3*d*f_e + E*d."""
-        if self.is_moe_layer(layer_idx):
-            return (self.top_k + self.n_shared_experts) * self._expert_params() + self.n_routed_experts * self.d_model
-        return self.mlp_params(layer_idx)
-
-    def block_params(self, layer_idx: int = 0) -> int:
-        """All parameters of block ``layer_idx``: attention + MLP + its two RMSNorm weight vectors."""
-        return self.attn_params() + self.mlp_params(layer_idx) + 2 * self.d_model
+    # ---- counts (formulas in muonlab.models.counting) ----------------------------------------------
 
     def num_params(self, include_embedding: bool = True) -> int:
-        """Exact parameter count of ``Transformer(self)``, equal to ``sum(p.numel() for p in model.parameters())``.
-
-        total = V*d (embed) + sum over blocks of block_params + d (final norm) + V*d (LM head, untied only).
-        With ``include_embedding=False`` this is ``num_non_embedding_params()``.
-        """
-        non_embedding = sum(self.block_params(i) for i in range(self.n_layers)) + self.d_model
-        if not include_embedding:
-            return non_embedding
-        return non_embedding + self._vocab_params()
-
-    def num_active_params(self, include_embedding: bool = True) -> int:
-        """Parameters a token uses (Moonlight's "activated" parameters), counted like ``num_params``
-        but with each MoE block's routed experts counted top_k times instead of n_routed_experts::
-
-            active = total - sum over MoE blocks of (E - k) * 3*d*f_e
-
-        Equal to ``num_params`` for a dense model. Moonlight: 2.24B activated of 15.29B without
-        embeddings (arXiv 2502.16982 §3.3).
-        """
-        inactive = sum(self.mlp_params(i) - self.mlp_active_params(i) for i in range(self.n_layers))
-        return self.num_params(include_embedding) - inactive
-
-    def _vocab_params(self) -> int:
-        return (1 if self.tie_embeddings else 2) * self.vocab_size * self.d_model
+        """Exact parameter count of ``Transformer(self)`` (``counting.num_params``)."""
+        return counting.num_params(self, include_embedding)
 
     def num_non_embedding_params(self) -> int:
-        """Parameters outside the vocabulary matrices: total minus the embedding and the (untied) LM head.
+        """Parameters outside the embedding and the (untied) LM head: ``num_params(include_embedding=False)``."""
+        return counting.num_params(self, include_embedding=False)
 
-        Both vocabulary-sized matrices are left out, so the number is the same for tied and untied
-        models (Kaplan et al.'s N; with a tied head it is exactly "total minus embedding").
-        """
-        return self.num_params(include_embedding=False)
+    def num_active_params(self, include_embedding: bool = True) -> int:
+        """Parameters a token uses, MoE routed experts counted top_k times (``counting.num_active_params``)."""
+        return counting.num_active_params(self, include_embedding)
 
     def num_matmul_params(self) -> int:
-        """Weights that take part in a matmul per token: every block's attention matrices and *active*
-        feed-forward weights (``mlp_active_params``, the router included) plus the LM head.
+        """Weights that take part in a matmul per token, LM head included (``counting.num_matmul_params``)."""
+        return counting.num_matmul_params(self)
 
-        The embedding lookup is not a matmul and is excluded; the LM head (V*d) is included even when
-        tied, because the head's matmul runs either way. Norm weights are excluded.
-        """
-        blocks = sum(self.attn_matmul_params() + self.mlp_active_params(i) for i in range(self.n_layers))
-        return blocks + self.vocab_size * self.d_model
+    def attn_params(self) -> int:
+        """All parameters of one attention layer (``counting.attn_params``)."""
+        return counting.attn_params(self)
 
     def flops_per_token(self, seq_len: int | None = None) -> int:
-        """Training FLOPs per token (forward + backward) at context length ``seq_len`` (default max_seq_len).
-
-            flops = 6 * N_matmul + 6 * n_layers * seq_len * n_heads * (d_qk + d_v)
-
-        6*N_matmul: each matmul weight costs 2 FLOPs (multiply + add) per token forward and 4 backward
-        (grad w.r.t. input and w.r.t. weight); N_matmul is ``num_matmul_params()`` (active weights
-        only in MoE blocks, LM head included, embedding lookup excluded). The second term is
-        attention itself: per layer and token, the scores q.k over seq_len keys (2*seq_len*H*d_qk)
-        and the weighted sum of values (2*seq_len*H*d_v), times 3 for forward + backward. For MHA,
-        H*d_qk = H*d_v = d_model and the term is Kaplan et al. / PaLM's 12 * n_layers * d_model *
-        seq_len; for MLA, d_qk = qk_nope_head_dim + qk_rope_head_dim and d_v = v_head_dim. The causal
-        mask is NOT discounted: the count is for full seq_len x seq_len score matrices, not the
-        ~half a causal kernel actually needs. Norms, RoPE, softmax, activations and MoE routing
-        (sigmoid, top-k, permutation) are ignored.
-        """
-        t = self.max_seq_len if seq_len is None else seq_len
-        if self.attention == "mla":
-            score_dims = self.n_heads * (self.qk_nope_head_dim + self.qk_rope_head_dim + self.v_head_dim)  # type: ignore[operator]
-        else:
-            score_dims = 2 * self.d_model
-        return 6 * self.num_matmul_params() + 6 * self.n_layers * t * score_dims
+        """Training FLOPs per token at context ``seq_len``, default max_seq_len (``counting.flops_per_token``)."""
+        return counting.flops_per_token(self, seq_len)
 
 
 def _check_positive_int(name: str, value: Any) -> None:
@@ -400,164 +296,3 @@ def _check_positive_int(name: str, value: Any) -> None:
 def _check_non_negative_int(name: str, value: Any) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
         raise ValueError(f"ModelConfig.{name} is {value!r}; it must be an integer >= 0.")
-
-
-# ---- presets ------------------------------------------------------------------------------------
-
-ASPECT_RATIO = 64
-"""d_model per layer on the depth dial: d_model = 64 * depth (nanochat's aspect ratio)."""
-
-# name -> (depth, d_model override or None). Sizes in the names count parameters at vocab 50257
-# with a tied head, as GPT-2/GPT-3 do; "tiny" and "demo" are sized for a ~4k-8k vocab instead.
-_PRESETS: dict[str, tuple[int, int | None]] = {
-    "tiny": (2, 64),  # unit tests / smoke runs: narrower than the dial's 128
-    "demo": (4, None),  # d=256: the laptop demo, a few million params with a ~4k-8k vocab
-    "small": (6, None),  # d=384, ~nanoGPT's Shakespeare model
-    "gpt2-small": (12, None),  # d=768, 12 heads: 124M at vocab 50257 (tied), like GPT-2 small
-    "350m": (18, None),  # d=1152, 18 heads
-    "760m": (24, None),  # d=1536, 12 heads of 128
-    "1b": (26, None),  # d=1664, 13 heads of 128 (0.95B at vocab 50257 tied, 1.04B untied)
-}
-
-
-def _dial(depth: int) -> tuple[int, int]:
-    """(d_model, n_heads) for a depth on the dial.
-
-    head_dim = 64 while 64*depth < 1536, else 128; d_model = 64*depth rounded up to a multiple of
-    head_dim; n_heads = d_model // head_dim.
-    """
-    base = ASPECT_RATIO * depth
-    head_dim = 64 if base < 1536 else 128
-    d_model = _round_up(base, head_dim)
-    return d_model, d_model // head_dim
-
-
-def preset(name_or_depth: str | int, vocab_size: int, max_seq_len: int, **overrides: Any) -> ModelConfig:
-    """A ModelConfig from a preset name (see ``list_presets()``) or a depth (the one dial).
-
-    The dial (as in nanochat): n_layers = depth; d_model = 64 * depth; head_dim = 64 while
-    64 * depth < 1536 and 128 from there on, with d_model rounded up to a multiple of head_dim;
-    n_heads = d_model // head_dim; n_kv_heads = n_heads; SwiGLU with the default hidden width.
-    Presets tie the LM head to the embedding (GPT-2 style; the names' sizes are counted that way);
-    pass ``tie_embeddings=False`` for a Llama/Moonlight-style untied head. The MoE presets
-    (``list_moe_presets()``: ``moe-tiny``, ``moe-demo``, ``moonlight``) are fixed shapes, not points
-    on the dial; their MLA and expert widths derive from d_model, so overriding it keeps the ratios. Any ModelConfig field can
-    be overridden by keyword (e.g. ``mlp="gelu"``, ``n_kv_heads=2``).
-
-    Example: ``preset("gpt2-small", 50257, 1024).num_params() == 123_551_232``.
-    """
-    if isinstance(name_or_depth, str) and name_or_depth in _MOE_PRESETS:
-        kwargs = dict(vocab_size=vocab_size, max_seq_len=max_seq_len, tie_embeddings=True)
-        kwargs.update(_MOE_PRESETS[name_or_depth])
-        kwargs.update(overrides)
-        return ModelConfig(**kwargs)
-    if isinstance(name_or_depth, str):
-        if name_or_depth not in _PRESETS:
-            raise ValueError(
-                f"Unknown model preset {name_or_depth!r}; valid presets are {', '.join(_PRESETS)}, "
-                f"{', '.join(_MOE_PRESETS)} or an integer depth >= 1."
-            )
-        depth, width = _PRESETS[name_or_depth]
-        d_model, n_heads = _dial(depth) if width is None else (width, max(1, width // 64))
-    elif isinstance(name_or_depth, int) and not isinstance(name_or_depth, bool) and name_or_depth >= 1:
-        depth = name_or_depth
-        d_model, n_heads = _dial(depth)
-    else:
-        raise ValueError(
-            f"Model preset {name_or_depth!r} is neither a preset name ({', '.join(_PRESETS)}) "
-            f"nor an integer depth >= 1."
-        )
-    kwargs: dict[str, Any] = dict(
-        vocab_size=vocab_size,
-        d_model=d_model,
-        n_layers=depth,
-        n_heads=n_heads,
-        max_seq_len=max_seq_len,
-        tie_embeddings=True,
-    )
-    kwargs.update(overrides)
-    return ModelConfig(**kwargs)
-
-
-# Moonlight (arXiv 2502.16982 App. C; HF config of Moonlight-16B-A3B): MLA and a DeepSeek-V3-style
-# MoE with 64 routed + 2 shared experts, top-6, sigmoid router, gate scaling 2.446, layer 0 dense.
-_MOONLIGHT_ROUTING: dict[str, Any] = dict(
-    attention="mla", n_routed_experts=64, n_shared_experts=2, top_k=6, first_k_dense=1, routed_scaling_factor=2.446,
-)
-_MOE_PRESETS: dict[str, dict[str, Any]] = {
-    "moe-tiny": dict(n_layers=2, d_model=64, n_heads=1, **_MOONLIGHT_ROUTING),
-    "moe-demo": dict(n_layers=4, d_model=256, n_heads=4, **_MOONLIGHT_ROUTING),
-    "moonlight": dict(
-        n_layers=27, d_model=2048, n_heads=16, ffn_hidden=11264, expert_ffn_hidden=1408, kv_lora_rank=512,
-        qk_nope_head_dim=128, qk_rope_head_dim=64, v_head_dim=128, rope_theta=50000.0, tie_embeddings=False,
-        **_MOONLIGHT_ROUTING,
-    ),
-}
-"""Moonlight-shaped MoE presets.
-
-``moonlight`` is the paper's model (27 layers, d 2048, 16 MLA heads, dense FFN 11264, experts 1408,
-KV latent 512, untied head; 15.29B parameters and 2.24B active without embeddings). It is there for
-counting and planning; it does not fit a laptop.
-
-``moe-tiny`` (d 64, 2 layers) and ``moe-demo`` (d 256, 4 layers) keep Moonlight's ratios:
-
-- the routing: 64 routed + 2 shared experts, top-6 (top_k / E = 6/64 ≈ 0.094), layer 0 dense;
-- expert width = dense width / 8 (Moonlight 1408 / 11264): ``expert_ffn_hidden`` is derived as
-  ffn_hidden // (top_k + n_shared) = ffn_hidden / 8, so a token's active expert width (6 routed +
-  2 shared) equals the dense width and an MoE block costs what a dense block costs per token;
-- the gate scaling 2.446: the Monte-Carlo factor of ``muonlab.models.moe.routed_scaling_factor``
-  for 64 experts, top-6 (2.4463 ± 0.001 with 10^5 samples; 2.446 in the paper);
-- MLA: no query compression, KV latent = d_model / 4 (512/2048), nope = v = head_dim,
-  rope = head_dim / 2 (128, 128, 64 at head_dim 128);
-- active vs total non-embedding parameters: 0.21 for moe-demo (3.1M of 14.9M), 0.29 for moe-tiny
-  (Moonlight 0.147 = 2.24B / 15.29B: with 26 of 27 blocks MoE and a relatively smaller attention,
-  experts are a larger share of its model than of these 2- and 4-block ones).
-
-Not kept: the dense FFN width, which follows the project's 8/3 * d_model rule (Moonlight uses
-5.5 * d_model), so a preset's dense twin (``n_routed_experts=0``, the same attention) is the
-ordinary dense model of the same active size; head_dim is 64 as in the other small presets.
-"""
-
-
-def list_presets() -> list[str]:
-    """Dense preset names, smallest first (for CLI choices and help); see also ``list_moe_presets()``."""
-    return list(_PRESETS)
-
-
-def list_moe_presets() -> list[str]:
-    """Names of the Moonlight-shaped MoE + MLA presets, smallest first."""
-    return list(_MOE_PRESETS)
-
-
-def describe_presets(vocab_size: int = 50257, max_seq_len: int = 1024) -> str:
-    """A text table of the presets with their shapes and parameter counts at ``vocab_size``."""
-    lines = [f"{'preset':<11} {'layers':>6} {'d_model':>7} {'heads':>5} {'ffn':>5} {'params':>9} {'non-emb':>9}"]
-    for name in _PRESETS:
-        c = preset(name, vocab_size, max_seq_len)
-        lines.append(
-            f"{name:<11} {c.n_layers:>6} {c.d_model:>7} {c.n_heads:>5} {c.ffn_hidden:>5} "
-            f"{_human(c.num_params()):>9} {_human(c.num_non_embedding_params()):>9}"
-        )
-    lines.append(f"(vocab {vocab_size}, tied head; any integer depth also works: d_model = 64 * depth)")
-    lines.append("")
-    lines.append(f"{'MoE preset':<11} {'layers':>6} {'d_model':>7} {'heads':>5} {'experts':>9} {'f_e':>5} "
-                 f"{'params':>9} {'active':>9} {'non-emb':>9} {'active':>9}")
-    for name in _MOE_PRESETS:
-        c = preset(name, vocab_size, max_seq_len)
-        experts = f"{c.n_routed_experts}+{c.n_shared_experts}/k{c.top_k}"
-        lines.append(
-            f"{name:<11} {c.n_layers:>6} {c.d_model:>7} {c.n_heads:>5} {experts:>9} {c.expert_ffn_hidden:>5} "
-            f"{_human(c.num_params()):>9} {_human(c.num_active_params()):>9} "
-            f"{_human(c.num_non_embedding_params()):>9} {_human(c.num_active_params(include_embedding=False)):>9}"
-        )
-    lines.append("(MLA attention, layer 0 dense; experts = routed+shared/top-k; f_e = expert width; "
-                 "'active' = parameters a token uses)")
-    return "\n".join(lines)
-
-
-def _human(n: int) -> str:
-    if n >= 1e9:
-        return f"{n / 1e9:.2f}B"
-    if n >= 1e6:
-        return f"{n / 1e6:.1f}M"
-    return f"{n / 1e3:.0f}K"

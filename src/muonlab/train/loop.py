@@ -1,7 +1,8 @@
 """The training loop: one function that reads top to bottom.
 
-data → forward/backward (grad accumulation, autocast) → clip the *raw* gradient → optimizer step
-→ lr schedule → log → evaluate → checkpoint. A run is a folder (see DESIGN.md "Runs"):
+run-folder decision (before any work) → runtime → data → model and optimizer → resume → then each
+step: data → forward/backward (grad accumulation, autocast) → clip the *raw* gradient → optimizer
+step → lr schedule → log → evaluate → checkpoint. A run is a folder (README "Training runs"):
 ``config.json`` (the resolved config), ``metrics.jsonl`` and ``checkpoints/``.
 
 Metrics rows carry ``step``, ``tokens``, ``loss`` (mean training loss since the previous row, on
@@ -27,23 +28,33 @@ import time
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
 from ..data import Dataset, TokenLoader, prepare_dataset, val_batches
-from ..models import ModelConfig, Transformer, preset
+from ..models import ModelConfig, Transformer, model_config_for
 from ..optim import Muon, NonFiniteGradientError, param_groups
 from ..parallel import Runtime, init_runtime, parallelize, sum_step_statistics
-from ..rundir import CONFIG_FILE, MetricsLogger, holds_run, read_config, write_config
+from ..rundir import MetricsLogger, write_config
 from ..rundir.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from ..spectra import svd_entropies
 from .config import TrainConfig
+from .run_folder import check_run_folder
 from .schedules import make_lr_lambda
 
-__all__ = ["NonFiniteLossError", "RunSummary", "build_model_config", "build_optimizer", "evaluate", "train"]
+__all__ = [
+    "NonFiniteLossError",
+    "RunSummary",
+    "Training",
+    "build_model_config",
+    "build_optimizer",
+    "build_training",
+    "evaluate",
+    "train",
+]
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -58,6 +69,69 @@ class RunSummary:
     final_val_loss: float
     tokens_per_s: float
     wall_s: float
+
+
+@dataclass
+class Training:
+    """What a run trains with, built by ``build_training``."""
+
+    data: Dataset
+    loader: TokenLoader
+    model_config: ModelConfig
+    model: torch.nn.Module
+    forward: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+    """The model as the training steps call it: parallelized, and compiled with ``config.compile``."""
+    optimizer: Muon
+    total_steps: int
+    tokens_per_step: int
+    """Tokens of one optimizer step, over all processes."""
+
+
+@dataclass
+class Progress:
+    """How far a run is: optimizer steps taken, tokens trained on, and seconds spent in training steps
+    (evaluation, checkpointing and a compiled run's first step excluded). Saved with every checkpoint."""
+
+    step: int = 0
+    tokens: int = 0
+    wall_s: float = 0.0
+
+
+@dataclass
+class Interval:
+    """The training since the last logged row: summed micro-batch losses, timed steps' tokens and
+    seconds, and the first compiled step's seconds (mostly compilation: logged once as ``compile_s``)."""
+
+    loss_sum: torch.Tensor
+    loss_count: int = 0
+    tokens: int = 0
+    time_s: float = 0.0
+    compile_s: float | None = None
+
+    def add_loss(self, loss: torch.Tensor) -> None:
+        """Count one micro-batch's loss (no host sync: the sum stays on the device)."""
+        self.loss_sum += loss.detach()
+        self.loss_count += 1
+
+    def end_step(self, tokens: int, elapsed: float, compiling: bool) -> float:
+        """Count a finished step; returns the seconds it adds to ``Progress.wall_s`` (0 when ``compiling``)."""
+        if compiling:
+            self.compile_s = elapsed
+            return 0.0
+        self.tokens += tokens
+        self.time_s += elapsed
+        return elapsed
+
+    def take(self, runtime: Runtime) -> tuple[float, dict[str, float]]:
+        """The mean loss of the interval's micro-batches over all ranks, and its timing keys
+        (``tokens_per_s``, and ``compile_s`` once); the next interval starts empty."""
+        mean_loss = runtime.mean(self.loss_sum) / self.loss_count
+        timing = {"tokens_per_s": self.tokens / self.time_s} if self.time_s > 0 else {}
+        if self.compile_s is not None:
+            timing["compile_s"] = self.compile_s
+        self.loss_sum.zero_()
+        self.loss_count, self.tokens, self.time_s, self.compile_s = 0, 0, 0.0, None
+        return mean_loss, timing
 
 
 def resolve_device(name: str) -> torch.device:
@@ -75,17 +149,10 @@ def seed_everything(seed: int) -> None:
 
 
 def build_model_config(config: TrainConfig, vocab_size: int) -> ModelConfig:
-    """The model of a run: the named preset, with the config's overrides applied."""
-    overrides: dict[str, Any] = {"mlp": config.mlp, "tie_embeddings": config.tie_embeddings}
-    for name in ("d_model", "n_layers", "n_heads"):
-        if getattr(config, name):
-            overrides[name] = getattr(config, name)
-    if "d_model" in overrides and "n_heads" not in overrides:
-        overrides["n_heads"] = max(1, config.d_model // 64)  # keep the presets' head_dim of 64
-    if "d_model" in overrides or config.mlp != "swiglu":
-        overrides["ffn_hidden"] = None  # re-derive the MLP width from the final d_model and MLP type
-    model_name: str | int = int(config.model) if config.model.isdigit() else config.model
-    return preset(model_name, vocab_size=vocab_size, max_seq_len=config.seq_len, **overrides)
+    """The model of a run: its preset with its overrides (``muonlab.models.model_config_for``)."""
+    return model_config_for(config.model, vocab_size, config.seq_len, d_model=config.d_model,
+                            n_layers=config.n_layers, n_heads=config.n_heads, mlp=config.mlp,
+                            tie_embeddings=config.tie_embeddings)
 
 
 def build_optimizer(model: torch.nn.Module, config: TrainConfig) -> Muon:
@@ -155,27 +222,44 @@ def evaluate(model: torch.nn.Module, data: Dataset, config: TrainConfig, device:
     return world * (runtime.mean(total) if runtime is not None else total) / batches
 
 
-def train(config: TrainConfig, command: str | None = None) -> RunSummary:
-    """Train one model as ``config`` says, in ``config.run_dir``; resume if a checkpoint exists.
+def _run_record(config: TrainConfig, training: Training, runtime: Runtime, command: str | None) -> dict[str, Any]:
+    """What ``config.json`` holds: the config, the resolved model and its counts, the data, the machine."""
+    model_config = training.model_config
+    return {
+        **config.to_dict(),
+        "model_config": model_config.to_dict(),
+        "num_params": model_config.num_params(),
+        "num_non_embedding_params": model_config.num_non_embedding_params(),
+        "num_active_params": model_config.num_active_params(),  # = num_params unless MoE
+        "flops_per_token": model_config.flops_per_token(config.seq_len),
+        "tokens_per_step": training.tokens_per_step,
+        "total_steps": training.total_steps,
+        "dataset": training.data.describe(),
+        "device": str(runtime.device),
+        "torch": torch.__version__,
+        "world_size": runtime.world_size,
+        "command": command,
+    }
 
-    Under ``torchrun`` with ``config.parallel`` set, every process runs this function: rank r
-    takes the r-th ``batch_size`` slice of each global batch, the model is wrapped by
-    ``muonlab.parallel.parallelize``, rank 0 alone writes the config, metrics and progress
-    (losses averaged over ranks), and checkpoints are sharded (any world size can resume them).
-    """
+
+def _start_runtime(config: TrainConfig) -> Runtime:
+    """Join the process group (under torchrun), check that every rank got the same config, set threads."""
     runtime = init_runtime(config.parallel, config.device)
     runtime.require_same(config.to_dict(), "config")  # ranks launched with different settings stop here
-    device = runtime.device
     if runtime.distributed and runtime.mode == "fsdp" and config.spectra_every:
         raise ValueError("spectra_every needs whole weight matrices, which FSDP2 shards across ranks; use "
                          "parallel='ddp' or 'zero1' for SVD-entropy logging, or spectra_every=0")
     if config.threads:
         torch.set_num_threads(config.threads)
-    run_dir = Path(config.run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    seed_everything(config.seed)
+    return runtime
 
-    # ---- data (rank 0 builds the cached shards and tokenizer first; the others then read them)
+
+def build_training(config: TrainConfig, runtime: Runtime) -> Training:
+    """The data, model and optimizer of a run, the model on ``runtime.device``, parallelized and
+    (with ``config.compile``) compiled.
+
+    Rank 0 builds the cached tokenizer and token shards first; the other ranks then read them.
+    """
     if not runtime.is_main:
         runtime.barrier()
     data = prepare_dataset(config.corpus, tokenizer=config.tokenizer, vocab_size=config.vocab_size,
@@ -184,144 +268,153 @@ def train(config: TrainConfig, command: str | None = None) -> RunSummary:
         runtime.barrier()
     loader = TokenLoader(data.train_tokens, config.batch_size, config.seq_len, seed=config.seed,
                          rank=runtime.rank, world_size=runtime.world_size)
-
-    # ---- model and optimizer
     model_config = build_model_config(config, data.vocab_size)
-    model = Transformer(model_config).to(device)
+    model = Transformer(model_config).to(runtime.device)
     forward = parallelize(model, runtime.mode)
     forward = torch.compile(forward) if config.compile else forward
-    optimizer = build_optimizer(model, config)
-    total_steps = config.total_steps(runtime.world_size)
-    tokens_per_step = config.tokens_per_step(runtime.world_size)
+    return Training(data, loader, model_config, model, forward, build_optimizer(model, config),
+                    config.total_steps(runtime.world_size), config.tokens_per_step(runtime.world_size))
 
-    # ---- resume
-    start_step, tokens, wall_s = 0, 0, 0.0
+
+def _resume(checkpoint: Path, training: Training) -> Progress:
+    """Load a checkpoint into the model, optimizer, data loader and global RNGs; return its progress."""
+    state = load_checkpoint(checkpoint, training.model, training.optimizer)
+    training.loader.load_state_dict(state["loader"])
+    return Progress(state["step"], state["tokens"], state["wall_s"])
+
+
+def _train_step(step: int, config: TrainConfig, training: Training, runtime: Runtime, interval: Interval,
+                measure: bool, synchronize: bool) -> float:
+    """One optimizer step: forward/backward over ``grad_accum`` fresh micro-batches, then the
+    optimizer step (which clips the raw gradient) and the model's ``after_optimizer_step`` hook.
+
+    Returns the optimizer step's milliseconds (with ``synchronize``, CUDA work included).
+    """
+    device = runtime.device
+    for _ in range(config.grad_accum):
+        x, y = training.loader.next_batch()
+        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        with _autocast(config, device):
+            loss = training.forward(x, y)
+        (loss / config.grad_accum).backward()
+        interval.add_loss(loss)
+    if measure:
+        training.optimizer.measure_next_step()
+    if synchronize and device.type == "cuda":
+        torch.cuda.synchronize()
+    opt_started = time.perf_counter()
+    try:
+        training.optimizer.step()
+    except NonFiniteGradientError:
+        raise NonFiniteLossError(
+            f"step {step}: the loss or gradient became NaN/inf (loss {loss.item():.4g}); the weights "
+            f"were not updated, and the last good checkpoint in {Path(config.run_dir) / 'checkpoints'} is kept — "
+            "lower lr or raise warmup_steps"
+        ) from None
+    if synchronize and device.type == "cuda":
+        torch.cuda.synchronize()
+    optim_ms = (time.perf_counter() - opt_started) * 1e3
+    model = training.model
+    if hasattr(model, "after_optimizer_step"):
+        if runtime.distributed:
+            sum_step_statistics(model)  # e.g. MoE expert loads: every rank sees the global count
+        model.after_optimizer_step()
+    return optim_ms
+
+
+def _log_keys(step: int, lr: float, optim_ms: float, progress: Progress, interval: Interval, runtime: Runtime,
+              run_dir: Path) -> dict[str, Any]:
+    """The keys of a logging step's metrics row; the interval they summarise ends here."""
+    mean_loss, timing = interval.take(runtime)
+    if not math.isfinite(mean_loss):
+        raise NonFiniteLossError(
+            f"step {step}: the training loss is {mean_loss}; the last good checkpoint in "
+            f"{run_dir / 'checkpoints'} is kept — lower lr or raise warmup_steps"
+        )
+    return dict(tokens=progress.tokens, loss=mean_loss, lr=lr, wall_s=progress.wall_s, optim_step_ms=optim_ms,
+                **timing)
+
+
+def _save(run_dir: Path, training: Training, progress: Progress, runtime: Runtime, keep: int) -> None:
+    """Checkpoint the run at ``progress.step`` (sharded, every rank writing, when several processes train)."""
+    save_checkpoint(run_dir, progress.step, training.model, training.optimizer,
+                    {"tokens": progress.tokens, "wall_s": progress.wall_s, "loader": training.loader.state_dict()},
+                    keep=keep, sharded=runtime.distributed)
+
+
+def train(config: TrainConfig, command: str | None = None) -> RunSummary:
+    """Train one model as ``config`` says, in ``config.run_dir``; resume if a checkpoint exists.
+
+    A run folder that holds another run (``run_folder.check_run_folder``) stops the run before any
+    work. Under ``torchrun`` with ``config.parallel`` set, every process runs this function: rank r
+    takes the r-th ``batch_size`` slice of each global batch, the model is wrapped by
+    ``muonlab.parallel.parallelize``, rank 0 alone writes the config, metrics and progress
+    (losses averaged over ranks), and checkpoints are sharded (any world size can resume them).
+    """
+    previous = check_run_folder(config)  # before any work: a folder holding another run stops here
+    if command is None and previous is not None:
+        command = previous.get("command")
+    runtime = _start_runtime(config)
+    device, run_dir = runtime.device, Path(config.run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    seed_everything(config.seed)
+    training = build_training(config, runtime)  # data, model, optimizer
+    total_steps = training.total_steps
     checkpoint = latest_checkpoint(run_dir) if config.resume else None
-    if not config.resume and holds_run(run_dir):
-        raise ValueError(f"run folder {run_dir} already holds a run; pass resume=True to continue it, "
-                         "or choose a new run_dir (nothing was changed)")
-    if command is None and (run_dir / CONFIG_FILE).exists():
-        command = read_config(run_dir).get("command")
-    if checkpoint is not None:
-        state = load_checkpoint(checkpoint, model, optimizer)
-        start_step, tokens, wall_s = state["step"], state["tokens"], state["wall_s"]
-        loader.load_state_dict(state["loader"])
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(config, total_steps),
+    progress = _resume(checkpoint, training) if checkpoint is not None else Progress()
+    start_step = progress.step
+    scheduler = torch.optim.lr_scheduler.LambdaLR(training.optimizer, _lr_lambda(config, total_steps),
                                                   last_epoch=start_step - 1)
     if runtime.is_main:
-        write_config(run_dir, {
-            **config.to_dict(),
-            "model_config": model_config.to_dict(),
-            "num_params": model_config.num_params(),
-            "num_non_embedding_params": model_config.num_non_embedding_params(),
-            "num_active_params": model_config.num_active_params(),  # = num_params unless MoE
-            "flops_per_token": model_config.flops_per_token(config.seq_len),
-            "tokens_per_step": tokens_per_step,
-            "total_steps": total_steps,
-            "dataset": data.describe(),
-            "device": str(device),
-            "torch": torch.__version__,
-            "world_size": runtime.world_size,
-            "command": command,
-        })
+        write_config(run_dir, _run_record(config, training, runtime, command))
 
-    def checkpoint_now(step: int) -> None:  # sharded (every rank writes) when runtime.distributed
-        save_checkpoint(run_dir, step, model, optimizer,
-                        {"tokens": tokens, "wall_s": wall_s, "loader": loader.state_dict()},
-                        keep=config.keep_checkpoints)
-
-    # ---- train
     logger = (MetricsLogger(run_dir, resume_step=start_step if checkpoint else None, tensorboard=config.tensorboard)
               if runtime.is_main else None)
     bar = tqdm(total=total_steps, initial=start_step, disable=not (config.progress and runtime.is_main),
                desc=run_dir.name, unit="step", dynamic_ncols=True)
-    loss_sum, loss_count, interval_tokens, interval_time = torch.zeros((), device=device), 0, 0, 0.0
-    val_loss = math.nan
-    compile_s: float | None = None
-    model.train()
+    interval, val_loss = Interval(torch.zeros((), device=device)), math.nan
+    training.model.train()
     try:
         for step in range(start_step + 1, total_steps + 1):
             started = time.perf_counter()
-            for _ in range(config.grad_accum):
-                x, y = loader.next_batch()
-                x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-                with _autocast(config, device):
-                    loss = forward(x, y)
-                (loss / config.grad_accum).backward()
-                loss_sum += loss.detach()
-                loss_count += 1
             measure = config.telemetry_every > 0 and (step % config.telemetry_every == 0 or step == 1)
-            if measure:
-                optimizer.measure_next_step()
-            lr = optimizer.param_groups[0]["lr"]
             log_now = step % config.log_every == 0 or step == total_steps
-            if log_now and device.type == "cuda":
-                torch.cuda.synchronize()
-            opt_started = time.perf_counter()
-            try:
-                optimizer.step()
-            except NonFiniteGradientError:
-                raise NonFiniteLossError(
-                    f"step {step}: the loss or gradient became NaN/inf (loss {loss.item():.4g}); the weights "
-                    f"were not updated, and the last good checkpoint in {run_dir / 'checkpoints'} is kept — "
-                    "lower lr or raise warmup_steps"
-                ) from None
-            if log_now and device.type == "cuda":
-                torch.cuda.synchronize()
-            optim_ms = (time.perf_counter() - opt_started) * 1e3
-            if hasattr(model, "after_optimizer_step"):
-                if runtime.distributed:
-                    sum_step_statistics(model)  # e.g. MoE expert loads: every rank sees the global count
-                model.after_optimizer_step()
+            lr = training.optimizer.param_groups[0]["lr"]
+            optim_ms = _train_step(step, config, training, runtime, interval, measure, synchronize=log_now)
             scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-            tokens += tokens_per_step
-            elapsed = time.perf_counter() - started
-            if config.compile and step == start_step + 1:
-                compile_s = elapsed  # the first compiled step is mostly compilation: logged, not timed
-            else:
-                interval_tokens += tokens_per_step
-                wall_s += elapsed
-                interval_time += elapsed
+            training.optimizer.zero_grad(set_to_none=True)
+            progress.step, progress.tokens = step, progress.tokens + training.tokens_per_step
+            progress.wall_s += interval.end_step(training.tokens_per_step, time.perf_counter() - started,
+                                                 compiling=config.compile and step == start_step + 1)
             bar.update(1)
 
             row: dict[str, Any] = {}
             if log_now:
-                mean_loss = runtime.mean(loss_sum) / loss_count
-                if not math.isfinite(mean_loss):
-                    raise NonFiniteLossError(
-                        f"step {step}: the training loss is {mean_loss}; the last good checkpoint in "
-                        f"{run_dir / 'checkpoints'} is kept — lower lr or raise warmup_steps"
-                    )
-                row.update(tokens=tokens, loss=mean_loss, lr=lr, wall_s=wall_s, optim_step_ms=optim_ms)
-                if interval_time > 0:
-                    row["tokens_per_s"] = interval_tokens / interval_time
-                    bar.set_postfix(loss=f"{mean_loss:.3f}", tok_s=f"{interval_tokens / interval_time:,.0f}")
-                if compile_s is not None:
-                    row["compile_s"], compile_s = compile_s, None
-                loss_sum.zero_()
-                loss_count, interval_tokens, interval_time = 0, 0, 0.0
+                row.update(_log_keys(step, lr, optim_ms, progress, interval, runtime, run_dir))
+                if "tokens_per_s" in row:
+                    bar.set_postfix(loss=f"{row['loss']:.3f}", tok_s=f"{row['tokens_per_s']:,.0f}")
             if measure:
-                row.update(optimizer.last_telemetry)
-                if hasattr(model, "telemetry"):
-                    row.update(model.telemetry())
+                row.update(training.optimizer.last_telemetry)
+                if hasattr(training.model, "telemetry"):
+                    row.update(training.model.telemetry())
             if config.spectra_every and (step % config.spectra_every == 0 or step == total_steps) and runtime.is_main:
-                row.update(svd_entropies(model))
+                row.update(svd_entropies(training.model))
             if step % config.eval_every == 0 or step == total_steps:
-                val_loss = evaluate(model, data, config, device, runtime)  # eager: no second compiled graph
-                row.update(val_loss=val_loss, tokens=tokens, wall_s=wall_s)
+                val_loss = evaluate(training.model, training.data, config, device, runtime)  # eager: no second graph
+                row.update(val_loss=val_loss, tokens=progress.tokens, wall_s=progress.wall_s)
             if row and logger is not None:
                 logger.log(step, row)
             if step == total_steps or (config.checkpoint_every and step % config.checkpoint_every == 0):
-                checkpoint_now(step)
+                _save(run_dir, training, progress, runtime, config.keep_checkpoints)
     finally:
         bar.close()
         if logger is not None:
             logger.close()
     if start_step >= total_steps and math.isnan(val_loss):
-        val_loss = evaluate(model, data, config, device, runtime)  # eager: no second compiled graph
+        val_loss = evaluate(training.model, training.data, config, device, runtime)  # eager: no second graph
     # Release the wrappers that hold the process group (DDP's reducer, the optimizer's async
     # collectives) before leaving it, so no communication thread outlives the group.
-    del forward, optimizer
+    del training, scheduler
     runtime.shutdown()
+    tokens, wall_s = progress.tokens, progress.wall_s
     return RunSummary(run_dir, total_steps, tokens, val_loss, tokens / wall_s if wall_s else 0.0, wall_s)
