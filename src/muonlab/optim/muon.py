@@ -12,9 +12,12 @@ like AdamW's, and AdamW's lr and weight decay carry over. Parameters the paper k
 (embeddings, LM head, norms, biases) live in ``algorithm="adamw"`` groups of the same optimizer
 and follow decoupled-decay AdamW (Loshchilov & Hutter) exactly as ``torch.optim.AdamW`` does.
 
-Batching: all Muon matrices with the same (wide-oriented) shape and the same Newton–Schulz
-settings are stacked and orthogonalized in one batched call, across groups; a 3-D parameter
-``[E, A, B]`` contributes its ``E`` experts to the batch, each orthogonalized on its own.
+One step path: ``step()`` hands every step to an engine (:mod:`muonlab.optim.engines`), chosen
+once from how the parameters are parallelized; on one process it is the replicated engine with
+world size 1, where nothing is communicated. The engines chain the pure functions of
+:mod:`muonlab.optim.update_rule` and :mod:`muonlab.optim.newton_schulz`. All Muon matrices with
+the same logical shape and Newton–Schulz settings are orthogonalized in one batched call, across
+groups; a 3-D parameter ``[E, A, B]`` contributes its ``E`` experts, each orthogonalized on its own.
 
 Differences from ``torch.optim.Muon`` (intentional): the momentum buffer is the papers' sum
 ``μM + G`` where torch keeps the EMA ``μM + (1 − μ)G``; the two differ by the constant factor
@@ -82,7 +85,7 @@ class Muon(torch.optim.Optimizer):
 
     Distributed training needs no other code: the parameters say how they are parallelized
     (FSDP2 DTensors, or replicated parameters marked by ``muonlab.parallel.parallelize``) and
-    :mod:`muonlab.optim.distributed` runs the same update on N processes — Newton–Schulz once
+    its engine runs the same update on N processes — Newton–Schulz once
     per matrix, optimizer state sharded under ZeRO-1 and FSDP2. Checkpoint those with
     ``checkpoint_state``/``load_checkpoint_state`` (torch.distributed.checkpoint, any world size).
     """

@@ -7,7 +7,7 @@
     optimizer = Muon(param_groups(model), ...)       # the same Muon: it reads the mode from the parameters
 
 Modes (``PARALLEL_MODES``): ``none``, ``ddp``, ``zero1`` (Moonlight's Distributed Muon), ``fsdp``
-(FSDP2 ``fully_shard``). See :mod:`muonlab.optim.distributed` for what the optimizer does in each,
+(FSDP2 ``fully_shard``). See :mod:`muonlab.optim.engines` for what the optimizer does in each,
 and :mod:`muonlab.rundir.checkpoint.sharded` for checkpoints that load at any world size.
 """
 

@@ -1,20 +1,12 @@
-"""Distributed Muon: the same numbers as one process, with no rank repeating another's work.
+"""Distributed Muon's planning: the same numbers as one process, with no rank repeating another's work.
 
-:class:`~muonlab.optim.Muon` picks its engine from the parameters it is given, so the user's code
-is the same on one process and on N:
-
-=====================  ===========================================  =================================
-parameters             marked by                                    engine
-=====================  ===========================================  =================================
-plain, unmarked        nothing (one process)                        ``ReplicatedEngine``, world 1
-replicated, DDP        ``mark_data_parallel(params, "ddp")``        ``ReplicatedEngine``
-replicated, ZeRO-1     ``mark_data_parallel(params, "zero1")``      ``Zero1Engine``
-DTensor ``Shard(0)``   FSDP2 ``fully_shard`` (detected)             ``ShardedEngine``
-=====================  ===========================================  =================================
-
-``muonlab.parallel.parallelize(model, mode)`` applies the wrapping and the marks. At
-construction the ranks compare their optimizer settings and parameter shapes and fail together,
-naming the first difference, rather than hang in a later collective.
+The engines (:mod:`muonlab.optim.engines`) run the step; this package says where things live and
+who computes what, as pure functions of shapes and the world size plus a few collectives:
+:mod:`.layouts` (which rank holds which part of each matrix and its state), :mod:`.owners` (which
+rank orthogonalizes each matrix, and the all-to-all that moves the pieces), :mod:`.collectives`.
+Replicated parameters say how they are trained with :func:`mark_data_parallel` (``"ddp"`` or
+``"zero1"``); ``muonlab.parallel.parallelize(model, mode)`` applies the wrapping and the marks;
+FSDP2 DTensors are recognised as they are.
 
 **Relation to Moonlight's Algorithm 1** (arXiv 2502.16982 §2.3). Algorithm 1 partitions a flat
 buffer of all parameters into equal DP chunks; a matrix cut by a chunk boundary must be
