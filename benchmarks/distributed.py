@@ -158,8 +158,9 @@ def install_collective_counters(counter: Counter) -> None:
 
 def install_ns_counter(counter: Counter) -> None:
     """Count Newton–Schulz FLOPs in muonlab (both paths) and in torch.optim.Muon."""
-    import muonlab.optim.engines.base as engine_base
     import torch.optim._muon as torch_muon
+
+    import muonlab.optim.engines.base as engine_base
 
     def counted(real):
         def orthogonalize(G, coefficients="jordan", steps=5, dtype=torch.bfloat16, eps=1e-7, method="auto"):
@@ -168,7 +169,8 @@ def install_ns_counter(counter: Counter) -> None:
             cset = get_coefficient_set(coefficients)
             chosen = choose_method(method, m, n, steps, dtype, cset)
             if counter.active:
-                counter.ns_flops += math.prod(G.shape[:-2]) * ns_flops(m, n, steps, chosen if chosen != "svd" else "standard",
+                method_counted = chosen if chosen != "svd" else "standard"
+                counter.ns_flops += math.prod(G.shape[:-2]) * ns_flops(m, n, steps, method_counted,
                                                                       cset)
             return real(G, coefficients, steps, dtype, eps, method)
         return orthogonalize
@@ -226,7 +228,8 @@ def run_config(rank: int, world: int, mode: str, optimizer: str, args, counter: 
     step_ms, optim_ms = [], []
     for step in range(args.warmup + args.steps):
         g = torch.Generator().manual_seed(step)
-        x = torch.randint(0, VOCAB, (world * args.batch, SEQ + 1), generator=g)[rank * args.batch : (rank + 1) * args.batch]
+        x = torch.randint(0, VOCAB, (world * args.batch, SEQ + 1), generator=g)
+        x = x[rank * args.batch : (rank + 1) * args.batch]
         measured = step >= args.warmup
         counter.active = measured
         try:
@@ -304,17 +307,20 @@ def report(results: list[dict]) -> list[str]:
     lines = [
         f"model: {single['params']:,} parameters; largest Muon matrix {m}x{n} ({ns_largest / 1e9:.4f} NS GFLOP)",
         "",
-        "| N | mode | optimizer | state / rank (max) | sent / rank / step (max) | NS GFLOP / rank (max) | step ms | optim ms |",
+        "| N | mode | optimizer | state / rank (max) | sent / rank / step (max) | NS GFLOP / rank (max) "
+        "| step ms | optim ms |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for (world, mode, opt), rs in by.items():
         lines.append(f"| {world} | {mode} | {opt} | {max(r['state_bytes'] for r in rs) / 1e6:.3f} MB | "
                      f"{max(r['sent_bytes'] for r in rs) / 1e6:.3f} MB | {max(r['ns_flops'] for r in rs) / 1e9:.3f} | "
-                     f"{statistics.median(r['step_ms'] for r in rs):.1f} | {statistics.median(r['optim_ms'] for r in rs):.1f} |")
+                     f"{statistics.median(r['step_ms'] for r in rs):.1f} | "
+                     f"{statistics.median(r['optim_ms'] for r in rs):.1f} |")
     lines += ["", "Bytes per collective (rank 0, per step): calls, payload MB, sent MB", ""]
     for (world, mode, opt), rs in by.items():
         if world > 1:
-            parts = [f"{op} {v[0]:.0f}x {v[1] / 1e6:.3f}/{v[2] / 1e6:.3f}" for op, v in sorted(rs[0]["collectives"].items())]
+            collectives = sorted(rs[0]["collectives"].items())
+            parts = [f"{op} {v[0]:.0f}x {v[1] / 1e6:.3f}/{v[2] / 1e6:.3f}" for op, v in collectives]
             lines.append(f"- N={world} {mode} {opt}: " + "; ".join(parts))
     lines += ["", "Targets:", ""]
     psi = single["params"]
@@ -329,7 +335,8 @@ def report(results: list[dict]) -> list[str]:
                    else "PASS" if state <= bound else "FAIL")
         lines.append(f"- N={world} {mode}: state/rank {state / 1e6:.3f} MB vs ≤ {bound / 1e6:.3f} MB "
                      f"(1/N + one largest matrix): {verdict}; "
-                     f"NS FLOPs/rank {flops / 1e9:.3f} G ≤ {fbound / 1e9:.3f} G: {'PASS' if flops <= fbound else 'FAIL'}")
+                     f"NS FLOPs/rank {flops / 1e9:.3f} G ≤ {fbound / 1e9:.3f} G: "
+                     f"{'PASS' if flops <= fbound else 'FAIL'}")
         if mode == "zero1":
             sent = max(r["sent_bytes"] for r in rs)
             paper = 10 * psi * (world - 1) / world

@@ -166,7 +166,8 @@ def main() -> None:
                         help="also time the optimizer step (default: forward + backward only)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--no_bucket", action="store_true",
-                        help="do not pad expert groups to few sizes (the GPU layout; shows the CPU kernel-creation cost)")
+                        help="do not pad expert groups to few sizes "
+                             "(the GPU layout; shows the CPU kernel-creation cost)")
     args = parser.parse_args()
     ensure_fast_allocator([str(Path(__file__).resolve()), *sys.argv[1:]])
     torch.set_num_threads(args.threads)
@@ -230,7 +231,8 @@ def main() -> None:
     for name, t in per_piece.items():
         print(f"  {name:28s} {t * 1e3:7.2f} ms/layer   {n_moe * t / median['MoE']:6.1%} of the MoE step")
     routing = per_piece["router"] + per_piece["permutation"]
-    print(f"  routing + permutation: {routing * 1e3:.2f} ms/layer, {n_moe * routing / median['MoE']:.1%} of the MoE step")
+    share = n_moe * routing / median["MoE"]
+    print(f"  routing + permutation: {routing * 1e3:.2f} ms/layer, {share:.1%} of the MoE step")
 
 
 if __name__ == "__main__":

@@ -2,7 +2,8 @@
 
 The plain loop is the floor of what any loop can do: batches of the same corpus loaded into
 memory beforehand (real text: its skewed token counts cost more in the embedding backward than
-uniform random ids), forward under autocast, backward, optimizer step (which clips the raw gradient, as in muonlab's loop), zero_grad — no data
+uniform random ids), forward under autocast, backward, optimizer step (which clips the raw gradient, as in
+muonlab's loop), zero_grad — no data
 loading, logging, evaluation or schedule.
 muonlab's loop (``muonlab.train.train``) runs with evaluation only at the end (excluded from its
 timing, as its ``tokens_per_s`` metric does). Both run in this process, under the fastest
@@ -32,9 +33,9 @@ import torch
 from muonlab.allocator import ensure_fast_allocator
 from muonlab.data import TokenLoader, prepare_dataset
 from muonlab.models import Transformer
+from muonlab.rundir import read_metrics
 from muonlab.train.config import TrainConfig
 from muonlab.train.loop import build_model_config, build_optimizer, resolve_device, train
-from muonlab.rundir import read_metrics
 
 sys.path.insert(0, str(Path(__file__).parent))
 from optim_step import matmul_peak_gflops, sync  # noqa: E402

@@ -47,8 +47,10 @@ def _cmd_train(args: argparse.Namespace) -> int:
     config = TrainConfig.from_dict(values)
     summary = train(config, command=shlex.join(["muonlab", *args.argv]))
     if os.environ.get("RANK", "0") == "0":  # under torchrun, one summary line rather than one per process
-        print(f"finished {summary.steps} steps, {summary.tokens:,} tokens; final val loss {summary.final_val_loss:.4f}; "
-              f"{summary.tokens_per_s:,.0f} tokens/s; run folder {summary.run_dir}")
+        print(
+            f"finished {summary.steps} steps, {summary.tokens:,} tokens; final val loss {summary.final_val_loss:.4f}; "
+            f"{summary.tokens_per_s:,.0f} tokens/s; run folder {summary.run_dir}"
+        )
     if config.parallel != "none":
         # Everything is written and the process group is destroyed; skip interpreter teardown,
         # where torch's gloo threads occasionally abort ("terminate called without an active
@@ -62,8 +64,14 @@ def _cmd_train(args: argparse.Namespace) -> int:
 def _cmd_demo(args: argparse.Namespace) -> int:
     from .experiments.demo import DemoPlan, run_demo
 
-    plan = DemoPlan(out=args.out, seeds=tuple(range(args.seeds)), compile=not args.no_compile, progress=not args.no_progress,
-                    model=args.model, workers=args.workers)
+    plan = DemoPlan(
+        out=args.out,
+        seeds=tuple(range(args.seeds)),
+        compile=not args.no_compile,
+        progress=not args.no_progress,
+        model=args.model,
+        workers=args.workers,
+    )
     if args.tokens:
         plan.train_tokens = args.tokens
     run_demo(plan)
@@ -96,17 +104,30 @@ def _cmd_presets(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="muonlab", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="muonlab", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
     demo = sub.add_parser("demo", help="AdamW vs Muon (same lr and weight decay) on the built-in corpus")
     demo.add_argument("--out", default="runs/demo", help="folder for the runs and report.md (default: runs/demo)")
     demo.add_argument("--seeds", type=int, default=2, help="seeds per optimizer (default: 2)")
-    demo.add_argument("--workers", type=int, default=2,
-                      help="runs trained side by side, each on cores/workers threads (default: 2; 1 = one after another in this process)")
+    demo.add_argument(
+        "--workers",
+        type=int,
+        default=2,
+        help="runs trained side by side, each on cores/workers threads "
+        "(default: 2; 1 = one after another in this process)",
+    )
     demo.add_argument("--tokens", type=int, default=0, help="training tokens per run (default: the plan's)")
-    demo.add_argument("--model", default="demo", help="model preset, e.g. moe-demo for Moonlight's MoE + MLA shape (default: demo)")
-    demo.add_argument("--no-compile", action="store_true", help="do not torch.compile the model (compiling costs ~20 s once, then trains ~1.5× faster on CPU)")
+    demo.add_argument(
+        "--model", default="demo", help="model preset, e.g. moe-demo for Moonlight's MoE + MLA shape (default: demo)"
+    )
+    demo.add_argument(
+        "--no-compile",
+        action="store_true",
+        help="do not torch.compile the model (compiling costs ~20 s once, then trains ~1.5× faster on CPU)",
+    )
     demo.add_argument("--no-progress", action="store_true", help="no progress bars")
     demo.set_defaults(func=_cmd_demo)
 

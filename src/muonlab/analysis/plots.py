@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import itertools
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
@@ -187,7 +187,8 @@ def plot_svd_entropy_groups(runs: Sequence[Run], path: str | os.PathLike) -> Pat
         ax = fig.add_subplot(rows, cols, i + 1)
         for run, steps, means in curves[group]:
             color, ls = styles[run.name]
-            ax.plot(steps, means, color=color, linestyle=ls, marker="o", markersize=3, label=f"{run.name} ({run.optimizer})")
+            ax.plot(steps, means, color=color, linestyle=ls, marker="o", markersize=3,
+                    label=f"{run.name} ({run.optimizer})")
         ax.set_title(group)
         ax.set_xlabel("optimizer step")
         ax.set_ylabel("SVD entropy")

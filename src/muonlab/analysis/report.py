@@ -12,9 +12,10 @@ from __future__ import annotations
 import os
 import shlex
 import statistics
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 from muonlab.analysis import plots
 from muonlab.analysis.runs import Run, group_by_config, load_runs

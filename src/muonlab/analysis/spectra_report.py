@@ -11,9 +11,10 @@ Matrices are paired by name, so the two runs must be the same architecture.
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from muonlab.analysis import plots
 from muonlab.analysis.runs import Run, load_run
@@ -39,7 +40,9 @@ def checkpoint_entropies(run: Run, checkpoint: Path) -> tuple[int, dict[str, flo
     from muonlab.spectra import svd_entropies
 
     if "model_config" not in run.config:
-        raise ValueError(f"{run.path}/config.json has no model_config, so its checkpoint cannot be rebuilt into a model")
+        raise ValueError(
+            f"{run.path}/config.json has no model_config, so its checkpoint cannot be rebuilt into a model"
+        )
     with torch.device("meta"):
         model = Transformer(ModelConfig.from_dict(run.config["model_config"]))
     model.to_empty(device="cpu")
@@ -154,18 +157,21 @@ def _markdown(comparison: SpectraComparison, runs: list[Run], figure: Path | Non
     for group, mean_a, mean_b, count, higher in comparison.group_table():
         name = f"**{group}**" if group == "all" else group
         lines.append(f"| {name} | {mean_a:.4f} | {mean_b:.4f} | {mean_a - mean_b:+.4f} | {count} | {higher:.1%} |")
-    lines += ["", "(The \"all\" row is the plain mean over every grouped matrix; the fraction is the paper's \">90%\" statistic.)"]
+    lines += ["", "(The \"all\" row is the plain mean over every grouped matrix; the fraction is the paper's "
+              "\">90%\" statistic.)"]
     history = _history(runs)
     if len(history) > 1:
         groups = [g for g in MATRIX_GROUPS if any(g in diffs for _, diffs, _ in history)]
-        lines += ["", "## Over training", "", f"Difference {who} − other per group, and the fraction of matrices where {who} is higher.", "",
+        lines += ["", "## Over training", "",
+                  f"Difference {who} − other per group, and the fraction of matrices where {who} is higher.", "",
                   "| step | " + " | ".join(groups) + f" | {who} higher |", "|---" * (len(groups) + 2) + "|"]
         for step_, diffs, higher in history:
             cells = " | ".join(f"{diffs[g]:+.4f}" if g in diffs else "" for g in groups)
             lines.append(f"| {step_} | {cells} | {higher:.1%} |")
     if figure is not None:
         lines += ["", "## Plot", "", f"![SVD entropy by matrix type]({figure.name})"]
-    lines += ["", "## Runs", ""] + [f"- `{run.path}`: {run.config.get('command', '(no command recorded)')}" for run in runs]
+    lines += ["", "## Runs", ""]
+    lines += [f"- `{run.path}`: {run.config.get('command', '(no command recorded)')}" for run in runs]
     return "\n".join(lines) + "\n"
 
 
@@ -187,7 +193,8 @@ def _history(runs: list[Run]) -> list[tuple[int, dict[str, float], float]]:
 
 
 def write_spectra_report(run_dirs: Sequence[str | os.PathLike], out_dir: str | os.PathLike) -> Path:
-    """Compare two runs' SVD entropies; write ``spectra.md`` and ``spectra.png`` into ``out_dir``; return the report path."""
+    """Compare two runs' SVD entropies; write ``spectra.md`` and ``spectra.png`` into ``out_dir``; return the
+    report path."""
     comparison, runs = compare_spectra(run_dirs)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

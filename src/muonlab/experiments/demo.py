@@ -55,11 +55,24 @@ def demo_configs(plan: DemoPlan) -> list[TrainConfig]:
     """One ``TrainConfig`` per (optimizer, seed); the optimizer is the only difference in a pair."""
     steps = plan.train_tokens // (plan.seq_len * plan.batch_size)
     base = TrainConfig(
-        corpus=plan.corpus, tokenizer=plan.tokenizer, vocab_size=plan.vocab_size, model=plan.model, d_model=plan.d_model,
-        seq_len=plan.seq_len, batch_size=plan.batch_size, train_tokens=plan.train_tokens,
-        lr=plan.lr, weight_decay=plan.weight_decay, schedule="cosine", warmup_steps=max(1, steps // 20),
-        eval_every=max(1, steps // 12), eval_batches=8, log_every=10, telemetry_every=25,
-        compile=plan.compile, progress=plan.progress,
+        corpus=plan.corpus,
+        tokenizer=plan.tokenizer,
+        vocab_size=plan.vocab_size,
+        model=plan.model,
+        d_model=plan.d_model,
+        seq_len=plan.seq_len,
+        batch_size=plan.batch_size,
+        train_tokens=plan.train_tokens,
+        lr=plan.lr,
+        weight_decay=plan.weight_decay,
+        schedule="cosine",
+        warmup_steps=max(1, steps // 20),
+        eval_every=max(1, steps // 12),
+        eval_batches=8,
+        log_every=10,
+        telemetry_every=25,
+        compile=plan.compile,
+        progress=plan.progress,
     )
     return [
         base.replace(optimizer=optimizer, seed=seed, run_dir=str(Path(plan.out) / f"{optimizer}-s{seed}"))
@@ -100,7 +113,8 @@ def _intro(config: TrainConfig) -> str:
         f"parameters ({record['num_non_embedding_params']:,} outside the embedding and head).\n"
         f"- Data: {record['dataset']}; {record['total_steps']} steps of {record['tokens_per_step']:,} tokens "
         f"= {record['total_steps'] * record['tokens_per_step']:,} training tokens per run.\n"
-        f"- Muon on the {_muon_matrix_count(model)} hidden matrices; AdamW (β = ({config.beta1:g}, {config.beta2:g})) on embedding, head and norms in "
+        f"- Muon on the {_muon_matrix_count(model)} hidden matrices; "
+        f"AdamW (β = ({config.beta1:g}, {config.beta2:g})) on embedding, head and norms in "
         f"both runs. Validation loss is measured on {config.eval_batches} fixed held-out batches.\n"
         f"- Device: {record['device']}, torch {record['torch']}, {config.dtype} autocast."
     )

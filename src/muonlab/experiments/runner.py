@@ -55,7 +55,9 @@ def run_configs(configs: list[TrainConfig], workers: int = 1) -> None:
             with open(log, "ab") as out:
                 proc = subprocess.Popen([sys.executable, "-m", "muonlab.cli", "train", *argv],
                                         stdout=out, stderr=subprocess.STDOUT)
-            print(f"[{i}/{len(configs)}] started {run_dir} ({threads} thread{'s' * (threads > 1)}, log {log})", flush=True)
+            print(
+                f"[{i}/{len(configs)}] started {run_dir} ({threads} thread{'s' * (threads > 1)}, log {log})", flush=True
+            )
             running.append((i, config, proc, log))
         time.sleep(0.5)
         for entry in list(running):

@@ -46,7 +46,8 @@ class ModelConfig:
 
     ``n_kv_heads``, ``ffn_hidden`` and the MLA / MoE widths given as None are resolved to numbers
     in ``__post_init__`` (MLA widths only with ``attention="mla"``, ``expert_ffn_hidden`` only with
-    ``n_routed_experts > 0``), so ``to_dict()`` writes the fully resolved config. Because of that, ``dataclasses.replace(cfg,
+    ``n_routed_experts > 0``), so ``to_dict()`` writes the fully resolved config. Because of that,
+    ``dataclasses.replace(cfg,
     d_model=...)`` keeps the old resolved ``ffn_hidden``; pass ``ffn_hidden=None`` (and
     ``n_kv_heads=None``) alongside to re-derive them.
     """
@@ -87,14 +88,16 @@ class ModelConfig:
     qk_nope_head_dim: int | None = None
     """MLA: per-head query/key channels without RoPE (content part). None: head_dim (Moonlight: 128)."""
     qk_rope_head_dim: int | None = None
-    """MLA: per-head query channels with RoPE; the key's rope part is one shared head. None: head_dim // 2 (Moonlight: 64)."""
+    """MLA: per-head query channels with RoPE; the key's rope part is one shared head. None: head_dim // 2
+    (Moonlight: 64)."""
     v_head_dim: int | None = None
     """MLA: per-head value channels. None: head_dim (Moonlight: 128)."""
     # ---- mixture of experts (Moonlight App. C: DeepSeek-V3-small-like) -----------------------------
     n_routed_experts: int = 0
     """Routed experts per MoE layer (Moonlight: 64); 0 = a dense model."""
     n_shared_experts: int = 0
-    """Shared experts every token passes through, stored as one SwiGLU of n_shared * expert_ffn_hidden (Moonlight: 2)."""
+    """Shared experts every token passes through, stored as one SwiGLU of n_shared * expert_ffn_hidden
+    (Moonlight: 2)."""
     top_k: int = 0
     """Routed experts chosen per token (Moonlight: 6); required (>= 1) when n_routed_experts > 0."""
     expert_ffn_hidden: int | None = None
@@ -149,11 +152,13 @@ class ModelConfig:
     def _resolve_attention(self) -> None:
         if self.attention not in ATTENTION_KINDS:
             raise ValueError(
-                f"ModelConfig.attention is {self.attention!r}; valid values are {', '.join(map(repr, ATTENTION_KINDS))}."
+                f"ModelConfig.attention is {self.attention!r}; valid values are "
+                f"{', '.join(map(repr, ATTENTION_KINDS))}."
             )
         _check_non_negative_int("q_lora_rank", self.q_lora_rank)
         if self.attention == "mha":
-            given = [n for n in _MLA_FIELDS if getattr(self, n) is not None] + (["q_lora_rank"] if self.q_lora_rank else [])
+            given = [n for n in _MLA_FIELDS if getattr(self, n) is not None]
+            given += ["q_lora_rank"] if self.q_lora_rank else []
             if given:
                 raise ValueError(
                     f"ModelConfig.{given[0]} is {getattr(self, given[0])!r}, but it applies only to attention='mla' "
@@ -169,13 +174,15 @@ class ModelConfig:
             _check_positive_int(name, getattr(self, name))
         if self.qk_rope_head_dim % 2:
             raise ValueError(
-                f"ModelConfig.qk_rope_head_dim is {self.qk_rope_head_dim}; RoPE rotates pairs of channels, so it must be even."
+                f"ModelConfig.qk_rope_head_dim is {self.qk_rope_head_dim}; RoPE rotates pairs of channels, "
+                "so it must be even."
             )
 
     def _resolve_moe(self) -> None:
         for name in ("n_routed_experts", "n_shared_experts", "top_k", "first_k_dense"):
             _check_non_negative_int(name, getattr(self, name))
-        for name, low in (("routed_scaling_factor", "> 0"), ("moe_bias_update_rate", ">= 0"), ("moe_aux_loss_coef", ">= 0")):
+        bounds = (("routed_scaling_factor", "> 0"), ("moe_bias_update_rate", ">= 0"), ("moe_aux_loss_coef", ">= 0"))
+        for name, low in bounds:
             value = getattr(self, name)
             ok = not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value)
             if not ok or value < 0 or (low == "> 0" and value == 0):
@@ -192,7 +199,9 @@ class ModelConfig:
                 )
             return
         if self.mlp != "swiglu":
-            raise ValueError(f"ModelConfig.mlp is {self.mlp!r}, but experts are SwiGLU; use mlp='swiglu' with n_routed_experts > 0.")
+            raise ValueError(
+                f"ModelConfig.mlp is {self.mlp!r}, but experts are SwiGLU; use mlp='swiglu' with n_routed_experts > 0."
+            )
         if not 1 <= self.top_k <= E:
             raise ValueError(f"ModelConfig.top_k is {self.top_k}; with n_routed_experts={E} it must lie in 1 .. {E}.")
         if self.first_k_dense >= self.n_layers:

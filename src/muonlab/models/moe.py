@@ -37,8 +37,8 @@ from __future__ import annotations
 
 import functools
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -81,7 +81,10 @@ def routed_scaling_factor(n_experts: int, top_k: int, samples: int = 100_000, se
     (Moonlight's value); k = 1 gives exactly 1.
     """
     if not (isinstance(n_experts, int) and isinstance(top_k, int) and 1 <= top_k <= n_experts):
-        raise ValueError(f"routed_scaling_factor needs integers 1 <= top_k <= n_experts, got n_experts={n_experts!r}, top_k={top_k!r}")
+        raise ValueError(
+            "routed_scaling_factor needs integers 1 <= top_k <= n_experts, "
+            f"got n_experts={n_experts!r}, top_k={top_k!r}"
+        )
     g = torch.Generator().manual_seed(seed)
     p = torch.sigmoid(torch.randn(samples, n_experts, generator=g, dtype=torch.float64)).topk(top_k, dim=-1).values
     p = p / p.sum(-1, keepdim=True)
@@ -152,7 +155,7 @@ def _grouped_mm() -> Callable[..., Tensor] | None:
 
 
 @torch.compiler.disable
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def grouped_mm_supported(device_type: str, dtype: torch.dtype, d_model: int, hidden: int) -> bool:
     """Whether the installed torch runs a grouped GEMM (forward and backward) on this device type and
     dtype for experts of shape [hidden, d_model]. Probed once with a tiny eager call, then cached.
@@ -206,7 +209,8 @@ def expert_layout(experts: Tensor, n_experts: int, bucket: bool) -> tuple[Tensor
     return slot_of_row.index_copy_(0, rows, order), sizes
 
 
-def _experts_grouped_mm(xs: Tensor, sizes: Tensor, gate: Tensor, w_gate: Tensor, w_up: Tensor, w_down: Tensor) -> Tensor:
+def _experts_grouped_mm(xs: Tensor, sizes: Tensor, gate: Tensor, w_gate: Tensor, w_up: Tensor,
+                        w_down: Tensor) -> Tensor:
     """Rows xs [R, d] grouped by expert (sizes[e] rows for expert e, in order) -> gated outputs [R, d]."""
     mm = _grouped_mm()
     offs = sizes.cumsum(0).to(torch.int32)
@@ -214,7 +218,8 @@ def _experts_grouped_mm(xs: Tensor, sizes: Tensor, gate: Tensor, w_gate: Tensor,
     return mm(h * gate[:, None], w_down.mT, offs=offs)
 
 
-def _experts_padded_bmm(xs: Tensor, sizes: Tensor, gate: Tensor, w_gate: Tensor, w_up: Tensor, w_down: Tensor) -> Tensor:
+def _experts_padded_bmm(xs: Tensor, sizes: Tensor, gate: Tensor, w_gate: Tensor, w_up: Tensor,
+                        w_down: Tensor) -> Tensor:
     """As ``_experts_grouped_mm``, via one bmm over [E, capacity, d] with capacity = max(sizes)."""
     E, d = sizes.numel(), xs.shape[1]
     capacity = int(sizes.max())

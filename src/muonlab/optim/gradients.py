@@ -62,7 +62,9 @@ def check_and_clip_whole(params: Sequence[torch.Tensor], descriptions: Sequence[
     """
     for p, description in zip(params, descriptions):
         if p.grad.is_sparse:
-            raise RuntimeError(f"parameter {description} has a sparse gradient; Muon and AdamW here need dense gradients")
+            raise RuntimeError(
+                f"parameter {description} has a sparse gradient; Muon and AdamW here need dense gradients"
+            )
         if p.grad.is_complex():
             raise RuntimeError(f"parameter {description} has a complex gradient; only real gradients are supported")
     if not params:

@@ -183,9 +183,11 @@ class Muon(torch.optim.Optimizer):
             return
         group["ns_dtype"] = _as_dtype(group["ns_dtype"])
         if group["scale"] not in SCALE_RULES:
-            raise ValueError(f"parameter group {index}: unknown scale rule {group['scale']!r}; valid: {sorted(SCALE_RULES)}")
+            raise ValueError(f"parameter group {index}: unknown scale rule {group['scale']!r}; "
+                             f"valid: {sorted(SCALE_RULES)}")
         if group["ns_method"] not in NS_METHODS:
-            raise ValueError(f"parameter group {index}: unknown ns_method {group['ns_method']!r}; valid: {list(NS_METHODS)}")
+            raise ValueError(f"parameter group {index}: unknown ns_method {group['ns_method']!r}; "
+                             f"valid: {list(NS_METHODS)}")
         cset = get_coefficient_set(group["ns_coefficients"])
         if group["ns_method"] != "svd" and group["ns_dtype"] not in cset.safe_dtypes:
             raise ValueError(
@@ -319,10 +321,12 @@ class Muon(torch.optim.Optimizer):
         """Restore :meth:`checkpoint_metadata`; raises ``ValueError`` if the groups do not match."""
         saved = metadata["param_groups"]
         if len(saved) != len(self.param_groups):
-            raise ValueError(f"the checkpoint has {len(saved)} parameter groups, this optimizer {len(self.param_groups)}")
+            raise ValueError(f"the checkpoint has {len(saved)} parameter groups, "
+                             f"this optimizer {len(self.param_groups)}")
         for index, (entry, group) in enumerate(zip(saved, self.param_groups)):
             if entry["size"] != len(group["params"]) or entry.get("names") != group.get("names"):
-                raise ValueError(f"parameter group {index} holds {entry.get('names') or entry['size']} in the checkpoint "
+                raise ValueError(f"parameter group {index} holds {entry.get('names') or entry['size']} "
+                                 "in the checkpoint "
                                  f"but {group.get('names') or len(group['params'])} here")
         for entry, group in zip(saved, self.param_groups):
             for key, value in entry.items():

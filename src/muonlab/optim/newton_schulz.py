@@ -157,7 +157,8 @@ def ns_flops(m: int, n: int, steps: int, method: str, coefficients: str | Coeffi
     """Matmul FLOPs of one orthogonalization of a wide ``m × n`` matrix (``m ≤ n``).
 
     standard: ``steps · (2·m·m·n [XXᵀ] + 2m³ [A²] + 2·m·m·n [BX])``.
-    gram (segments from ``coefficients``): ``2m²n`` per (re)start to form ``A``, ``2m²n`` per restart and at the end to apply
+    gram (segments from ``coefficients``): ``2m²n`` per (re)start to form ``A``, ``2m²n`` per restart and at the
+    end to apply
     ``Q``, and per step ``2m³`` for ``A²`` plus ``2m³`` for ``Q ← PQ`` (not on a segment's first
     step, where ``Q = P``) plus ``4m³`` for ``A ← P(PA)`` (not on a segment's last step).
     """

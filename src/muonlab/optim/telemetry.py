@@ -29,7 +29,9 @@ class UpdateTelemetry:
         self.residuals: list[float] = []
         self.spectral: list[float] = []
 
-    def add(self, algorithm: str, param_id: Hashable, name: str | None, update: torch.Tensor, scale: float = 1.0) -> None:
+    def add(
+        self, algorithm: str, param_id: Hashable, name: str | None, update: torch.Tensor, scale: float = 1.0
+    ) -> None:
         """Record ``scale · update`` (a whole parameter's update or one piece of it)."""
         entry = self.sums.setdefault((algorithm, param_id), [name, 0.0, 0])
         entry[1] += scale * scale * float(update.double().pow(2).sum())

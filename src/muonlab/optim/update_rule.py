@@ -18,8 +18,6 @@ AdamW (Loshchilov & Hutter, in ``torch.optim.AdamW``'s foreach arithmetic order)
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import torch
 
 __all__ = ["adamw_", "decoupled_update_", "exchange_dtypes", "momentum_", "newton_schulz_input_"]

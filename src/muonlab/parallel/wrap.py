@@ -49,7 +49,9 @@ def unwrap(model: nn.Module) -> nn.Module:
 
 
 def _describe(model: nn.Module) -> list[tuple[str, tuple]]:
-    return [(f"parameter {name!r} (shape, dtype)", (tuple(p.shape), str(p.dtype))) for name, p in model.named_parameters()]
+    return [
+        (f"parameter {name!r} (shape, dtype)", (tuple(p.shape), str(p.dtype))) for name, p in model.named_parameters()
+    ]
 
 
 @torch.no_grad()
@@ -81,7 +83,9 @@ def parallelize(model: nn.Module, mode: str) -> nn.Module:
         no_sync = ({"forward_sync_buffers": False}
                    if "forward_sync_buffers" in inspect.signature(nn.parallel.DistributedDataParallel).parameters
                    else {"broadcast_buffers": False})
-        return nn.parallel.DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None, **no_sync)
+        return nn.parallel.DistributedDataParallel(
+            model, device_ids=[device] if device.type == "cuda" else None, **no_sync
+        )
     _broadcast_from_rank0(model)
     if mode == "zero1":
         mark_data_parallel(model.parameters(), "zero1")

@@ -56,7 +56,9 @@ class TrainConfig:
     grad_accum: int = _f(1, "micro-batches per optimizer step")
     train_tokens: int = _f(1_500_000, "training budget in tokens (sets the number of steps)")
     # optimizer
-    optimizer: str = _f("muon", "'muon' (Muon on hidden matrices + AdamW elsewhere) or 'adamw' (AdamW everywhere)", OPTIMIZERS)
+    optimizer: str = _f(
+        "muon", "'muon' (Muon on hidden matrices + AdamW elsewhere) or 'adamw' (AdamW everywhere)", OPTIMIZERS
+    )
     lr: float = _f(3e-3, "peak learning rate, shared by Muon and AdamW groups (Moonlight reuses AdamW's)")
     weight_decay: float = _f(0.1, "decoupled weight decay λ (W ← W − lr·λ·W), every parameter")
     decay_norms: bool = _f(True, "apply weight decay to norm gains too (Moonlight App. D: crucial for stability)")

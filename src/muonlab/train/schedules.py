@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import inspect
 import math
-from typing import Callable
+from collections.abc import Callable
 
 
 def _check(warmup_steps: int, total_steps: int | None = None, final_ratio: float | None = None) -> None:

@@ -44,7 +44,6 @@ from typing import Any
 
 import torch
 
-
 __all__ = ["DATA_PARALLEL_MODES", "PARALLEL_ATTR", "DataParallel", "mark_data_parallel"]
 
 DATA_PARALLEL_MODES = ("ddp", "zero1")

@@ -27,7 +27,7 @@ matrix.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Hashable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -144,7 +144,8 @@ class OwnerCompute:
             fwd_send=[[i for i in idx if units[i].owner == d != me and _length(units[i].inputs[me])] for d in range(W)],
             fwd_recv=[[i for i in owned if s != me and _length(units[i].inputs[s])] for s in range(W)],
             bwd_send=[[i for i in owned if d != me and _length(units[i].outputs[d])] for d in range(W)],
-            bwd_recv=[[i for i in idx if units[i].owner == s != me and _length(units[i].outputs[me])] for s in range(W)],
+            bwd_recv=[[i for i in idx if units[i].owner == s != me and _length(units[i].outputs[me])]
+                      for s in range(W)],
             moves_forward=any(_length(units[i].inputs[r]) for i in idx for r in range(W) if r != units[i].owner),
             moves_backward=any(_length(units[i].outputs[r]) for i in idx for r in range(W) if r != units[i].owner),
         )
@@ -187,7 +188,7 @@ class OwnerCompute:
                         results[i] = full[i][lo:hi]
             if b.moves_backward:
                 flight = self._send(b.bwd_send, b.bwd_recv, lambda i, d: _length(units[i].outputs[d]),
-                                    lambda i, d, out: out.copy_(full[i][slice(*units[i].outputs[d])]),
+                                    lambda i, d, out, full=full: out.copy_(full[i][slice(*units[i].outputs[d])]),
                                     lambda i, s: _length(units[i].outputs[me]), self.dtypes(b.key)[1], device)
                 backward.append((b, flight))
         for b, flight in backward:

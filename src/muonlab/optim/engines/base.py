@@ -161,7 +161,8 @@ class Engine:
         """``W ← W(1 − lr·λ) − lr·s·Õ`` for each ``(parameter k, W or a piece of it, Õ of that piece)``."""
         for k, target, update in targets:
             group, m = self.group(k), mats[k]
-            decoupled_update_(target, update, group["lr"], group["weight_decay"], SCALE_RULES[group["scale"]](m.rows, m.cols))
+            scale = SCALE_RULES[group["scale"]](m.rows, m.cols)
+            decoupled_update_(target, update, group["lr"], group["weight_decay"], scale)
 
     # ---- AdamW on whatever this engine holds of each parameter
 

@@ -59,8 +59,13 @@ class ReplicatedEngine(Engine):
             w, unit = where[u], units[u]
             m, group = mats[w.param], self.group(w.param)
             rows = slice(w.first, w.first + unit.batch)
-            newton_schulz_input_(out.view(unit.batch, m.rows, m.cols), grads[w.param].reshape(m.batch, m.rows, m.cols)[rows],
-                                 bufs[w.param].view(m.batch, m.rows, m.cols)[rows], group["momentum"], group["nesterov"])
+            newton_schulz_input_(
+                out.view(unit.batch, m.rows, m.cols),
+                grads[w.param].reshape(m.batch, m.rows, m.cols)[rows],
+                bufs[w.param].view(m.batch, m.rows, m.cols)[rows],
+                group["momentum"],
+                group["nesterov"],
+            )
 
         device = next(iter(bufs.values())).device
         results = executor.run(write_input, self.orthogonalizer(units, where, telemetry), device)

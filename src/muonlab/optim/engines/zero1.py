@@ -71,9 +71,15 @@ class Zero1Engine(Engine):
         grad_of = {j: chunk_grad[piece.start : piece.start + piece.numel] for j, piece in enumerate(self.pieces)}
         # A parameter is updated if any rank had its gradient; parameters without one contribute zeros.
         counts = torch.tensor([s.param.grad is not None for s in self.slots], dtype=torch.float64, device=self.device)
-        if not check_and_clip_pieces([(piece.segment.param, grad_of[j]) for j, piece in enumerate(self.pieces)],
-                                     self.describe, self.policy, self.opt.max_grad_norm, self.device, self.process_group,
-                                     counts):
+        if not check_and_clip_pieces(
+            [(piece.segment.param, grad_of[j]) for j, piece in enumerate(self.pieces)],
+            self.describe,
+            self.policy,
+            self.opt.max_grad_norm,
+            self.device,
+            self.process_group,
+            counts,
+        ):
             return
         present = set(torch.nonzero(counts).flatten().tolist())
         chunk = torch.cat([self.slots[piece.segment.param].param.detach().reshape(-1)[piece.lo : piece.hi]
