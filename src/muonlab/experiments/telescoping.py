@@ -1,0 +1,89 @@
+"""The telescoping hyperparameter search (Essential AI, arXiv 2505.02222 §3.3, Algorithm 1), as pure planning.
+
+Search ``k`` hyperparameters on log-spaced grids while the width doubles::
+
+    level 0, width N₀:   m points per hyperparameter (m^k runs), spacing s₀, centred on a guess
+    level i, width 2ⁱN₀:  m·4^(−i/k) (rounded) points per hyperparameter, spacing s₀/2ⁱ, centred on the best
+                         point of level i − 1 (the optimum drifts as O(1/n), so halving the spacing
+                         tracks it), until the calibration width N_c
+    final:               one run at the target width N at the last level's best point
+
+A run at twice the width costs about four times as much, and each level has about four times fewer
+runs, so every level costs about the same and the whole search ``O(C log N)`` for a final run of
+cost ``C`` (paper §3.3). With k = 2 and m = 8 the grids are 8×8, 4×4, 2×2, then 1.
+
+The study plans one level at a time (:func:`plan_level`) from the losses of the level before it
+(:func:`best_point`), and :func:`ledger` accounts the cost.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+
+__all__ = ["Level", "best_point", "ledger", "plan_level", "points_per_axis", "telescope"]
+
+
+def points_per_axis(level: int, first: int, k: int) -> int:
+    """Grid points per hyperparameter at ``level``: ``first · 4^(−level/k)`` rounded to the nearest
+    integer (so each level has about four times fewer runs), at least 1."""
+    return max(1, round(first * 4.0 ** (-level / k)))
+
+
+@dataclass(frozen=True)
+class Level:
+    """One level of the telescope: a width and a log-spaced grid of hyperparameter points."""
+
+    index: int
+    width: int
+    points: tuple[dict[str, float], ...]  # every grid point, as {name: value}
+    spacing: dict[str, float]  # multiplicative step between neighbouring values of each hyperparameter
+    center: dict[str, float]
+
+
+def plan_level(index: int, width: int, center: Mapping[str, float], first_spacing: Mapping[str, float],
+               first_points: int) -> Level:
+    """The grid of level ``index``: per hyperparameter ``points_per_axis`` values, log-spaced by
+    ``first_spacing^(1/2^index)`` (the mesh halves in log space at each level), centred on ``center``."""
+    names = list(center)
+    n = points_per_axis(index, first_points, len(names))
+    spacing = {name: first_spacing[name] ** (0.5**index) for name in names}
+    axes = [[center[name] * spacing[name] ** (j - (n - 1) / 2) for j in range(n)] for name in names]
+    points = tuple(dict(zip(names, values)) for values in itertools.product(*axes))
+    return Level(index, width, points, spacing, dict(center))
+
+
+def best_point(points: Sequence[Mapping[str, float]], losses: Sequence[float]) -> dict[str, float]:
+    """The point with the lowest loss (ties: the first); non-finite losses (diverged runs) never win."""
+    finite = [(loss, i) for i, loss in enumerate(losses) if math.isfinite(loss)]
+    if not finite:
+        raise ValueError("every run of the level diverged (no finite loss); widen or move the first grid")
+    return dict(points[min(finite)[1]])
+
+
+def telescope(widths: Sequence[int], center: Mapping[str, float], first_spacing: Mapping[str, float],
+              first_points: int,
+              evaluate: Callable[[int, Mapping[str, float]], float]) -> list[tuple[Level, list[float]]]:
+    """Run the whole search with ``evaluate(width, point) -> loss``: each level of ``widths`` (doubling
+    from N₀ to N_c) centred on the previous level's best. Returns every level with its losses."""
+    history = []
+    for index, width in enumerate(widths):
+        level = plan_level(index, width, center, first_spacing, first_points)
+        losses = [evaluate(width, point) for point in level.points]
+        history.append((level, losses))
+        center = best_point(level.points, losses)
+    return history
+
+
+def ledger(levels: Sequence[Level], run_cost: Callable[[int], float], final_width: int | None = None) -> dict:
+    """Cost accounting: runs and cost per level, the final run, and what a full grid at the top width
+    (the first level's grid size, at the largest calibration width) would have cost instead."""
+    rows = [{"level": lv.index, "width": lv.width, "runs": len(lv.points), "cost": len(lv.points) * run_cost(lv.width)}
+            for lv in levels]
+    search = sum(r["cost"] for r in rows)
+    final = run_cost(final_width) if final_width is not None else 0.0
+    full_grid = len(levels[0].points) * run_cost(levels[-1].width)
+    return {"levels": rows, "search_cost": search, "final_cost": final, "total_cost": search + final,
+            "full_grid_cost_at_top_width": full_grid, "saved_fraction": 1.0 - search / full_grid}

@@ -1,0 +1,81 @@
+"""The telescoping planner (Essential AI Algorithm 1) on a synthetic loss surface whose optimum drifts with width."""
+
+import math
+
+import pytest
+
+from muonlab.experiments.telescoping import best_point, ledger, plan_level, points_per_axis, telescope
+
+CENTER = {"lr": 3e-3, "weight_decay": 0.1}
+SPACING = {"lr": 2.0, "weight_decay": 2.0}
+
+
+def optimum(width):
+    """Drifts as O(1/width), by under half a level-1 cell per doubling: lr from 1.46e-3 (width 32) up
+    towards 2e-3, weight decay from 0.097 down towards 0.08."""
+    return {"lr": 2e-3 * math.exp(-10 / width), "weight_decay": 0.08 * math.exp(6 / width)}
+
+
+def loss(width, point):
+    best = optimum(width)
+    return 3.0 + sum(math.log(point[k] / best[k]) ** 2 for k in best) + 1.0 / width
+
+
+def test_points_per_axis_follow_the_geometric_schedule():
+    assert [points_per_axis(i, 8, 2) for i in range(4)] == [8, 4, 2, 1]
+    assert [points_per_axis(i, 8, 1) for i in range(3)] == [8, 2, 1]
+    assert [points_per_axis(i, 5, 3) for i in range(3)] == [5, 3, 2]  # 125 -> 27 -> 8 runs
+
+
+def test_a_level_is_a_log_spaced_grid_centred_on_its_center():
+    level = plan_level(1, 64, CENTER, SPACING, 8)
+    assert len(level.points) == 16 and level.width == 64
+    lrs = sorted({p["lr"] for p in level.points})
+    assert [b / a for a, b in zip(lrs, lrs[1:])] == pytest.approx([math.sqrt(2.0)] * 3)  # mesh halved (log space)
+    assert math.sqrt(lrs[0] * lrs[-1]) == pytest.approx(CENTER["lr"])  # centred
+    odd = plan_level(0, 32, CENTER, SPACING, 3)
+    assert CENTER in [dict(p) for p in odd.points]
+
+
+def test_best_point_ignores_diverged_runs_and_refuses_all_diverged():
+    points = [{"lr": 1.0}, {"lr": 2.0}, {"lr": 3.0}]
+    assert best_point(points, [math.nan, 3.5, 3.7]) == {"lr": 2.0}
+    with pytest.raises(ValueError, match="diverged"):
+        best_point(points, [math.nan, math.inf, math.nan])
+
+
+def test_telescope_tracks_the_drifting_optimum_to_within_one_fine_cell():
+    widths = [32, 64, 128, 256]
+    history = telescope(widths, CENTER, SPACING, 8, loss)
+    assert [len(level.points) for level, _ in history] == [64, 16, 4, 1]
+    chosen = dict(history[-1][0].points[0])
+    # the last grid's own cell: spacing 2^(1/8) per hyperparameter; the chosen point must be within
+    # one cell of the true optimum at the top width (the brute-force answer on this surface)
+    cell = math.log(SPACING["lr"]) / 2 ** (len(widths) - 2)
+    for name, value in optimum(widths[-1]).items():
+        assert abs(math.log(chosen[name] / value)) <= cell, (name, chosen[name], value)
+    # re-centring: each level is centred on the previous level's best
+    for (prev, losses), (level, _) in zip(history, history[1:]):
+        assert level.center == best_point(prev.points, losses)
+    # and the spread of losses shrinks level by level (the last level is a single run)
+    spreads = [max(losses) - min(losses) for _, losses in history]
+    assert all(b < a for a, b in zip(spreads, spreads[1:])) and spreads[-1] == 0.0
+
+
+def test_a_telescope_that_stops_recentring_after_level_0_misses_the_drift():
+    widths = [32, 64, 128, 256]
+    first = plan_level(0, widths[0], CENTER, SPACING, 8)
+    center = best_point(first.points, [loss(widths[0], p) for p in first.points])
+    frozen = [plan_level(i, w, center, SPACING, 8) for i, w in enumerate(widths)]
+    chosen = best_point(frozen[-1].points, [loss(widths[-1], p) for p in frozen[-1].points])
+    cell = math.log(SPACING["lr"]) / 2 ** (len(widths) - 2)
+    assert any(abs(math.log(chosen[k] / v)) > cell for k, v in optimum(widths[-1]).items())
+
+
+def test_ledger_costs_each_level_about_the_same_and_saves_against_a_full_grid():
+    levels = [level for level, _ in telescope([32, 64, 128, 256], CENTER, SPACING, 8, loss)]
+    book = ledger(levels, run_cost=lambda width: (width / 32) ** 2, final_width=512)
+    assert [row["cost"] for row in book["levels"]] == [64.0, 64.0, 64.0, 64.0]
+    assert book["final_cost"] == 256.0 and book["total_cost"] == 512.0
+    assert book["full_grid_cost_at_top_width"] == 64 * 64.0
+    assert book["saved_fraction"] == pytest.approx(1 - 256 / 4096)
