@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import socket
 import tempfile
+from datetime import timedelta
 from pathlib import Path
 
 import torch
@@ -86,6 +87,11 @@ def batch(step: int, global_batch: int) -> tuple[torch.Tensor, torch.Tensor]:
     return x[:, :-1], x[:, 1:]
 
 
+# A collective that waits longer than this fails the test instead of hanging it (gloo's default is
+# 30 minutes): ranks that disagree on whether to step would otherwise wait on each other forever.
+COLLECTIVE_TIMEOUT = timedelta(seconds=120)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -96,7 +102,7 @@ def _entry(rank, world, port, out_dir, fn, args):
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
                       LOCAL_RANK=str(rank))
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", rank=rank, world_size=world)
+    dist.init_process_group("gloo", rank=rank, world_size=world, timeout=COLLECTIVE_TIMEOUT)
     try:
         result = fn(rank, world, *args)
         torch.save(result, Path(out_dir) / f"rank{rank}.pt")
