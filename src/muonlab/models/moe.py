@@ -289,6 +289,8 @@ class MoE(nn.Module):
     # Summed over data-parallel ranks before update_balance_bias (muonlab.parallel.sum_step_statistics),
     # so every rank applies the same bias step, computed from the global batch's load.
     data_parallel_sum_buffers = ("step_load",)
+    # Summed over ranks right before telemetry() (TELEMETRY_STATISTICS_ATTR), which then describes the global batch.
+    data_parallel_sum_telemetry_buffers = ("_seen_load", "_seen_entropy", "_seen_tokens")
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()

@@ -12,7 +12,7 @@ and :mod:`muonlab.rundir.checkpoint.sharded` for checkpoints that load at any wo
 """
 
 from .runtime import PARALLEL_MODES, Runtime, init_runtime
-from .wrap import STEP_STATISTICS_ATTR, parallelize, sum_step_statistics, unwrap
+from .wrap import STEP_STATISTICS_ATTR, TELEMETRY_STATISTICS_ATTR, parallelize, sum_step_statistics, unwrap
 
-__all__ = ["PARALLEL_MODES", "STEP_STATISTICS_ATTR", "Runtime", "init_runtime", "parallelize", "sum_step_statistics",
-           "unwrap"]
+__all__ = ["PARALLEL_MODES", "STEP_STATISTICS_ATTR", "TELEMETRY_STATISTICS_ATTR", "Runtime", "init_runtime",
+           "parallelize", "sum_step_statistics", "unwrap"]

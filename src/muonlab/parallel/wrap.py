@@ -29,12 +29,17 @@ from ..optim.distributed import mark_data_parallel
 from ..optim.distributed.collectives import check_same_across_ranks
 from .runtime import PARALLEL_MODES
 
-__all__ = ["STEP_STATISTICS_ATTR", "parallelize", "sum_step_statistics", "unwrap"]
+__all__ = ["STEP_STATISTICS_ATTR", "TELEMETRY_STATISTICS_ATTR", "parallelize", "sum_step_statistics", "unwrap"]
 
 STEP_STATISTICS_ATTR = "data_parallel_sum_buffers"
 """A module lists in this attribute the names of buffers that count something per step on each
 rank (e.g. an MoE layer's tokens per expert) and must be summed over data-parallel ranks before
 the model's ``after_optimizer_step`` reads them."""
+
+TELEMETRY_STATISTICS_ATTR = "data_parallel_sum_telemetry_buffers"
+"""A module lists in this attribute the names of buffers that accumulate statistics on each rank
+for its ``telemetry()`` (e.g. an MoE layer's routed load since the last telemetry row); they must be
+summed over data-parallel ranks right before ``telemetry()`` reads and resets them."""
 
 
 def unwrap(model: nn.Module) -> nn.Module:
@@ -103,12 +108,14 @@ def parallelize(model: nn.Module, mode: str) -> nn.Module:
 
 
 @torch.no_grad()
-def sum_step_statistics(model: nn.Module) -> None:
-    """All-reduce (sum) every buffer a module names in ``data_parallel_sum_buffers``.
+def sum_step_statistics(model: nn.Module, attr: str = STEP_STATISTICS_ATTR) -> None:
+    """All-reduce (sum) every buffer a module names in its attribute ``attr``.
 
     Call on every rank before ``model.after_optimizer_step()``, so that non-gradient updates
-    driven by per-step counts (MoE load balancing) see the global batch, as on one process.
+    driven by per-step counts (MoE load balancing) see the global batch, as on one process; and
+    with ``attr=TELEMETRY_STATISTICS_ATTR`` before ``model.telemetry()``, so that it reports the
+    global batch's statistics.
     """
     for module in unwrap(model).modules():
-        for name in getattr(module, STEP_STATISTICS_ATTR, ()):
+        for name in getattr(module, attr, ()):
             dist.all_reduce(getattr(module, name))

@@ -38,7 +38,7 @@ from tqdm.auto import tqdm
 from ..data import Dataset, TokenLoader, prepare_dataset, val_batches
 from ..models import ModelConfig, Transformer, model_config_for
 from ..optim import Muon, NonFiniteGradientError, param_groups
-from ..parallel import Runtime, init_runtime, parallelize, sum_step_statistics
+from ..parallel import TELEMETRY_STATISTICS_ATTR, Runtime, init_runtime, parallelize, sum_step_statistics
 from ..rundir import MetricsLogger, write_config
 from ..rundir.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from ..spectra import svd_entropies
@@ -397,6 +397,8 @@ def train(config: TrainConfig, command: str | None = None) -> RunSummary:
             if measure:
                 row.update(training.optimizer.last_telemetry)
                 if hasattr(training.model, "telemetry"):
+                    if runtime.distributed:  # e.g. MoE routing statistics: the global batch's, as on one process
+                        sum_step_statistics(training.model, TELEMETRY_STATISTICS_ATTR)
                     row.update(training.model.telemetry())
             if config.spectra_every and (step % config.spectra_every == 0 or step == total_steps) and runtime.is_main:
                 row.update(svd_entropies(training.model))
