@@ -122,7 +122,9 @@ def spawn(fn, world: int, *args) -> list:
 
 def full_params(model: nn.Module) -> dict[str, torch.Tensor]:
     """Every parameter at its logical shape (FSDP2 DTensors gathered), detached copies."""
-    return {n: (p.full_tensor() if hasattr(p, "full_tensor") else p).detach().clone() for n, p in model.named_parameters()}
+    return {
+        n: (p.full_tensor() if hasattr(p, "full_tensor") else p).detach().clone() for n, p in model.named_parameters()
+    }
 
 
 def full_state(optimizer) -> dict[str, torch.Tensor]:

@@ -16,17 +16,16 @@ import textwrap
 from pathlib import Path
 
 import pytest
+from conftest import tiny_config_dict
 
 from muonlab.allocator import allocator_environment
 from muonlab.cli import build_parser, main
 from muonlab.experiments import demo
 from muonlab.experiments.demo import DemoPlan, demo_configs, run_demo
 from muonlab.models import list_presets
+from muonlab.rundir import read_metrics
 from muonlab.train import loop
 from muonlab.train.config import TrainConfig
-from muonlab.rundir import read_metrics
-
-from conftest import tiny_config_dict
 
 FIELDS = [f.name for f in dataclasses.fields(TrainConfig)]
 

@@ -62,7 +62,9 @@ def test_zero1_layout_places_every_element_once_and_balances_state_and_work(seed
         state = sum(p.numel * (1 if p.segment.param in muon_params else 2) for p in pieces)
         assert state <= total_state / world + largest + world
     cost = {m.index: m.cost for m in mats}
-    work = [sum(u.batch * cost[w.param] for u, w in zip(layout.units, layout.where) if u.owner == r) for r in range(world)]
+    work = [
+        sum(u.batch * cost[w.param] for u, w in zip(layout.units, layout.where) if u.owner == r) for r in range(world)
+    ]
     assert max(work) <= sum(m.batch * m.cost for m in mats) / world + max(cost.values()) + 1e-6
 
 
@@ -77,7 +79,9 @@ def test_zero1_matrices_are_cut_only_when_adamw_cannot_absorb_the_imbalance():
 @pytest.mark.parametrize("world", [2, 3, 4])
 def test_sharded_units_follow_torch_chunk_and_keep_experts_where_they_are(world):
     for n in (1, 2, 5, 35):  # FSDP2's Shard(0) splits dim 0 like torch.chunk (possibly fewer, uneven blocks)
-        assert [(o, c) for o, c in chunk_rows(n, world) if c] == [(int(p[0]), len(p)) for p in torch.arange(n).chunk(world)]
+        assert [(o, c) for o, c in chunk_rows(n, world) if c] == [
+            (int(p[0]), len(p)) for p in torch.arange(n).chunk(world)
+        ]
     stack = MatrixParam(0, (7, 9), 5, 7, 9, 1.0)  # 5 experts
     matrix = MatrixParam(1, (35, 20), 1, 35, 20, 1.0)
     units, where = sharded_units([stack, matrix], world)
@@ -96,7 +100,11 @@ def test_replicated_units_split_one_stack_among_owners_and_share_results():
 
 
 def test_owner_compute_on_one_process_runs_each_bucket_once_and_sends_nothing():
-    mats = [MatrixParam(0, (2, 3), 1, 2, 3, 1.0), MatrixParam(1, (2, 3), 2, 2, 3, 1.0), MatrixParam(2, (3, 3), 1, 3, 3, 1.0)]
+    mats = [
+        MatrixParam(0, (2, 3), 1, 2, 3, 1.0),
+        MatrixParam(1, (2, 3), 2, 2, 3, 1.0),
+        MatrixParam(2, (3, 3), 1, 3, 3, 1.0),
+    ]
     units, _ = replicated_units(mats, 1)
     executor = OwnerCompute(units, 0, 1, None, dtypes=lambda key: (torch.float32, torch.float32), order=lambda key: 0)
     calls = []

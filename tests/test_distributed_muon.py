@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from distributed_harness import HarnessModel, run_plan, spawn, train_case
 
 pytestmark = pytest.mark.distributed
@@ -79,11 +78,29 @@ def _plan(world: int, checkpoints) -> list[tuple[str, dict]]:
         plan.append((mode, case))
         plan.append((f"{mode}/bf16", dict(mode=mode, steps=BF16_STEPS, per_rank=per_rank, ns_dtype=torch.bfloat16)))
         if world == 3:
-            plan.append((f"{mode}/resumed", dict(mode=mode, steps=STEPS - SAVE_AT, per_rank=per_rank,
-                                                  load_dir=str(checkpoints / mode / "checkpoints" / f"step_{SAVE_AT:08d}"))))
+            plan.append(
+                (
+                    f"{mode}/resumed",
+                    dict(
+                        mode=mode,
+                        steps=STEPS - SAVE_AT,
+                        per_rank=per_rank,
+                        load_dir=str(checkpoints / mode / "checkpoints" / f"step_{SAVE_AT:08d}"),
+                    ),
+                )
+            )
     if world == 3:
-        plan.append(("zero1->fsdp/resumed", dict(mode="fsdp", steps=STEPS - SAVE_AT, per_rank=per_rank,
-                                                  load_dir=str(checkpoints / "zero1" / "checkpoints" / f"step_{SAVE_AT:08d}"))))
+        plan.append(
+            (
+                "zero1->fsdp/resumed",
+                dict(
+                    mode="fsdp",
+                    steps=STEPS - SAVE_AT,
+                    per_rank=per_rank,
+                    load_dir=str(checkpoints / "zero1" / "checkpoints" / f"step_{SAVE_AT:08d}"),
+                ),
+            )
+        )
         plan.append(("zero1/muon_only", dict(mode="zero1", steps=STEPS, per_rank=per_rank, muon_only=True)))
     plan.append(("fsdp/wrong", dict(mode="fsdp", steps=STEPS, per_rank=per_rank, wrong=True)))
     return plan

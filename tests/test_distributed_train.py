@@ -20,7 +20,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from conftest import tiny_config_dict
 from distributed_harness import spawn
 
@@ -31,7 +30,11 @@ TIMING_KEYS = {"tokens_per_s", "wall_s", "optim_step_ms"}
 
 
 def _flags(values: dict) -> list[str]:
-    return [item for key, value in values.items() for item in (f"--{key}", str(value).lower() if isinstance(value, bool) else str(value))]
+    return [
+        item
+        for key, value in values.items()
+        for item in (f"--{key}", str(value).lower() if isinstance(value, bool) else str(value))
+    ]
 
 
 def _run_values(corpus: Path, run_dir: Path, **overrides) -> dict:
@@ -106,14 +109,15 @@ def _train_with_rank_dependent_lr(rank: int, world: int, values: dict) -> None:
 def test_ranks_with_different_training_configs_fail_fast(tiny_corpus, muonlab_cache, tmp_path):
     started = time.perf_counter()
     with pytest.raises(Exception) as caught:
-        spawn(_train_with_rank_dependent_lr, 2, _run_values(tiny_corpus, tmp_path / "run", batch_size=2, parallel="ddp"))
+        spawn(
+            _train_with_rank_dependent_lr, 2, _run_values(tiny_corpus, tmp_path / "run", batch_size=2, parallel="ddp")
+        )
     assert "configs differ across ranks: config lr is 0.003 on rank 0 but 0.001 on rank 1" in str(caught.value)
     assert time.perf_counter() - started < 60
 
 
 def _mismatched(rank: int, world: int, what: str) -> None:
-    from muonlab.models import Transformer
-    from muonlab.models import preset
+    from muonlab.models import Transformer, preset
     from muonlab.optim import Muon, param_groups
     from muonlab.parallel import parallelize
 

@@ -78,7 +78,10 @@ def test_kv_cache_shape_is_latent_plus_rope_key():
     moonlight = preset("moonlight", 163840, 8192)
     with torch.device("meta"):
         assert MLA(moonlight).kv_cache_shape(1, 8192) == (1, 8192, 576)
-    assert moonlight.kv_cache_width() == 576 and ModelConfig(vocab_size=8, d_model=2048, n_layers=1, n_heads=16).kv_cache_width() == 4096
+    assert (
+        moonlight.kv_cache_width() == 576
+        and ModelConfig(vocab_size=8, d_model=2048, n_layers=1, n_heads=16).kv_cache_width() == 4096
+    )
 
 
 @pytest.mark.parametrize("d_qk, d_v", [(8, 5), (5, 8), (6, 6)])
@@ -125,4 +128,10 @@ def test_mla_config_errors_name_the_field(kwargs, match):
 def test_mla_defaults_follow_moonlight_ratios():
     cfg = ModelConfig(vocab_size=8, d_model=256, n_layers=1, n_heads=4, attention="mla")
     # Moonlight: head_dim 128 -> nope 128, rope 64, v 128; kv latent 512 = d_model / 4; no q compression.
-    assert (cfg.qk_nope_head_dim, cfg.qk_rope_head_dim, cfg.v_head_dim, cfg.kv_lora_rank, cfg.q_lora_rank) == (64, 32, 64, 64, 0)
+    assert (cfg.qk_nope_head_dim, cfg.qk_rope_head_dim, cfg.v_head_dim, cfg.kv_lora_rank, cfg.q_lora_rank) == (
+        64,
+        32,
+        64,
+        64,
+        0,
+    )

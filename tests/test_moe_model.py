@@ -9,8 +9,8 @@ from safetensors.torch import load_file
 
 from muonlab.models import ModelConfig, MoE, Transformer, list_moe_presets, preset
 from muonlab.optim import route_parameters
-from muonlab.train.loop import train
 from muonlab.rundir import read_metrics
+from muonlab.train.loop import train
 
 V, D, L, H, E, S, K, FE, FD, T = 50, 32, 3, 2, 8, 2, 3, 12, 96, 20
 
@@ -125,12 +125,18 @@ def test_transformer_hooks_telemetry_and_bias(single_thread):
     model(x, x).backward()
     tel = model.telemetry()
     for layer in (1, 2):
-        assert {f"moe/load_max_over_mean/{layer}", f"moe/router_entropy/{layer}", f"moe/bias_abs_mean/{layer}"} <= set(tel)
-    assert tel["moe/load_max_over_mean"] == pytest.approx((tel["moe/load_max_over_mean/1"] + tel["moe/load_max_over_mean/2"]) / 2)
+        assert {f"moe/load_max_over_mean/{layer}", f"moe/router_entropy/{layer}", f"moe/bias_abs_mean/{layer}"} <= set(
+            tel
+        )
+    assert tel["moe/load_max_over_mean"] == pytest.approx(
+        (tel["moe/load_max_over_mean/1"] + tel["moe/load_max_over_mean/2"]) / 2
+    )
     model.after_optimizer_step()
     bias = model.layers[1].mlp.balance_bias
     assert bias.abs().max() == pytest.approx(1e-3 * 2, rel=0.5) and bias.sum().abs() < 1e-6  # steps of u, mean-free
-    dense = Transformer(dataclasses.replace(moe_mha(), n_routed_experts=0, n_shared_experts=0, top_k=0, expert_ffn_hidden=None))
+    dense = Transformer(
+        dataclasses.replace(moe_mha(), n_routed_experts=0, n_shared_experts=0, top_k=0, expert_ffn_hidden=None)
+    )
     assert dense.telemetry() == {}
 
 

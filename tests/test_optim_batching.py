@@ -52,7 +52,9 @@ def test_expert_stack_matches_float64_reference():
     G = randn(E, A, B, seed=2)
     p.grad = G.clone()
     opt.step()
-    W_ref, _ = reference_muon_step(W0, G, torch.zeros_like(G, dtype=torch.float64), lr=0.1, weight_decay=0.0, exact=True)
+    W_ref, _ = reference_muon_step(
+        W0, G, torch.zeros_like(G, dtype=torch.float64), lr=0.1, weight_decay=0.0, exact=True
+    )
     torch.testing.assert_close(p.detach().double(), W_ref, rtol=0, atol=1e-5)
 
 
@@ -65,7 +67,9 @@ def test_same_shape_bucket_equals_separate_optimizers(ns_dtype):
     settings = [dict(lr=0.05, weight_decay=0.1, scale="moonlight"), dict(lr=0.01, weight_decay=0.0, scale="keller")]
     opt = Muon([{"params": batched[:3], **settings[0]}, {"params": batched[3:], **settings[1]}],
                algorithm="muon", ns_dtype=ns_dtype)
-    singles = [Muon([p], algorithm="muon", ns_dtype=ns_dtype, **settings[0 if i < 3 else 1]) for i, p in enumerate(single)]
+    singles = [
+        Muon([p], algorithm="muon", ns_dtype=ns_dtype, **settings[0 if i < 3 else 1]) for i, p in enumerate(single)
+    ]
     for t in range(3):
         for i, (a, b) in enumerate(zip(batched, single)):
             a.grad = randn(16, 32, seed=100 * t + i)

@@ -58,7 +58,9 @@ def test_unsafe_dtype_for_a_coefficient_set_is_refused():
 
 
 def test_group_without_algorithm_is_refused():
-    with pytest.raises(ValueError, match=r"parameter group 0 has algorithm None; valid: \['muon', 'adamw'\].*param_groups"):
+    with pytest.raises(
+        ValueError, match=r"parameter group 0 has algorithm None; valid: \['muon', 'adamw'\].*param_groups"
+    ):
         Muon(muon_params())
     with pytest.raises(ValueError, match=r"parameter group 1 has algorithm 'sgd'"):
         Muon([{"params": muon_params(), "algorithm": "muon"}, {"params": muon_params(), "algorithm": "sgd"}])

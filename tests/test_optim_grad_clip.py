@@ -3,8 +3,7 @@
 import pytest
 import torch
 
-from muonlab.models import Transformer
-from muonlab.models import preset
+from muonlab.models import Transformer, preset
 from muonlab.optim import Muon, param_groups
 
 

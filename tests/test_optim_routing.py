@@ -6,8 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from muonlab.models import Transformer
-from muonlab.models import preset
+from muonlab.models import Transformer, preset
 from muonlab.optim import Muon, param_groups, route_parameters, routing_table
 
 
@@ -65,7 +64,12 @@ def test_table_lists_names_shapes_roles_and_scales():
     by_name = {line.split()[0]: line.split() for line in lines[2:-1]}
     d, f = model.config.d_model, model.config.ffn_hidden
     assert by_name["layers.0.attn.wq.weight"][1:] == [f"{d}x{d}", "hidden", "muon", f"{0.2 * math.sqrt(d):.3f}"]
-    assert by_name["layers.1.mlp.w_down.weight"][1:] == [f"{d}x{f}", "hidden", "muon", f"{0.2 * math.sqrt(max(d, f)):.3f}"]
+    assert by_name["layers.1.mlp.w_down.weight"][1:] == [
+        f"{d}x{f}",
+        "hidden",
+        "muon",
+        f"{0.2 * math.sqrt(max(d, f)):.3f}",
+    ]
     assert by_name["embed.weight"][1:] == [f"64x{d}", "embedding", "adamw", "-"]
     assert by_name["lm_head.weight"][1:] == [f"64x{d}", "head", "adamw", "-"]
     assert by_name["norm.weight"][1:] == [f"{d}", "norm", "adamw", "-"]
@@ -103,7 +107,9 @@ class Experts(nn.Module):
 
 def test_undeclared_matrix_raises_with_muon_roles_hint():
     model = nn.Sequential(nn.Linear(4, 4), Undeclared())
-    with pytest.raises(ValueError, match=r"cannot route parameter '1.mix' of shape \(4, 4\).*Undeclared.muon_roles = \{'mix': <role>\}"):
+    with pytest.raises(
+        ValueError, match=r"cannot route parameter '1.mix' of shape \(4, 4\).*Undeclared.muon_roles = \{'mix': <role>\}"
+    ):
         route_parameters(model)
 
 

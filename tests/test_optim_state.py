@@ -6,8 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from muonlab.models import Transformer
-from muonlab.models import preset
+from muonlab.models import Transformer, preset
 from muonlab.optim import Muon, param_groups
 
 V, T = 64, 16

@@ -93,7 +93,9 @@ def test_muon_matches_torch_algorithm_in_fp32(scale, nesterov, shape):
 
 
 @pytest.mark.parametrize("measure", [False, True], ids=["plain", "telemetry"])
-@pytest.mark.parametrize("betas, eps, wd", [((0.9, 0.95), 1e-8, 0.1), ((0.95, 0.95), 1e-6, 0.0), ((0.8, 0.999), 1e-8, 0.3)])
+@pytest.mark.parametrize(
+    "betas, eps, wd", [((0.9, 0.95), 1e-8, 0.1), ((0.95, 0.95), 1e-6, 0.0), ((0.8, 0.999), 1e-8, 0.3)]
+)
 def test_adamw_groups_match_torch_adamw(betas, eps, wd, measure):
     shapes = [(16,), (8, 12), (3, 4, 5)]
     init = [randn(*s, seed=i) for i, s in enumerate(shapes)]

@@ -8,8 +8,7 @@ round trip on one process restores weights and optimizer state exactly, ``latest
 import pytest
 import torch
 
-from muonlab.models import Transformer
-from muonlab.models import preset
+from muonlab.models import Transformer, preset
 from muonlab.optim import Muon, param_groups
 from muonlab.rundir.checkpoint import (
     CheckpointError,

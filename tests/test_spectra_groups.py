@@ -9,10 +9,10 @@ from safetensors.torch import load_file
 
 from muonlab.analysis.runs import load_run
 from muonlab.analysis.spectra import group_means, layer_of, matrix_group
-from muonlab.spectra import svd_entropies, svd_entropy
 from muonlab.analysis.spectra_report import entropy_rows
 from muonlab.cli import main
 from muonlab.models import ModelConfig, Transformer
+from muonlab.spectra import svd_entropies, svd_entropy
 from muonlab.train.loop import train
 
 
@@ -59,7 +59,9 @@ def test_group_means_macro_average_over_layers():
 
 def _fake_run(path, optimizer, rows):
     path.mkdir(parents=True)
-    (path / "config.json").write_text(json.dumps({"optimizer": optimizer, "command": f"muonlab train --optimizer {optimizer}"}))
+    (path / "config.json").write_text(
+        json.dumps({"optimizer": optimizer, "command": f"muonlab train --optimizer {optimizer}"})
+    )
     (path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     return path
 

@@ -87,7 +87,9 @@ def test_cycle_finder_finds_a_cycle():
 
 
 def test_source_files_stay_short():
-    long = {str(p.relative_to(SRC)): n for p in SRC.rglob("*.py") if (n := len(p.read_text().splitlines())) > MAX_FILE_LINES}
+    long = {
+        str(p.relative_to(SRC)): n for p in SRC.rglob("*.py") if (n := len(p.read_text().splitlines())) > MAX_FILE_LINES
+    }
     assert not long, long
 
 

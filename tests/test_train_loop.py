@@ -18,17 +18,16 @@ from pathlib import Path
 import pytest
 import safetensors.torch
 import torch
+from conftest import TINY_STEPS, tiny_config_dict
 
 from muonlab.data import DataError
 from muonlab.models import ModelConfig, Transformer
-from muonlab.train import loop
+from muonlab.rundir import MetricsLogger, read_metrics
 from muonlab.rundir.checkpoint import CheckpointError, latest_checkpoint, load_checkpoint
+from muonlab.train import loop
 from muonlab.train.config import ConfigError, TrainConfig
 from muonlab.train.loop import NonFiniteLossError, build_model_config, train
-from muonlab.rundir import MetricsLogger, read_metrics
 from muonlab.train.run_folder import RunFolderError
-
-from conftest import TINY_STEPS, tiny_config_dict
 
 
 @pytest.fixture(autouse=True)
