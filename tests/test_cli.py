@@ -16,7 +16,6 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from conftest import tiny_config_dict
 
 from muonlab.allocator import allocator_environment
 from muonlab.cli import build_parser, main
@@ -26,6 +25,8 @@ from muonlab.models import list_presets
 from muonlab.rundir import read_metrics
 from muonlab.train import loop
 from muonlab.train.config import TrainConfig
+
+from conftest import tiny_config_dict
 
 FIELDS = [f.name for f in dataclasses.fields(TrainConfig)]
 

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 import torch
+
 from conftest import tiny_config_dict
 from distributed_harness import spawn
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+
 from distributed_harness import HarnessModel, run_plan, spawn, train_case
 
 pytestmark = pytest.mark.distributed

@@ -29,6 +29,7 @@ import math
 
 import pytest
 import torch
+
 from distributed_harness import HarnessModel, batch, full_params, full_state, spawn
 
 pytestmark = pytest.mark.distributed

@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 
 import pytest
+
 from conftest import tiny_config_dict
 from distributed_harness import spawn
 

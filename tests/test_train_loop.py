@@ -18,7 +18,6 @@ from pathlib import Path
 import pytest
 import safetensors.torch
 import torch
-from conftest import TINY_STEPS, tiny_config_dict
 
 from muonlab.data import DataError
 from muonlab.models import ModelConfig, Transformer
@@ -28,6 +27,8 @@ from muonlab.train import loop
 from muonlab.train.config import ConfigError, TrainConfig
 from muonlab.train.loop import NonFiniteLossError, build_model_config, train
 from muonlab.train.run_folder import RunFolderError
+
+from conftest import TINY_STEPS, tiny_config_dict
 
 
 @pytest.fixture(autouse=True)

@@ -49,13 +49,19 @@ def read_run_config(run_dir: Path) -> dict[str, Any] | None:
 
 def first_config_difference(record: dict[str, Any], config: TrainConfig) -> str | None:
     """``"<field> is <saved> there but <value> now"`` for the first TrainConfig field (in declaration
-    order, ``RESUME_MAY_CHANGE`` left out) whose value in ``record`` differs from ``config``'s; None if none."""
+    order, ``RESUME_MAY_CHANGE`` left out) whose value in ``record`` differs from ``config``'s; None if none.
+
+    A field the record lacks (a run started before the field existed) counts as its default: such a
+    run continues when the config leaves the new field at its default."""
     for field in dataclasses.fields(TrainConfig):
         if field.name in RESUME_MAY_CHANGE:
             continue
         value = getattr(config, field.name)
         if field.name not in record:
-            return f"{field.name} is absent there but {value!r} now"
+            default = field.default if field.default is not dataclasses.MISSING else field.default_factory()
+            if value != default:
+                return f"{field.name} is absent there (so {default!r}) but {value!r} now"
+            continue
         if record[field.name] != value:
             return f"{field.name} is {record[field.name]!r} there but {value!r} now"
     return None
