@@ -139,6 +139,27 @@ def test_resume_after_interrupt_matches_uninterrupted_run(tiny_config, monkeypat
     _assert_identical(_optimizer_state(split.run_dir), _optimizer_state(full.run_dir), "optimizer")
 
 
+@pytest.mark.parametrize("model", ["tiny", "moe-tiny"], ids=["dense-mha", "moe-mla"])
+def test_resume_with_qk_clip_matches_uninterrupted_run(tiny_config, monkeypatch, model):
+    """QK-Clip keeps no state across steps: a resumed run clips (and logs) exactly as the uninterrupted one."""
+    settings = dict(RESUME, model=model, qk_clip_tau=0.065, dtype="fp32")
+    full, split = tiny_config("full", **settings), tiny_config("split", **settings)
+    full_summary = train(full)
+    real_save = _interrupt_after_checkpoint(monkeypatch, N // 2)
+    with pytest.raises(KeyboardInterrupt):
+        train(split)
+    monkeypatch.setattr(loop, "save_checkpoint", real_save)
+
+    summary = train(split)
+
+    assert summary.final_val_loss == full_summary.final_val_loss
+    full_rows = _deterministic(read_metrics(full.run_dir))
+    assert _deterministic(read_metrics(split.run_dir)) == full_rows
+    assert sum(r.get("qk_clip/heads_clipped", 0) for r in full_rows if r["step"] > N // 2) > 0  # clipping after resume
+    _assert_identical(_weights(split.run_dir), _weights(full.run_dir), "weights")
+    _assert_identical(_optimizer_state(split.run_dir), _optimizer_state(full.run_dir), "optimizer")
+
+
 def test_resume_drops_rows_logged_after_the_checkpoint(tiny_config, monkeypatch):
     """Killed after logging steps past the last checkpoint: the resumed run logs them once, identically."""
     full = tiny_config("full", **RESUME)

@@ -4,6 +4,7 @@ with Moonlight's DeepSeek-V3-style options: multi-head latent attention and a mi
 No torch.distributed here: parallelism is applied to these models from ``muonlab.parallel``.
 """
 
+from .attention_logits import MaxLogitTracker, causal_max_logits
 from .config import ModelConfig, default_ffn_hidden
 from .layers import GeluMLP, SwiGLU, apply_rope, rope_cos_sin
 from .mla import MLA
@@ -18,6 +19,7 @@ __all__ = [
     "Block",
     "GeluMLP",
     "MLA",
+    "MaxLogitTracker",
     "ModelConfig",
     "MoE",
     "SwiGLU",
@@ -25,6 +27,7 @@ __all__ = [
     "apply_rope",
     "build_attention",
     "build_mlp",
+    "causal_max_logits",
     "default_ffn_hidden",
     "describe_presets",
     "list_moe_presets",

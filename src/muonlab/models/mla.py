@@ -24,6 +24,12 @@ all seven (eight with query compression) are role ``hidden`` and go to Muon, eac
 one matrix with its own shape; the latent RMSNorm gains (``kv_norm``, ``q_norm``) are role
 ``norm`` and go to AdamW. The RoPE layout is "rotate half" (``layers.apply_rope``); DeepSeek's
 checkpoints interleave pairs instead, which is a fixed permutation of W_QR and W_KR's rows.
+
+QK-Clip (Kimi K2, arXiv 2507.20534 §2.1; ``muonlab.optim.QKClip``): head i's logit is
+q_i^C·k_i^C + q_i^R·k^R, so the per-head rows are those of ``wq_nope`` (q^C; with query
+compression it is the up-projection, after ``wq_down`` and ``q_norm``), ``wk_up`` (k^C, in the KV
+up-projection) and ``wq_rope`` (q^R); k^R (``wk_rope``) is shared by every head and is left
+untouched, so q^R takes the whole factor γ_i while q^C and k^C take sqrt(γ_i) each.
 """
 
 from __future__ import annotations
@@ -32,14 +38,18 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .attention_logits import MaxLogitTracker
 from .config import ModelConfig
 from .layers import apply_rope
 
 __all__ = ["MLA", "causal_attention"]
 
 
-class MLA(nn.Module):
-    """Causal multi-head latent attention; ``forward(x, cos, sin)`` with RoPE tables of width qk_rope_head_dim / 2."""
+class MLA(MaxLogitTracker, nn.Module):
+    """Causal multi-head latent attention; ``forward(x, cos, sin)`` with RoPE tables of width qk_rope_head_dim / 2.
+
+    With ``track_max_logits`` set, training forwards record each head's max logit (``max_logits``).
+    """
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
@@ -87,8 +97,14 @@ class MLA(nn.Module):
         v = self.wv_up(c_kv).view(B, T, H, self.v_dim).transpose(1, 2)  # [B, H, T, v]
         q = torch.cat([q_nope, q_rope.to(q_nope.dtype)], dim=-1)
         k = torch.cat([k_nope, k_rope.to(k_nope.dtype)[:, None].expand(B, H, T, r)], dim=-1)
+        self.record_max_logits(q, k, (n + r) ** -0.5)  # causal_attention's scale
         y = causal_attention(q, k, v.to(q.dtype))  # [B, H, T, v]
         return self.wo(y.transpose(1, 2).reshape(B, T, H * self.v_dim))
+
+    def qk_clip_terms(self) -> list[tuple[Tensor, Tensor | None]]:
+        """QK-Clip's row blocks (module docstring): (q^C rows of ``wq_nope``, k^C rows of ``wk_up``), one
+        block per head each; (q^R rows of ``wq_rope``, None): the shared rotary key is not rescaled."""
+        return [(self.wq_nope.weight, self.wk_up.weight), (self.wq_rope.weight, None)]
 
 
 def causal_attention(q: Tensor, k: Tensor, v: Tensor) -> Tensor:

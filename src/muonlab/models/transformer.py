@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .attention_logits import MaxLogitTracker
 from .config import ModelConfig
 from .layers import GeluMLP, SwiGLU, apply_rope, rope_cos_sin
 from .mla import MLA
@@ -34,11 +35,13 @@ IGNORE_INDEX = -100
 # ---- layers -------------------------------------------------------------------------------------
 
 
-class Attention(nn.Module):
+class Attention(MaxLogitTracker, nn.Module):
     """Causal multi-head attention with grouped-query K/V heads and RoPE on q and k.
 
     wq, wo: [d_model, d_model]; wk, wv: [n_kv_heads * head_dim, d_model] — whole matrices, not per
     head, so Muon orthogonalizes each as one matrix. Query head h reads K/V head h // (n_heads / n_kv_heads).
+    With ``track_max_logits`` set, training forwards record each head's max logit (``max_logits``,
+    see ``attention_logits``) for QK-Clip (``muonlab.optim.QKClip``).
     """
 
     def __init__(self, config: ModelConfig) -> None:
@@ -59,6 +62,7 @@ class Attention(nn.Module):
         k = self.wk(x).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)  # [B, Hkv, T, hd]
         v = self.wv(x).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        self.record_max_logits(q, k, self.head_dim**-0.5)  # SDPA's default scale
         if self.n_kv_heads != self.n_heads:
             # Expand K/V explicitly rather than SDPA's enable_gqa, which not every backend supports
             # (an unsupported flag silently falls back to the slow math kernel on some versions).
@@ -67,6 +71,11 @@ class Attention(nn.Module):
             v = v[:, :, None].expand(B, self.n_kv_heads, rep, T, self.head_dim).reshape(B, self.n_heads, T, -1)
         y = F.scaled_dot_product_attention(q, k, v, is_causal=True)  # [B, H, T, hd]
         return self.wo(y.transpose(1, 2).reshape(B, T, -1))
+
+    def qk_clip_terms(self) -> list[tuple[Tensor, Tensor]]:
+        """QK-Clip's row blocks: query head h is rows [h·hd, (h+1)·hd) of ``wq``, key head g rows
+        [g·hd, (g+1)·hd) of ``wk`` (a key head shared by a group of query heads under GQA)."""
+        return [(self.wq.weight, self.wk.weight)]
 
 
 OUTPUT_PROJECTIONS = ("wo", "w_down", "w_out")

@@ -10,6 +10,7 @@ See :class:`Muon` for the update rule and :func:`param_groups` for how parameter
 
 from .muon import ALGORITHMS, NONFINITE_POLICIES, Muon, NonFiniteGradientError
 from .newton_schulz import COEFFICIENT_SETS, CoefficientSet, get_coefficient_set, ns_flops, orthogonalize
+from .qk_clip import QKClip
 from .routing import ROLE_ALGORITHM, RoutedParam, param_groups, route_parameters, routing_table
 from .scaling import SCALE_RULES, logical_matrix_shape, update_scale
 
@@ -22,6 +23,7 @@ __all__ = [
     "CoefficientSet",
     "Muon",
     "NonFiniteGradientError",
+    "QKClip",
     "RoutedParam",
     "get_coefficient_set",
     "logical_matrix_shape",

@@ -35,6 +35,7 @@ import torch
 from .engines import build_engine
 from .gradients import NONFINITE_POLICIES, NonFiniteGradientError, NonFinitePolicy
 from .newton_schulz import NS_METHODS, get_coefficient_set
+from .qk_clip import QKClip
 from .scaling import SCALE_RULES
 from .state import momentum_dtype
 from .telemetry import UpdateTelemetry
@@ -108,6 +109,7 @@ class Muon(torch.optim.Optimizer):
         algorithm: str | None = None,
         eps: float = 1e-7,
         max_grad_norm: float = 0.0,
+        qk_clip: QKClip | None = None,
     ) -> None:
         policy = NonFinitePolicy(nonfinite)
         if not max_grad_norm >= 0.0:
@@ -129,6 +131,9 @@ class Muon(torch.optim.Optimizer):
         )
         self._policy = policy
         self.max_grad_norm = float(max_grad_norm)
+        if qk_clip is not None and not callable(getattr(qk_clip, "apply", None)):
+            raise ValueError(f"qk_clip must be a muonlab.optim.QKClip (or None), got {type(qk_clip).__name__}")
+        self.qk_clip = qk_clip
         self._measure = False
         self.last_telemetry: dict[str, float] = {}
         self._engine = None
@@ -246,6 +251,8 @@ class Muon(torch.optim.Optimizer):
         self._current_engine().step(telemetry)
         if telemetry is not None:
             self.last_telemetry = telemetry.result()
+        if self.qk_clip is not None:
+            self.qk_clip.apply()  # after every rank's weights are updated (qk_clip module docstring)
         return loss
 
     # ------------------------------------------------------------------ checkpointing

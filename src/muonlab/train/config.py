@@ -72,6 +72,8 @@ class TrainConfig:
     beta2: float = _f(0.95, "AdamW β2")
     adam_eps: float = _f(1e-8, "AdamW ε")
     grad_clip: float = _f(1.0, "clip the global norm of the raw gradient to this (0: off)")
+    qk_clip_tau: float = _f(0.0, "QK-Clip threshold τ (Kimi K2: 100): after each step, rescale the query/key weights "
+                            "of every attention head whose max logit exceeded τ (0: off)")
     # schedule
     schedule: str = _f("cosine", "learning-rate schedule after warmup", SCHEDULES)
     warmup_steps: int = _f(50, "linear warmup steps")
@@ -107,8 +109,8 @@ class TrainConfig:
         for name in positive:
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be a positive integer, got {getattr(self, name)}")
-        for name in ("lr", "weight_decay", "grad_clip", "warmup_steps", "checkpoint_every", "telemetry_every",
-                     "spectra_every", "threads"):
+        for name in ("lr", "weight_decay", "grad_clip", "qk_clip_tau", "warmup_steps", "checkpoint_every",
+                     "telemetry_every", "spectra_every", "threads"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
         if not 0.0 < self.val_fraction < 1.0:

@@ -11,8 +11,11 @@ fresh batches), ``lr`` (the learning rate used at that step), ``tokens_per_s``, 
 ``compile`` the first step, which is mostly compilation and is logged once as ``compile_s``),
 ``optim_step_ms`` (the optimizer step alone, on this row's step) and, every ``telemetry_every``
 steps, the optimizer's telemetry (``update_rms/muon``, ``update_rms/adamw``, per-parameter RMS,
-Newton–Schulz orthogonality residual) plus the model's own (``model.telemetry()`` when the model
-has it, e.g. MoE expert load); evaluation rows add ``val_loss``, and every ``spectra_every``
+Newton–Schulz orthogonality residual, the max attention logit per layer ``max_logit/layer{i}``
+on that step's batch) plus the model's own (``model.telemetry()`` when the model has it, e.g. MoE
+expert load); with QK-Clip on (``qk_clip_tau``), every logged row has the step's
+``max_logit/layer{i}`` (before clipping), ``qk_clip/heads_clipped`` and ``qk_clip/min_gamma``;
+evaluation rows add ``val_loss``, and every ``spectra_every``
 steps the SVD entropy of every weight matrix is logged (``svd_entropy/<name>``).
 
 Models may define two hooks: ``telemetry() -> dict[str, float]`` (read and reset on telemetry
@@ -37,7 +40,7 @@ from tqdm.auto import tqdm
 
 from ..data import Dataset, TokenLoader, prepare_dataset, val_batches
 from ..models import ModelConfig, Transformer, model_config_for
-from ..optim import Muon, NonFiniteGradientError, param_groups
+from ..optim import Muon, NonFiniteGradientError, QKClip, param_groups
 from ..parallel import TELEMETRY_STATISTICS_ATTR, Runtime, init_runtime, parallelize, sum_step_statistics
 from ..rundir import MetricsLogger, write_config
 from ..rundir.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
@@ -159,7 +162,8 @@ def build_model_config(config: TrainConfig, vocab_size: int) -> ModelConfig:
 def build_optimizer(model: torch.nn.Module, config: TrainConfig) -> Muon:
     """Muon on hidden matrices + AdamW elsewhere, or AdamW everywhere (``optimizer='adamw'``).
 
-    Both use the same class, so the AdamW arithmetic and telemetry are identical between them.
+    Both use the same class, so the AdamW arithmetic and telemetry are identical between them; both
+    carry a ``QKClip`` (clipping with ``qk_clip_tau`` > 0, else measuring max logits on request).
     """
     overrides = {} if config.decay_norms else {"norm": {"weight_decay": 0.0}}
     groups = param_groups(model, role_overrides=overrides)
@@ -179,6 +183,7 @@ def build_optimizer(model: torch.nn.Module, config: TrainConfig) -> Muon:
         adamw_betas=(config.beta1, config.beta2),
         adamw_eps=config.adam_eps,
         max_grad_norm=config.grad_clip,  # clipped inside the step, where ZeRO-1/FSDP hold the reduced gradient
+        qk_clip=QKClip(model, tau=config.qk_clip_tau or None),
     )
 
 
@@ -292,6 +297,8 @@ def _train_step(step: int, config: TrainConfig, training: Training, runtime: Run
     Returns the optimizer step's milliseconds (with ``synchronize``, CUDA work included).
     """
     device = runtime.device
+    if measure:
+        training.optimizer.qk_clip.measure_next_step()  # max logits of this step's forwards
     for _ in range(config.grad_accum):
         x, y = training.loader.next_batch()
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
@@ -394,6 +401,8 @@ def train(config: TrainConfig, command: str | None = None) -> RunSummary:
                 row.update(_log_keys(step, lr, optim_ms, progress, interval, runtime, run_dir))
                 if "tokens_per_s" in row:
                     bar.set_postfix(loss=f"{row['loss']:.3f}", tok_s=f"{row['tokens_per_s']:,.0f}")
+            if log_now or measure:
+                row.update(training.optimizer.qk_clip.stats())  # every step with QK-Clip on, else telemetry steps
             if measure:
                 row.update(training.optimizer.last_telemetry)
                 if hasattr(training.model, "telemetry"):

@@ -82,7 +82,8 @@ _SIGNATURE_KEYS = ("algorithm", "lr", "weight_decay", "momentum", "nesterov", "n
 
 def signature(optimizer, policy: NonFinitePolicy) -> list[tuple[str, Any]]:
     """Everything that must agree across ranks: settings per group, name/shape/dtype per parameter."""
-    desc: list[tuple[str, Any]] = [("nonfinite", policy.policy), ("max_grad_norm", optimizer.max_grad_norm)]
+    desc: list[tuple[str, Any]] = [("nonfinite", policy.policy), ("max_grad_norm", optimizer.max_grad_norm),
+                                   ("qk_clip tau", getattr(optimizer.qk_clip, "tau", None))]
     for gi, group in enumerate(optimizer.param_groups):
         desc += [(f"param group {gi} {key}", str(group.get(key))) for key in _SIGNATURE_KEYS]
         desc.append((f"param group {gi} size", len(group["params"])))

@@ -1,0 +1,150 @@
+"""QK-Clip on N processes gives the single-process numbers under ddp, zero1 and fsdp, and resumes exactly.
+
+- Through the optimizer API on 2 gloo processes: a grouped-query model (5 query heads sharing one
+  key head, so FSDP2's row blocks cut heads and the shared key head) and an MLA + MoE model (3 heads;
+  row blocks cut heads of q^C, k^C and q^R), clipping on at every step: the losses, the logged max
+  logits and clipping statistics, and every parameter's total update equal one process's within
+  1e-5 (fp32 Newton–Schulz). The maxima are all-reduced (MAX) over ranks, and FSDP2 rescales the
+  rows each rank holds.
+- Through ``muonlab train --parallel {ddp,zero1,fsdp}`` under torchrun: the loss, validation loss
+  and QK-Clip rows equal the single-process run's, and a rank killed mid-run (fsdp) resumes from the
+  last sharded checkpoint to the uninterrupted trajectory.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+import torch.distributed as dist
+from test_distributed_train import _rows, _run_values, _torchrun
+
+from distributed_harness import full_params, spawn
+
+pytestmark = pytest.mark.distributed
+
+MODES = ("ddp", "zero1", "fsdp")
+STEPS, GLOBAL_BATCH, SEQ, VOCAB, TAU = 4, 4, 12, 37, 2.0
+TOLERANCE = 1e-5
+MODELS = {
+    "gqa": dict(d_model=40, n_heads=5, n_kv_heads=1),
+    "mla-moe": dict(d_model=42, n_heads=3, attention="mla", kv_lora_rank=10, qk_nope_head_dim=6, qk_rope_head_dim=4,
+                    v_head_dim=6, n_routed_experts=4, top_k=2, n_shared_experts=1, first_k_dense=1),
+}
+
+
+def _clip_case(rank: int, world: int, kind: str, mode: str) -> dict:
+    """Train ``MODELS[kind]`` for STEPS steps with QK-Clip at TAU under ``mode``: losses, stats, parameters."""
+    from muonlab.models import ModelConfig, Transformer
+    from muonlab.optim import Muon, QKClip, param_groups
+    from muonlab.parallel import parallelize, sum_step_statistics
+
+    torch.manual_seed(0)
+    model = Transformer(ModelConfig(vocab_size=VOCAB, n_layers=2, max_seq_len=SEQ, init_std=0.2, **MODELS[kind]))
+    forward = parallelize(model, mode)
+    optimizer = Muon(param_groups(model), lr=0.02, weight_decay=0.1, ns_dtype=torch.float32, max_grad_norm=1.0,
+                     qk_clip=QKClip(model, tau=TAU))
+    initial, losses, stats = full_params(model), [], []
+    per_rank = GLOBAL_BATCH // world
+    for step in range(STEPS):
+        tokens = torch.randint(0, VOCAB, (GLOBAL_BATCH, SEQ + 1), generator=torch.Generator().manual_seed(step))
+        rows = tokens[rank * per_rank : (rank + 1) * per_rank]
+        loss = forward(rows[:, :-1], rows[:, 1:])
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        if world > 1:
+            sum_step_statistics(model)
+        model.after_optimizer_step()
+        detached = loss.detach().double()
+        if world > 1:
+            dist.all_reduce(detached)
+        losses.append(float(detached) / world)
+        stats.append(optimizer.qk_clip.stats())
+    return {"initial": initial, "params": full_params(model), "losses": losses, "stats": stats}
+
+
+def _all_cases(rank: int, world: int) -> dict:
+    return {(kind, mode): _clip_case(rank, world, kind, mode) for kind in MODELS for mode in MODES}
+
+
+@pytest.fixture(scope="module")
+def results():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        single = {kind: _clip_case(0, 1, kind, "none") for kind in MODELS}
+    finally:
+        torch.set_num_threads(before)
+    return single, spawn(_all_cases, 2)[0]
+
+
+def _relative(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a.double() - b.double()).norm() / b.double().norm().clamp_min(1e-30))
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("kind", list(MODELS))
+def test_clipping_on_two_processes_equals_one_process(results, kind, mode):
+    single, distributed = results
+    reference, result = single[kind], distributed[(kind, mode)]
+    assert sum(s["qk_clip/heads_clipped"] for s in reference["stats"]) >= STEPS  # clipping at work every step
+    assert result["losses"] == pytest.approx(reference["losses"], rel=TOLERANCE)
+    for got, want in zip(result["stats"], reference["stats"]):
+        assert got.keys() == want.keys() and got["qk_clip/heads_clipped"] == want["qk_clip/heads_clipped"]
+        assert got == pytest.approx(want, rel=TOLERANCE)
+    errors = {name: _relative(result["params"][name] - result["initial"][name], final - reference["initial"][name])
+              for name, final in reference["params"].items()}
+    assert not {name: e for name, e in errors.items() if not e <= TOLERANCE}
+
+
+# ---- the training command under torchrun --------------------------------------------------------------
+
+
+def _clip_values(corpus: Path, run_dir: Path, **overrides) -> dict:
+    return _run_values(corpus, run_dir, qk_clip_tau=0.08, **overrides)
+
+
+@pytest.fixture(scope="module")
+def single_process_clip_run(tiny_corpus, muonlab_cache_dir, tmp_path_factory):
+    from muonlab.train.config import TrainConfig
+    from muonlab.train.loop import train
+
+    run_dir = tmp_path_factory.mktemp("single-clip") / "run"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MUONLAB_CACHE", str(muonlab_cache_dir))
+        train(TrainConfig(**_clip_values(tiny_corpus, run_dir)))
+    return _rows(run_dir)
+
+
+def _assert_same_clipped_trajectory(rows: list[dict], expected: list[dict]) -> None:
+    assert [r["step"] for r in rows] == [r["step"] for r in expected]
+    assert sum(r["qk_clip/heads_clipped"] for r in expected) > 0
+    for row, ref in zip(rows, expected):
+        keys = [k for k in ref if k in ("loss", "val_loss") or k.startswith(("max_logit/", "qk_clip/"))]
+        assert {k: row.get(k) for k in keys} == pytest.approx({k: ref[k] for k in keys}, rel=1e-5), row["step"]
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_torchrun_training_with_qk_clip_matches_one_process(tiny_corpus, muonlab_cache, tmp_path,
+                                                            single_process_clip_run, mode):
+    run_dir = tmp_path / mode
+    done = _torchrun(["-m", "muonlab.cli"], _clip_values(tiny_corpus, run_dir, batch_size=2, parallel=mode))
+    assert done.returncode == 0, done.stderr[-3000:]
+    _assert_same_clipped_trajectory(_rows(run_dir), single_process_clip_run)
+    assert json.loads((run_dir / "config.json").read_text())["qk_clip_tau"] == 0.08
+
+
+def test_a_killed_rank_resumes_with_qk_clip_exactly(tiny_corpus, muonlab_cache, tmp_path, single_process_clip_run,
+                                                    monkeypatch):
+    run_dir = tmp_path / "faulty"
+    values = _clip_values(tiny_corpus, run_dir, batch_size=2, parallel="fsdp", checkpoint_every=4)
+    monkeypatch.setenv("MUONLAB_TEST_KILL_AFTER_STEP", "6")  # rank 1 dies after step 6; the checkpoint is at 4
+    done = _torchrun([str(Path(__file__).parent / "distributed_fault_entry.py")], values, "--max-restarts=1")
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "(exitcode: 17) local_rank: 1" in done.stderr
+    rows = _rows(run_dir)
+    assert len({r["step"] for r in rows}) == len(rows), "a step was logged twice"
+    _assert_same_clipped_trajectory(rows, single_process_clip_run)
