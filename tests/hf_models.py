@@ -8,7 +8,7 @@ VOCAB = 96
 
 
 def tiny_configs() -> dict:
-    """name -> a transformers config of a 2-layer model of width 32 (4 heads, 4 experts where MoE)."""
+    """name -> a transformers config of a 2-layer model of width 32 (4 heads, 4 experts where MoE), no dropout."""
     import transformers as tf
 
     common = dict(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
@@ -16,7 +16,7 @@ def tiny_configs() -> dict:
     moe = dict(num_experts_per_tok=2, moe_intermediate_size=16)
     return {
         "gpt2": tf.GPT2Config(vocab_size=VOCAB, n_embd=32, n_layer=2, n_head=4, n_positions=64, bos_token_id=1,
-                              eos_token_id=2),
+                              eos_token_id=2, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0),  # deterministic
         "llama": tf.LlamaConfig(**common, num_key_value_heads=2),
         "qwen2": tf.Qwen2Config(**common, num_key_value_heads=2, tie_word_embeddings=True),
         "mixtral": tf.MixtralConfig(**common, num_key_value_heads=2, num_local_experts=4, num_experts_per_tok=2),
