@@ -29,9 +29,12 @@ def tiny_configs() -> dict:
     }
 
 
-def build(name: str, seed: int = 0):
-    """The causal LM of ``tiny_configs()[name]`` in fp32, initialised from ``seed``."""
+def build(name: str, seed: int = 0, **config_changes):
+    """The causal LM of ``tiny_configs()[name]`` (with ``config_changes``) in fp32, initialised from ``seed``."""
     import transformers as tf
 
+    config = tiny_configs()[name]
+    for key, value in config_changes.items():
+        setattr(config, key, value)
     torch.manual_seed(seed)
-    return tf.AutoModelForCausalLM.from_config(tiny_configs()[name], dtype=torch.float32)
+    return tf.AutoModelForCausalLM.from_config(config, dtype=torch.float32)
