@@ -11,7 +11,7 @@ import torch
 from hf_models import VOCAB, build, tiny_configs
 from torch import nn
 
-from muonlab.optim import Muon, param_groups, route_parameters
+from muonlab.optim import Muon, param_groups, route_parameters, routing_table
 
 tf = pytest.importorskip("transformers")
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
@@ -197,3 +197,12 @@ def test_interleaved_experts_refuse_split_and_unknown_modules_say_how_to_declare
     with pytest.raises(ValueError, match=r"cannot route parameter 'gate_up_proj' of shape \(2, 8, 12\).*"
                                          r"Llama4LikeExperts.muon_layouts = \{'gate_up_proj'"):
         route_parameters(Llama4LikeExperts())
+
+
+def test_routing_table_shows_layouts_and_logical_scales():
+    table = routing_table(build("gpt2"), scale="keller", split_fused=True).splitlines()
+    c_attn = next(line for line in table if "h.0.attn.c_attn.weight" in line).split()
+    c_fc = next(line for line in table if "h.0.mlp.c_fc.weight" in line).split()
+    c_proj = next(line for line in table if "h.0.mlp.c_proj.weight" in line).split()
+    assert c_attn[1:] == ["32x96", "hidden", "(transposed,", "3", "blocks)", "muon", "1.000"]
+    assert c_fc[-1] == "2.000" and c_proj[-1] == "1.000"  # keller: sqrt(max(1, out / in)) of [128, 32] and [32, 128]

@@ -100,7 +100,9 @@ def _is_norm(module: nn.Module) -> bool:
 
 def _is_conv1d(module: nn.Module) -> bool:
     """Hugging Face's ``Conv1D`` (GPT, GPT-2): a Linear with ``nf`` outputs whose weight is stored ``[nx, nf]``."""
-    return type(module).__name__ == "Conv1D" and isinstance(getattr(module, "nf", None), int)
+    weight = getattr(module, "weight", None)
+    return (type(module).__name__ == "Conv1D" and isinstance(weight, torch.Tensor)
+            and tuple(weight.shape) == (getattr(module, "nx", None), getattr(module, "nf", None)))
 
 
 def _is_router(module: nn.Module, param_name: str, param: torch.Tensor) -> bool:
