@@ -6,6 +6,7 @@
     muonlab report RUN... [--out D]  rebuild a report from run folders
     muonlab analyze spectra MUON_RUN ADAMW_RUN [--out D]   SVD entropy by matrix type (Moonlight Figure 4)
     muonlab presets                  list the model presets with their sizes
+    muonlab export RUN --out DIR     a run as a Hugging Face model folder (Llama, or DeepSeek-V3 for MoE/MLA)
 """
 
 from __future__ import annotations
@@ -96,6 +97,16 @@ def _cmd_analyze_spectra(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_export(args: argparse.Namespace) -> int:
+    from .integrations.hf_export import export_run
+
+    out, difference = export_run(args.run, args.out)
+    print(f"exported {args.run} to {out} (logits agree with the run's to {difference:.1e}); load it with "
+          f"AutoModelForCausalLM.from_pretrained({str(out)!r}) and AutoTokenizer.from_pretrained({str(out)!r}), or "
+          f"continue training with muonlab train --init_from {out}")
+    return 0
+
+
 def _cmd_presets(args: argparse.Namespace) -> int:
     from .models import describe_presets
 
@@ -148,6 +159,13 @@ def build_parser() -> argparse.ArgumentParser:
     spectra.add_argument("runs", nargs=2, metavar="RUN", help="two run folders, e.g. the Muon run and the AdamW run")
     spectra.add_argument("--out", help="output folder (default: the first run's parent)")
     spectra.set_defaults(func=_cmd_analyze_spectra)
+
+    export = sub.add_parser("export", help="write a run's latest checkpoint as a Hugging Face model folder",
+                            description="Dense models become Llama, MoE and MLA models DeepSeek-V3 (Moonlight's "
+                            "format); safetensors weights and the run's tokenizer. Needs transformers.")
+    export.add_argument("run", help="the run folder")
+    export.add_argument("--out", required=True, help="a new (or empty) folder to write")
+    export.set_defaults(func=_cmd_export)
 
     presets = sub.add_parser("presets", help="list model presets and their parameter counts")
     presets.add_argument("--vocab-size", type=int, default=4096)

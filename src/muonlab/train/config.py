@@ -50,6 +50,9 @@ class TrainConfig:
     n_heads: int = _f(0, "override the preset's head count (0: keep)")
     mlp: str = _f("swiglu", "MLP type", ("swiglu", "gelu"))
     tie_embeddings: bool = _f(False, "share the token embedding and the LM head")
+    init_from: str = _f("", "start from a Hugging Face model folder (Llama or DeepSeek-V3, e.g. from `muonlab "
+                        "export`): its architecture, weights and tokenizer replace model, mlp, tie_embeddings, "
+                        "tokenizer and vocab_size")
     # batch and length
     seq_len: int = _f(256, "tokens per sequence")
     batch_size: int = _f(16, "sequences per micro-batch per process")
@@ -115,6 +118,10 @@ class TrainConfig:
                 raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
         if not 0.0 < self.val_fraction < 1.0:
             raise ConfigError(f"val_fraction must lie in (0, 1), got {self.val_fraction}")
+        resized = [name for name in ("d_model", "n_layers", "n_heads") if getattr(self, name)]
+        if self.init_from and resized:
+            raise ConfigError(f"{resized[0]}={getattr(self, resized[0])} cannot change the model of init_from="
+                              f"{self.init_from!r}, which comes whole from that folder; leave {resized[0]} at 0")
 
     def tokens_per_step(self, world_size: int = 1) -> int:
         return self.seq_len * self.batch_size * self.grad_accum * world_size

@@ -268,14 +268,22 @@ def build_training(config: TrainConfig, runtime: Runtime) -> Training:
     """
     if not runtime.is_main:
         runtime.barrier()
-    data = prepare_dataset(config.corpus, tokenizer=config.tokenizer, vocab_size=config.vocab_size,
-                           val_fraction=config.val_fraction)
+    source = None
+    if config.init_from:  # a Hugging Face model folder: its tokenizer, config and weights
+        from ..integrations.hf_import import read_hf_folder
+
+        source = read_hf_folder(config.init_from, config.seq_len)
+    data = prepare_dataset(config.corpus, tokenizer=source.tokenizer if source else config.tokenizer,
+                           vocab_size=config.vocab_size, val_fraction=config.val_fraction)
     if runtime.is_main:
         runtime.barrier()
     loader = TokenLoader(data.train_tokens, config.batch_size, config.seq_len, seed=config.seed,
                          rank=runtime.rank, world_size=runtime.world_size)
-    model_config = build_model_config(config, data.vocab_size)
-    model = Transformer(model_config).to(runtime.device)
+    model_config = source.model_config if source else build_model_config(config, data.vocab_size)
+    model = Transformer(model_config)
+    if source is not None:
+        source.load_into(model)
+    model = model.to(runtime.device)
     forward = parallelize(model, runtime.mode)
     forward = torch.compile(forward) if config.compile else forward
     return Training(data, loader, model_config, model, forward, build_optimizer(model, config),
