@@ -236,6 +236,7 @@ def _run_record(config: TrainConfig, training: Training, runtime: Runtime, comma
         "tokens_per_step": training.tokens_per_step,
         "total_steps": training.total_steps,
         "dataset": training.data.describe(),
+        "train_split_tokens": len(training.data.train_tokens),  # one epoch: reports count the epochs trained
         "device": str(runtime.device),
         "torch": torch.__version__,
         "world_size": runtime.world_size,
@@ -369,7 +370,8 @@ def train(config: TrainConfig, command: str | None = None) -> RunSummary:
     if runtime.is_main:
         write_config(run_dir, _run_record(config, training, runtime, command))
 
-    logger = (MetricsLogger(run_dir, resume_step=start_step if checkpoint else None, tensorboard=config.tensorboard)
+    # From step 0 too: rows of an attempt killed before its first checkpoint are dropped, not repeated.
+    logger = (MetricsLogger(run_dir, resume_step=start_step, tensorboard=config.tensorboard)
               if runtime.is_main else None)
     bar = tqdm(total=total_steps, initial=start_step, disable=not (config.progress and runtime.is_main),
                desc=run_dir.name, unit="step", dynamic_ncols=True)
