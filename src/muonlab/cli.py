@@ -1,6 +1,8 @@
 """The ``muonlab`` command line.
 
     muonlab demo                     train AdamW vs Muon on the built-in corpus, write runs/demo/report.md
+    muonlab experiment --list        the studies that check the papers' claims, with their costs
+    muonlab experiment NAME [--preset cpu|gpu] [--dry-run] [--set key=value ...]   run one, write its report
     muonlab train [--config F] [--key value ...]   one training run (``muonlab train --help`` lists every key)
     torchrun --nproc_per_node=N -m muonlab.cli train --parallel {ddp,zero1,fsdp} ...   the same run on N processes
     muonlab report RUN... [--out D]  rebuild a report from run folders
@@ -63,19 +65,38 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from .experiments.demo import DemoPlan, run_demo
+    sets = [f"seeds={','.join(map(str, range(args.seeds)))}", f"model={args.model}"]
+    sets += ["compile=false"] if args.no_compile else []
+    sets += [f"train_tokens={args.tokens}"] if args.tokens else []
+    args.name, args.list, args.preset, args.dry_run, args.config = "demo", False, "cpu", False, None
+    args.set = sets + list(args.set or [])
+    return _cmd_experiment(args)
 
-    plan = DemoPlan(
-        out=args.out,
-        seeds=tuple(range(args.seeds)),
-        compile=not args.no_compile,
-        progress=not args.no_progress,
-        model=args.model,
-        workers=args.workers,
-    )
-    if args.tokens:
-        plan.train_tokens = args.tokens
-    run_demo(plan)
+
+def _cmd_experiment(args: argparse.Namespace) -> int:
+    from .experiments import command
+    from .experiments.registry import get_study
+
+    if args.list:
+        print(command.list_text())
+        return 0
+    if not args.name:
+        raise ValueError("name a study (muonlab experiment --list shows them)")
+    study = get_study(args.name)
+    params, planned, out = command.plan(study, args.preset, Path(args.out) if args.out else None, args.config,
+                                        args.set or [])
+    workers = args.workers or command.default_workers(planned)
+    if args.dry_run:
+        command.dry_run(study, args.preset, planned, workers)
+        return 0
+    from .experiments.runner import RunFailedError
+
+    try:
+        command.run_study(study, args.preset, params, planned, out, workers, shlex.join(["muonlab", *args.argv]),
+                          show_progress=args.progress)
+    except RunFailedError as err:
+        print(f"muonlab {args.command}: error: {err}", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -114,33 +135,53 @@ def _cmd_presets(args: argparse.Namespace) -> int:
     return 0
 
 
+def _experiment_parser(sub) -> None:
+    experiment = sub.add_parser(
+        "experiment", help="run a study that checks a paper's claim: plan, train (resumable), report",
+        description="Run a study: its runs are trained (finished ones skipped, interrupted ones resumed from their "
+        "checkpoints), then report.md, plots, results.json and provenance.json are written from the run folders. "
+        "Parameters come from the preset, then --config FILE.toml (top-level keys; a [train] table sets "
+        "TrainConfig fields of every run), then --set key=value (train.FIELD=value for a TrainConfig field).")
+    experiment.add_argument("name", nargs="?", help="the study (see --list)")
+    experiment.add_argument("--list", action="store_true", help="list the studies with their claims and costs")
+    experiment.add_argument("--preset", default="cpu", help="parameter preset: cpu (default) or gpu (one GPU)")
+    experiment.add_argument("--dry-run", action="store_true",
+                            help="print the plan and its estimated cost (measures a few steps once per machine)")
+    experiment.add_argument("--out", help="output folder (default: runs/NAME, or runs/NAME-PRESET)")
+    experiment.add_argument("--workers", type=int, default=0,
+                            help="runs trained side by side, each on cores/workers threads (default: one per core "
+                                 "on a CPU, 1 on a GPU; 1 = one after another in this process)")
+    experiment.add_argument("--set", action="append", metavar="KEY=VALUE",
+                            help="override a study parameter, or train.FIELD for every run (repeatable; lists "
+                                 "are comma-separated: --set seeds=0,1,2)")
+    experiment.add_argument("--config", help="a TOML (or JSON) file of parameter overrides")
+    experiment.add_argument("--no-progress", dest="progress", action="store_false", help="no progress display")
+    experiment.set_defaults(func=_cmd_experiment)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="muonlab", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     sub = parser.add_subparsers(dest="command", required=True)
 
-    demo = sub.add_parser("demo", help="AdamW vs Muon (same lr and weight decay) on the built-in corpus")
-    demo.add_argument("--out", default="runs/demo", help="folder for the runs and report.md (default: runs/demo)")
-    demo.add_argument("--seeds", type=int, default=2, help="seeds per optimizer (default: 2)")
-    demo.add_argument(
-        "--workers",
-        type=int,
-        default=2,
-        help="runs trained side by side, each on cores/workers threads "
-        "(default: 2; 1 = one after another in this process)",
-    )
-    demo.add_argument("--tokens", type=int, default=0, help="training tokens per run (default: the plan's)")
-    demo.add_argument(
-        "--model", default="demo", help="model preset, e.g. moe-demo for Moonlight's MoE + MLA shape (default: demo)"
-    )
-    demo.add_argument(
-        "--no-compile",
-        action="store_true",
-        help="do not torch.compile the model (compiling costs ~20 s once, then trains ~1.5× faster on CPU)",
-    )
-    demo.add_argument("--no-progress", action="store_true", help="no progress bars")
+    demo = sub.add_parser("demo", help="AdamW vs Muon (same lr and weight decay) on the built-in corpus",
+                          description="The demo study (muonlab experiment demo) with its own short flags.")
+    demo.add_argument("--out", help="folder for the runs and report.md (default: runs/demo)")
+    demo.add_argument("--seeds", type=int, default=3, help="seeds per optimizer (default: 3)")
+    demo.add_argument("--workers", type=int, default=0,
+                      help="runs trained side by side, each on cores/workers threads (default: one per core; "
+                           "1 = one after another in this process)")
+    demo.add_argument("--tokens", type=int, default=0, help="training tokens per run (default: the preset's)")
+    demo.add_argument("--model", default="demo",
+                      help="model preset, e.g. moe-demo for Moonlight's MoE + MLA shape (default: demo)")
+    demo.add_argument("--no-compile", action="store_true",
+                      help="do not torch.compile the model (compiling costs ~20 s once, then trains faster on CPU)")
+    demo.add_argument("--no-progress", dest="progress", action="store_false", help="no progress display")
+    demo.add_argument("--set", action="append", metavar="KEY=VALUE", help="any other parameter of the demo study")
     demo.set_defaults(func=_cmd_demo)
+
+    _experiment_parser(sub)
 
     train = _train_parser(sub)
     train.set_defaults(func=_cmd_train)

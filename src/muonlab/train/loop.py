@@ -45,6 +45,7 @@ from ..parallel import TELEMETRY_STATISTICS_ATTR, Runtime, init_runtime, paralle
 from ..rundir import MetricsLogger, write_config
 from ..rundir.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from ..spectra import svd_entropies
+from .bookkeeping import Interval, Progress
 from .config import TrainConfig
 from .run_folder import check_run_folder
 from .schedules import make_lr_lambda
@@ -89,53 +90,6 @@ class Training:
     total_steps: int
     tokens_per_step: int
     """Tokens of one optimizer step, over all processes."""
-
-
-@dataclass
-class Progress:
-    """How far a run is: optimizer steps taken, tokens trained on, and seconds spent in training steps
-    (evaluation, checkpointing and a compiled run's first step excluded). Saved with every checkpoint."""
-
-    step: int = 0
-    tokens: int = 0
-    wall_s: float = 0.0
-
-
-@dataclass
-class Interval:
-    """The training since the last logged row: summed micro-batch losses, timed steps' tokens and
-    seconds, and the first compiled step's seconds (mostly compilation: logged once as ``compile_s``)."""
-
-    loss_sum: torch.Tensor
-    loss_count: int = 0
-    tokens: int = 0
-    time_s: float = 0.0
-    compile_s: float | None = None
-
-    def add_loss(self, loss: torch.Tensor) -> None:
-        """Count one micro-batch's loss (no host sync: the sum stays on the device)."""
-        self.loss_sum += loss.detach()
-        self.loss_count += 1
-
-    def end_step(self, tokens: int, elapsed: float, compiling: bool) -> float:
-        """Count a finished step; returns the seconds it adds to ``Progress.wall_s`` (0 when ``compiling``)."""
-        if compiling:
-            self.compile_s = elapsed
-            return 0.0
-        self.tokens += tokens
-        self.time_s += elapsed
-        return elapsed
-
-    def take(self, runtime: Runtime) -> tuple[float, dict[str, float]]:
-        """The mean loss of the interval's micro-batches over all ranks, and its timing keys
-        (``tokens_per_s``, and ``compile_s`` once); the next interval starts empty."""
-        mean_loss = runtime.mean(self.loss_sum) / self.loss_count
-        timing = {"tokens_per_s": self.tokens / self.time_s} if self.time_s > 0 else {}
-        if self.compile_s is not None:
-            timing["compile_s"] = self.compile_s
-        self.loss_sum.zero_()
-        self.loss_count, self.tokens, self.time_s, self.compile_s = 0, 0, 0.0, None
-        return mean_loss, timing
 
 
 def resolve_device(name: str) -> torch.device:
@@ -241,6 +195,7 @@ def _run_record(config: TrainConfig, training: Training, runtime: Runtime, comma
         "tokens_per_step": training.tokens_per_step,
         "total_steps": training.total_steps,
         "dataset": training.data.describe(),
+        "train_split_tokens": len(training.data.train_tokens),  # one epoch: reports count the epochs trained
         "device": str(runtime.device),
         "torch": torch.__version__,
         "world_size": runtime.world_size,
@@ -358,6 +313,24 @@ def _save(run_dir: Path, training: Training, progress: Progress, runtime: Runtim
                     keep=keep, sharded=runtime.distributed)
 
 
+def _telemetry_keys(step: int, config: TrainConfig, training: Training, runtime: Runtime, measure: bool,
+                    log_now: bool) -> dict[str, Any]:
+    """Optimizer, attention and model telemetry for this step's metrics row (empty on most steps)."""
+    keys: dict[str, Any] = {}
+    if log_now or measure:
+        keys.update(training.optimizer.qk_clip.stats())  # every step with QK-Clip on, else telemetry steps
+    if measure:
+        keys.update(training.optimizer.last_telemetry)
+        if hasattr(training.model, "telemetry"):
+            if runtime.distributed:  # e.g. MoE routing statistics: the global batch's, as on one process
+                sum_step_statistics(training.model, TELEMETRY_STATISTICS_ATTR)
+            keys.update(training.model.telemetry())
+    last = step == training.total_steps
+    if config.spectra_every and (step % config.spectra_every == 0 or last) and runtime.is_main:
+        keys.update(svd_entropies(training.model))
+    return keys
+
+
 def train(config: TrainConfig, command: str | None = None) -> RunSummary:
     """Train one model as ``config`` says, in ``config.run_dir``; resume if a checkpoint exists.
 
@@ -384,7 +357,8 @@ def train(config: TrainConfig, command: str | None = None) -> RunSummary:
     if runtime.is_main:
         write_config(run_dir, _run_record(config, training, runtime, command))
 
-    logger = (MetricsLogger(run_dir, resume_step=start_step if checkpoint else None, tensorboard=config.tensorboard)
+    # From step 0 too: rows of an attempt killed before its first checkpoint are dropped, not repeated.
+    logger = (MetricsLogger(run_dir, resume_step=start_step, tensorboard=config.tensorboard)
               if runtime.is_main else None)
     bar = tqdm(total=total_steps, initial=start_step, disable=not (config.progress and runtime.is_main),
                desc=run_dir.name, unit="step", dynamic_ncols=True)
@@ -409,16 +383,7 @@ def train(config: TrainConfig, command: str | None = None) -> RunSummary:
                 row.update(_log_keys(step, lr, optim_ms, progress, interval, runtime, run_dir))
                 if "tokens_per_s" in row:
                     bar.set_postfix(loss=f"{row['loss']:.3f}", tok_s=f"{row['tokens_per_s']:,.0f}")
-            if log_now or measure:
-                row.update(training.optimizer.qk_clip.stats())  # every step with QK-Clip on, else telemetry steps
-            if measure:
-                row.update(training.optimizer.last_telemetry)
-                if hasattr(training.model, "telemetry"):
-                    if runtime.distributed:  # e.g. MoE routing statistics: the global batch's, as on one process
-                        sum_step_statistics(training.model, TELEMETRY_STATISTICS_ATTR)
-                    row.update(training.model.telemetry())
-            if config.spectra_every and (step % config.spectra_every == 0 or step == total_steps) and runtime.is_main:
-                row.update(svd_entropies(training.model))
+            row.update(_telemetry_keys(step, config, training, runtime, measure, log_now))
             if step % config.eval_every == 0 or step == total_steps:
                 val_loss = evaluate(training.model, training.data, config, device, runtime)  # eager: no second graph
                 row.update(val_loss=val_loss, tokens=progress.tokens, wall_s=progress.wall_s)
