@@ -42,12 +42,15 @@ def _train_parser(sub) -> argparse.ArgumentParser:
 
 def _cmd_train(args: argparse.Namespace) -> int:
     from .train.config import TrainConfig, load_config_file
-    from .train.loop import train
+    from .train.run_folder import check_run_folder
 
     values = load_config_file(args.config) if args.config else {}
     fields = {f.name for f in dataclasses.fields(TrainConfig)}
     values.update({k: v for k, v in vars(args).items() if k in fields and v is not None})
     config = TrainConfig.from_dict(values)
+    check_run_folder(config)  # a folder holding another run stops here, before torch is even imported
+    from .train.loop import train
+
     summary = train(config, command=shlex.join(["muonlab", *args.argv]))
     if os.environ.get("RANK", "0") == "0":  # under torchrun, one summary line rather than one per process
         print(
