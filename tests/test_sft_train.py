@@ -157,6 +157,8 @@ def test_bad_fine_tuning_inputs_are_one_sentence_and_write_nothing(pretrained, t
     assert f"line 2 of {bad} has no response" in err
     err = _one_sentence(["sft", *_argv(_sft_values(pretrained, tmp_path / "r2", seq_len=256))], capsys)
     assert "seq_len=256 exceeds the max_seq_len=128 of the model in" in err
+    with pytest.raises(InitFromError, match=r"init_from \S+nowhere is neither a muonlab run folder nor a Hugging Face"):
+        read_init_source(tmp_path / "nowhere")
     empty = tmp_path / "unfinished"
     empty.mkdir()
     (empty / "config.json").write_text(json.dumps(read_config(pretrained / "pre")))

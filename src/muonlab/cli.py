@@ -24,12 +24,12 @@ from .allocator import ensure_fast_allocator
 __all__ = ["main"]
 
 
-def _train_parser(sub, name: str, help: str, base: dict) -> argparse.ArgumentParser:
+def _train_parser(sub, name: str, summary: str, base: dict) -> argparse.ArgumentParser:
     """``muonlab NAME``: one training run whose defaults are TrainConfig's updated by ``base``."""
     from .train.config import TrainConfig
 
-    parser = sub.add_parser(name, help=help, description=f"{help}. Values come from the defaults, then --config, "
-                            "then flags.")
+    parser = sub.add_parser(name, help=summary, description=f"{summary}. Values come from the defaults, then "
+                            "--config, then flags.")
     parser.add_argument("--config", help="a JSON or TOML file of config keys")
     parser.set_defaults(func=_cmd_train, base=base)
     defaults = {**TrainConfig().to_dict(), **base}

@@ -55,8 +55,8 @@ from .loader import val_batches
 from .python_functions import python_function_pairs
 from .tokenizer import Tokenizer
 
-__all__ = ["IGNORE_INDEX", "SFT_BUILTIN", "PackedSplit", "SFTData", "pack", "prepare_sft", "read_sft_jsonl",
-           "tokenize_conversation"]
+__all__ = ["IGNORE_INDEX", "SFT_BUILTIN", "PackedSplit", "SFTData", "load_conversations", "pack", "prepare_sft",
+           "read_sft_jsonl", "split_conversations", "tokenize_conversation"]
 
 IGNORE_INDEX = -100
 """The label of a token that carries no loss (``muonlab.models.IGNORE_INDEX``, F.cross_entropy's default)."""

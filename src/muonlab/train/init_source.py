@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -23,6 +23,9 @@ from ..data import DataError, Tokenizer, prepare_dataset
 from ..models import ModelConfig
 from ..rundir import read_config
 from ..rundir.checkpoint import latest_checkpoint, load_checkpoint
+
+if TYPE_CHECKING:
+    from ..integrations.hf_import import HFModelFolder
 
 __all__ = ["InitFromError", "RunFolderSource", "read_init_source", "run_tokenizer"]
 
@@ -77,13 +80,16 @@ def _run_folder_source(path: Path, record: dict[str, Any], seq_len: int | None) 
     return RunFolderSource(path, config, run_tokenizer(record), checkpoint)
 
 
-def read_init_source(path: str | Path, seq_len: int | None = None):
+def read_init_source(path: str | Path, seq_len: int | None = None) -> RunFolderSource | HFModelFolder:
     """The model folder ``path`` (for sequences of ``seq_len`` tokens) as a source to start from: a
     :class:`RunFolderSource` or a :class:`~muonlab.integrations.hf_import.HFModelFolder`.
 
     Raises ``InitFromError`` / ``HFFormatError`` (both ``ValueError``) in one sentence saying why it cannot be used.
     """
     path = Path(path)
+    if not (path / "config.json").is_file():
+        raise InitFromError(f"init_from {path} is neither a muonlab run folder nor a Hugging Face model folder: it "
+                            "has no config.json")
     try:
         record = read_config(path)
     except (FileNotFoundError, ValueError):
