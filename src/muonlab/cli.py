@@ -4,6 +4,7 @@
     muonlab experiment --list        the studies that check the papers' claims, with their costs
     muonlab experiment NAME [--preset cpu|gpu] [--dry-run] [--set key=value ...]   run one, write its report
     muonlab train [--config F] [--key value ...]   one training run (``muonlab train --help`` lists every key)
+    muonlab sft --init_from RUN [--key value ...]  fine-tune RUN on conversations, loss on the responses only
     torchrun --nproc_per_node=N -m muonlab.cli train --parallel {ddp,zero1,fsdp} ...   the same run on N processes
     muonlab report RUN... [--out D]  rebuild a report from run folders
     muonlab analyze spectra MUON_RUN ADAMW_RUN [--out D]   SVD entropy by matrix type (Moonlight Figure 4)
@@ -25,16 +26,18 @@ from .allocator import ensure_fast_allocator
 __all__ = ["main"]
 
 
-def _train_parser(sub) -> argparse.ArgumentParser:
+def _train_parser(sub, name: str, summary: str, base: dict) -> argparse.ArgumentParser:
+    """``muonlab NAME``: one training run whose defaults are TrainConfig's updated by ``base``."""
     from .train.config import TrainConfig
 
-    parser = sub.add_parser("train", help="train one model; every TrainConfig field is a --flag",
-                            description="Train one model. Values come from the defaults, then --config, then flags.")
+    parser = sub.add_parser(name, help=summary, description=f"{summary}. Values come from the defaults, then "
+                            "--config, then flags.")
     parser.add_argument("--config", help="a JSON or TOML file of config keys")
-    defaults = TrainConfig()
+    parser.set_defaults(func=_cmd_train, base=base)
+    defaults = {**TrainConfig().to_dict(), **base}
     for f in dataclasses.fields(TrainConfig):
         choices = f.metadata.get("choices")
-        help_text = f"{f.metadata['help']} (default: {getattr(defaults, f.name)!r})"
+        help_text = f"{f.metadata['help']} (default: {defaults[f.name]!r})"
         parser.add_argument(f"--{f.name}", dest=f.name, default=None, metavar=f.type.upper(),
                             choices=[str(c) for c in choices] if choices else None, help=help_text)
     return parser
@@ -44,7 +47,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from .train.config import TrainConfig, load_config_file
     from .train.run_folder import check_run_folder
 
-    values = load_config_file(args.config) if args.config else {}
+    values = {**args.base, **(load_config_file(args.config) if args.config else {})}
     fields = {f.name for f in dataclasses.fields(TrainConfig)}
     values.update({k: v for k, v in vars(args).items() if k in fields and v is not None})
     config = TrainConfig.from_dict(values)
@@ -167,6 +170,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="muonlab", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     sub = parser.add_subparsers(dest="command", required=True)
+    from .train.config import SFT_DEFAULTS
 
     demo = sub.add_parser("demo", help="AdamW vs Muon (same lr and weight decay) on the built-in corpus",
                           description="The demo study (muonlab experiment demo) with its own short flags.")
@@ -185,9 +189,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo.set_defaults(func=_cmd_demo)
 
     _experiment_parser(sub)
-
-    train = _train_parser(sub)
-    train.set_defaults(func=_cmd_train)
+    _train_parser(sub, "train", "train one model; every TrainConfig field is a --flag", {})
+    _train_parser(sub, "sft", "fine-tune a run or model folder (--init_from) on conversations, loss on the responses "
+                  f"only: muonlab train with {', '.join(f'{k}={v!r}' for k, v in SFT_DEFAULTS.items())}", SFT_DEFAULTS)
 
     report = sub.add_parser("report", help="rebuild a report (report.md + plots) from run folders")
     report.add_argument("runs", nargs="+", help="run folders")

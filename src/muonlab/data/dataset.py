@@ -19,13 +19,16 @@ import json
 import os
 import re
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from .corpora import load_corpus
 from .errors import DataError
+from .loader import val_batches
 from .shards import SHARD_FORMAT, open_shards, split_documents, write_shards
 from .tokenizer import TOKENIZER_KINDS, ByteTokenizer, Tokenizer, train_bpe
 
@@ -68,6 +71,11 @@ class Dataset:
             f"val {len(self.val_tokens):,} tokens in {m['val_documents']:,} documents "
             f"(val_fraction={m['val_fraction']}, split seed {m['split_seed']}); {m['dtype']} shards in {self.path}"
         )
+
+    def val_batches(self, batch_size: int, seq_len: int, max_batches: int | None = None
+                    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """The fixed validation batches (:func:`~muonlab.data.val_batches` of ``val_tokens``)."""
+        return val_batches(self.val_tokens, batch_size, seq_len, max_batches)
 
 
 def prepare_dataset(

@@ -2,8 +2,9 @@
 
 The folder holds ``config.json`` (Llama for dense models, DeepSeek-V3 for MLA and MoE models — see
 :mod:`.hf_convert`), ``model.safetensors`` (fp32, as trained) and the run's tokenizer
-(:mod:`.hf_tokenizer`), so ``AutoModelForCausalLM.from_pretrained(DIR)`` and
-``AutoTokenizer.from_pretrained(DIR)`` load it and ``muonlab train --init_from DIR`` continues from it.
+(:mod:`.hf_tokenizer`; a fine-tuned run's carries muonlab's chat template, :mod:`muonlab.data.chat`),
+so ``AutoModelForCausalLM.from_pretrained(DIR)`` and ``AutoTokenizer.from_pretrained(DIR)`` load it
+and ``muonlab train --init_from DIR`` continues from it.
 
 Before anything is written the exported model is run on a check sequence next to the run's own
 model; the logits must agree to fp32 rounding. Everything is written into a temporary sibling of
@@ -19,38 +20,19 @@ from pathlib import Path
 
 import torch
 
-from ..data import DataError, Tokenizer, prepare_dataset
+from ..data.chat import CHAT_TEMPLATE
 from ..models import ModelConfig, Transformer
 from ..rundir import read_config
 from ..rundir.checkpoint import latest_checkpoint, load_checkpoint
+from ..train.init_source import run_tokenizer
 from .hf_convert import HFFormatError, check_exportable, hf_config, to_hf_state
-from .hf_import import read_hf_folder, require_transformers
+from .hf_import import require_transformers
 from .hf_tokenizer import write_tokenizer
 
-__all__ = ["export_run", "run_tokenizer"]
+__all__ = ["export_run"]
 
 CHECK_TOLERANCE = 1e-4
 """Largest |Δ logit| allowed between the run's model and the export, relative to max(1, max |logit|)."""
-
-
-def run_tokenizer(record: dict) -> Tokenizer:
-    """The tokenizer a run trained with, rebuilt from its ``config.json`` record (cached, so usually instant).
-
-    Raises ``HFFormatError`` when the rebuilt tokenizer is not the one the record names (e.g. the
-    corpus changed since), since exporting another vocabulary would scramble every token.
-    """
-    try:
-        if record.get("init_from"):
-            tokenizer: Tokenizer = read_hf_folder(record["init_from"]).tokenizer
-        else:
-            tokenizer = prepare_dataset(record["corpus"], tokenizer=record["tokenizer"],
-                                        vocab_size=record["vocab_size"], val_fraction=record["val_fraction"]).tokenizer
-    except (DataError, KeyError) as err:
-        raise HFFormatError(f"the run's tokenizer cannot be rebuilt ({err})") from None
-    if f"tokenizer {tokenizer.id} " not in str(record.get("dataset", "")):
-        raise HFFormatError(f"the tokenizer rebuilt from the run's data settings ({tokenizer.id}) is not the one the "
-                            "run trained with (its config.json names another); has the corpus changed since?")
-    return tokenizer
 
 
 def _run_model(run_dir: Path) -> tuple[dict, Transformer]:
@@ -98,7 +80,8 @@ def export_run(run_dir: str | os.PathLike, out: str | os.PathLike) -> tuple[Path
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
     try:
         hf_model.save_pretrained(tmp)
-        write_tokenizer(tokenizer, tmp, model.config.max_seq_len)
+        write_tokenizer(tokenizer, tmp, model.config.max_seq_len,
+                        chat_template=CHAT_TEMPLATE if record.get("task") == "sft" else None)
         if out.exists():
             out.rmdir()
         os.replace(tmp, out)

@@ -81,6 +81,10 @@ class FolderTokenizer:
     def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
         return [e.ids for e in self._tok.encode_batch(list(texts), add_special_tokens=False)]
 
+    def encode_with_offsets(self, text: str) -> tuple[list[int], list[tuple[int, int]]]:
+        encoding = self._tok.encode(text, add_special_tokens=False)
+        return encoding.ids, encoding.offsets
+
     def decode(self, ids: Sequence[int]) -> str:
         return self._tok.decode([int(i) for i in ids], skip_special_tokens=False)
 
@@ -91,8 +95,9 @@ class FolderTokenizer:
         return self._tok.id_to_token(i)
 
 
-def write_tokenizer(tokenizer: Tokenizer, folder: Path, max_length: int) -> None:
-    """Write ``tokenizer.json`` and ``tokenizer_config.json`` for ``tokenizer`` into ``folder``."""
+def write_tokenizer(tokenizer: Tokenizer, folder: Path, max_length: int, chat_template: str | None = None) -> None:
+    """Write ``tokenizer.json`` and ``tokenizer_config.json`` for ``tokenizer`` into ``folder`` (with
+    ``chat_template``, a Jinja template, when given)."""
     if isinstance(tokenizer, ByteTokenizer):
         (folder / TOKENIZER_FILE).write_text(byte_level_tokenizer().to_str())
         eos = EOT_TOKEN
@@ -104,4 +109,6 @@ def write_tokenizer(tokenizer: Tokenizer, folder: Path, max_length: int) -> None
                             "muonlab exports its byte and BPE tokenizers")
     config = {"tokenizer_class": "PreTrainedTokenizerFast", "eos_token": eos, "model_max_length": max_length,
               "split_special_tokens": True, "clean_up_tokenization_spaces": False}
+    if chat_template is not None:
+        config["chat_template"] = chat_template
     (folder / "tokenizer_config.json").write_text(json.dumps(config, indent=2) + "\n")

@@ -38,8 +38,9 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ..data import Dataset, TokenLoader, prepare_dataset, val_batches
-from ..models import ModelConfig, Transformer, model_config_for
+from ..data import Dataset, TokenLoader
+from ..data.sft import SFTData
+from ..models import IGNORE_INDEX, ModelConfig, Transformer, model_config_for
 from ..optim import Muon, NonFiniteGradientError, QKClip, param_groups
 from ..parallel import TELEMETRY_STATISTICS_ATTR, Runtime, init_runtime, parallelize, sum_step_statistics
 from ..rundir import MetricsLogger, write_config
@@ -47,6 +48,8 @@ from ..rundir.checkpoint import latest_checkpoint, load_checkpoint, save_checkpo
 from ..spectra import svd_entropies
 from .bookkeeping import Interval, Progress
 from .config import TrainConfig
+from .init_source import read_init_source
+from .inputs import build_data
 from .run_folder import check_run_folder
 from .schedules import make_lr_lambda
 
@@ -80,7 +83,7 @@ class RunSummary:
 class Training:
     """What a run trains with, built by ``build_training``."""
 
-    data: Dataset
+    data: Dataset | SFTData
     loader: TokenLoader
     model_config: ModelConfig
     model: torch.nn.Module
@@ -146,9 +149,10 @@ def _lr_lambda(config: TrainConfig, total_steps: int):
     if config.schedule == "cosine":
         return make_lr_lambda("warmup_cosine", warmup_steps=warmup, total_steps=total_steps,
                               final_ratio=config.final_lr_ratio)
-    if config.schedule == "wsd":
+    if config.schedule in ("wsd", "linear"):  # linear: WSD whose decay is the whole run after warmup
+        decay_fraction = 1.0 if config.schedule == "linear" else config.decay_fraction
         return make_lr_lambda("warmup_stable_decay", warmup_steps=warmup, total_steps=total_steps,
-                              decay_fraction=config.decay_fraction, final_ratio=config.final_lr_ratio)
+                              decay_fraction=decay_fraction, final_ratio=config.final_lr_ratio)
     return make_lr_lambda("constant", warmup_steps=warmup)
 
 
@@ -159,24 +163,28 @@ def _autocast(config: TrainConfig, device: torch.device):
 
 
 @torch.no_grad()
-def evaluate(model: torch.nn.Module, data: Dataset, config: TrainConfig, device: torch.device,
+def evaluate(model: torch.nn.Module, data: Dataset | SFTData, config: TrainConfig, device: torch.device,
              runtime: Runtime | None = None) -> float:
-    """Mean loss over the fixed validation batches (the same batches at every evaluation).
+    """Mean over the fixed validation batches (the same at every evaluation) of each batch's mean loss
+    per counted target: every target in pretraining, the response targets with ``task='sft'``.
 
     With several processes the batches are the single-process ones (``batch_size · world_size``
-    windows); each rank evaluates its slice of rows and the row-weighted means are summed across
-    ranks, so the result equals the single-process value.
+    windows); each rank evaluates its slice of rows and the slice means, weighted by the slice's
+    share of the batch's counted targets, are summed across ranks, so the result equals the
+    single-process value.
     """
     world, rank = (runtime.world_size, runtime.rank) if runtime is not None else (1, 0)
     was_training = model.training
     model.eval()
     total, batches = 0.0, 0
-    for x, y in val_batches(data.val_tokens, config.batch_size * world, config.seq_len, config.eval_batches):
+    for x, y in data.val_batches(config.batch_size * world, config.seq_len, config.eval_batches):
         lo, hi = rank * len(x) // world, (rank + 1) * len(x) // world
         rows = slice(lo, hi) if hi > lo else slice(0, 1)  # a rank with no rows still joins FSDP's collectives
         with _autocast(config, device):
             loss = float(model(x[rows].to(device), y[rows].to(device)))
-        total += loss * (hi - lo) / len(x)
+        counted = y != IGNORE_INDEX
+        share = int(counted[lo:hi].sum())  # 0: no rows here, or (fine-tuning) no response among them
+        total += loss * share / int(counted.sum()) if share else 0.0
         batches += 1
     model.train(was_training)
     return world * (runtime.mean(total) if runtime is not None else total) / batches
@@ -223,17 +231,11 @@ def build_training(config: TrainConfig, runtime: Runtime) -> Training:
     """
     if not runtime.is_main:
         runtime.barrier()
-    source = None
-    if config.init_from:  # a Hugging Face model folder: its tokenizer, config and weights
-        from ..integrations.hf_import import read_hf_folder
-
-        source = read_hf_folder(config.init_from, config.seq_len)
-    data = prepare_dataset(config.corpus, tokenizer=source.tokenizer if source else config.tokenizer,
-                           vocab_size=config.vocab_size, val_fraction=config.val_fraction)
+    # init_from: a run folder or a Hugging Face model folder gives the tokenizer, model config and weights
+    source = read_init_source(config.init_from, config.seq_len) if config.init_from else None
+    data, loader = build_data(config, runtime, source.tokenizer if source else None)
     if runtime.is_main:
         runtime.barrier()
-    loader = TokenLoader(data.train_tokens, config.batch_size, config.seq_len, seed=config.seed,
-                         rank=runtime.rank, world_size=runtime.world_size)
     model_config = source.model_config if source else build_model_config(config, data.vocab_size)
     model = Transformer(model_config)
     if source is not None:
