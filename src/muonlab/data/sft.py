@@ -217,6 +217,11 @@ class SFTData:
     fingerprint: str
 
     @property
+    def train_tokens(self) -> np.ndarray:
+        """The packed training split's token ids (one epoch), like ``Dataset.train_tokens``."""
+        return self.train.tokens
+
+    @property
     def vocab_size(self) -> int:
         return self.tokenizer.vocab_size
 
