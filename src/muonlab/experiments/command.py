@@ -78,8 +78,12 @@ def format_estimate(study: Study, preset: str, est: Estimate, device: str) -> st
 
 
 def dry_run(study: Study, preset: str, planned: Sequence[PlannedRun], workers: int,
-            say: Callable[[str], None] = print, calibrate_speed: bool = True) -> Estimate:
-    """Print the plan and its estimated cost; measure probes first (``calibration``) when not cached."""
+            say: Callable[[str], None] = print) -> Estimate:
+    """Print the plan and its estimated cost; measure probes first (``calibration``) when not cached.
+
+    Without the device the plan asks for (``device=cuda`` on a machine without one), the cost is
+    given in tokens and FLOPs only.
+    """
     from ..train.loop import resolve_device
     from .calibration import calibrate
 
@@ -87,14 +91,13 @@ def dry_run(study: Study, preset: str, planned: Sequence[PlannedRun], workers: i
         is_finished(run.config)  # a folder holding another config's run is reported now, not at run time
     device = planned[0].config.device
     measurements = None
-    if calibrate_speed:
-        try:
-            resolve_device(device)
-        except ValueError as err:
-            say(f"not measuring the speed: {err}")
-        else:
-            _prepare_data([p.config for p in planned], say)
-            measurements = calibrate(probe_configs([p.config for p in planned], workers), workers, say=say)
+    try:
+        resolve_device(device)
+    except ValueError as err:
+        say(f"not measuring the speed: {err}")
+    else:
+        _prepare_data([p.config for p in planned], say)
+        measurements = calibrate(probe_configs([p.config for p in planned], workers), workers, say=say)
     est = estimate(planned, workers, measurements)
     say(format_estimate(study, preset, est, device))
     return est
