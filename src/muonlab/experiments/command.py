@@ -13,6 +13,7 @@ import os
 import time
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import nullcontext
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -134,12 +135,16 @@ def run_study(study: Study, preset: str, params: Mapping[str, Any], planned: Seq
     ``console``: where the progress display goes (default: stdout, live on a terminal, plain lines
     otherwise); ``show_progress=False``: no display.
     """
-    from .outputs import write_outputs
+    from .outputs import record_start, write_outputs
 
     started = time.perf_counter()
     configs = [p.config for p in planned]
     finished = [c.run_dir for c in configs if is_finished(c)]
+    invocation = {"started": datetime.now(timezone.utc).isoformat(timespec="seconds"), "command": command,
+                  "git_revision": git_revision(), "machine": machine(configs[0].device),
+                  "trained": [p.name for p in planned if p.config.run_dir not in finished]}
     if len(finished) < len(configs):
+        record_start(out, invocation)
         if finished:
             say(f"{len(finished)} of {len(configs)} runs are finished already; they are not run again")
         _prepare_data(configs, say)
@@ -148,9 +153,8 @@ def run_study(study: Study, preset: str, params: Mapping[str, Any], planned: Seq
         with Monitor(progress, console=console) if show_progress else nullcontext():
             run_configs(configs, workers=workers, observer=progress)
     runs, analysis = _analyse(study, params, planned, out)
-    provenance = {"command": command, "git_revision": git_revision(), "machine": machine(configs[0].device),
-                  "wall_s": time.perf_counter() - started}
-    report = write_outputs(study, preset, params, runs, analysis, out, provenance)
+    report = write_outputs(study, preset, params, runs, analysis, out,
+                           {**invocation, "wall_s": time.perf_counter() - started})
     if analysis.summary:
         say(analysis.summary)
     say(f"report: {report}")
