@@ -186,3 +186,20 @@ def test_dry_run_prints_the_plan_with_its_cost(tmp_path, monkeypatch, capsys):
     assert "study demo (preset cpu): 2 runs, 2 at a time" in out
     assert "adamw-s0" in out and "muon-s0" in out and "41k" in out and "estimated wall time" in out
     assert not (tmp_path / "d").exists()  # a dry run trains nothing
+
+
+def test_list_names_each_study_with_its_claim_and_cost(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("MUONLAB_CACHE", str(tmp_path / "cache"))
+    monkeypatch.chdir(tmp_path)
+    assert main(["experiment", "--list"]) == 0
+    out = capsys.readouterr().out
+    demo = get_study("demo")
+    assert f"demo: {demo.title}\n  claim: {demo.claim}\n  cpu preset: 6 runs, 2.36M tokens" in out
+    assert "time not measured here yet (muonlab experiment demo --dry-run measures it)" in out
+    # Once this machine has measured the demo's probes, the list shows the estimated time.
+    _, planned, _ = command.plan(demo)
+    workers = command.default_workers(planned)
+    monkeypatch.setattr(calibration, "_probe_batch", lambda configs: [_measurement(0.5)] * len(configs))
+    calibration.calibrate(probe_configs([p.config for p in planned], workers), workers, say=lambda s: None)
+    assert main(["experiment", "--list"]) == 0
+    assert f"here ({workers} at a time)" in capsys.readouterr().out

@@ -97,3 +97,8 @@ def test_a_killed_study_continues_and_ends_as_an_uninterrupted_one(tiny_corpus, 
     assert json.loads((out / "results.json").read_text()) == json.loads((reference / "results.json").read_text())
     for name in ("adamw-s0", "muon-s0", "adamw-s1", "muon-s1"):
         assert _rows_without_timing(out / name) == _rows_without_timing(reference / name), name
+    # Both invocations are on record: the killed one (unfinished) and the one that trained the rest.
+    killed, finishing = json.loads((out / "provenance.json").read_text())["invocations"]
+    assert killed["wall_s"] is None and killed["trained"] == ["adamw-s0", "muon-s0", "adamw-s1", "muon-s1"]
+    assert finishing["wall_s"] > 0 and finishing["trained"] == ["adamw-s1", "muon-s1"]
+    assert "did not finish" in (out / "report.md").read_text()

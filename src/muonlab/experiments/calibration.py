@@ -153,19 +153,26 @@ def _store(path: Path, device: str, measured: dict[str, Measurement]) -> None:
 
 
 def _probe_batch(configs: list[TrainConfig]) -> list[Measurement]:
-    """Run one probe process per config, all at once; their measurements in order."""
-    procs = []
-    for config in configs:
-        argv = child_command("muonlab.experiments.calibration", json.dumps(config.to_dict()), repr(time.time()))
-        procs.append(subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
-    results = []
-    for config, proc in zip(configs, procs):
-        out, err = proc.communicate()
-        if proc.returncode != 0:
-            tail = (err.strip().splitlines() or ["(no output)"])[-1]
-            raise RuntimeError(f"calibration probe of {config.run_dir} failed (exit code {proc.returncode}): {tail}")
-        results.append(Measurement(**json.loads(out.strip().splitlines()[-1])))
-    return results
+    """Run one probe process per config, all at once; their measurements in order.
+
+    Their output goes to files, not pipes, so a probe that writes a lot never waits on this process.
+    """
+    with tempfile.TemporaryDirectory() as folder:
+        procs = []
+        for i, config in enumerate(configs):
+            argv = child_command("muonlab.experiments.calibration", json.dumps(config.to_dict()), repr(time.time()))
+            with open(Path(folder) / f"{i}.out", "w") as out, open(Path(folder) / f"{i}.err", "w") as err:
+                procs.append(subprocess.Popen(argv, stdout=out, stderr=err))
+        results = []
+        for i, (config, proc) in enumerate(zip(configs, procs)):
+            proc.wait()
+            if proc.returncode != 0:
+                tail = ((Path(folder) / f"{i}.err").read_text().strip().splitlines() or ["(no output)"])[-1]
+                raise RuntimeError(f"calibration probe of {config.run_dir} failed (exit code {proc.returncode}): "
+                                   f"{tail}")
+            lines = (Path(folder) / f"{i}.out").read_text().strip().splitlines()
+            results.append(Measurement(**json.loads(lines[-1])))
+        return results
 
 
 def calibrate(configs: list[TrainConfig], workers: int, cache_dir: Path | None = None,

@@ -13,6 +13,7 @@ import os
 import time
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import nullcontext
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -78,8 +79,12 @@ def format_estimate(study: Study, preset: str, est: Estimate, device: str) -> st
 
 
 def dry_run(study: Study, preset: str, planned: Sequence[PlannedRun], workers: int,
-            say: Callable[[str], None] = print, calibrate_speed: bool = True) -> Estimate:
-    """Print the plan and its estimated cost; measure probes first (``calibration``) when not cached."""
+            say: Callable[[str], None] = print) -> Estimate:
+    """Print the plan and its estimated cost; measure probes first (``calibration``) when not cached.
+
+    Without the device the plan asks for (``device=cuda`` on a machine without one), the cost is
+    given in tokens and FLOPs only.
+    """
     from ..train.loop import resolve_device
     from .calibration import calibrate
 
@@ -87,14 +92,13 @@ def dry_run(study: Study, preset: str, planned: Sequence[PlannedRun], workers: i
         is_finished(run.config)  # a folder holding another config's run is reported now, not at run time
     device = planned[0].config.device
     measurements = None
-    if calibrate_speed:
-        try:
-            resolve_device(device)
-        except ValueError as err:
-            say(f"not measuring the speed: {err}")
-        else:
-            _prepare_data([p.config for p in planned], say)
-            measurements = calibrate(probe_configs([p.config for p in planned], workers), workers, say=say)
+    try:
+        resolve_device(device)
+    except ValueError as err:
+        say(f"not measuring the speed: {err}")
+    else:
+        _prepare_data([p.config for p in planned], say)
+        measurements = calibrate(probe_configs([p.config for p in planned], workers), workers, say=say)
     est = estimate(planned, workers, measurements)
     say(format_estimate(study, preset, est, device))
     return est
@@ -131,12 +135,16 @@ def run_study(study: Study, preset: str, params: Mapping[str, Any], planned: Seq
     ``console``: where the progress display goes (default: stdout, live on a terminal, plain lines
     otherwise); ``show_progress=False``: no display.
     """
-    from .outputs import write_outputs
+    from .outputs import record_start, write_outputs
 
     started = time.perf_counter()
     configs = [p.config for p in planned]
     finished = [c.run_dir for c in configs if is_finished(c)]
+    invocation = {"started": datetime.now(timezone.utc).isoformat(timespec="seconds"), "command": command,
+                  "git_revision": git_revision(), "machine": machine(configs[0].device),
+                  "trained": [p.name for p in planned if p.config.run_dir not in finished]}
     if len(finished) < len(configs):
+        record_start(out, invocation)
         if finished:
             say(f"{len(finished)} of {len(configs)} runs are finished already; they are not run again")
         _prepare_data(configs, say)
@@ -145,9 +153,8 @@ def run_study(study: Study, preset: str, params: Mapping[str, Any], planned: Seq
         with Monitor(progress, console=console) if show_progress else nullcontext():
             run_configs(configs, workers=workers, observer=progress)
     runs, analysis = _analyse(study, params, planned, out)
-    provenance = {"command": command, "git_revision": git_revision(), "machine": machine(configs[0].device),
-                  "wall_s": time.perf_counter() - started}
-    report = write_outputs(study, preset, params, runs, analysis, out, provenance)
+    report = write_outputs(study, preset, params, runs, analysis, out,
+                           {**invocation, "wall_s": time.perf_counter() - started})
     if analysis.summary:
         say(analysis.summary)
     say(f"report: {report}")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import sys
 import threading
+import time
 from collections.abc import Callable
 from typing import IO
 
@@ -78,12 +79,10 @@ def render(snapshot: Snapshot):
 class PlainLines:
     """Progress as plain text lines: one when a run starts or ends, the full status every ``every_s``."""
 
-    def __init__(self, stream: IO[str], every_s: float = 30.0, clock: Callable[[], float] | None = None):
-        import time
-
+    def __init__(self, stream: IO[str], every_s: float = 30.0, clock: Callable[[], float] = time.monotonic):
         self.stream = stream
         self.every_s = every_s
-        self._clock = clock or time.monotonic
+        self._clock = clock
         self._states: dict[str, str] = {}
         self._last_status: float | None = None
 

@@ -15,7 +15,6 @@ from dataclasses import asdict
 from typing import Any
 
 from ...analysis import plots
-from ...analysis.report import headline, summarize_by_optimizer
 from ...train.config import TrainConfig
 from ..protocol import ClaimCheck, Gap, claim_section, mean_std, paired_by_seed
 from ..study import Analysis, Finished, PlannedRun, Study
@@ -25,7 +24,8 @@ OPTIMIZERS = ("adamw", "muon")
 PRESETS: dict[str, dict[str, Any]] = {
     # The fixed workload of the demo, the same on every machine so its numbers stay comparable: 6 runs of
     # 96 steps of 16 × 256 tokens (0.39 epochs of the English corpus), eager (on a 2-core CPU compiling costs
-    # more than it saves at this length).
+    # more than it saves at this length). lr: AdamW's best of {1.5e-3, 3e-3, 6e-3} on this workload (final
+    # val loss 4.744 ± 0.026 and 4.725 ± 0.038 over 3 seeds, 5.018 with seed 0).
     "cpu": dict(
         seeds=(0, 1, 2), corpus="english", tokenizer="bpe", vocab_size=4096, model="demo", d_model=160,
         seq_len=256, batch_size=16, train_tokens=393_216, lr=3e-3, weight_decay=0.1, compile=False, device="auto",
@@ -67,6 +67,22 @@ def _claim(gap: Gap, paired) -> ClaimCheck:
     )
 
 
+def _headline(gap: Gap) -> str:
+    """Each optimizer's final validation loss over the seeds, the gap, and whether it exceeds the spread."""
+    lines = []
+    for name, arm in (("adamw", gap.a), ("muon", gap.b)):
+        spread = f"seed-to-seed std {arm.std:.4f}" if arm.std is not None else "seed-to-seed std unknown (one seed)"
+        lines.append(f"- **{name}**: mean final validation loss {arm.mean:.4f} over {arm.n} "
+                     f"seed{'s' if arm.n != 1 else ''}, {spread}")
+    verdict = (f"It is {gap.in_spreads:.1f}× the larger seed-to-seed std ({gap.spread:.4f}), so it exceeds the "
+               "spread between seeds." if gap.separated else
+               "With fewer than 3 seeds, or a gap within the seed-to-seed std, these runs do not separate the "
+               "optimizers.")
+    direction = "lower" if gap.difference < 0 else "higher"
+    return "\n".join([*lines, "", f"muon − adamw = {gap.difference:+.4f}: Muon's final validation loss is "
+                                  f"{abs(gap.difference):.4f} nats {direction} than AdamW's. {verdict}"])
+
+
 def analyse(finished: Finished) -> Analysis:
     """The gap between the optimizers' final validation losses against the seed-to-seed spread."""
     runs = list(finished.runs.values())
@@ -93,7 +109,7 @@ def analyse(finished: Finished) -> Analysis:
         "gap_in_seed_stds": gap.in_spreads,
         "separated": gap.separated,
     }
-    sections = [("Headline", headline(summarize_by_optimizer(runs))),
+    sections = [("Headline", _headline(gap)),
                 ("Paper claim vs small-scale result", claim_section([_claim(gap, paired)]))]
     return Analysis(results=results, sections=sections, figures=figures, summary=summary)
 
