@@ -137,15 +137,21 @@ def _loss_claim(muon: MeanStd, clip: MeanStd, paired: MeanStd) -> ClaimCheck:
     )
 
 
+def _logit(numbers: Mapping[str, Any]) -> str:
+    """A ``MeanStd`` dict of max logits, to one decimal."""
+    spread = f" ± {numbers['std']:.1f}" if numbers["std"] is not None else ""
+    return f"{numbers['mean']:.1f}{spread}"
+
+
 def _table(numbers: Mapping[str, Mapping[str, Any]], tau: float) -> str:
     lines = ["| variant | final val loss | peak max logit (mean ± std over seeds) | highest peak | peak on telemetry "
              "steps | final max logit | heads clipped over training (per run) |", "|---|---|---|---|---|---|---|"]
     for variant, n in numbers.items():
         clip = n.get("clipping")
         heads = ", ".join(str(c["heads_clipped_total"]) for c in clip.values()) if clip else "—"
-        lines.append(f"| {variant} | {MeanStd(**n['final_val_loss'])} | {MeanStd(**n['peak_max_logit'])} | "
+        lines.append(f"| {variant} | {MeanStd(**n['final_val_loss'])} | {_logit(n['peak_max_logit'])} | "
                      f"{n['peak_max_logit_max_over_seeds']:.1f} ({n['peak_max_logit_max_over_seeds'] / tau:.2f}× τ) | "
-                     f"{MeanStd(**n['peak_max_logit_on_telemetry_steps'])} | {MeanStd(**n['final_max_logit'])} | "
+                     f"{_logit(n['peak_max_logit_on_telemetry_steps'])} | {_logit(n['final_max_logit'])} | "
                      f"{heads} |")
     return "\n".join(lines)
 
