@@ -175,15 +175,21 @@ def plot_losses(runs: Sequence[Run], path: str | os.PathLike, window: int = 10) 
 
 
 def plot_clipping(runs: Sequence[Run], path: str | os.PathLike) -> Path | None:
-    """For the QK-Clip runs: heads clipped per step and the smallest γ = τ / S_max per step, mean ± std."""
-    clipped = {variant: group for variant, group in group_by_variant(runs).items()
-               if any(len(run.series("qk_clip/heads_clipped")[0]) for run in group)}
-    if not clipped:
+    """For each QK-Clip run: heads clipped so far (cumulative) and γ = τ / S_max at the steps that clipped."""
+    clip_runs = [run for run in runs if len(run.series("qk_clip/heads_clipped")[0])]
+    if not clip_runs:
         return None
     fig, (heads_ax, gamma_ax) = _figure(2, width=6.0)
-    _draw(heads_ax, clipped, "qk_clip/heads_clipped")
-    _draw(gamma_ax, clipped, "qk_clip/min_gamma")
-    _finish(heads_ax, "Heads clipped per step", "optimizer step", "heads with S_max > τ (all layers)")
-    _finish(gamma_ax, "Smallest γ = τ / S_max per step", "optimizer step", "min γ (1: nothing clipped)")
-    fig.suptitle("QK-Clip activity (mean ± std over seeds)")
+    markers = ["o", "s", "^", "D", "v"]
+    for i, run in enumerate(clip_runs):
+        steps, _, heads = run.series("qk_clip/heads_clipped")
+        gamma_steps, _, gamma = run.series("qk_clip/min_gamma")
+        label = f"{run.name} (seed {run.config.get('seed')})"
+        heads_ax.plot(steps, np.cumsum(heads), linewidth=1.2, label=label)
+        clipped = gamma < 1
+        gamma_ax.plot(gamma_steps[clipped], gamma[clipped], linestyle="none", marker=markers[i % len(markers)],
+                      markersize=3, alpha=0.7, label=label)
+    _finish(heads_ax, "Heads clipped so far", "optimizer step", "clipped heads, summed over steps")
+    _finish(gamma_ax, "Smallest γ = τ / S_max at steps that clipped", "optimizer step", "min γ over heads")
+    fig.suptitle("QK-Clip activity, per run")
     return _save(fig, path)

@@ -20,6 +20,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict
 from typing import Any
 
+import numpy as np
+
 from ...analysis import qk_clip_plots as plots
 from ...analysis.runs import Run
 from ...train.config import TrainConfig
@@ -83,7 +85,7 @@ def _clip_stats(run: Run, tau: float) -> dict[str, Any]:
     and how often / how far the pre-clip max logit went above τ."""
     steps, _, heads = run.series("qk_clip/heads_clipped")
     _, _, gamma = run.series("qk_clip/min_gamma")
-    above = [r for r in run.rows if (m := plots.max_over_layers(r)) is not None and m > tau]
+    above = np.array([m for r in run.rows if (m := plots.max_over_layers(r)) is not None and m > tau])
     clipped_steps = steps[heads > 0]
     return {
         "heads_clipped_total": int(heads.sum()),
@@ -92,6 +94,8 @@ def _clip_stats(run: Run, tau: float) -> dict[str, Any]:
         "first_clip_step": int(clipped_steps[0]) if len(clipped_steps) else None,
         "min_gamma": float(gamma.min()) if len(gamma) else None,
         "steps_above_tau": len(above),
+        "median_excess_over_tau": float(np.median(above) / tau - 1) if len(above) else None,
+        "p90_excess_over_tau": float(np.percentile(above, 90) / tau - 1) if len(above) else None,
         "peak_over_tau": _peak(run) / tau,
     }
 
@@ -156,14 +160,20 @@ def _table(numbers: Mapping[str, Mapping[str, Any]], tau: float) -> str:
     return "\n".join(lines)
 
 
+def _percent(fraction: float | None) -> str:
+    return "—" if fraction is None else f"{100 * fraction:+.1f} %"
+
+
 def _clipping_text(clip: Mapping[str, Mapping[str, Any]], tau: float) -> str:
     lines = [f"QK-Clip runs (τ = {tau:g}), per run: heads clipped summed over steps, steps that clipped of those "
-             "measured, first clipping step, smallest γ, steps whose pre-clip max logit exceeded τ, peak / τ."]
+             "measured, first clipping step, smallest γ, steps whose pre-clip max logit exceeded τ (and by how much: "
+             "median and 90th percentile over those steps), peak / τ."]
     for name, c in clip.items():
         gamma = f"{c['min_gamma']:.3f}" if c["min_gamma"] is not None else "—"
         lines.append(f"- `{name}`: {c['heads_clipped_total']} heads clipped in {c['steps_with_clipping']} of "
                      f"{c['steps_measured']} steps (first at step {c['first_clip_step']}), min γ {gamma}, "
-                     f"{c['steps_above_tau']} steps above τ, peak {c['peak_over_tau']:.3f}× τ")
+                     f"{c['steps_above_tau']} steps above τ (median {_percent(c['median_excess_over_tau'])}, "
+                     f"90th percentile {_percent(c['p90_excess_over_tau'])} above), peak {c['peak_over_tau']:.3f}× τ")
     return "\n".join(lines)
 
 
@@ -208,7 +218,8 @@ def analyse(finished: Finished) -> Analysis:
         ("Max attention logit per layer over training (mean ± std over seeds; τ dashed)",
          plots.plot_max_logits(runs, tau, out / "max_logit.png")),
         ("Training and validation loss by variant (mean ± std over seeds)", plots.plot_losses(runs, out / "loss.png")),
-        ("QK-Clip activity: heads clipped and smallest γ per step", plots.plot_clipping(runs, out / "qk_clip.png")),
+        ("QK-Clip activity per run: heads clipped so far and the smallest γ at the steps that clipped",
+         plots.plot_clipping(runs, out / "qk_clip.png")),
     ]
     summary = "; ".join(f"{v}: final val loss {val[v]}, peak max logit "
                         f"{numbers[v]['peak_max_logit_max_over_seeds']:.1f}" for v in numbers)
