@@ -116,8 +116,8 @@ def _bound_claim(tau: float, muon_peak: float, clip_peak: float) -> ClaimCheck:
     over = clip_peak / tau - 1
     agrees = None if muon_peak <= tau else (clip_peak <= tau * (1 + BOUND_SLACK))
     return ClaimCheck(
-        paper="QK-Clip caps the max attention logit at τ (K2 §2.1, Figure 2: capped at τ = 100 while unclipped "
-              "Muon's grows past 1000)",
+        paper="QK-Clip caps the max attention logit at τ (K2 §2.1: τ = 100, where unclipped Muon's max logits "
+              "exceeded 1000)",
         result=f"peak pre-clip max logit over training and seeds: Muon {muon_peak:.1f}, Muon + QK-Clip {clip_peak:.1f} "
                f"(τ = {tau:g})",
         agrees=agrees,
@@ -132,7 +132,7 @@ def _loss_claim(muon: MeanStd, clip: MeanStd, paired: MeanStd) -> ClaimCheck:
     gap = Gap(muon, clip)
     agrees = None if gap.spread is None or min(muon.n, clip.n) < 3 else (not gap.separated or gap.difference < 0)
     return ClaimCheck(
-        paper="QK-Clip costs no loss (K2 §2.1, Figure 2: MuonClip's loss curve matches Muon's where Muon is stable)",
+        paper="QK-Clip costs no loss (K2 §2.1: no loss penalty from QK-Clip)",
         result=f"final validation loss Muon {muon}, Muon + QK-Clip {clip}",
         agrees=agrees,
         by_how_much=(f"QK-Clip − Muon = {gap.difference:+.4f} nats ({gap.in_spreads:.1f}× the larger seed std "
