@@ -1,0 +1,195 @@
+"""Plots of the ``qk-clip`` study: max attention logit per layer, loss curves and clipping activity, by variant.
+
+A *variant* is a group of runs that differ only in the seed: ``variant_of`` names it from the run's
+config (``adamw``, ``muon``, or ``muon+qk-clip`` when ``qk_clip_tau`` > 0). Curves are the mean over
+the variant's seeds at the steps every one of its runs logged, with a shaded mean ± sample std band.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from muonlab.analysis.plots import DPI
+from muonlab.analysis.runs import Run
+
+try:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+except ImportError as e:  # an optional extra
+    raise ImportError("muonlab.analysis.qk_clip_plots needs matplotlib: pip install 'muonlab[plot]'") from e
+
+__all__ = ["VARIANT_COLORS", "band", "group_by_variant", "layer_count", "max_logit_keys", "plot_clipping",
+           "max_over_layers", "plot_losses", "plot_max_logits", "variant_of"]
+
+VARIANT_COLORS = {"adamw": "tab:blue", "muon": "tab:red", "muon+qk-clip": "tab:green"}
+_LAYER_KEY = re.compile(r"max_logit/layer(\d+)$")
+
+
+def variant_of(run: Run) -> str:
+    """``adamw``, ``muon`` or ``muon+qk-clip`` (Muon with ``qk_clip_tau`` > 0)."""
+    if run.optimizer == "muon" and float(run.config.get("qk_clip_tau") or 0.0) > 0:
+        return "muon+qk-clip"
+    return run.optimizer
+
+
+def group_by_variant(runs: Sequence[Run]) -> dict[str, list[Run]]:
+    """Runs by variant, variants in first-seen order."""
+    groups: dict[str, list[Run]] = {}
+    for run in runs:
+        groups.setdefault(variant_of(run), []).append(run)
+    return groups
+
+
+def max_logit_keys(run: Run) -> list[str]:
+    """The run's ``max_logit/layer{i}`` keys, by layer index."""
+    found = {int(m.group(1)): k for row in run.rows for k in row if (m := _LAYER_KEY.match(k))}
+    return [found[i] for i in sorted(found)]
+
+
+def layer_count(runs: Sequence[Run]) -> int:
+    """The number of layers that logged a max logit (the most over ``runs``)."""
+    return max((len(max_logit_keys(r)) for r in runs), default=0)
+
+
+def max_over_layers(row: Mapping) -> float | None:
+    """The largest ``max_logit/layer{i}`` of a metrics row (None when it logged none)."""
+    values = [v for k, v in row.items() if _LAYER_KEY.match(k) and isinstance(v, (int, float))]
+    return max(values) if values else None
+
+
+def _series(run: Run, key: str) -> dict[int, float]:
+    """step -> value; ``key`` ``"max_logit/max"`` is the max over the row's layers."""
+    if key == "max_logit/max":
+        return {r["step"]: m for r in run.rows if (m := max_over_layers(r)) is not None}
+    steps, _, values = run.series(key)
+    return dict(zip(steps.tolist(), values.tolist()))
+
+
+def band(runs: Sequence[Run], key: str, transform: Callable[[np.ndarray, np.ndarray], tuple] | None = None):
+    """``(steps, mean, std)`` of ``key`` over ``runs`` at the steps all of them logged (std None for one run).
+
+    ``transform(steps, values[runs, steps]) -> (steps, values)`` is applied first (e.g. binning).
+    """
+    per_run = [_series(r, key) for r in runs]
+    common = sorted(set.intersection(*(set(d) for d in per_run))) if per_run else []
+    if not common:
+        return None
+    steps = np.array(common)
+    values = np.array([[d[s] for s in common] for d in per_run])
+    if transform is not None:
+        steps, values = transform(steps, values)
+    std = values.std(axis=0, ddof=1) if len(runs) > 1 else None
+    return steps, values.mean(axis=0), std
+
+
+def _binned(width: int) -> Callable[[np.ndarray, np.ndarray], tuple]:
+    """Mean over consecutive windows of ``width`` logged steps (the window's last step as x)."""
+    def transform(steps: np.ndarray, values: np.ndarray) -> tuple:
+        n = len(steps) // width * width
+        if n == 0:
+            return steps, values
+        return steps[width - 1:n:width], values[:, :n].reshape(len(values), -1, width).mean(axis=2)
+    return transform
+
+
+def _draw(ax, groups: Mapping[str, Sequence[Run]], key: str, transform=None, marker: str | None = None) -> bool:
+    drawn = False
+    for variant, runs in groups.items():
+        got = band(runs, key, transform)
+        if got is None:
+            continue
+        steps, mean, std = got
+        color = VARIANT_COLORS.get(variant, "tab:gray")
+        ax.plot(steps, mean, color=color, marker=marker, markersize=2, linewidth=1.2,
+                label=f"{variant} ({len(runs)} seed{'s' if len(runs) > 1 else ''})")
+        if std is not None:
+            ax.fill_between(steps, mean - std, mean + std, color=color, alpha=0.2, linewidth=0)
+        drawn = True
+    return drawn
+
+
+def _figure(panels: int, width: float = 5.0, height: float = 4.0):
+    fig = Figure(figsize=(width * panels, height), layout="constrained")
+    FigureCanvasAgg(fig)
+    return fig, [fig.add_subplot(1, panels, i + 1) for i in range(panels)]
+
+
+def _finish(ax, title: str, xlabel: str, ylabel: str) -> None:
+    ax.set_title(title)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.grid(True, alpha=0.3, which="both")
+    ax.legend(fontsize="small")
+
+
+def _save(fig, path: str | os.PathLike) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=DPI)
+    return path
+
+
+def plot_max_logits(runs: Sequence[Run], tau: float, path: str | os.PathLike) -> Path | None:
+    """Max attention logit over training: the max over layers, then one panel per layer; log scale, τ dashed.
+
+    Muon + QK-Clip logs the pre-clip max logit at every step; the others at their telemetry steps.
+    """
+    layers = layer_count(runs)
+    if not layers:
+        return None
+    groups = group_by_variant(runs)
+    fig, axes = _figure(layers + 1, width=4.6)
+    keys = ["max_logit/max"] + [f"max_logit/layer{i}" for i in range(layers)]
+    titles = ["max over layers"] + [f"layer {i}" for i in range(layers)]
+    for ax, key, title in zip(axes, keys, titles):
+        _draw(ax, groups, key)
+        ax.axhline(tau, color="black", linestyle="--", linewidth=1, label=f"τ = {tau:g}")
+        ax.set_yscale("log")
+        _finish(ax, f"Max attention logit, {title}", "optimizer step", "max logit (pre-clip), mean ± std")
+    fig.suptitle("Per-head max attention logit q·k/√d over training (mean ± std over seeds)")
+    return _save(fig, path)
+
+
+def plot_losses(runs: Sequence[Run], path: str | os.PathLike, window: int = 10) -> Path | None:
+    """Training loss (mean over windows of ``window`` steps) and validation loss, mean ± std by variant."""
+    groups = group_by_variant(runs)
+    fig, (train_ax, val_ax) = _figure(2, width=6.0)
+    drawn = _draw(train_ax, groups, "loss", transform=_binned(window))
+    drawn |= _draw(val_ax, groups, "val_loss", marker="o")
+    if not drawn:
+        return None
+    _finish(train_ax, f"Training loss (mean over {window}-row windows)", "optimizer step", "loss (nats/token)")
+    _finish(val_ax, "Validation loss", "optimizer step", "validation loss (nats/token)")
+    for ax in (train_ax, val_ax):  # the early steps' loss (~8 nats) would flatten the part that differs
+        lows = [line.get_ydata().min() for line in ax.get_lines()]
+        finals = [line.get_ydata()[-1] for line in ax.get_lines()]
+        if lows:
+            ax.set_ylim(min(lows) - 0.05, max(finals) + 1.0)
+    fig.suptitle("Loss by variant (mean ± std over seeds)")
+    return _save(fig, path)
+
+
+def plot_clipping(runs: Sequence[Run], path: str | os.PathLike) -> Path | None:
+    """For each QK-Clip run: heads clipped so far (cumulative) and γ = τ / S_max at the steps that clipped."""
+    clip_runs = [run for run in runs if len(run.series("qk_clip/heads_clipped")[0])]
+    if not clip_runs:
+        return None
+    fig, (heads_ax, gamma_ax) = _figure(2, width=6.0)
+    markers = ["o", "s", "^", "D", "v"]
+    for i, run in enumerate(clip_runs):
+        steps, _, heads = run.series("qk_clip/heads_clipped")
+        gamma_steps, _, gamma = run.series("qk_clip/min_gamma")
+        label = f"{run.name} (seed {run.config.get('seed')})"
+        heads_ax.plot(steps, np.cumsum(heads), linewidth=1.2, label=label)
+        clipped = gamma < 1
+        gamma_ax.plot(gamma_steps[clipped], gamma[clipped], linestyle="none", marker=markers[i % len(markers)],
+                      markersize=3, alpha=0.7, label=label)
+    _finish(heads_ax, "Heads clipped so far", "optimizer step", "clipped heads, summed over steps")
+    _finish(gamma_ax, "Smallest γ = τ / S_max at steps that clipped", "optimizer step", "min γ over heads")
+    fig.suptitle("QK-Clip activity, per run")
+    return _save(fig, path)
