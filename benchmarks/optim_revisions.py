@@ -2,8 +2,8 @@
 
 For refactors of the optimizer: the other checkout's ``muonlab.optim`` (torch only, relative imports)
 is loaded under another package name, both optimizers and ``torch.optim.Muon`` step the same
-matrices with the same gradients, interleaved step by step so machine noise hits all of them alike,
-and the medians and the per-step ratio are printed. The updated weights are also compared, so a
+matrices with the same gradients, interleaved step by step (the order rotating every step) so machine
+noise hits all of them alike, and the medians and the per-step ratio are printed. The updated weights are also compared, so a
 refactor that claims "bit-identical" is checked on the same run.
 
     python benchmarks/optim_revisions.py --other /path/to/old/checkout         # gpt2 and d256 sets
@@ -51,8 +51,12 @@ def bench(name: str, other, device: torch.device, repeats: int) -> None:
         "torch": torch.optim.Muon(params["torch"], lr=1e-3, weight_decay=0.1, adjust_lr_fn="match_rms_adamw"),
     }
     times = {label: [] for label in optimizers}
+    labels = list(optimizers)
     for i in range(repeats + 1):
-        for label, opt in optimizers.items():
+        # Rotate who goes first: a step right after another optimizer's pays for what that one left
+        # in the allocator and the caches, so a fixed order would favour one of them.
+        for label in labels[i % 3 :] + labels[: i % 3]:
+            opt = optimizers[label]
             sync(device)
             started = time.perf_counter()
             opt.step()

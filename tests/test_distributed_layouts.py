@@ -114,6 +114,7 @@ def test_owner_compute_on_one_process_runs_each_bucket_once_and_sends_nothing():
         return 2 * batch
 
     pieces = {i: torch.arange(u.numel, dtype=torch.float32) for i, u in enumerate(units)}
-    out = executor.run(lambda i, dst: dst.copy_(pieces[i]), compute, torch.device("cpu"))
+    out = {}
+    executor.run(lambda i, dst: dst.copy_(pieces[i]), compute, out.update, torch.device("cpu"))
     assert sorted(len(ids) for _, ids in calls) == [1, 2]  # two buckets, each in one call
     assert all(torch.equal(out[i], 2 * pieces[i]) for i in pieces)

@@ -152,8 +152,8 @@ class OwnerCompute:
 
     def run(self, write_input: Callable[[int, torch.Tensor], None],
             compute: Callable[[Hashable, list[int], torch.Tensor], torch.Tensor],
-            device: torch.device) -> dict[int, torch.Tensor]:
-        """Exchange, compute, exchange back.
+            consume: Callable[[dict[int, torch.Tensor]], None], device: torch.device) -> None:
+        """Exchange, compute, exchange back, one bucket at a time.
 
         Args:
             write_input: ``(unit index, out)`` writes this rank's flat input piece of a unit into
@@ -162,25 +162,27 @@ class OwnerCompute:
                 send buffer, so no input is materialized twice.
             compute: ``(key, owned unit indices, [Σ batch, rows, cols] input batch) -> output batch``
                 (same shape, the output dtype); called on each owner once per bucket it owns units in.
+            consume: called once per bucket with ``{unit index: this rank's flat output piece}`` for
+                every unit of the bucket whose ``outputs[rank]`` is non-empty (views into the owner's
+                output batch where it was computed here), as soon as they are all here: a bucket
+                computed here is consumed before the next one is computed, so its batch is freed and
+                reused (a bucket whose results travel is consumed after every bucket was sent).
             device: where buffers live.
-
-        Returns:
-            unit index -> this rank's flat output piece, for every unit whose ``outputs[rank]``
-            is non-empty (views into the owner's output batch where it was computed here).
         """
         units, me = self.units, self.rank
         forward = [self._send(b.fwd_send, b.fwd_recv, lambda i, d: _length(units[i].inputs[me]),
                               lambda i, d, out: write_input(i, out), lambda i, s: _length(units[i].inputs[s]),
                               self.dtypes(b.key)[0], device)
                    if b.moves_forward else None for b in self.buckets]
-        results: dict[int, torch.Tensor] = {}
         backward = []
         for b, flight in zip(self.buckets, forward):
             received = self._receive(b.fwd_recv, lambda i, s: _length(units[i].inputs[s]), flight)
             full: dict[int, torch.Tensor] = {}
+            results: dict[int, torch.Tensor] = {}
             if b.owned:
                 batch, offsets = self._assemble(b, write_input, received, device)
                 out = compute(b.key, b.owned, batch).reshape(-1)
+                del batch
                 full = {i: out[o : o + units[i].numel] for i, o in zip(b.owned, offsets)}
                 for i in b.owned:
                     lo, hi = units[i].outputs[me]
@@ -190,11 +192,14 @@ class OwnerCompute:
                 flight = self._send(b.bwd_send, b.bwd_recv, lambda i, d: _length(units[i].outputs[d]),
                                     lambda i, d, out, full=full: out.copy_(full[i][slice(*units[i].outputs[d])]),
                                     lambda i, s: _length(units[i].outputs[me]), self.dtypes(b.key)[1], device)
-                backward.append((b, flight))
-        for b, flight in backward:
+                backward.append((b, flight, results))
+            elif results:
+                consume(results)
+        for b, flight, results in backward:
             received = self._receive(b.bwd_recv, lambda i, s: _length(units[i].outputs[me]), flight)
             results.update({i: piece for (i, _), piece in received.items()})
-        return results
+            if results:
+                consume(results)
 
     def _send(self, send: list[list[int]], recv: list[list[int]], send_length, fill, recv_length, dtype, device):
         """Start one all-to-all: ``send_length(i, d)`` elements of unit i to rank d, written into the

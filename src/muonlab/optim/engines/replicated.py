@@ -67,17 +67,19 @@ class ReplicatedEngine(Engine):
                 group["nesterov"],
             )
 
+        def apply(results: dict[int, torch.Tensor]) -> None:  # one bucket: every piece of its parameters
+            parts: dict[int, list] = defaultdict(list)
+            for u, piece in results.items():
+                parts[where[u].param].append((where[u].first, piece))
+            targets = []
+            for k, found in parts.items():
+                pieces = [t for _, t in sorted(found, key=lambda x: x[0])]
+                p = self.slots[k].param
+                targets.append((k, p, (pieces[0] if len(pieces) == 1 else torch.cat(pieces)).view(p.shape)))
+            self.apply_muon(targets, mats)
+
         device = next(iter(bufs.values())).device
-        results = executor.run(write_input, self.orthogonalizer(units, where, telemetry), device)
-        parts: dict[int, list] = defaultdict(list)
-        for u, w in enumerate(where):
-            parts[w.param].append((w.first, results[u]))
-        targets = []
-        for k in ks:
-            pieces = [t for _, t in sorted(parts[k], key=lambda x: x[0])]
-            p = self.slots[k].param
-            targets.append((k, p, (pieces[0] if len(pieces) == 1 else torch.cat(pieces)).view(p.shape)))
-        self.apply_muon(targets, mats)
+        executor.run(write_input, self.orthogonalizer(units, where, telemetry), apply, device)
 
     def _plan(self, mats):
         units, where = replicated_units(mats, self.world_size)

@@ -108,17 +108,18 @@ class ShardedEngine(Engine):
             newton_schulz_input_(out, self._local_rows(m, grads[w.param], w.first, unit.batch),
                                  self._local_rows(m, buf, w.first, unit.batch), group["momentum"], group["nesterov"])
 
-        results = executor.run(write_input, self.orthogonalizer(units, where, telemetry), device)
-        parts: dict[int, list] = defaultdict(list)
-        for u, w in enumerate(where):
-            if u in results:
-                parts[w.param].append((w.first, results[u]))
-        targets = []
-        for k, found in parts.items():
-            local = self.slots[k].param._local_tensor
-            pieces = [t for _, t in sorted(found, key=lambda x: x[0])]
-            targets.append((k, local, (pieces[0] if len(pieces) == 1 else torch.cat(pieces)).view(local.shape)))
-        self.apply_muon(targets, mats)
+        def apply(results: dict[int, torch.Tensor]) -> None:  # one bucket: this rank's rows of its parameters
+            parts: dict[int, list] = defaultdict(list)
+            for u, piece in results.items():
+                parts[where[u].param].append((where[u].first, piece))
+            targets = []
+            for k, found in parts.items():
+                local = self.slots[k].param._local_tensor
+                pieces = [t for _, t in sorted(found, key=lambda x: x[0])]
+                targets.append((k, local, (pieces[0] if len(pieces) == 1 else torch.cat(pieces)).view(local.shape)))
+            self.apply_muon(targets, mats)
+
+        executor.run(write_input, self.orthogonalizer(units, where, telemetry), apply, device)
 
     def _plan(self, mats):
         # Looked up at call time, so a test can swap in a deliberately wrong plan.

@@ -137,8 +137,11 @@ class Zero1Engine(Engine):
             newton_schulz_input_(out, grad_of[j], self.state[j]["momentum_buffer"], group["momentum"],
                                  group["nesterov"])
 
-        results = executor.run(write_input, self.orthogonalizer(units, where, telemetry), self.device)
-        self.apply_muon([(self.pieces[j].segment.param, view[j], results[u]) for u, j in local.items()], self.mats)
+        def apply(results: dict[int, torch.Tensor]) -> None:  # one bucket: this rank's pieces of its matrices
+            self.apply_muon([(self.pieces[local[u]].segment.param, view[local[u]], piece)
+                             for u, piece in results.items()], self.mats)
+
+        executor.run(write_input, self.orthogonalizer(units, where, telemetry), apply, self.device)
 
     # ---- checkpoints: each parameter's state assembled on one rank, loadable at any world size
 
