@@ -75,7 +75,7 @@ def _kill_when_half_trained(proc: subprocess.Popen, run_dir: Path, timeout_s: fl
 
 @pytest.mark.slow
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc to find the study's processes")
-def test_a_killed_study_continues_and_ends_as_an_uninterrupted_one(tiny_corpus, muonlab_cache, tmp_path):
+def test_a_killed_study_continues_and_ends_as_an_uninterrupted_one(tiny_corpus, muonlab_cache, single_thread, tmp_path):
     env = {**os.environ, "MUONLAB_ALLOCATOR": "default"}
     cli = [sys.executable, "-m", "muonlab.cli"]
     reference = tmp_path / "reference"
