@@ -19,6 +19,7 @@ from muonlab.experiments.protocol import (
     mean_std,
     paired_by_seed,
     protocol_section,
+    tokens_to_reach,
 )
 from muonlab.parallel import init_runtime
 from muonlab.train.loop import build_training, seed_everything
@@ -75,6 +76,21 @@ def test_epochs_and_the_protocol_paragraph():
     assert "Seeds: 0 (1; a claimed difference needs ≥ 3)" in text
     assert "32,768 tokens: 8 batches" in text  # 8 × 16 × 256
     assert "english corpus, bpe tokens, 1,000 training tokens; each run saw its training data 0.50–2.50 times" in text
+
+
+def test_tokens_to_reach_interpolates_between_evaluations():
+    run = Run(name="m", path=Path("/x/m"), config={}, rows=[
+        {"step": 1, "tokens": 100, "loss": 9.0},  # a training row: no val_loss
+        {"step": 2, "tokens": 200, "val_loss": 5.0},
+        {"step": 4, "tokens": 400, "val_loss": 4.0},
+        {"step": 6, "tokens": 600, "val_loss": 3.5},
+    ])
+    assert tokens_to_reach(run, 4.5) == pytest.approx(300.0)  # halfway from 5.0 at 200 to 4.0 at 400
+    assert tokens_to_reach(run, 3.75) == pytest.approx(500.0)
+    assert tokens_to_reach(run, 4.0) == pytest.approx(400.0)
+    assert tokens_to_reach(run, 6.0) == 200.0  # already below at the first evaluation
+    assert tokens_to_reach(run, 3.0) is None
+    assert tokens_to_reach(run, 9.5, key="loss") == 100.0
 
 
 def test_claim_section_says_plainly_whether_the_direction_agrees():

@@ -11,6 +11,8 @@
   and the first ``eval_batches`` batches of them, the same at every evaluation and in every run.
 - **Epochs.** tokens trained / tokens in the training split (``epochs``): the built-in English
   corpus holds about 1M BPE tokens, so long runs repeat it, and the report says how often.
+- **Equal-loss efficiency.** ``tokens_to_reach``: the tokens a run needs to first reach a loss, the
+  small-scale counterpart of the papers' "same loss with less compute".
 
 ``claim_section`` writes the "paper claim vs small-scale result" table every report ends its
 findings with: the claim with its number, what came out, whether the direction agrees, by how much.
@@ -26,7 +28,7 @@ from dataclasses import dataclass
 from ..analysis.runs import NOT_HYPERPARAMETERS, Run, config_key
 
 __all__ = ["MIN_SEEDS", "ClaimCheck", "Gap", "MeanStd", "claim_section", "epochs", "mean_std", "paired_by_seed",
-           "protocol_section"]
+           "protocol_section", "tokens_to_reach"]
 
 MIN_SEEDS = 3
 # Config keys that may differ between the two runs of a seed pair: the optimizer and where the run lives.
@@ -90,6 +92,19 @@ def epochs(run: Run) -> float | None:
     split = run.config.get("train_split_tokens")
     tokens = run.final("tokens")
     return tokens / split if split and tokens is not None else None
+
+
+def tokens_to_reach(run: Run, loss: float, key: str = "val_loss") -> float | None:
+    """Tokens at which ``run``'s ``key`` first reaches ``loss``, linearly interpolated between the two logged
+    points around the crossing (the first logged point's tokens if it is already there); None if it never does."""
+    tokens, values = run.xy("tokens", key)
+    for i, value in enumerate(values):
+        if value <= loss:
+            if i == 0:
+                return float(tokens[0])
+            t0, t1, v0, v1 = tokens[i - 1], tokens[i], values[i - 1], values[i]
+            return float(t0 + (v0 - loss) * (t1 - t0) / (v0 - v1))
+    return None
 
 
 def paired_by_seed(runs: Sequence[Run], a: str = "adamw", b: str = "muon") -> list[tuple[int, Run, Run]]:

@@ -16,7 +16,7 @@ from typing import Any
 
 from ...analysis import plots
 from ...train.config import TrainConfig
-from ..protocol import ClaimCheck, Gap, claim_section, mean_std, paired_by_seed
+from ..protocol import ClaimCheck, Gap, MeanStd, claim_section, mean_std, paired_by_seed, tokens_to_reach
 from ..study import Analysis, Finished, PlannedRun, Study
 
 OPTIMIZERS = ("adamw", "muon")
@@ -52,19 +52,33 @@ def plan(p: Mapping[str, Any]) -> list[PlannedRun]:
             for seed in p["seeds"] for optimizer in OPTIMIZERS]
 
 
-def _claim(gap: Gap, paired) -> ClaimCheck:
+def _claim(gap: Gap, paired: MeanStd, speedup: MeanStd | None) -> ClaimCheck:
     muon_lower = gap.difference < 0
-    agrees = (muon_lower if gap.separated else None)
     size = (f"Muon {abs(gap.difference):.4f} nats {'lower' if muon_lower else 'higher'} at equal tokens "
             f"({gap.in_spreads:.1f}× the seed-to-seed std {gap.spread:.4f}); per seed, Muon − AdamW = {paired}"
             if gap.spread else f"Muon − AdamW = {gap.difference:+.4f} nats; spread unknown (one seed)")
+    if speedup is not None:
+        size += (f"; Muon reached AdamW's final validation loss with {speedup.mean:.2f}× fewer tokens "
+                 f"({speedup}; paper: ≈ 2× less compute at equal loss)")
     return ClaimCheck(
         paper="Muon with the 0.2·sqrt(max(A, B)) scale reuses AdamW's lr and weight decay and trains better "
               "than AdamW (Moonlight §2.2; ≈ 2× compute efficiency, Figure 3)",
         result=f"final validation loss AdamW {gap.a}, Muon {gap.b}",
-        agrees=agrees,
+        agrees=muon_lower if gap.separated else None,
         by_how_much=size,
     )
+
+
+def _speedup(pairs) -> MeanStd | None:
+    """Per seed, AdamW's tokens over the tokens Muon needed to reach AdamW's final validation loss
+    (interpolated between evaluations); None if a Muon run never reached it."""
+    ratios = []
+    for _, adamw, muon in pairs:
+        needed = tokens_to_reach(muon, adamw.final("val_loss"))
+        if needed is None:
+            return None
+        ratios.append(adamw.final("tokens") / needed)
+    return mean_std(ratios)
 
 
 def _headline(gap: Gap) -> str:
@@ -91,6 +105,7 @@ def analyse(finished: Finished) -> Analysis:
     muon = mean_std(m.final("val_loss") for _, _, m in pairs)
     gap = Gap(adamw, muon)
     paired = mean_std(m.final("val_loss") - a.final("val_loss") for _, a, m in pairs)
+    speedup = _speedup(pairs)
     out = finished.out
     figures = [
         ("Validation loss vs tokens", plots.plot_val_loss(runs, out / "val_loss_vs_tokens.png", x="tokens")),
@@ -108,9 +123,10 @@ def analyse(finished: Finished) -> Analysis:
         "seed_std": gap.spread,
         "gap_in_seed_stds": gap.in_spreads,
         "separated": gap.separated,
+        "tokens_ratio_to_adamw_final_loss": None if speedup is None else asdict(speedup),
     }
     sections = [("Headline", _headline(gap)),
-                ("Paper claim vs small-scale result", claim_section([_claim(gap, paired)]))]
+                ("Paper claim vs small-scale result", claim_section([_claim(gap, paired, speedup)]))]
     return Analysis(results=results, sections=sections, figures=figures, summary=summary)
 
 
