@@ -2,7 +2,9 @@
 
 ``HarnessModel`` is a 2-block causal transformer whose matrices have dims not divisible by 2 or
 3 (vocab 67, MLP width 35), plus a dense mixture over a 3-D expert stack ``[5, 20, 20]`` (role
-``expert``; 5 experts split 3+2 on two ranks and 2+2+1 on three). ``spawn`` runs a function on N
+``expert``; 5 experts split 3+2 on two ranks and 2+2+1 on three). Its MLP input matrix is stored
+``[in, out]`` = ``[20, 35]`` and declared as 5 fused projections, which ``param_groups(...,
+split_fused=True)`` orthogonalizes as 5 transposed blocks ``[7, 20]``. ``spawn`` runs a function on N
 gloo processes with one torch thread each and returns what each rank returned.
 """
 
@@ -43,12 +45,27 @@ class ExpertMixer(nn.Module):
         return torch.einsum("bte,bteo->bto", g, torch.einsum("btd,eod->bteo", x, self.w))
 
 
+class InOut(nn.Module):
+    """``x @ weight`` with ``weight`` stored ``[in, out]`` (as Hugging Face's ``Conv1D``), its outputs
+    declared as 5 fused projections."""
+
+    muon_roles = {"weight": "hidden"}
+    muon_layouts = {"weight": {"transposed": True, "fused": 5}}
+
+    def __init__(self, n_in: int, n_out: int) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.randn(n_in, n_out) / n_in**0.5)
+
+    def forward(self, x):
+        return x @ self.weight
+
+
 class Block(nn.Module):
     def __init__(self) -> None:
         super().__init__()
         self.attn_norm, self.mlp_norm, self.mix_norm = nn.RMSNorm(D), nn.RMSNorm(D), nn.RMSNorm(D)
         self.wq, self.wk, self.wv, self.wo = (nn.Linear(D, D, bias=False) for _ in range(4))
-        self.w_up = nn.Linear(D, FFN, bias=False)
+        self.w_up = InOut(D, FFN)
         self.w_down = nn.Linear(FFN, D, bias=False)
         self.mix = ExpertMixer()
 
@@ -153,7 +170,7 @@ def train_case(rank: int, world: int, mode: str, steps: int, per_rank: int, ns_d
         _use_local_shard_newton_schulz()
     model = HarnessModel(seed=0)
     forward = parallelize(model, mode)
-    groups = [g for g in param_groups(model) if g["algorithm"] == "muon" or not muon_only]
+    groups = [g for g in param_groups(model, split_fused=True) if g["algorithm"] == "muon" or not muon_only]
     optimizer = Muon(groups, lr=0.02, weight_decay=0.1, ns_dtype=ns_dtype, max_grad_norm=1.0)
     if load_dir is not None:
         start = load_sharded_checkpoint(load_dir, model, optimizer, restore_rng=False)["step"]

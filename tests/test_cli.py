@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 import shlex
 import subprocess
 import sys
@@ -19,8 +20,8 @@ import pytest
 
 from muonlab.allocator import allocator_environment
 from muonlab.cli import build_parser, main
-from muonlab.experiments import demo
-from muonlab.experiments.demo import DemoPlan, demo_configs, run_demo
+from muonlab.experiments import command
+from muonlab.experiments.studies import demo
 from muonlab.models import list_presets
 from muonlab.rundir import read_metrics
 from muonlab.train import loop
@@ -269,43 +270,61 @@ def test_cli_allocator_default_keeps_the_process(tmp_path):
 # muonlab demo
 
 
+def _demo_planned(out: Path, *sets: str):
+    _, planned, _ = command.plan(demo.STUDY, "cpu", out, None, sets)
+    return [p.config for p in planned]
+
+
 def test_demo_configs_pair_runs_that_differ_only_in_optimizer_and_seed(tmp_path):
-    plan = DemoPlan(out=str(tmp_path / "demo"), seeds=(0, 1, 2))
-    configs = demo_configs(plan)
+    params = demo.STUDY.presets["cpu"]
+    configs = _demo_planned(tmp_path / "demo", "seeds=0,1,2")
     assert sorted((c.optimizer, c.seed) for c in configs) == sorted(
         (o, s) for o in ("adamw", "muon") for s in (0, 1, 2))
     assert len({c.run_dir for c in configs}) == len(configs)
-    assert all(Path(c.run_dir).parent == Path(plan.out) for c in configs)
+    assert all(Path(c.run_dir).parent == tmp_path / "demo" for c in configs)
     base = configs[0].to_dict()
     for config in configs[1:]:
         differing = {k for k, v in config.to_dict().items() if v != base[k]}
         assert differing <= {"optimizer", "seed", "run_dir"}, differing
-    assert all(c.lr == plan.lr and c.weight_decay == plan.weight_decay for c in configs)
-    assert all(c.train_tokens == plan.train_tokens and c.d_model == plan.d_model for c in configs)
+    assert all(c.lr == params["lr"] and c.weight_decay == params["weight_decay"] for c in configs)
+    assert all(c.train_tokens == params["train_tokens"] and c.d_model == params["d_model"] for c in configs)
 
 
 def test_demo_command_passes_its_flags_to_the_plan(monkeypatch, tmp_path):
-    plans = []
-    monkeypatch.setattr(demo, "run_demo", plans.append)
+    calls = []
+    monkeypatch.setattr(command, "run_study", lambda *args, **kwargs: calls.append((args, kwargs)))
     out = str(tmp_path / "d")
     assert main(["demo", "--out", out, "--seeds", "3", "--tokens", "4096", "--no-progress"]) == 0
-    (plan,) = plans
-    assert plan.out == out and plan.seeds == (0, 1, 2) and plan.train_tokens == 4096 and plan.progress is False
+    ((study, preset, params, planned, out_dir, workers, cmd), kwargs), = calls
+    assert study.name == "demo" and preset == "cpu" and out_dir == Path(out)
+    assert params["seeds"] == (0, 1, 2) and params["train_tokens"] == 4096 and kwargs["show_progress"] is False
+    assert [p.config.train_tokens for p in planned] == [4096] * 6
+    assert cmd == shlex.join(["muonlab", "demo", "--out", out, "--seeds", "3", "--tokens", "4096", "--no-progress"])
 
 
 @pytest.mark.parametrize("workers", [1, 2])
 def test_run_demo_at_tiny_scale_writes_the_report(tiny_corpus, muonlab_cache, tmp_path, capsys, workers):
     """The demo on the tiny corpus, in-process (workers=1) and as parallel train processes (2)."""
-    plan = DemoPlan(out=str(tmp_path / "demo"), corpus=str(tiny_corpus), tokenizer="byte", seeds=(0, 1),
-                    train_tokens=32 * 4 * 10, model="tiny", d_model=64, seq_len=32, batch_size=4, progress=False,
-                    workers=workers)
-    planned = demo_configs(plan)
+    out = tmp_path / "demo"
+    demo_argv = ["demo", "--out", str(out), "--seeds", "2", "--tokens", str(32 * 4 * 10), "--model", "tiny",
+            "--workers", str(workers), "--no-compile", "--no-progress",
+            "--set", f"corpus={tiny_corpus}", "--set", "tokenizer=byte", "--set", "d_model=64",
+            "--set", "seq_len=32", "--set", "batch_size=4"]
+    planned = _demo_planned(out, f"corpus={tiny_corpus}", "tokenizer=byte", "d_model=64", "seq_len=32",
+                            "batch_size=4", "seeds=0,1", "model=tiny", f"train_tokens={32 * 4 * 10}", "compile=false")
 
-    report = run_demo(plan)
+    assert main(demo_argv) == 0
 
-    assert report == Path(plan.out) / "report.md" and report.is_file()
-    out = capsys.readouterr().out
-    assert "final validation loss: AdamW" in out and "Muon lower by" in out
+    report = out / "report.md"
+    assert report.is_file()
+    stdout = capsys.readouterr().out
+    # The headline line names the direction the numbers have, and their gap.
+    found = re.search(r"final validation loss: AdamW ([\d.]+), Muon ([\d.]+) \(Muon (lower|higher) by ([\d.]+) nats",
+                      stdout)
+    assert found, stdout
+    adamw_loss, muon_loss, direction, gap = float(found[1]), float(found[2]), found[3], float(found[4])
+    assert direction == ("lower" if muon_loss < adamw_loss else "higher")
+    assert gap == pytest.approx(abs(adamw_loss - muon_loss), abs=2e-4)
     text = report.read_text()
     assert "## Headline" in text
     assert "**adamw**: mean final validation loss" in text and "**muon**: mean final validation loss" in text
@@ -326,5 +345,5 @@ def test_run_demo_at_tiny_scale_writes_the_report(tiny_corpus, muonlab_cache, tm
 
     # Re-running the demo skips the finished runs.
     before = {c.run_dir: (Path(c.run_dir) / "metrics.jsonl").read_bytes() for c in planned}
-    run_demo(plan)
+    assert main(demo_argv) == 0
     assert {d: (Path(d) / "metrics.jsonl").read_bytes() for d in before} == before

@@ -129,7 +129,7 @@ def test_zero1_matrices_cut_by_chunk_boundaries_equal_the_single_process_run(run
     from muonlab.optim import Muon, param_groups
     from muonlab.optim.distributed.layouts import Zero1Layout
 
-    optimizer = Muon([g for g in param_groups(HarnessModel()) if g["algorithm"] == "muon"])
+    optimizer = Muon([g for g in param_groups(HarnessModel(), split_fused=True) if g["algorithm"] == "muon"])
     engine = optimizer._engine
     mats = [engine.matrix_param(k) for k in range(len(engine.slots))]
     cut = [u for u in Zero1Layout(mats, [], 3).units if sum(hi > lo for lo, hi in u.inputs) > 1]

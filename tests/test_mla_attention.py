@@ -35,11 +35,11 @@ def reference_mla(m: MLA, cfg: ModelConfig, x):
     n, r, v = cfg.qk_nope_head_dim, cfg.qk_rope_head_dim, cfg.v_head_dim
     out = torch.zeros_like(x)
     for b in range(x.shape[0]):
-        c_kv = [rms_norm(m.wkv_down.weight @ h, m.kv_norm.weight, cfg.norm_eps) for h in x[b]]
+        c_kv = [rms_norm(m.wkv_down.weight @ h, m.kv_norm.weight, 1e-6) for h in x[b]]  # DeepSeek's latent eps
         k_rope = [rope_complex(m.wk_rope.weight @ h, s, cfg.rope_theta) for s, h in enumerate(x[b])]
         for t in range(x.shape[1]):
             h = x[b, t]
-            c_q = rms_norm(m.wq_down.weight @ h, m.q_norm.weight, cfg.norm_eps) if cfg.q_lora_rank else h
+            c_q = rms_norm(m.wq_down.weight @ h, m.q_norm.weight, 1e-6) if cfg.q_lora_rank else h
             heads = []
             for i in range(H):
                 q = torch.cat([(m.wq_nope.weight @ c_q)[i * n:(i + 1) * n],

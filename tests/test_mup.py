@@ -190,6 +190,15 @@ def test_mup_run_resumes_exactly_and_logs_the_schedules_lr(tiny_config, monkeypa
         "head": PEAK / math.sqrt(2), "hidden": PEAK / 2, "norm": PEAK})  # fmt: skip
 
 
+def test_hf_export_refuses_mup_away_from_its_base_width():
+    from muonlab.integrations.hf_convert import HFFormatError, check_exportable
+
+    check_exportable(_config(128, "sp"))
+    check_exportable(_config(128, base=128))  # at the base width muP is SP
+    with pytest.raises(HFFormatError, match=r"parametrization is 'mup' at d_model=128 \(mup_base_width=64\).*no muP"):
+        check_exportable(_config(128))
+
+
 def test_config_errors_name_the_value_and_the_choices():
     with pytest.raises(ValueError, match=r"parametrization is 'mupp'.*'sp', 'mup'"):
         _config(64, "mupp")

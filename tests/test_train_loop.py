@@ -188,6 +188,30 @@ def test_resume_drops_rows_logged_after_the_checkpoint(tiny_config, monkeypatch)
     _assert_identical(_weights(split.run_dir), _weights(full.run_dir), "weights")
 
 
+def test_a_run_killed_before_its_first_checkpoint_starts_over_without_duplicate_rows(tiny_config, monkeypatch):
+    """No checkpoint to resume from: the rerun starts at step 0 and the killed attempt's rows are dropped."""
+    full = tiny_config("full", **RESUME)
+    split = tiny_config("split", **RESUME)
+    train(full)
+
+    class StopAfterStep2(MetricsLogger):
+        def log(self, step, metrics):
+            super().log(step, metrics)
+            if step == 2:
+                raise KeyboardInterrupt
+
+    monkeypatch.setattr(loop, "MetricsLogger", StopAfterStep2)
+    with pytest.raises(KeyboardInterrupt):
+        train(split)
+    monkeypatch.setattr(loop, "MetricsLogger", MetricsLogger)
+    assert latest_checkpoint(split.run_dir) is None and _steps(split.run_dir) == [1, 2]
+
+    train(split)
+
+    assert _steps(split.run_dir) == _steps(full.run_dir)
+    assert _deterministic(read_metrics(split.run_dir)) == _deterministic(read_metrics(full.run_dir))
+
+
 def test_resuming_a_finished_run_trains_nothing_more(tiny_config):
     config = tiny_config(train_tokens=TOKENS_PER_STEP * 4, log_every=2, eval_every=2)
     first = train(config, command="muonlab train ...")

@@ -1,11 +1,15 @@
 """The ``muonlab`` command line.
 
     muonlab demo                     train AdamW vs Muon on the built-in corpus, write runs/demo/report.md
+    muonlab experiment --list        the studies that check the papers' claims, with their costs
+    muonlab experiment NAME [--preset cpu|gpu] [--dry-run] [--set key=value ...]   run one, write its report
     muonlab train [--config F] [--key value ...]   one training run (``muonlab train --help`` lists every key)
+    muonlab sft --init_from RUN [--key value ...]  fine-tune RUN on conversations, loss on the responses only
     torchrun --nproc_per_node=N -m muonlab.cli train --parallel {ddp,zero1,fsdp} ...   the same run on N processes
     muonlab report RUN... [--out D]  rebuild a report from run folders
     muonlab analyze spectra MUON_RUN ADAMW_RUN [--out D]   SVD entropy by matrix type (Moonlight Figure 4)
     muonlab presets                  list the model presets with their sizes
+    muonlab export RUN --out DIR     a run as a Hugging Face model folder (Llama, or DeepSeek-V3 for MoE/MLA)
 """
 
 from __future__ import annotations
@@ -22,16 +26,18 @@ from .allocator import ensure_fast_allocator
 __all__ = ["main"]
 
 
-def _train_parser(sub) -> argparse.ArgumentParser:
+def _train_parser(sub, name: str, summary: str, base: dict) -> argparse.ArgumentParser:
+    """``muonlab NAME``: one training run whose defaults are TrainConfig's updated by ``base``."""
     from .train.config import TrainConfig
 
-    parser = sub.add_parser("train", help="train one model; every TrainConfig field is a --flag",
-                            description="Train one model. Values come from the defaults, then --config, then flags.")
+    parser = sub.add_parser(name, help=summary, description=f"{summary}. Values come from the defaults, then "
+                            "--config, then flags.")
     parser.add_argument("--config", help="a JSON or TOML file of config keys")
-    defaults = TrainConfig()
+    parser.set_defaults(func=_cmd_train, base=base)
+    defaults = {**TrainConfig().to_dict(), **base}
     for f in dataclasses.fields(TrainConfig):
         choices = f.metadata.get("choices")
-        help_text = f"{f.metadata['help']} (default: {getattr(defaults, f.name)!r})"
+        help_text = f"{f.metadata['help']} (default: {defaults[f.name]!r})"
         parser.add_argument(f"--{f.name}", dest=f.name, default=None, metavar=f.type.upper(),
                             choices=[str(c) for c in choices] if choices else None, help=help_text)
     return parser
@@ -39,12 +45,15 @@ def _train_parser(sub) -> argparse.ArgumentParser:
 
 def _cmd_train(args: argparse.Namespace) -> int:
     from .train.config import TrainConfig, load_config_file
-    from .train.loop import train
+    from .train.run_folder import check_run_folder
 
-    values = load_config_file(args.config) if args.config else {}
+    values = {**args.base, **(load_config_file(args.config) if args.config else {})}
     fields = {f.name for f in dataclasses.fields(TrainConfig)}
     values.update({k: v for k, v in vars(args).items() if k in fields and v is not None})
     config = TrainConfig.from_dict(values)
+    check_run_folder(config)  # a folder holding another run stops here, before torch is even imported
+    from .train.loop import train
+
     summary = train(config, command=shlex.join(["muonlab", *args.argv]))
     if os.environ.get("RANK", "0") == "0":  # under torchrun, one summary line rather than one per process
         print(
@@ -62,19 +71,38 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from .experiments.demo import DemoPlan, run_demo
+    sets = [f"seeds={','.join(map(str, range(args.seeds)))}", f"model={args.model}"]
+    sets += ["compile=false"] if args.no_compile else []
+    sets += [f"train_tokens={args.tokens}"] if args.tokens else []
+    args.name, args.list, args.preset, args.dry_run, args.config = "demo", False, "cpu", False, None
+    args.set = sets + list(args.set or [])
+    return _cmd_experiment(args)
 
-    plan = DemoPlan(
-        out=args.out,
-        seeds=tuple(range(args.seeds)),
-        compile=not args.no_compile,
-        progress=not args.no_progress,
-        model=args.model,
-        workers=args.workers,
-    )
-    if args.tokens:
-        plan.train_tokens = args.tokens
-    run_demo(plan)
+
+def _cmd_experiment(args: argparse.Namespace) -> int:
+    from .experiments import command
+    from .experiments.registry import get_study
+
+    if args.list:
+        print(command.list_text())
+        return 0
+    if not args.name:
+        raise ValueError("name a study (muonlab experiment --list shows them)")
+    study = get_study(args.name)
+    params, planned, out = command.plan(study, args.preset, Path(args.out) if args.out else None, args.config,
+                                        args.set or [])
+    workers = args.workers or command.default_workers(planned)
+    if args.dry_run:
+        command.dry_run(study, args.preset, planned, workers)
+        return 0
+    from .experiments.runner import RunFailedError
+
+    try:
+        command.run_study(study, args.preset, params, planned, out, workers, shlex.join(["muonlab", *args.argv]),
+                          show_progress=args.progress)
+    except RunFailedError as err:
+        print(f"muonlab {args.command}: error: {err}", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -96,6 +124,16 @@ def _cmd_analyze_spectra(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_export(args: argparse.Namespace) -> int:
+    from .integrations.hf_export import export_run
+
+    out, difference = export_run(args.run, args.out)
+    print(f"exported {args.run} to {out} (logits agree with the run's to {difference:.1e}); load it with "
+          f"AutoModelForCausalLM.from_pretrained({str(out)!r}) and AutoTokenizer.from_pretrained({str(out)!r}), or "
+          f"continue training with muonlab train --init_from {out}")
+    return 0
+
+
 def _cmd_presets(args: argparse.Namespace) -> int:
     from .models import describe_presets
 
@@ -103,36 +141,57 @@ def _cmd_presets(args: argparse.Namespace) -> int:
     return 0
 
 
+def _experiment_parser(sub) -> None:
+    experiment = sub.add_parser(
+        "experiment", help="run a study that checks a paper's claim: plan, train (resumable), report",
+        description="Run a study: its runs are trained (finished ones skipped, interrupted ones resumed from their "
+        "checkpoints), then report.md, plots, results.json and provenance.json are written from the run folders. "
+        "Parameters come from the preset, then --config FILE.toml (top-level keys; a [train] table sets "
+        "TrainConfig fields of every run), then --set key=value (train.FIELD=value for a TrainConfig field).")
+    experiment.add_argument("name", nargs="?", help="the study (see --list)")
+    experiment.add_argument("--list", action="store_true", help="list the studies with their claims and costs")
+    experiment.add_argument("--preset", default="cpu", help="parameter preset: cpu (default) or gpu (one GPU)")
+    experiment.add_argument("--dry-run", action="store_true",
+                            help="print the plan and its estimated cost (measures a few steps once per machine)")
+    experiment.add_argument("--out", help="output folder (default: runs/NAME, or runs/NAME-PRESET)")
+    experiment.add_argument("--workers", type=int, default=0,
+                            help="runs trained side by side, each on cores/workers threads (default: one per core "
+                                 "on a CPU, 1 on a GPU; 1 = one after another in this process)")
+    experiment.add_argument("--set", action="append", metavar="KEY=VALUE",
+                            help="override a study parameter, or train.FIELD for every run (repeatable; lists "
+                                 "are comma-separated: --set seeds=0,1,2)")
+    experiment.add_argument("--config", help="a TOML (or JSON) file of parameter overrides")
+    experiment.add_argument("--no-progress", dest="progress", action="store_false", help="no progress display")
+    experiment.set_defaults(func=_cmd_experiment)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="muonlab", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     sub = parser.add_subparsers(dest="command", required=True)
+    from .train.config import SFT_DEFAULTS
 
-    demo = sub.add_parser("demo", help="AdamW vs Muon (same lr and weight decay) on the built-in corpus")
-    demo.add_argument("--out", default="runs/demo", help="folder for the runs and report.md (default: runs/demo)")
-    demo.add_argument("--seeds", type=int, default=2, help="seeds per optimizer (default: 2)")
-    demo.add_argument(
-        "--workers",
-        type=int,
-        default=2,
-        help="runs trained side by side, each on cores/workers threads "
-        "(default: 2; 1 = one after another in this process)",
-    )
-    demo.add_argument("--tokens", type=int, default=0, help="training tokens per run (default: the plan's)")
-    demo.add_argument(
-        "--model", default="demo", help="model preset, e.g. moe-demo for Moonlight's MoE + MLA shape (default: demo)"
-    )
-    demo.add_argument(
-        "--no-compile",
-        action="store_true",
-        help="do not torch.compile the model (compiling costs ~20 s once, then trains ~1.5× faster on CPU)",
-    )
-    demo.add_argument("--no-progress", action="store_true", help="no progress bars")
+    demo = sub.add_parser("demo", help="AdamW vs Muon (same lr and weight decay) on the built-in corpus",
+                          description="The demo study (muonlab experiment demo) with its own short flags.")
+    demo.add_argument("--out", help="folder for the runs and report.md (default: runs/demo)")
+    demo.add_argument("--seeds", type=int, default=3, help="seeds per optimizer (default: 3)")
+    demo.add_argument("--workers", type=int, default=0,
+                      help="runs trained side by side, each on cores/workers threads (default: one per core; "
+                           "1 = one after another in this process)")
+    demo.add_argument("--tokens", type=int, default=0, help="training tokens per run (default: the preset's)")
+    demo.add_argument("--model", default="demo",
+                      help="model preset, e.g. moe-demo for Moonlight's MoE + MLA shape (default: demo)")
+    demo.add_argument("--no-compile", action="store_true",
+                      help="do not torch.compile the model (compiling costs ~20 s once, then trains faster on CPU)")
+    demo.add_argument("--no-progress", dest="progress", action="store_false", help="no progress display")
+    demo.add_argument("--set", action="append", metavar="KEY=VALUE", help="any other parameter of the demo study")
     demo.set_defaults(func=_cmd_demo)
 
-    train = _train_parser(sub)
-    train.set_defaults(func=_cmd_train)
+    _experiment_parser(sub)
+    _train_parser(sub, "train", "train one model; every TrainConfig field is a --flag", {})
+    _train_parser(sub, "sft", "fine-tune a run or model folder (--init_from) on conversations, loss on the responses "
+                  f"only: muonlab train with {', '.join(f'{k}={v!r}' for k, v in SFT_DEFAULTS.items())}", SFT_DEFAULTS)
 
     report = sub.add_parser("report", help="rebuild a report (report.md + plots) from run folders")
     report.add_argument("runs", nargs="+", help="run folders")
@@ -148,6 +207,13 @@ def build_parser() -> argparse.ArgumentParser:
     spectra.add_argument("runs", nargs=2, metavar="RUN", help="two run folders, e.g. the Muon run and the AdamW run")
     spectra.add_argument("--out", help="output folder (default: the first run's parent)")
     spectra.set_defaults(func=_cmd_analyze_spectra)
+
+    export = sub.add_parser("export", help="write a run's latest checkpoint as a Hugging Face model folder",
+                            description="Dense models become Llama, MoE and MLA models DeepSeek-V3 (Moonlight's "
+                            "format); safetensors weights and the run's tokenizer. Needs transformers.")
+    export.add_argument("run", help="the run folder")
+    export.add_argument("--out", required=True, help="a new (or empty) folder to write")
+    export.set_defaults(func=_cmd_export)
 
     presets = sub.add_parser("presets", help="list model presets and their parameter counts")
     presets.add_argument("--vocab-size", type=int, default=4096)

@@ -14,6 +14,9 @@ Typical use::
 Built-in corpora need no download: ``"english"`` (the King James Bible) and ``"python"`` (the
 standard library's sources). Local .txt/.jsonl/.parquet files, directories, globs and
 ``hf:NAME[:SPLIT]`` datasets work too. Every bad input raises :class:`DataError`.
+
+Fine-tuning data (conversations, the chat template, packing with the loss on the responses only)
+is :func:`muonlab.data.sft.prepare_sft`.
 """
 
 from .corpora import ACCEPTED_FILE_TYPES, BUILTIN_CORPORA, Corpus, load_corpus

@@ -12,7 +12,9 @@ string, the *corpus spec*, which is one of:
   a ``"text"`` string) or ``.parquet`` (a ``text`` column; needs ``pyarrow``);
 - a directory (every such file under it, sorted) or a glob such as ``"data/**/*.jsonl"``;
 - ``"hf:NAME[:SPLIT]"`` or ``"hf:NAME:CONFIG:SPLIT"``: a Hugging Face dataset with a ``text``
-  column (needs the optional ``datasets`` package; the split defaults to ``train``).
+  column (needs the optional ``datasets`` package; the split defaults to ``train``). When NAME is
+  a local folder, it is read with ``datasets.load_from_disk``: a ``Dataset`` saved with
+  ``save_to_disk`` (``hf:PATH``) or a ``DatasetDict`` (``hf:PATH[:SPLIT]``), nothing downloaded.
 
 Empty and whitespace-only documents are dropped. ``max_bytes`` keeps whole documents, in order,
 until the next one would take the UTF-8 total past the cap, so a capped corpus is a prefix of the
@@ -276,17 +278,43 @@ def _hf_documents(spec: str) -> Iterator[str]:
             f"corpus {spec!r} needs the Hugging Face datasets package, which is not installed; "
             "install it with: pip install datasets"
         ) from e
-    try:
-        dataset = datasets.load_dataset(name, config, split=split)
-    except Exception as e:  # network, auth, unknown name or split: datasets uses many exception types
-        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise DataError(
-            f"Hugging Face dataset {name!r} (split {split!r}) could not be loaded ({reason}); check "
-            "the name and split, and that you are online or have it in your local HF cache"
-        ) from e
+    if Path(name).is_dir():
+        dataset = _saved_dataset(datasets, name, split if len(parts) > 1 else None, config)
+    else:
+        try:
+            dataset = datasets.load_dataset(name, config, split=split)
+        except Exception as e:  # network, auth, unknown name or split: datasets uses many exception types
+            reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise DataError(
+                f"Hugging Face dataset {name!r} (split {split!r}) could not be loaded ({reason}); check "
+                "the name and split, and that you are online or have it in your local HF cache"
+            ) from e
     if "text" not in dataset.column_names:
         raise DataError(
             f"Hugging Face dataset {name!r} has no 'text' column (its columns are {dataset.column_names})"
         )
     for row, record in enumerate(dataset):
         yield _text_field(record, f"row {row} of Hugging Face dataset {name!r}")
+
+
+def _saved_dataset(datasets, path: str, split: str | None, config: str | None):
+    """A dataset written by ``Dataset.save_to_disk`` (no splits) or ``DatasetDict.save_to_disk`` (``split``,
+    default ``train``), read with ``datasets.load_from_disk``."""
+    if config is not None:
+        raise DataError(f"hf:{path} is a local folder, which has no configs; use hf:{path} or hf:{path}:SPLIT")
+    try:
+        saved = datasets.load_from_disk(path)
+    except Exception as e:  # FileNotFoundError for a folder without dataset files; others for damaged ones
+        raise DataError(
+            f"folder {path!r} is not a dataset saved with datasets' save_to_disk ({type(e).__name__}: "
+            f"{str(e).strip().splitlines()[0] if str(e).strip() else 'unreadable'})"
+        ) from e
+    if isinstance(saved, datasets.DatasetDict):
+        split = split or "train"
+        if split not in saved:
+            raise DataError(f"the dataset saved in {path!r} has no split {split!r}; its splits are {sorted(saved)}")
+        return saved[split]
+    if split is not None:
+        raise DataError(f"the dataset saved in {path!r} is one dataset without splits; name it as hf:{path} "
+                        f"(without :{split})")
+    return saved

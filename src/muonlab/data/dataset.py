@@ -19,13 +19,16 @@ import json
 import os
 import re
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from .corpora import load_corpus
 from .errors import DataError
+from .loader import val_batches
 from .shards import SHARD_FORMAT, open_shards, split_documents, write_shards
 from .tokenizer import TOKENIZER_KINDS, ByteTokenizer, Tokenizer, train_bpe
 
@@ -69,10 +72,15 @@ class Dataset:
             f"(val_fraction={m['val_fraction']}, split seed {m['split_seed']}); {m['dtype']} shards in {self.path}"
         )
 
+    def val_batches(self, batch_size: int, seq_len: int, max_batches: int | None = None
+                    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """The fixed validation batches (:func:`~muonlab.data.val_batches` of ``val_tokens``)."""
+        return val_batches(self.val_tokens, batch_size, seq_len, max_batches)
+
 
 def prepare_dataset(
     corpus: str = "english",
-    tokenizer: str = "bpe",
+    tokenizer: str | Tokenizer = "bpe",
     vocab_size: int = 4096,
     val_fraction: float = 0.03,
     cache_dir: str | os.PathLike | None = None,
@@ -85,7 +93,8 @@ def prepare_dataset(
     Args:
         corpus: a corpus spec: ``"english"`` (alias ``"kjv"``), ``"python"``, a .txt/.jsonl/.parquet
             file, directory or glob, or ``"hf:NAME[:SPLIT]"`` (see :mod:`muonlab.data.corpora`).
-        tokenizer: ``"bpe"`` (byte-level BPE trained on the training documents) or ``"byte"``.
+        tokenizer: ``"bpe"`` (byte-level BPE trained on the training documents), ``"byte"``, or a ready
+            tokenizer (e.g. a model folder's, for ``--init_from``), cached by its ``id``.
         vocab_size: the BPE vocabulary size (at least 257); ignored for ``"byte"`` (always 257).
         val_fraction: the expected share of documents held out for validation (at least one is).
         cache_dir: where tokenizers and shards are cached; default :func:`default_cache_dir`.
@@ -95,20 +104,23 @@ def prepare_dataset(
 
     Raises :class:`DataError` with one sentence naming the bad input.
     """
-    if tokenizer not in TOKENIZER_KINDS:
+    if isinstance(tokenizer, str) and tokenizer not in TOKENIZER_KINDS:
         raise DataError(f"unknown tokenizer {tokenizer!r}; valid tokenizers are {', '.join(TOKENIZER_KINDS)}")
     cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     source = load_corpus(corpus, max_bytes=max_bytes)
     train_docs, val_docs = split_documents(source.documents, val_fraction, split_seed)
     split = {"fingerprint": source.fingerprint, "val_fraction": val_fraction, "split_seed": split_seed}
-    if tokenizer == "bpe":
+    if not isinstance(tokenizer, str):
+        tok: Tokenizer = tokenizer
+    elif tokenizer == "bpe":
         train_fingerprint = _hash({**split, "part": "train"})
-        tok: Tokenizer = train_bpe(train_docs, train_fingerprint, vocab_size, cache)
+        tok = train_bpe(train_docs, train_fingerprint, vocab_size, cache)
     else:
         tok = ByteTokenizer()
     key = _hash({**split, "tokenizer": tok.id, "format": SHARD_FORMAT})
     slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", source.name).strip("._")[-40:] or "corpus"
-    directory = cache / "datasets" / f"{slug}-{tokenizer}-{key[:16]}"
+    kind = tokenizer if isinstance(tokenizer, str) else "given"
+    directory = cache / "datasets" / f"{slug}-{kind}-{key[:16]}"
     try:
         train, val, meta = open_shards(directory)
         if meta.get("fingerprint") != source.fingerprint or meta.get("tokenizer") != tok.id:

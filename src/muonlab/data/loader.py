@@ -15,6 +15,10 @@ the same state, so one copy is enough for a checkpoint.
 
 Evaluation (:func:`val_batches`) walks the validation windows in order from the start: the same
 batches every time it is called.
+
+Both take an optional ``labels`` array beside the tokens (same length): the targets then come from
+it, ``y = labels[window][1:]``, so a label of ``IGNORE_INDEX`` leaves that target out of the loss
+(fine-tuning on responses only, :mod:`muonlab.data.sft`).
 """
 
 from __future__ import annotations
@@ -31,7 +35,8 @@ class TokenLoader:
     """Deterministic, resumable, rank-aware batches from a 1-D token array (e.g. a memmap).
 
     ``next_batch()`` returns ``(x, y)``, both ``int64`` tensors of shape ``[batch_size, seq_len]``
-    on the CPU, with ``y`` being ``x`` shifted by one token. ``batch_size`` is per rank.
+    on the CPU, with ``y`` being ``x`` shifted by one token (taken from ``labels`` when given).
+    ``batch_size`` is per rank.
     """
 
     def __init__(
@@ -42,6 +47,7 @@ class TokenLoader:
         seed: int = 0,
         rank: int = 0,
         world_size: int = 1,
+        labels: np.ndarray | None = None,
     ):
         for name, value in (("batch_size", batch_size), ("seq_len", seq_len), ("world_size", world_size)):
             if value < 1:
@@ -50,7 +56,9 @@ class TokenLoader:
             raise DataError(f"TokenLoader rank={rank} must be in 0..{world_size - 1} for world_size={world_size}")
         if tokens.ndim != 1:
             raise DataError(f"TokenLoader needs a 1-D token array, got shape {tuple(tokens.shape)}")
+        _check_labels(tokens, labels)
         self.tokens = tokens
+        self.labels = labels
         self.batch_size = batch_size
         self.seq_len = seq_len
         self.seed = seed
@@ -79,7 +87,7 @@ class TokenLoader:
         start = self.batch_in_epoch * self.global_batch + self.rank * self.batch_size
         windows = self._window_order()[start : start + self.batch_size]
         self.batch_in_epoch += 1
-        return _gather(self.tokens, windows, self.seq_len)
+        return _gather(self.tokens, windows, self.seq_len, self.labels)
 
     def _window_order(self) -> np.ndarray:
         if self._order_epoch != self.epoch:
@@ -122,13 +130,16 @@ class TokenLoader:
 
 
 def val_batches(
-    val_tokens: np.ndarray, batch_size: int, seq_len: int, max_batches: int | None = None
+    val_tokens: np.ndarray, batch_size: int, seq_len: int, max_batches: int | None = None,
+    labels: np.ndarray | None = None,
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """The fixed validation batches: windows in order from the start of ``val_tokens``.
 
     Yields up to ``max_batches`` (all, if ``None``) full batches of ``batch_size`` windows; when
     the split has fewer windows than one batch, yields a single smaller batch of all of them.
+    Targets come from ``labels`` when given (see the module docstring).
     """
+    _check_labels(val_tokens, labels)
     if batch_size < 1 or seq_len < 1:
         raise DataError(f"val_batches batch_size={batch_size} and seq_len={seq_len} must be positive")
     n_windows = (len(val_tokens) - 1) // seq_len
@@ -142,11 +153,21 @@ def val_batches(
         n_batches = min(n_batches, max_batches)
     for b in range(n_batches):
         windows = np.arange(b * batch_size, min((b + 1) * batch_size, n_windows))
-        yield _gather(val_tokens, windows, seq_len)
+        yield _gather(val_tokens, windows, seq_len, labels)
 
 
-def _gather(tokens: np.ndarray, windows: np.ndarray, seq_len: int) -> tuple[torch.Tensor, torch.Tensor]:
+def _check_labels(tokens: np.ndarray, labels: np.ndarray | None) -> None:
+    if labels is not None and labels.shape != tokens.shape:
+        raise DataError(f"labels of shape {tuple(labels.shape)} must have the shape of the tokens, "
+                        f"{tuple(tokens.shape)}: one label per token")
+
+
+def _gather(tokens: np.ndarray, windows: np.ndarray, seq_len: int,
+            labels: np.ndarray | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     # [B, seq_len + 1] indices into the stream; fancy indexing a memmap reads only these tokens.
     index = windows[:, None] * seq_len + np.arange(seq_len + 1)
     chunk = torch.from_numpy(tokens[index].astype(np.int64))
-    return chunk[:, :-1].contiguous(), chunk[:, 1:].contiguous()
+    if labels is None:
+        return chunk[:, :-1].contiguous(), chunk[:, 1:].contiguous()
+    targets = torch.from_numpy(labels[index[:, 1:]].astype(np.int64))
+    return chunk[:, :-1].contiguous(), targets

@@ -1,7 +1,7 @@
 """Tokenizers: text <-> integer ids.
 
 Two kinds, with one interface (``id``, ``vocab_size``, ``eot_id``, ``encode``, ``encode_batch``,
-``decode``):
+``encode_with_offsets``, ``decode``):
 
 - :class:`ByteTokenizer`: the UTF-8 bytes of the text (ids 0..255) plus an end-of-text token
   (id 256), so ``vocab_size == 257``. Needs no training and handles any text.
@@ -46,6 +46,10 @@ class Tokenizer(Protocol):
 
     def encode_batch(self, texts: Sequence[str]) -> list[list[int]]: ...
 
+    def encode_with_offsets(self, text: str) -> tuple[list[int], list[tuple[int, int]]]:
+        """``encode(text)`` and, per id, the characters ``[start, end)`` of ``text`` it covers."""
+        ...
+
     def decode(self, ids: Sequence[int]) -> str: ...
 
 
@@ -61,6 +65,16 @@ class ByteTokenizer:
 
     def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
         return [list(text.encode("utf-8")) for text in texts]
+
+    def encode_with_offsets(self, text: str) -> tuple[list[int], list[tuple[int, int]]]:
+        """Each byte covers the character it is part of."""
+        ids: list[int] = []
+        offsets: list[tuple[int, int]] = []
+        for i, char in enumerate(text):
+            encoded = char.encode("utf-8")
+            ids += encoded
+            offsets += [(i, i + 1)] * len(encoded)
+        return ids, offsets
 
     def decode(self, ids: Sequence[int]) -> str:
         pieces: list[list[int]] = [[]]
@@ -109,6 +123,10 @@ class BPETokenizer:
 
     def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
         return [e.ids for e in self._tok.encode_batch(list(texts), add_special_tokens=False)]
+
+    def encode_with_offsets(self, text: str) -> tuple[list[int], list[tuple[int, int]]]:
+        encoding = self._tok.encode(text, add_special_tokens=False)
+        return encoding.ids, encoding.offsets
 
     def decode(self, ids: Sequence[int]) -> str:
         return self._tok.decode([int(i) for i in ids], skip_special_tokens=False)

@@ -22,7 +22,10 @@ Every projection is its own ``nn.Linear`` (the split of Moonlight App. F, Figure
 WKR, WKC, WV, WO), so the optimizer's routing (``muonlab.optim.routing``) sees whole matrices:
 all seven (eight with query compression) are role ``hidden`` and go to Muon, each orthogonalized as
 one matrix with its own shape; the latent RMSNorm gains (``kv_norm``, ``q_norm``) are role
-``norm`` and go to AdamW. The RoPE layout is "rotate half" (``layers.apply_rope``); DeepSeek's
+``norm`` and go to AdamW. The latent norms use eps :data:`LATENT_NORM_EPS` = 1e-6 whatever the
+model's ``norm_eps``: DeepSeek-V2/V3's released modeling code — Moonlight's included, whose config
+sets ``rms_norm_eps`` 1e-5 for the block norms — and transformers' DeepSeek-V3 build them with
+RMSNorm's default eps of 1e-6. The RoPE layout is "rotate half" (``layers.apply_rope``); DeepSeek's
 checkpoints interleave pairs instead, which is a fixed permutation of W_QR and W_KR's rows.
 
 QK-Clip (Kimi K2, arXiv 2507.20534 §2.1; ``muonlab.optim.QKClip``): head i's logit is
@@ -43,7 +46,10 @@ from .config import ModelConfig
 from .layers import apply_rope
 from .mup import attention_scale
 
-__all__ = ["MLA", "causal_attention"]
+__all__ = ["LATENT_NORM_EPS", "MLA", "causal_attention"]
+
+LATENT_NORM_EPS = 1e-6
+"""eps of the latent RMSNorms (``kv_norm``, ``q_norm``), fixed as in DeepSeek's and Moonlight's code (see above)."""
 
 
 class MLA(MaxLogitTracker, nn.Module):
@@ -65,12 +71,12 @@ class MLA(MaxLogitTracker, nn.Module):
         self.compress_q = q > 0
         if q:
             self.wq_down = nn.Linear(d, q, bias=False)
-            self.q_norm = nn.RMSNorm(q, eps=config.norm_eps)
+            self.q_norm = nn.RMSNorm(q, eps=LATENT_NORM_EPS)
         q_in = q or d
         self.wq_nope = nn.Linear(q_in, H * n, bias=False)
         self.wq_rope = nn.Linear(q_in, H * r, bias=False)
         self.wkv_down = nn.Linear(d, c, bias=False)
-        self.kv_norm = nn.RMSNorm(c, eps=config.norm_eps)
+        self.kv_norm = nn.RMSNorm(c, eps=LATENT_NORM_EPS)
         self.wk_rope = nn.Linear(d, r, bias=False)
         self.wk_up = nn.Linear(c, H * n, bias=False)
         self.wv_up = nn.Linear(c, H * v, bias=False)

@@ -36,7 +36,7 @@ from .engines import build_engine
 from .gradients import NONFINITE_POLICIES, NonFiniteGradientError, NonFinitePolicy
 from .newton_schulz import NS_METHODS, get_coefficient_set
 from .qk_clip import QKClip
-from .scaling import SCALE_RULES
+from .scaling import SCALE_RULES, logical_matrix_shape
 from .state import momentum_dtype
 from .telemetry import UpdateTelemetry
 
@@ -63,7 +63,10 @@ class Muon(torch.optim.Optimizer):
             or ``"adamw"``) — build them with :func:`muonlab.optim.param_groups` — or a plain
             iterable of tensors together with ``algorithm=...``. Any group may override any
             keyword below; groups may carry ``"names"`` (parameter names, same order as
-            ``"params"``) for telemetry and error messages, and ``"role"``.
+            ``"params"``) for telemetry and error messages, ``"role"``, and the layout of their
+            matrices: ``"transposed": True`` (stored ``[in, out]``, e.g. HF ``Conv1D``) and
+            ``"blocks": n`` (each matrix's output rows are ``n`` fused projections, orthogonalized
+            and scaled apart), see :mod:`muonlab.optim.routing`.
         lr: learning rate, shared by both algorithms (Moonlight reuses AdamW's).
         weight_decay: decoupled decay ``λ``; applied as ``W ← W − lr·λ·W``.
         momentum: Muon's ``μ`` (0.95 in both papers).
@@ -202,6 +205,8 @@ class Muon(torch.optim.Optimizer):
         cset.schedule(group["ns_steps"])
         if not 0.0 <= group["momentum"] < 1.0:
             raise ValueError(f"parameter group {index}: momentum must lie in [0, 1), got {group['momentum']}")
+        if not isinstance(group.get("transposed", False), bool):
+            raise ValueError(f"parameter group {index}: transposed must be True or False, got {group['transposed']!r}")
         for i, p in enumerate(group["params"]):
             if p.ndim < 2:
                 raise ValueError(
@@ -211,6 +216,11 @@ class Muon(torch.optim.Optimizer):
                 )
             if p.is_complex():
                 raise ValueError(f"parameter {self._name(group, i)} is complex; Muon supports real parameters only")
+            try:
+                logical_matrix_shape(tuple(p.shape), group.get("role") != "hidden", group.get("transposed", False),
+                                     group.get("blocks", 1))
+            except ValueError as err:
+                raise ValueError(f"parameter group {index}, parameter {self._name(group, i)}: {err}") from None
 
     @staticmethod
     def _name(group: dict[str, Any], i: int) -> str:

@@ -11,6 +11,11 @@ the logical matrix shape ``[A, B]`` (``A`` = rows = fan-out, ``B`` = columns = f
   matches ``torch.optim.Muon``'s default ``adjust_lr_fn``.
 - ``"spectral"``: ``sqrt(A / B) = sqrt(fan_out / fan_in)``, the spectral-norm (muP-style) scaling.
 - ``"none"``: 1.
+
+``A`` and ``B`` are those of the *logical* matrix ``[out, in]``, whatever the storage: a matrix
+stored ``[in, out]`` (Hugging Face ``Conv1D``) is scaled as its transpose, and fused projections
+split into blocks are scaled by the shape of one block (:func:`block_shape`). ``keller`` and
+``spectral`` are not symmetric in ``A`` and ``B``, so the orientation matters.
 """
 
 from __future__ import annotations
@@ -18,7 +23,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 
-__all__ = ["SCALE_RULES", "logical_matrix_shape", "update_scale"]
+__all__ = ["SCALE_RULES", "block_shape", "logical_matrix_shape", "stored_matrix_shape", "update_scale"]
 
 
 def _moonlight(rows: int, cols: int) -> float:
@@ -45,8 +50,8 @@ SCALE_RULES: dict[str, Callable[[int, int], float]] = {
 }
 
 
-def logical_matrix_shape(shape: tuple[int, ...], stacked: bool = True) -> tuple[int, int]:
-    """The ``(rows, cols)`` of the matrices a parameter of ``shape`` stands for.
+def stored_matrix_shape(shape: tuple[int, ...], stacked: bool = True) -> tuple[int, int]:
+    """The ``(rows, cols)`` of the matrices a parameter of ``shape`` holds, as they lie in memory.
 
     2-D ``[A, B]`` is one matrix. 3-D is ambiguous: with ``stacked`` (an expert stack
     ``[E, A, B]``) it is ``E`` matrices of ``[A, B]``; without (a Conv1d weight ``[out, in, k]``) it
@@ -64,10 +69,33 @@ def logical_matrix_shape(shape: tuple[int, ...], stacked: bool = True) -> tuple[
     raise ValueError(f"a Muon parameter must have at least 2 dimensions, got shape {tuple(shape)}")
 
 
-def update_scale(rule: str, shape: tuple[int, ...], stacked: bool = True) -> float:
+def block_shape(rows: int, cols: int, transposed: bool = False, blocks: int = 1) -> tuple[int, int]:
+    """The matrix Muon orthogonalizes (and scales by) for a stored matrix ``[rows, cols]``.
+
+    ``transposed``: the matrix is stored ``[in, out]`` (Hugging Face ``Conv1D``, ``is_transposed``
+    expert stacks), so the logical matrix is its transpose ``[cols, rows]``. ``blocks``: the
+    logical rows are that many equal fused projections (GPT-2's ``c_attn`` = ``[q|k|v]``, a fused
+    ``[gate|up]``), each ``[rows / blocks, cols]`` orthogonalized on its own.
+    """
+    out_features, in_features = (cols, rows) if transposed else (rows, cols)
+    if not isinstance(blocks, int) or blocks < 1 or out_features % blocks:
+        raise ValueError(f"blocks={blocks!r} must be a positive integer dividing the {out_features} output rows "
+                         f"of a [{out_features}, {in_features}] matrix")
+    return out_features // blocks, in_features
+
+
+def logical_matrix_shape(shape: tuple[int, ...], stacked: bool = True, transposed: bool = False,
+                         blocks: int = 1) -> tuple[int, int]:
+    """The ``(rows, cols)`` of each matrix Muon orthogonalizes in a parameter of ``shape``:
+    :func:`stored_matrix_shape`, then :func:`block_shape` (orientation and fused blocks)."""
+    return block_shape(*stored_matrix_shape(tuple(shape), stacked), transposed, blocks)
+
+
+def update_scale(rule: str, shape: tuple[int, ...], stacked: bool = True, transposed: bool = False,
+                 blocks: int = 1) -> float:
     """``s(A, B)`` for a parameter of ``shape`` under the named rule (logical matrix shape)."""
     try:
         fn = SCALE_RULES[rule]
     except (KeyError, TypeError):
         raise ValueError(f"unknown scale rule {rule!r}; valid: {sorted(SCALE_RULES)}") from None
-    return fn(*logical_matrix_shape(tuple(shape), stacked))
+    return fn(*logical_matrix_shape(tuple(shape), stacked, transposed, blocks))

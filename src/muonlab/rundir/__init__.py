@@ -16,6 +16,7 @@ do not, so reading runs stays light.
 """
 
 from .config_file import CONFIG_FILE, holds_run, read_config, write_config
-from .metrics import METRICS_FILE, MetricsLogger, read_metrics
+from .metrics import METRICS_FILE, MetricsLogger, MetricsTail, read_metrics
 
-__all__ = ["CONFIG_FILE", "METRICS_FILE", "MetricsLogger", "holds_run", "read_config", "read_metrics", "write_config"]
+__all__ = ["CONFIG_FILE", "METRICS_FILE", "MetricsLogger", "MetricsTail", "holds_run", "read_config", "read_metrics",
+           "write_config"]

@@ -11,6 +11,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from .layout import latest_checkpoint
 from .metrics import METRICS_FILE
 
 __all__ = ["CONFIG_FILE", "holds_run", "read_config", "write_config"]
@@ -49,6 +50,4 @@ def holds_run(run_dir: str | os.PathLike) -> bool:
 
     A ``config.json`` alone does not count: it is written before the first step.
     """
-    from .checkpoint import latest_checkpoint  # torch: only when asked, so reading runs stays light
-
     return latest_checkpoint(run_dir) is not None or (Path(run_dir) / METRICS_FILE).exists()

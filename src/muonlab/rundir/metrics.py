@@ -23,6 +23,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+__all__ = ["METRICS_FILE", "MetricsLogger", "MetricsTail", "read_metrics"]
+
 METRICS_FILE = "metrics.jsonl"
 _NON_FINITE = {"nan": math.nan, "inf": math.inf, "-inf": -math.inf}
 
@@ -65,6 +67,49 @@ def _parse_lines(path: Path) -> list[dict[str, Any]]:
             raise ValueError(f"{path} line {i + 1} is not a JSON object; every line must be one JSON object")
         rows.append(row)
     return rows
+
+
+class MetricsTail:
+    """Follow a growing ``metrics.jsonl`` (a run in progress, written by another process).
+
+    ``read_new()`` returns the complete rows appended since the previous call, and whether the file
+    was rewritten since (a resumed run drops the rows logged after its checkpoint): then the rows
+    are all of the new file's and what was read before no longer holds. A line being written is
+    left for the next call.
+    """
+
+    def __init__(self, run_dir: str | os.PathLike):
+        self.path = Path(run_dir) / METRICS_FILE
+        self._inode: int | None = None
+        self._offset = 0
+        self._partial = b""
+
+    def read_new(self) -> tuple[list[dict[str, Any]], bool]:
+        """``(rows, rewritten)``: the new complete rows, and whether the file was replaced or truncated."""
+        try:
+            stat = os.stat(self.path)
+        except FileNotFoundError:
+            rewritten = self._inode is not None
+            self._inode, self._offset, self._partial = None, 0, b""
+            return [], rewritten
+        rewritten = self._inode is not None and (stat.st_ino != self._inode or stat.st_size < self._offset)
+        if rewritten or self._inode is None:
+            self._offset, self._partial = 0, b""
+        self._inode = stat.st_ino
+        with open(self.path, "rb") as f:
+            f.seek(self._offset)
+            data = f.read()
+        self._offset += len(data)
+        *lines, self._partial = (self._partial + data).split(b"\n")
+        rows = []
+        for line in lines:
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                continue  # not a row (a crash mid-write before a resume): the training process repairs it
+            if isinstance(row, dict):
+                rows.append(_decode(row))
+        return rows, rewritten
 
 
 def read_metrics(run_dir: str | os.PathLike) -> list[dict[str, Any]]:

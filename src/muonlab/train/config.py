@@ -14,13 +14,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-__all__ = ["ConfigError", "TrainConfig", "load_config_file"]
+__all__ = ["SFT_DEFAULTS", "ConfigError", "TrainConfig", "load_config_file"]
 
+TASKS = ("pretrain", "sft")
 OPTIMIZERS = ("muon", "adamw")
-SCHEDULES = ("cosine", "wsd", "constant")
+SCHEDULES = ("cosine", "wsd", "linear", "constant")
 DTYPES = ("bf16", "fp32")
 DEVICES = ("auto", "cpu", "cuda")
 PARALLEL_MODES = ("none", "ddp", "zero1", "fsdp")  # muonlab.parallel.PARALLEL_MODES, without importing torch here
+
+
+SFT_DEFAULTS = {"task": "sft", "corpus": "python-functions", "schedule": "linear", "final_lr_ratio": 0.0,
+                "warmup_steps": 0}
+"""What ``muonlab sft`` changes in the defaults: Moonlight's SFT schedule (§3.5.1: linear decay to 0, no
+warmup named) on the built-in set."""
 
 
 class ConfigError(ValueError):
@@ -38,8 +45,12 @@ class TrainConfig:
     # where
     run_dir: str = _f("runs/default", "run folder: config.json, metrics.jsonl, checkpoints/ go here")
     resume: bool = _f(True, "continue from the run folder's latest checkpoint when there is one")
-    # data
-    corpus: str = _f("english", "built-in corpus ('english', 'python'), file/dir/glob, or hf:NAME[:SPLIT]")
+    # task and data
+    task: str = _f("pretrain", "'pretrain' (next-token loss on every token of corpus) or 'sft' (fine-tune init_from "
+                   "on corpus's conversations with the chat template, loss on the responses only)", TASKS)
+    corpus: str = _f("english", "built-in corpus ('english', 'python'), file/dir/glob, or hf:NAME[:SPLIT]; with "
+                     "task='sft': a built-in conversation set (muonlab.data.sft.SFT_BUILTIN) or a .jsonl of "
+                     "prompt/response or messages rows")
     tokenizer: str = _f("bpe", "'bpe' (byte-level BPE trained on the corpus) or 'byte'", ("bpe", "byte"))
     vocab_size: int = _f(4096, "BPE vocabulary size (ignored for the byte tokenizer)")
     val_fraction: float = _f(0.03, "fraction of documents held out for validation")
@@ -56,6 +67,10 @@ class TrainConfig:
     mup_base_width: int = _f(256, "muP base width d₀: muP equals SP at d_model = d₀ (lr and wd tuned there transfer)")
     mup_base_head_dim: int = _f(0, "muP: query/key head width at the base width when wider models widen their "
                                 "heads (logits scaled by sqrt(h₀)/h); 0: heads keep their width (1/sqrt(h))")
+    init_from: str = _f("", "start from a muonlab run folder (its latest checkpoint) or a Hugging Face model folder "
+                        "(Llama or DeepSeek-V3, e.g. from `muonlab export`): its architecture, weights and tokenizer "
+                        "replace model, mlp, tie_embeddings, the muP fields, tokenizer and vocab_size; the optimizer "
+                        "starts fresh")
     # batch and length
     seq_len: int = _f(256, "tokens per sequence")
     batch_size: int = _f(16, "sequences per micro-batch per process")
@@ -81,7 +96,7 @@ class TrainConfig:
     qk_clip_tau: float = _f(0.0, "QK-Clip threshold τ (Kimi K2: 100): after each step, rescale the query/key weights "
                             "of every attention head whose max logit exceeded τ (0: off)")
     # schedule
-    schedule: str = _f("cosine", "learning-rate schedule after warmup", SCHEDULES)
+    schedule: str = _f("cosine", "learning-rate schedule after warmup ('linear': decay to final_lr_ratio)", SCHEDULES)
     warmup_steps: int = _f(50, "linear warmup steps")
     final_lr_ratio: float = _f(0.1, "final lr as a fraction of the peak (Essential AI: 0.1)")
     decay_fraction: float = _f(0.2, "WSD: fraction of steps spent in the final linear decay")
@@ -121,6 +136,13 @@ class TrainConfig:
                 raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
         if not 0.0 < self.val_fraction < 1.0:
             raise ConfigError(f"val_fraction must lie in (0, 1), got {self.val_fraction}")
+        if self.task == "sft" and not self.init_from:
+            raise ConfigError("task='sft' fine-tunes a trained model; set init_from to a run folder or a Hugging Face "
+                              "model folder")
+        resized = [name for name in ("d_model", "n_layers", "n_heads") if getattr(self, name)]
+        if self.init_from and resized:
+            raise ConfigError(f"{resized[0]}={getattr(self, resized[0])} cannot change the model of init_from="
+                              f"{self.init_from!r}, which comes whole from that folder; leave {resized[0]} at 0")
 
     def tokens_per_step(self, world_size: int = 1) -> int:
         return self.seq_len * self.batch_size * self.grad_accum * world_size

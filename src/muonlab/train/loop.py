@@ -38,14 +38,18 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ..data import Dataset, TokenLoader, prepare_dataset, val_batches
-from ..models import ModelConfig, Transformer, model_config_for, mup
+from ..data import Dataset, TokenLoader
+from ..data.sft import SFTData
+from ..models import IGNORE_INDEX, ModelConfig, Transformer, model_config_for, mup
 from ..optim import Muon, NonFiniteGradientError, QKClip, param_groups
 from ..parallel import TELEMETRY_STATISTICS_ATTR, Runtime, init_runtime, parallelize, sum_step_statistics
 from ..rundir import MetricsLogger, write_config
 from ..rundir.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from ..spectra import svd_entropies
+from .bookkeeping import Interval, Progress
 from .config import TrainConfig
+from .init_source import read_init_source
+from .inputs import build_data
 from .run_folder import check_run_folder
 from .schedules import make_lr_lambda
 
@@ -79,7 +83,7 @@ class RunSummary:
 class Training:
     """What a run trains with, built by ``build_training``."""
 
-    data: Dataset
+    data: Dataset | SFTData
     loader: TokenLoader
     model_config: ModelConfig
     model: torch.nn.Module
@@ -89,53 +93,6 @@ class Training:
     total_steps: int
     tokens_per_step: int
     """Tokens of one optimizer step, over all processes."""
-
-
-@dataclass
-class Progress:
-    """How far a run is: optimizer steps taken, tokens trained on, and seconds spent in training steps
-    (evaluation, checkpointing and a compiled run's first step excluded). Saved with every checkpoint."""
-
-    step: int = 0
-    tokens: int = 0
-    wall_s: float = 0.0
-
-
-@dataclass
-class Interval:
-    """The training since the last logged row: summed micro-batch losses, timed steps' tokens and
-    seconds, and the first compiled step's seconds (mostly compilation: logged once as ``compile_s``)."""
-
-    loss_sum: torch.Tensor
-    loss_count: int = 0
-    tokens: int = 0
-    time_s: float = 0.0
-    compile_s: float | None = None
-
-    def add_loss(self, loss: torch.Tensor) -> None:
-        """Count one micro-batch's loss (no host sync: the sum stays on the device)."""
-        self.loss_sum += loss.detach()
-        self.loss_count += 1
-
-    def end_step(self, tokens: int, elapsed: float, compiling: bool) -> float:
-        """Count a finished step; returns the seconds it adds to ``Progress.wall_s`` (0 when ``compiling``)."""
-        if compiling:
-            self.compile_s = elapsed
-            return 0.0
-        self.tokens += tokens
-        self.time_s += elapsed
-        return elapsed
-
-    def take(self, runtime: Runtime) -> tuple[float, dict[str, float]]:
-        """The mean loss of the interval's micro-batches over all ranks, and its timing keys
-        (``tokens_per_s``, and ``compile_s`` once); the next interval starts empty."""
-        mean_loss = runtime.mean(self.loss_sum) / self.loss_count
-        timing = {"tokens_per_s": self.tokens / self.time_s} if self.time_s > 0 else {}
-        if self.compile_s is not None:
-            timing["compile_s"] = self.compile_s
-        self.loss_sum.zero_()
-        self.loss_count, self.tokens, self.time_s, self.compile_s = 0, 0, 0.0, None
-        return mean_loss, timing
 
 
 def resolve_device(name: str) -> torch.device:
@@ -196,9 +153,10 @@ def _lr_lambda(config: TrainConfig, total_steps: int):
     if config.schedule == "cosine":
         return make_lr_lambda("warmup_cosine", warmup_steps=warmup, total_steps=total_steps,
                               final_ratio=config.final_lr_ratio)
-    if config.schedule == "wsd":
+    if config.schedule in ("wsd", "linear"):  # linear: WSD whose decay is the whole run after warmup
+        decay_fraction = 1.0 if config.schedule == "linear" else config.decay_fraction
         return make_lr_lambda("warmup_stable_decay", warmup_steps=warmup, total_steps=total_steps,
-                              decay_fraction=config.decay_fraction, final_ratio=config.final_lr_ratio)
+                              decay_fraction=decay_fraction, final_ratio=config.final_lr_ratio)
     return make_lr_lambda("constant", warmup_steps=warmup)
 
 
@@ -215,24 +173,28 @@ def _autocast(config: TrainConfig, device: torch.device):
 
 
 @torch.no_grad()
-def evaluate(model: torch.nn.Module, data: Dataset, config: TrainConfig, device: torch.device,
+def evaluate(model: torch.nn.Module, data: Dataset | SFTData, config: TrainConfig, device: torch.device,
              runtime: Runtime | None = None) -> float:
-    """Mean loss over the fixed validation batches (the same batches at every evaluation).
+    """Mean over the fixed validation batches (the same at every evaluation) of each batch's mean loss
+    per counted target: every target in pretraining, the response targets with ``task='sft'``.
 
     With several processes the batches are the single-process ones (``batch_size · world_size``
-    windows); each rank evaluates its slice of rows and the row-weighted means are summed across
-    ranks, so the result equals the single-process value.
+    windows); each rank evaluates its slice of rows and the slice means, weighted by the slice's
+    share of the batch's counted targets, are summed across ranks, so the result equals the
+    single-process value.
     """
     world, rank = (runtime.world_size, runtime.rank) if runtime is not None else (1, 0)
     was_training = model.training
     model.eval()
     total, batches = 0.0, 0
-    for x, y in val_batches(data.val_tokens, config.batch_size * world, config.seq_len, config.eval_batches):
+    for x, y in data.val_batches(config.batch_size * world, config.seq_len, config.eval_batches):
         lo, hi = rank * len(x) // world, (rank + 1) * len(x) // world
         rows = slice(lo, hi) if hi > lo else slice(0, 1)  # a rank with no rows still joins FSDP's collectives
         with _autocast(config, device):
             loss = float(model(x[rows].to(device), y[rows].to(device)))
-        total += loss * (hi - lo) / len(x)
+        counted = y != IGNORE_INDEX
+        share = int(counted[lo:hi].sum())  # 0: no rows here, or (fine-tuning) no response among them
+        total += loss * share / int(counted.sum()) if share else 0.0
         batches += 1
     model.train(was_training)
     return world * (runtime.mean(total) if runtime is not None else total) / batches
@@ -251,6 +213,7 @@ def _run_record(config: TrainConfig, training: Training, runtime: Runtime, comma
         "tokens_per_step": training.tokens_per_step,
         "total_steps": training.total_steps,
         "dataset": training.data.describe(),
+        "train_split_tokens": len(training.data.train_tokens),  # one epoch: reports count the epochs trained
         "device": str(runtime.device),
         "torch": torch.__version__,
         "world_size": runtime.world_size,
@@ -278,14 +241,16 @@ def build_training(config: TrainConfig, runtime: Runtime) -> Training:
     """
     if not runtime.is_main:
         runtime.barrier()
-    data = prepare_dataset(config.corpus, tokenizer=config.tokenizer, vocab_size=config.vocab_size,
-                           val_fraction=config.val_fraction)
+    # init_from: a run folder or a Hugging Face model folder gives the tokenizer, model config and weights
+    source = read_init_source(config.init_from, config.seq_len) if config.init_from else None
+    data, loader = build_data(config, runtime, source.tokenizer if source else None)
     if runtime.is_main:
         runtime.barrier()
-    loader = TokenLoader(data.train_tokens, config.batch_size, config.seq_len, seed=config.seed,
-                         rank=runtime.rank, world_size=runtime.world_size)
-    model_config = build_model_config(config, data.vocab_size)
-    model = Transformer(model_config).to(runtime.device)
+    model_config = source.model_config if source else build_model_config(config, data.vocab_size)
+    model = Transformer(model_config)
+    if source is not None:
+        source.load_into(model)
+    model = model.to(runtime.device)
     forward = parallelize(model, runtime.mode)
     forward = torch.compile(forward) if config.compile else forward
     return Training(data, loader, model_config, model, forward, build_optimizer(model, config),
@@ -360,6 +325,24 @@ def _save(run_dir: Path, training: Training, progress: Progress, runtime: Runtim
                     keep=keep, sharded=runtime.distributed)
 
 
+def _telemetry_keys(step: int, config: TrainConfig, training: Training, runtime: Runtime, measure: bool,
+                    log_now: bool) -> dict[str, Any]:
+    """Optimizer, attention and model telemetry for this step's metrics row (empty on most steps)."""
+    keys: dict[str, Any] = {}
+    if log_now or measure:
+        keys.update(training.optimizer.qk_clip.stats())  # every step with QK-Clip on, else telemetry steps
+    if measure:
+        keys.update(training.optimizer.last_telemetry)
+        if hasattr(training.model, "telemetry"):
+            if runtime.distributed:  # e.g. MoE routing statistics: the global batch's, as on one process
+                sum_step_statistics(training.model, TELEMETRY_STATISTICS_ATTR)
+            keys.update(training.model.telemetry())
+    last = step == training.total_steps
+    if config.spectra_every and (step % config.spectra_every == 0 or last) and runtime.is_main:
+        keys.update(svd_entropies(training.model))
+    return keys
+
+
 def train(config: TrainConfig, command: str | None = None) -> RunSummary:
     """Train one model as ``config`` says, in ``config.run_dir``; resume if a checkpoint exists.
 
@@ -386,7 +369,8 @@ def train(config: TrainConfig, command: str | None = None) -> RunSummary:
     if runtime.is_main:
         write_config(run_dir, _run_record(config, training, runtime, command))
 
-    logger = (MetricsLogger(run_dir, resume_step=start_step if checkpoint else None, tensorboard=config.tensorboard)
+    # From step 0 too: rows of an attempt killed before its first checkpoint are dropped, not repeated.
+    logger = (MetricsLogger(run_dir, resume_step=start_step, tensorboard=config.tensorboard)
               if runtime.is_main else None)
     bar = tqdm(total=total_steps, initial=start_step, disable=not (config.progress and runtime.is_main),
                desc=run_dir.name, unit="step", dynamic_ncols=True)
@@ -411,16 +395,7 @@ def train(config: TrainConfig, command: str | None = None) -> RunSummary:
                 row.update(_log_keys(step, lr, optim_ms, progress, interval, runtime, run_dir))
                 if "tokens_per_s" in row:
                     bar.set_postfix(loss=f"{row['loss']:.3f}", tok_s=f"{row['tokens_per_s']:,.0f}")
-            if log_now or measure:
-                row.update(training.optimizer.qk_clip.stats())  # every step with QK-Clip on, else telemetry steps
-            if measure:
-                row.update(training.optimizer.last_telemetry)
-                if hasattr(training.model, "telemetry"):
-                    if runtime.distributed:  # e.g. MoE routing statistics: the global batch's, as on one process
-                        sum_step_statistics(training.model, TELEMETRY_STATISTICS_ATTR)
-                    row.update(training.model.telemetry())
-            if config.spectra_every and (step % config.spectra_every == 0 or step == total_steps) and runtime.is_main:
-                row.update(svd_entropies(training.model))
+            row.update(_telemetry_keys(step, config, training, runtime, measure, log_now))
             if step % config.eval_every == 0 or step == total_steps:
                 val_loss = evaluate(training.model, training.data, config, device, runtime)  # eager: no second graph
                 row.update(val_loss=val_loss, tokens=progress.tokens, wall_s=progress.wall_s)

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from ..rundir import holds_run, read_config
-from ..rundir.checkpoint import CheckpointError
+from ..rundir.layout import CheckpointError
 from .config import TrainConfig
 
 __all__ = ["RESUME_MAY_CHANGE", "RunFolderError", "check_run_folder", "first_config_difference"]

@@ -26,7 +26,7 @@ from ..distributed.layouts import MatrixParam, UnitOf
 from ..distributed.owners import OwnerCompute, Unit
 from ..gradients import NonFinitePolicy
 from ..newton_schulz import choose_method, get_coefficient_set, ns_flops, orthogonalize
-from ..scaling import SCALE_RULES, logical_matrix_shape
+from ..scaling import SCALE_RULES, block_shape, stored_matrix_shape
 from ..state import FIELDS, momentum_dtype, new_state
 from ..telemetry import UpdateTelemetry
 from ..update_rule import adamw_, decoupled_update_, exchange_dtypes
@@ -51,7 +51,13 @@ class ParamSlot(NamedTuple):
 
 
 class BucketKey(NamedTuple):
-    """Everything that makes two matrices' Newton–Schulz calls one batched call."""
+    """Everything that makes two matrices' Newton–Schulz calls one batched call.
+
+    ``rows``, ``cols`` are the stored matrix (how pieces travel between ranks); ``transposed`` and
+    ``blocks`` say how the owner turns it into the logical matrices it orthogonalizes
+    (:func:`~muonlab.optim.scaling.block_shape`): each stored ``[rows, cols]`` becomes ``blocks``
+    matrices of :attr:`logical_shape`.
+    """
 
     rows: int
     cols: int
@@ -62,11 +68,31 @@ class BucketKey(NamedTuple):
     eps: float
     in_dtype: torch.dtype  # of the Newton–Schulz input (and of pieces sent to the owner)
     out_dtype: torch.dtype  # of the results (and of pieces sent back)
+    transposed: bool = False
+    blocks: int = 1
+
+    @property
+    def logical_shape(self) -> tuple[int, int]:
+        """``[out, in]`` of each matrix orthogonalized (one block of a fused projection)."""
+        return block_shape(self.rows, self.cols, self.transposed, self.blocks)
 
     @property
     def cost(self) -> int:
         """Relative size, to run the largest buckets first."""
-        return min(self.rows, self.cols) ** 2 * max(self.rows, self.cols)
+        rows, cols = self.logical_shape
+        return self.blocks * min(rows, cols) ** 2 * max(rows, cols)
+
+    def to_logical(self, batch: torch.Tensor) -> torch.Tensor:
+        """A stored batch ``[N, rows, cols]`` as the ``[N·blocks, *logical_shape]`` matrices to orthogonalize."""
+        if self.transposed:
+            batch = batch.mT.contiguous()
+        return batch.reshape(-1, *self.logical_shape)
+
+    def to_stored(self, logical: torch.Tensor) -> torch.Tensor:
+        """The inverse of :meth:`to_logical`: ``[N·blocks, *logical_shape]`` back to ``[N, rows, cols]``."""
+        rows, cols = (self.cols, self.rows) if self.transposed else (self.rows, self.cols)
+        batch = logical.reshape(-1, rows, cols)
+        return batch.mT.contiguous() if self.transposed else batch
 
 
 def param_slots(optimizer) -> list[ParamSlot]:
@@ -113,15 +139,15 @@ class Engine:
         """The Muon view of parameter k: a batch of [rows, cols] matrices, its bucket, its cost."""
         slot = self.slots[k]
         group, shape = self.group(k), tuple(slot.param.shape)
-        rows, cols = logical_matrix_shape(shape, stacked=group.get("role") != "hidden")
+        rows, cols = stored_matrix_shape(shape, stacked=group.get("role") != "hidden")
         dtype, method = group["ns_dtype"], group["ns_method"]
         in_dtype, out_dtype = exchange_dtypes(dtype, method, momentum_dtype(slot.param.dtype))
         key = BucketKey(rows, cols, group["ns_steps"], str(group["ns_coefficients"]), dtype, method, group["ns_eps"],
-                        in_dtype, out_dtype)
-        m, n = min(rows, cols), max(rows, cols)
+                        in_dtype, out_dtype, bool(group.get("transposed", False)), group.get("blocks", 1))
+        m, n = sorted(key.logical_shape)
         cset = get_coefficient_set(group["ns_coefficients"])
         chosen = choose_method(method, m, n, group["ns_steps"], dtype, cset)
-        cost = ns_flops(m, n, group["ns_steps"], chosen if chosen != "svd" else "standard", cset)
+        cost = key.blocks * ns_flops(m, n, group["ns_steps"], chosen if chosen != "svd" else "standard", cset)
         return MatrixParam(k, key, math.prod(shape) // (rows * cols), rows, cols, float(cost))
 
     def cached(self, signature: Hashable, build: Callable[[], Any]) -> Any:
@@ -137,22 +163,24 @@ class Engine:
     # ---- the Muon update: Newton–Schulz on owners, then the decoupled update on every holder
 
     def orthogonalizer(self, units: list[Unit], where: list[UnitOf], telemetry: UpdateTelemetry | None):
-        """The owner's batch function: Newton–Schulz of a bucket's batch, plus telemetry on whole results."""
+        """The owner's batch function: Newton–Schulz of a bucket's batch (on its logical matrices,
+        ``BucketKey.to_logical``), plus telemetry on whole results."""
 
         def run(key: BucketKey, owned: list[int], batch: torch.Tensor) -> torch.Tensor:
             group = self.group(where[owned[0]].param)
-            out = orthogonalize(batch, group["ns_coefficients"], key.steps, key.dtype, key.eps, key.method)
+            out = orthogonalize(key.to_logical(batch), group["ns_coefficients"], key.steps, key.dtype, key.eps,
+                                key.method)
             if telemetry is not None:
                 offset = 0
                 for position, u in enumerate(owned):
-                    O = out[offset : offset + units[u].batch]
-                    offset += units[u].batch
+                    O = out[offset : offset + units[u].batch * key.blocks]
+                    offset += units[u].batch * key.blocks
                     k = where[u].param
-                    s = SCALE_RULES[self.group(k)["scale"]](units[u].rows, units[u].cols)
+                    s = SCALE_RULES[self.group(k)["scale"]](*key.logical_shape)
                     telemetry.add("muon", k, self.slots[k].label, O, s)
                     if position == 0:
                         telemetry.add_sample(O[0], s)
-            return out
+            return key.to_stored(out)
 
         return run
 
@@ -161,7 +189,7 @@ class Engine:
         """``W ← W(1 − lr·λ) − lr·s·Õ`` for each ``(parameter k, W or a piece of it, Õ of that piece)``."""
         for k, target, update in targets:
             group, m = self.group(k), mats[k]
-            scale = SCALE_RULES[group["scale"]](m.rows, m.cols)
+            scale = SCALE_RULES[group["scale"]](*m.key.logical_shape)
             decoupled_update_(target, update, group["lr"], group["weight_decay"], scale)
 
     # ---- AdamW on whatever this engine holds of each parameter

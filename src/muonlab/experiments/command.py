@@ -1,0 +1,161 @@
+"""``muonlab experiment``: list the studies, estimate one (``--dry-run``), or run it and write its report.
+
+Running a study: plan its runs (``Study.planned``), check every run folder (a folder holding a run
+of another config stops the study before any work), prepare the data once, train the runs that are
+not finished (``runner.run_configs``, with the live progress of ``display.Monitor``), then analyse
+the run folders and write ``report.md``, ``results.json`` and ``provenance.json``
+(``outputs.write_outputs``). Re-running the same command after a kill continues where it stopped.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Mapping, Sequence
+from contextlib import nullcontext
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from ..analysis.runs import load_run
+from ..train.config import TrainConfig, load_config_file
+from .display import Monitor, format_duration, format_tokens
+from .estimate import Estimate, estimate, probe_configs
+from .progress import StudyProgress
+from .provenance import git_revision, machine, machine_key
+from .registry import all_studies
+from .runner import is_finished, run_configs
+from .study import Finished, PlannedRun, Study, parameters
+
+__all__ = ["default_out", "default_workers", "dry_run", "list_text", "plan", "run_study"]
+
+
+def default_out(study: Study, preset: str) -> Path:
+    """``runs/<study>`` for the cpu preset, ``runs/<study>-<preset>`` for the others."""
+    return Path("runs") / (study.name if preset == "cpu" else f"{study.name}-{preset}")
+
+
+def default_workers(planned: Sequence[PlannedRun]) -> int:
+    """One run at a time on a GPU; on a CPU one single-threaded run per core (at most one per run)."""
+    import torch
+
+    if any(p.config.device == "cuda" or (p.config.device == "auto" and torch.cuda.is_available()) for p in planned):
+        return 1
+    return max(1, min(os.cpu_count() or 1, len(planned)))
+
+
+def plan(study: Study, preset: str = "cpu", out: Path | None = None, config_file: str | None = None,
+         sets: Sequence[str] = ()) -> tuple[dict[str, Any], list[PlannedRun], Path]:
+    """``(params, planned runs, output folder)`` for a study, a preset and the overrides."""
+    file_values = load_config_file(config_file) if config_file else None
+    params, overrides = parameters(study, preset, file_values, sets)
+    out = out or default_out(study, preset)
+    return params, study.planned(params, out, overrides), out
+
+
+def _prepare_data(configs: Sequence[TrainConfig], say: Callable[[str], None]) -> None:
+    """Tokenize each distinct corpus once (cached), before runs or probes read it side by side."""
+    from ..data import prepare_dataset
+
+    specs = dict.fromkeys((c.corpus, c.tokenizer, c.vocab_size, c.val_fraction) for c in configs)
+    for corpus, tokenizer, vocab, val_fraction in specs:
+        started = time.perf_counter()
+        data = prepare_dataset(corpus, tokenizer=tokenizer, vocab_size=vocab, val_fraction=val_fraction)
+        say(f"data: {corpus} corpus, {tokenizer} tokenizer (vocab {data.vocab_size:,}): "
+            f"{len(data.train_tokens):,} training tokens ({time.perf_counter() - started:.1f} s; cached)")
+
+
+def format_estimate(study: Study, preset: str, est: Estimate, device: str) -> str:
+    """The ``--dry-run`` table: every run's optimizer, tokens, FLOPs and estimated time, then the totals."""
+    lines = [f"study {study.name} (preset {preset}): {len(est.runs)} runs, {est.workers} at a time",
+             f"  {'run':<24} {'optimizer':<9} {'tokens':>8} {'FLOPs':>9} {'left':>8} {'estimate':>9}"]
+    for r in est.runs:
+        lines.append(f"  {r.name:<24} {r.optimizer:<9} {format_tokens(r.tokens):>8} {r.flops:>9.2e} "
+                     f"{format_tokens(r.tokens_left):>8} {format_duration(r.seconds):>9}")
+    wall = (f"estimated wall time {format_duration(est.wall_s)} on this machine ({machine_key(device)}), "
+            "from measured probes, plus the report" if est.wall_s is not None else "wall time not estimated")
+    lines.append(f"total: {format_tokens(est.tokens)} tokens, {est.flops:.2e} FLOPs; {wall}")
+    return "\n".join(lines)
+
+
+def dry_run(study: Study, preset: str, planned: Sequence[PlannedRun], workers: int,
+            say: Callable[[str], None] = print) -> Estimate:
+    """Print the plan and its estimated cost; measure probes first (``calibration``) when not cached.
+
+    Without the device the plan asks for (``device=cuda`` on a machine without one), the cost is
+    given in tokens and FLOPs only.
+    """
+    from ..train.loop import resolve_device
+    from .calibration import calibrate
+
+    for run in planned:
+        is_finished(run.config)  # a folder holding another config's run is reported now, not at run time
+    device = planned[0].config.device
+    measurements = None
+    try:
+        resolve_device(device)
+    except ValueError as err:
+        say(f"not measuring the speed: {err}")
+    else:
+        _prepare_data([p.config for p in planned], say)
+        measurements = calibrate(probe_configs([p.config for p in planned], workers), workers, say=say)
+    est = estimate(planned, workers, measurements)
+    say(format_estimate(study, preset, est, device))
+    return est
+
+
+def list_text() -> str:
+    """Every study: name, the claim it checks, and its cpu preset's cost (time when measured on this machine)."""
+    from .calibration import cached_measurements, probe_key
+
+    blocks = []
+    for study in all_studies().values():
+        _, planned, _ = plan(study)
+        workers = default_workers(planned)
+        probes = probe_configs([p.config for p in planned], workers)
+        cached = cached_measurements([probe_key(p, workers) for p in probes], planned[0].config.device)
+        est = estimate(planned, workers, cached)
+        time_text = (f"≈ {format_duration(est.wall_s)} here ({workers} at a time)" if est.wall_s is not None
+                     else f"time not measured here yet (muonlab experiment {study.name} --dry-run measures it)")
+        blocks.append(f"{study.name}: {study.title}\n  claim: {study.claim}\n  cpu preset: {len(planned)} runs, "
+                      f"{format_tokens(est.tokens)} tokens, {est.flops:.2e} FLOPs; {time_text}")
+    return "\n\n".join(blocks)
+
+
+def _analyse(study: Study, params: Mapping[str, Any], planned: Sequence[PlannedRun], out: Path):
+    runs = {p.name: load_run(p.config.run_dir) for p in planned}
+    return runs, study.analyse(Finished(params, runs, out))
+
+
+def run_study(study: Study, preset: str, params: Mapping[str, Any], planned: Sequence[PlannedRun], out: Path,
+              workers: int, command: str, console=None, show_progress: bool = True,
+              say: Callable[[str], None] = print) -> Path:
+    """Train what is not finished, analyse the run folders, write the outputs; return the report's path.
+
+    ``console``: where the progress display goes (default: stdout, live on a terminal, plain lines
+    otherwise); ``show_progress=False``: no display.
+    """
+    from .outputs import record_start, write_outputs
+
+    started = time.perf_counter()
+    configs = [p.config for p in planned]
+    finished = [c.run_dir for c in configs if is_finished(c)]
+    invocation = {"started": datetime.now(timezone.utc).isoformat(timespec="seconds"), "command": command,
+                  "git_revision": git_revision(), "machine": machine(configs[0].device),
+                  "trained": [p.name for p in planned if p.config.run_dir not in finished]}
+    if len(finished) < len(configs):
+        record_start(out, invocation)
+        if finished:
+            say(f"{len(finished)} of {len(configs)} runs are finished already; they are not run again")
+        _prepare_data(configs, say)
+        progress = StudyProgress(study.name, [(p.name, p.config.run_dir, p.config.total_steps()
+                                               * p.config.tokens_per_step()) for p in planned], done=finished)
+        with Monitor(progress, console=console) if show_progress else nullcontext():
+            run_configs(configs, workers=workers, observer=progress)
+    runs, analysis = _analyse(study, params, planned, out)
+    report = write_outputs(study, preset, params, runs, analysis, out,
+                           {**invocation, "wall_s": time.perf_counter() - started})
+    if analysis.summary:
+        say(analysis.summary)
+    say(f"report: {report}")
+    return report

@@ -1,0 +1,155 @@
+"""A study's cost before it runs: tokens and FLOPs from the plan, minutes from measured probes.
+
+Per optimizer, the plan's runs with the fewest and the most FLOPs per step are probed
+(``calibration``); a run's step, first-step, telemetry, evaluation and checkpoint times are
+interpolated linearly in FLOPs per step between them (``a + b·FLOPs``: the constant part is the
+per-step overhead that dominates tiny models on a CPU). A run then costs
+
+    start-up (separate processes only) + set-up + first step + (steps left − 1) · step
+    + telemetry steps · (telemetry step − step) + evaluations · evaluation + checkpoints · checkpoint,
+
+counting only what is left after its latest checkpoint, and the study's wall time is the runs
+scheduled in plan order on ``workers`` slots, each run taking the first free one (as the runner does).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import heapq
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+from ..models import model_config_for
+from ..train.config import TrainConfig
+from .calibration import Measurement, probe_key
+from .runner import steps_done, threads_per_run
+from .study import PlannedRun
+
+__all__ = ["Estimate", "RunCost", "estimate", "makespan", "probe_configs", "run_flops_per_step", "speed_config"]
+
+BYTE_VOCAB = 257  # the byte tokenizer's vocabulary: 256 bytes + end-of-text
+
+
+def run_flops_per_step(config: TrainConfig) -> float:
+    """Training FLOPs of one optimizer step (``ModelConfig.flops_per_token`` × tokens per step)."""
+    vocab = BYTE_VOCAB if config.tokenizer == "byte" else config.vocab_size
+    model = model_config_for(config.model, vocab, config.seq_len, d_model=config.d_model, n_layers=config.n_layers,
+                             n_heads=config.n_heads, mlp=config.mlp, tie_embeddings=config.tie_embeddings)
+    return float(model.flops_per_token(config.seq_len) * config.tokens_per_step())
+
+
+def speed_config(config: TrainConfig, workers: int) -> TrainConfig:
+    """The config as the runner trains it: with several workers, on ``threads_per_run`` threads each."""
+    return config if workers <= 1 else config.replace(threads=threads_per_run(config, workers))
+
+
+def probe_configs(configs: Sequence[TrainConfig], workers: int) -> list[TrainConfig]:
+    """Per optimizer, the runs with the fewest and the most FLOPs per step (one if they are alike)."""
+    probes: dict[str, TrainConfig] = {}
+    for optimizer in dict.fromkeys(c.optimizer for c in configs):
+        ranked = sorted((c for c in configs if c.optimizer == optimizer), key=run_flops_per_step)
+        for config in (ranked[0], ranked[-1]):
+            probe = speed_config(config, workers)
+            probes.setdefault(probe_key(probe, workers), probe)
+    return list(probes.values())
+
+
+def _interpolate(points: Sequence[tuple[float, Measurement]], flops: float) -> Measurement:
+    """Each field linear in FLOPs per step through the lowest and highest probe (constant with one)."""
+    (f0, m0), (f1, m1) = min(points, key=lambda p: p[0]), max(points, key=lambda p: p[0])
+    if f1 == f0:
+        return m0
+    t = (flops - f0) / (f1 - f0)
+    return Measurement(**{f.name: max(0.0, getattr(m0, f.name) + t * (getattr(m1, f.name) - getattr(m0, f.name)))
+                          for f in dataclasses.fields(Measurement)})
+
+
+def _multiples(start: int, total: int, every: int) -> int:
+    """How many steps in (start, total] are multiples of ``every`` (0 when ``every`` is 0)."""
+    return total // every - start // every if every else 0
+
+
+def _not_a_multiple(total: int, every: int) -> int:
+    """1 when the last step takes its own event (it is not a multiple of ``every``, or ``every`` is 0)."""
+    return int(not every or total % every != 0)
+
+
+def _events(config: TrainConfig, start: int, total: int) -> tuple[int, int, int]:
+    """Evaluations, checkpoints and telemetry steps in (start, total], as ``muonlab.train.loop`` takes them:
+    evaluations every ``eval_every`` and at the end, checkpoints every ``checkpoint_every`` (0: never)
+    and at the end, telemetry every ``telemetry_every`` (0: never) and at step 1."""
+    evaluations = _multiples(start, total, config.eval_every) + _not_a_multiple(total, config.eval_every)
+    checkpoints = _multiples(start, total, config.checkpoint_every) + _not_a_multiple(total, config.checkpoint_every)
+    every = config.telemetry_every
+    telemetry = _multiples(start, total, every) + int(bool(every) and start == 0 and every != 1)
+    return evaluations, checkpoints, telemetry
+
+
+def run_seconds(config: TrainConfig, m: Measurement, start_step: int, separate_process: bool) -> float:
+    """The wall time of training ``config`` from ``start_step`` to its end (see the module docstring)."""
+    total = config.total_steps()
+    if start_step >= total:
+        return 0.0
+    steps = total - start_step
+    evaluations, checkpoints, telemetry = _events(config, start_step, total)
+    return ((m.startup_s if separate_process else 0.0) + m.build_s + m.first_step_s + (steps - 1) * m.step_s
+            + telemetry * max(0.0, m.telemetry_step_s - m.step_s) + evaluations * m.eval_s
+            + checkpoints * m.checkpoint_s)
+
+
+def makespan(durations: Sequence[float], workers: int) -> float:
+    """Wall time of running ``durations`` in order on ``workers`` slots, each next one on the first free slot."""
+    slots = [0.0] * max(1, workers)
+    for duration in durations:
+        heapq.heapreplace(slots, slots[0] + duration)
+    return max(slots)
+
+
+@dataclass(frozen=True)
+class RunCost:
+    """One planned run: its optimizer, tokens and FLOPs (in all, and left to train), estimated seconds."""
+
+    name: str
+    optimizer: str
+    tokens: int
+    flops: float
+    tokens_left: int
+    seconds: float | None
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """The plan's runs and the estimated wall time (None without measurements)."""
+
+    runs: list[RunCost]
+    workers: int
+    wall_s: float | None
+
+    @property
+    def tokens(self) -> int:
+        return sum(r.tokens for r in self.runs)
+
+    @property
+    def flops(self) -> float:
+        return sum(r.flops for r in self.runs)
+
+
+def estimate(planned: Sequence[PlannedRun], workers: int,
+             measurements: Mapping[str, Measurement] | None = None) -> Estimate:
+    """The cost of ``planned``; seconds from ``measurements`` (by probe key) when they cover every optimizer."""
+    costs, durations = [], []
+    probes = probe_configs([p.config for p in planned], workers)
+    for run in planned:
+        config = run.config
+        per_step = run_flops_per_step(config)
+        done = steps_done(config)
+        total = config.total_steps()
+        points = [(run_flops_per_step(p), measurements[probe_key(p, workers)]) for p in probes
+                  if p.optimizer == config.optimizer and measurements and probe_key(p, workers) in measurements]
+        seconds = run_seconds(config, _interpolate(points, per_step), done, workers > 1) if points else None
+        costs.append(RunCost(run.name, config.optimizer, total * config.tokens_per_step(), per_step * total,
+                             max(0, total - done) * config.tokens_per_step(), seconds))
+        durations.append(seconds)
+    known = all(d is not None for d in durations)
+    wall = makespan([d for d in durations if d], workers) if known else None
+    return Estimate(costs, workers, wall)
