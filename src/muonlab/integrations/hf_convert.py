@@ -47,6 +47,10 @@ def check_exportable(cfg: ModelConfig) -> None:
         raise HFFormatError(f"ModelConfig.attention is {cfg.attention!r} with n_routed_experts={cfg.n_routed_experts}, "
                             "but MoE models export as DeepSeek-V3, which has multi-head latent attention only "
                             "(attention='mla')")
+    if cfg.parametrization == "mup" and (cfg.d_model != cfg.mup_base_width or cfg.mup_base_head_dim is not None):
+        raise HFFormatError(f"ModelConfig.parametrization is 'mup' at d_model={cfg.d_model} (mup_base_width="
+                            f"{cfg.mup_base_width}), but Llama and DeepSeek-V3 in transformers have no muP "
+                            "multipliers, so only SP models and muP models at their base width can be exported")
     if cfg.is_moe and cfg.n_routed_experts < 2:
         raise HFFormatError(f"ModelConfig.n_routed_experts is {cfg.n_routed_experts}, but transformers' DeepSeek-V3 "
                             "router takes the top 2 scores of its expert group, so it needs at least 2 experts")

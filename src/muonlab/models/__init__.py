@@ -9,12 +9,14 @@ from .config import ModelConfig, default_ffn_hidden
 from .layers import GeluMLP, SwiGLU, apply_rope, rope_cos_sin
 from .mla import MLA
 from .moe import MoE, routed_scaling_factor
+from .mup import PARAMETRIZATIONS
 from .presets import describe_presets, list_moe_presets, list_presets, model_config_for, preset
 from .transformer import IGNORE_INDEX, OUTPUT_PROJECTIONS, Attention, Block, Transformer, build_attention, build_mlp
 
 __all__ = [
     "IGNORE_INDEX",
     "OUTPUT_PROJECTIONS",
+    "PARAMETRIZATIONS",
     "Attention",
     "Block",
     "GeluMLP",

@@ -17,7 +17,7 @@ import math
 from dataclasses import dataclass, fields
 from typing import Any
 
-from . import counting
+from . import counting, mup
 
 MLP_KINDS = ("swiglu", "gelu")
 ATTENTION_KINDS = ("mha", "mla")
@@ -113,6 +113,18 @@ class ModelConfig:
     """α of DeepSeek-V3's sequence-wise balance loss, added to the training loss; 0 = off (aux-loss-free only).
     Moonlight's released config lists 0.001 with seq_aux; the paper does not say it was used."""
 
+    # ---- parametrization (Tensor Programs V's muP, as the Essential AI paper applies it; models/mup.py) ------
+    parametrization: str = "sp"
+    """"sp" (standard) or "mup": multipliers, init stds and per-role lr factors that make hyperparameters
+    tuned at ``mup_base_width`` transfer across widths (the table in ``muonlab.models.mup``)."""
+    mup_base_width: int = 256
+    """muP's base width d₀: at d_model = d₀ muP equals SP; the width multiplier is m = d_model / d₀.
+    256 is the ``demo`` preset's width, the run default, so its tuned lr carries over unchanged."""
+    mup_base_head_dim: int | None = None
+    """muP only: the query/key head width h₀ at the base width when a width family widens the heads; attention
+    logits are then scaled by √h₀ / h (TP5's 1/d rule). None: heads keep their width as d_model grows (more heads),
+    and logits keep 1/√h."""
+
     def __post_init__(self) -> None:
         for name in ("vocab_size", "d_model", "n_layers", "n_heads", "multiple_of", "max_seq_len"):
             _check_positive_int(name, getattr(self, name))
@@ -148,6 +160,7 @@ class ModelConfig:
             raise ValueError(f"ModelConfig.tie_embeddings is {self.tie_embeddings!r}; it must be True or False.")
         self._resolve_attention()
         self._resolve_moe()
+        self._check_parametrization()
 
     def _resolve_attention(self) -> None:
         if self.attention not in ATTENTION_KINDS:
@@ -213,6 +226,20 @@ class ModelConfig:
             assert self.ffn_hidden is not None
             self.expert_ffn_hidden = max(1, self.ffn_hidden // (self.top_k + self.n_shared_experts))
         _check_positive_int("expert_ffn_hidden", self.expert_ffn_hidden)
+
+    def _check_parametrization(self) -> None:
+        if self.parametrization not in mup.PARAMETRIZATIONS:
+            raise ValueError(f"ModelConfig.parametrization is {self.parametrization!r}; valid values are "
+                             f"{', '.join(map(repr, mup.PARAMETRIZATIONS))}.")
+        _check_positive_int("mup_base_width", self.mup_base_width)
+        if self.mup_base_head_dim is None:
+            return
+        _check_positive_int("mup_base_head_dim", self.mup_base_head_dim)
+        if self.parametrization != "mup":
+            raise ValueError(
+                f"ModelConfig.mup_base_head_dim is {self.mup_base_head_dim!r}, but it applies only to "
+                "parametrization='mup'; leave it unset or set parametrization='mup'."
+            )
 
     # ---- derived shapes -------------------------------------------------------------------------
 

@@ -44,6 +44,7 @@ from torch import Tensor, nn
 from .attention_logits import MaxLogitTracker
 from .config import ModelConfig
 from .layers import apply_rope
+from .mup import attention_scale
 
 __all__ = ["LATENT_NORM_EPS", "MLA", "causal_attention"]
 
@@ -66,6 +67,7 @@ class MLA(MaxLogitTracker, nn.Module):
                          config.kv_lora_rank, config.q_lora_rank)
         assert n is not None and r is not None and v is not None and c is not None
         self.n_heads, self.nope_dim, self.rope_dim, self.v_dim, self.kv_lora_rank = H, n, r, v, c
+        self.scale = attention_scale(config, n + r)  # None: 1/sqrt(n + r); muP may set it (models/mup.py)
         self.compress_q = q > 0
         if q:
             self.wq_down = nn.Linear(d, q, bias=False)
@@ -103,8 +105,8 @@ class MLA(MaxLogitTracker, nn.Module):
         v = self.wv_up(c_kv).view(B, T, H, self.v_dim).transpose(1, 2)  # [B, H, T, v]
         q = torch.cat([q_nope, q_rope.to(q_nope.dtype)], dim=-1)
         k = torch.cat([k_nope, k_rope.to(k_nope.dtype)[:, None].expand(B, H, T, r)], dim=-1)
-        self.record_max_logits(q, k, (n + r) ** -0.5)  # causal_attention's scale
-        y = causal_attention(q, k, v.to(q.dtype))  # [B, H, T, v]
+        self.record_max_logits(q, k, (n + r) ** -0.5 if self.scale is None else self.scale)
+        y = causal_attention(q, k, v.to(q.dtype), self.scale)  # [B, H, T, v]
         return self.wo(y.transpose(1, 2).reshape(B, T, H * self.v_dim))
 
     def qk_clip_terms(self) -> list[tuple[Tensor, Tensor | None]]:
@@ -113,16 +115,16 @@ class MLA(MaxLogitTracker, nn.Module):
         return [(self.wq_nope.weight, self.wk_up.weight), (self.wq_rope.weight, None)]
 
 
-def causal_attention(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
-    """softmax(q kᵀ / sqrt(d_qk) + causal mask) v for q, k [B, H, T, d_qk] and v [B, H, T, d_v].
+def causal_attention(q: Tensor, k: Tensor, v: Tensor, scale: float | None = None) -> Tensor:
+    """softmax(q kᵀ · scale + causal mask) v for q, k [B, H, T, d_qk] and v [B, H, T, d_v] (None: 1/sqrt(d_qk)).
 
     SDPA's fused kernels (flash attention on CPU) want one head width for q, k and v; with
     d_qk != d_v it falls back to a math path about 2x slower on CPU. Zero channels appended to the
     narrower side change neither q·k nor the values, so both are padded to the wider width, the
-    scale is pinned to DeepSeek's 1/sqrt(d_qk), and the padding is cut from the output.
+    scale is pinned (by default DeepSeek's 1/sqrt(d_qk)), and the padding is cut from the output.
     """
     d_qk, d_v = q.shape[-1], v.shape[-1]
     width = max(d_qk, d_v)
     q, k, v = (F.pad(t, (0, width - t.shape[-1])) if t.shape[-1] < width else t for t in (q, k, v))
-    y = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=d_qk**-0.5)
+    y = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=d_qk**-0.5 if scale is None else scale)
     return y[..., :d_v] if d_v < width else y

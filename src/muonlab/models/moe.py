@@ -46,6 +46,7 @@ from torch import Tensor, nn
 
 from .config import ModelConfig
 from .layers import SwiGLU
+from .mup import init_std, output_multiplier
 
 __all__ = [
     "DISPATCH_BACKENDS",
@@ -302,6 +303,7 @@ class MoE(nn.Module):
         self.scale = config.routed_scaling_factor
         self.bias_update_rate = config.moe_bias_update_rate
         self.aux_loss_coef = config.moe_aux_loss_coef
+        self.router_multiplier = output_multiplier(config)  # muP: the router is an output weight (models/mup.py)
         self.backend = "auto"  # one of DISPATCH_BACKENDS; tests and benchmarks pin one
         self.bucket: bool | None = None  # pad expert groups to few sizes; None: on CPU only (moe_experts)
         self.router = nn.Parameter(torch.empty(E, d))
@@ -317,8 +319,8 @@ class MoE(nn.Module):
         self.register_buffer("_seen_tokens", torch.zeros((), dtype=torch.long), persistent=False)
         self.register_buffer("_seen_entropy", torch.zeros((), dtype=torch.float64), persistent=False)
         self.aux_loss: Tensor | None = None
-        out_std = config.init_std / math.sqrt(2 * config.n_layers)
-        self.init_weights(lambda w, std: nn.init.normal_(w, 0.0, std), config.init_std, out_std)
+        std = init_std(config)
+        self.init_weights(lambda w, s: nn.init.normal_(w, 0.0, s), std, std / math.sqrt(2 * config.n_layers))
 
     @torch.no_grad()
     def init_weights(self, normal_: Callable[[Tensor, float], None], std: float, out_std: float) -> None:
@@ -339,6 +341,8 @@ class MoE(nn.Module):
         flat = x.reshape(B * T, d)
         with torch.autocast(x.device.type, enabled=False):  # router logits in fp32, as DeepSeek-V3
             logits = F.linear(flat.float(), self.router.float())
+            if self.router_multiplier != 1.0:
+                logits = logits * self.router_multiplier
         routing = route(logits, self.balance_bias, self.top_k, self.scale)
         out = moe_experts(flat, routing.experts, routing.weights, self.w_gate, self.w_up, self.w_down,
                           self.backend, self.bucket)

@@ -131,7 +131,8 @@ def preset(name_or_depth: str | int, vocab_size: int, max_seq_len: int, **overri
 
 
 def model_config_for(preset_name: str | int, vocab_size: int, seq_len: int, *, d_model: int = 0, n_layers: int = 0,
-                     n_heads: int = 0, mlp: str = "swiglu", tie_embeddings: bool = False) -> ModelConfig:
+                     n_heads: int = 0, mlp: str = "swiglu", tie_embeddings: bool = False, parametrization: str = "sp",
+                     mup_base_width: int = 256, mup_base_head_dim: int = 0) -> ModelConfig:
     """The model of a training run: a preset with the run's model fields (those of ``TrainConfig``).
 
     ``preset_name`` is a preset name or a depth (an int, or its digits: "4" is depth 4).
@@ -140,8 +141,10 @@ def model_config_for(preset_name: str | int, vocab_size: int, seq_len: int, *, d
     The MLP hidden width is re-derived (``default_ffn_hidden``) when d_model or the MLP kind changes,
     so it fits the final shape. ``mlp`` and ``tie_embeddings`` always apply; their defaults are a
     run's (SwiGLU, untied head as in Llama and Moonlight), not ``preset()``'s tied head.
+    ``parametrization``, ``mup_base_width`` and ``mup_base_head_dim`` (0: None) are ModelConfig's muP fields.
     """
-    overrides: dict[str, Any] = {"mlp": mlp, "tie_embeddings": tie_embeddings}
+    overrides: dict[str, Any] = {"mlp": mlp, "tie_embeddings": tie_embeddings, "parametrization": parametrization,
+                                 "mup_base_width": mup_base_width, "mup_base_head_dim": mup_base_head_dim or None}
     for name, value in (("d_model", d_model), ("n_layers", n_layers), ("n_heads", n_heads)):
         if value:
             overrides[name] = value

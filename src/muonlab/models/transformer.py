@@ -27,6 +27,7 @@ from .config import ModelConfig
 from .layers import GeluMLP, SwiGLU, apply_rope, rope_cos_sin
 from .mla import MLA
 from .moe import MoE
+from .mup import attention_scale, embedding_multiplier, init_std, output_multiplier
 
 IGNORE_INDEX = -100
 """Targets equal to this are left out of the loss (F.cross_entropy's default)."""
@@ -41,7 +42,8 @@ class Attention(MaxLogitTracker, nn.Module):
     wq, wo: [d_model, d_model]; wk, wv: [n_kv_heads * head_dim, d_model] — whole matrices, not per
     head, so Muon orthogonalizes each as one matrix. Query head h reads K/V head h // (n_heads / n_kv_heads).
     With ``track_max_logits`` set, training forwards record each head's max logit (``max_logits``,
-    see ``attention_logits``) for QK-Clip (``muonlab.optim.QKClip``).
+    see ``attention_logits``) for QK-Clip (``muonlab.optim.QKClip``). Logits are scaled by 1/sqrt(head_dim)
+    (under muP with ``mup_base_head_dim`` set, by ``mup.attention_scale``).
     """
 
     def __init__(self, config: ModelConfig) -> None:
@@ -49,6 +51,7 @@ class Attention(MaxLogitTracker, nn.Module):
         self.n_heads = config.n_heads
         self.n_kv_heads = config.n_kv_heads
         self.head_dim = config.head_dim
+        self.scale = attention_scale(config, config.head_dim)  # None: SDPA's default 1/sqrt(head_dim)
         d = config.d_model
         self.wq = nn.Linear(d, d, bias=False)
         self.wk = nn.Linear(d, config.kv_dim, bias=False)
@@ -62,14 +65,14 @@ class Attention(MaxLogitTracker, nn.Module):
         k = self.wk(x).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)  # [B, Hkv, T, hd]
         v = self.wv(x).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-        self.record_max_logits(q, k, self.head_dim**-0.5)  # SDPA's default scale
+        self.record_max_logits(q, k, self.head_dim**-0.5 if self.scale is None else self.scale)
         if self.n_kv_heads != self.n_heads:
             # Expand K/V explicitly rather than SDPA's enable_gqa, which not every backend supports
             # (an unsupported flag silently falls back to the slow math kernel on some versions).
             rep = self.n_heads // self.n_kv_heads
             k = k[:, :, None].expand(B, self.n_kv_heads, rep, T, self.head_dim).reshape(B, self.n_heads, T, -1)
             v = v[:, :, None].expand(B, self.n_kv_heads, rep, T, self.head_dim).reshape(B, self.n_heads, T, -1)
-        y = F.scaled_dot_product_attention(q, k, v, is_causal=True)  # [B, H, T, hd]
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=self.scale)  # [B, H, T, hd]
         return self.wo(y.transpose(1, 2).reshape(B, T, -1))
 
     def qk_clip_terms(self) -> list[tuple[Tensor, Tensor]]:
@@ -134,6 +137,9 @@ class Transformer(nn.Module):
 
     Weights are initialised in ``__init__`` (deterministic under ``torch.manual_seed``); call
     ``init_weights()`` again after building on the meta device and ``to_empty()``.
+
+    Under ``parametrization="mup"`` the embedding output is multiplied by √m and the LM head's input
+    by 1/√m (m = d_model / mup_base_width; the table in ``muonlab.models.mup``); under SP by nothing.
     """
 
     def __init__(self, config: ModelConfig) -> None:
@@ -143,6 +149,7 @@ class Transformer(nn.Module):
         self.layers = nn.ModuleList(Block(config, i) for i in range(config.n_layers))
         self.norm = nn.RMSNorm(config.d_model, eps=config.norm_eps)
         self.lm_head = nn.Linear(config.d_model, config.vocab_size, bias=False)
+        self.embed_multiplier, self.output_multiplier = embedding_multiplier(config), output_multiplier(config)
         if config.tie_embeddings:
             self.lm_head.weight = self.embed.weight
         cos, sin = rope_cos_sin(config.rope_dim, config.max_seq_len, config.rope_theta, self.embed.weight.device)
@@ -171,11 +178,12 @@ class Transformer(nn.Module):
         """Normal(0, init_std) for every linear and embedding weight, divided by sqrt(2*n_layers)
         for the output projections (wo, w_down, w_out, GPT-2's residual scaling); RMSNorm weights = 1;
         MoE layers initialise their expert stacks and router the same way (``MoE.init_weights``).
+        Under muP every std is divided by √m (``mup.init_std``).
 
         With ``seed``, draws from a private generator, so the result does not depend on (or advance)
         the global RNG. Also rebuilds the RoPE tables.
         """
-        std = self.config.init_std
+        std = init_std(self.config)
         out_std = std / math.sqrt(2 * self.config.n_layers)
         gens: dict[torch.device, torch.Generator] = {}
 
@@ -212,9 +220,12 @@ class Transformer(nn.Module):
             )
         cos, sin = self.rope_cos[:T], self.rope_sin[:T]
         x = self.embed(input_ids)
+        if self.embed_multiplier != 1.0:
+            x = x * self.embed_multiplier
         for layer in self.layers:
             x = layer(x, cos, sin)
-        logits = self.lm_head(self.norm(x))
+        x = self.norm(x)
+        logits = self.lm_head(x if self.output_multiplier == 1.0 else x * self.output_multiplier)
         if targets is None:
             return logits
         # Cross-entropy on fp32 logits: a bf16 log-softmax over a large vocab loses ~2 digits.

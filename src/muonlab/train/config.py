@@ -61,9 +61,16 @@ class TrainConfig:
     n_heads: int = _f(0, "override the preset's head count (0: keep)")
     mlp: str = _f("swiglu", "MLP type", ("swiglu", "gelu"))
     tie_embeddings: bool = _f(False, "share the token embedding and the LM head")
+    parametrization: str = _f("sp", "'sp' (standard) or 'mup' (Tensor Programs V's muP under Muon: multipliers, init "
+                              "and per-role lr factors relative to mup_base_width; see muonlab.models.mup)",
+                              ("sp", "mup"))  # muonlab.models.PARAMETRIZATIONS without importing torch
+    mup_base_width: int = _f(256, "muP base width d₀: muP equals SP at d_model = d₀ (lr and wd tuned there transfer)")
+    mup_base_head_dim: int = _f(0, "muP: query/key head width at the base width when wider models widen their "
+                                "heads (logits scaled by sqrt(h₀)/h); 0: heads keep their width (1/sqrt(h))")
     init_from: str = _f("", "start from a muonlab run folder (its latest checkpoint) or a Hugging Face model folder "
                         "(Llama or DeepSeek-V3, e.g. from `muonlab export`): its architecture, weights and tokenizer "
-                        "replace model, mlp, tie_embeddings, tokenizer and vocab_size; the optimizer starts fresh")
+                        "replace model, mlp, tie_embeddings, the muP fields, tokenizer and vocab_size; the optimizer "
+                        "starts fresh")
     # batch and length
     seq_len: int = _f(256, "tokens per sequence")
     batch_size: int = _f(16, "sequences per micro-batch per process")
@@ -118,13 +125,13 @@ class TrainConfig:
             choices = f.metadata.get("choices")
             if choices and value not in choices:
                 raise ConfigError(f"{f.name}={value!r} is not valid; choose one of {list(choices)}")
-        positive = ("vocab_size", "seq_len", "batch_size", "grad_accum", "train_tokens", "ns_steps",
+        positive = ("vocab_size", "seq_len", "batch_size", "grad_accum", "train_tokens", "ns_steps", "mup_base_width",
                     "log_every", "eval_every", "eval_batches", "keep_checkpoints")
         for name in positive:
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be a positive integer, got {getattr(self, name)}")
         for name in ("lr", "weight_decay", "grad_clip", "qk_clip_tau", "warmup_steps", "checkpoint_every",
-                     "telemetry_every", "spectra_every", "threads"):
+                     "telemetry_every", "spectra_every", "threads", "mup_base_head_dim"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
         if not 0.0 < self.val_fraction < 1.0:

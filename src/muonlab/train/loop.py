@@ -40,7 +40,7 @@ from tqdm.auto import tqdm
 
 from ..data import Dataset, TokenLoader
 from ..data.sft import SFTData
-from ..models import IGNORE_INDEX, ModelConfig, Transformer, model_config_for
+from ..models import IGNORE_INDEX, ModelConfig, Transformer, model_config_for, mup
 from ..optim import Muon, NonFiniteGradientError, QKClip, param_groups
 from ..parallel import TELEMETRY_STATISTICS_ATTR, Runtime, init_runtime, parallelize, sum_step_statistics
 from ..rundir import MetricsLogger, write_config
@@ -113,7 +113,8 @@ def build_model_config(config: TrainConfig, vocab_size: int) -> ModelConfig:
     """The model of a run: its preset with its overrides (``muonlab.models.model_config_for``)."""
     return model_config_for(config.model, vocab_size, config.seq_len, d_model=config.d_model,
                             n_layers=config.n_layers, n_heads=config.n_heads, mlp=config.mlp,
-                            tie_embeddings=config.tie_embeddings)
+                            tie_embeddings=config.tie_embeddings, parametrization=config.parametrization,
+                            mup_base_width=config.mup_base_width, mup_base_head_dim=config.mup_base_head_dim)
 
 
 def build_optimizer(model: torch.nn.Module, config: TrainConfig) -> Muon:
@@ -121,8 +122,11 @@ def build_optimizer(model: torch.nn.Module, config: TrainConfig) -> Muon:
 
     Both use the same class, so the AdamW arithmetic and telemetry are identical between them; both
     carry a ``QKClip`` (clipping with ``qk_clip_tau`` > 0, else measuring max logits on request).
+    A muP model's groups start at lr × their role's factor (``muonlab.models.mup.lr_overrides``).
     """
-    overrides = {} if config.decay_norms else {"norm": {"weight_decay": 0.0}}
+    overrides = mup.lr_overrides(model.config, config.lr) if isinstance(model, Transformer) else {}
+    if not config.decay_norms:
+        overrides.setdefault("norm", {})["weight_decay"] = 0.0
     groups = param_groups(model, role_overrides=overrides)
     if config.optimizer == "adamw":
         for group in groups:
@@ -154,6 +158,12 @@ def _lr_lambda(config: TrainConfig, total_steps: int):
         return make_lr_lambda("warmup_stable_decay", warmup_steps=warmup, total_steps=total_steps,
                               decay_fraction=decay_fraction, final_ratio=config.final_lr_ratio)
     return make_lr_lambda("constant", warmup_steps=warmup)
+
+
+def _schedule_lr(optimizer: Muon) -> float:
+    """The schedule's lr at this step: group 0's lr without its muP factor (``mup.lr_overrides``)."""
+    group = optimizer.param_groups[0]
+    return group["lr"] / group.get("lr_factor", 1.0)
 
 
 def _autocast(config: TrainConfig, device: torch.device):
@@ -371,7 +381,7 @@ def train(config: TrainConfig, command: str | None = None) -> RunSummary:
             started = time.perf_counter()
             measure = config.telemetry_every > 0 and (step % config.telemetry_every == 0 or step == 1)
             log_now = step % config.log_every == 0 or step == total_steps
-            lr = training.optimizer.param_groups[0]["lr"]
+            lr = _schedule_lr(training.optimizer)
             optim_ms = _train_step(step, config, training, runtime, interval, measure, synchronize=log_now)
             scheduler.step()
             training.optimizer.zero_grad(set_to_none=True)
