@@ -3,8 +3,8 @@
 For refactors of the optimizer: the other checkout's ``muonlab.optim`` (torch only, relative imports)
 is loaded under another package name, both optimizers and ``torch.optim.Muon`` step the same
 matrices with the same gradients, interleaved step by step (the order rotating every step) so machine
-noise hits all of them alike, and the medians and the per-step ratio are printed. The updated weights are also compared, so a
-refactor that claims "bit-identical" is checked on the same run.
+noise hits all of them alike, and the medians and the per-step ratio are printed. The updated
+weights are also compared, so a refactor that claims "bit-identical" is checked on the same run.
 
     python benchmarks/optim_revisions.py --other /path/to/old/checkout         # gpt2 and d256 sets
     git worktree add /tmp/base <rev> && python benchmarks/optim_revisions.py --other /tmp/base
