@@ -12,6 +12,7 @@ import random
 from pathlib import Path
 
 import pytest
+import torch
 
 _WORDS = (
     "the of and to in that is was he for it with as his on be at by this had not are but from or "
@@ -93,3 +94,39 @@ def tiny_config(tiny_corpus, muonlab_cache, tmp_path):
         return TrainConfig(**tiny_config_dict(tiny_corpus, tmp_path / name, **overrides))
 
     return make
+
+
+def assert_identical(a, b, where: str = "") -> None:
+    """Recursive bit-for-bit equality of nested dicts/lists of tensors and plain values."""
+    if isinstance(a, torch.Tensor):
+        assert isinstance(b, torch.Tensor) and a.dtype == b.dtype and a.shape == b.shape, where
+        assert torch.equal(a, b), f"tensors differ at {where}"
+    elif isinstance(a, dict):
+        assert isinstance(b, dict) and set(a) == set(b), f"keys differ at {where}: {set(a) ^ set(b)}"
+        for key in a:
+            assert_identical(a[key], b[key], f"{where}/{key}")
+    elif isinstance(a, (list, tuple)):
+        assert isinstance(b, (list, tuple)) and len(a) == len(b), where
+        for i, (x, y) in enumerate(zip(a, b)):
+            assert_identical(x, y, f"{where}[{i}]")
+    else:
+        assert a == b, f"{where}: {a!r} != {b!r}"
+
+
+def interrupt_after_checkpoint(monkeypatch, at_step: int):
+    """Make the loop stop (as on Ctrl-C) right after the checkpoint of ``at_step`` is written.
+
+    Returns the real ``save_checkpoint`` so the caller can put it back.
+    """
+    from muonlab.train import loop
+
+    real_save = loop.save_checkpoint
+
+    def save_then_stop(run_dir, step, *args, **kwargs):
+        path = real_save(run_dir, step, *args, **kwargs)
+        if step == at_step:
+            raise KeyboardInterrupt
+        return path
+
+    monkeypatch.setattr(loop, "save_checkpoint", save_then_stop)
+    return real_save

@@ -24,6 +24,8 @@ from muonlab.train import loop
 from muonlab.train.config import ConfigError, TrainConfig
 from muonlab.train.loop import build_model_config, build_optimizer, train
 
+from conftest import interrupt_after_checkpoint
+
 SIGMA = 0.02
 
 
@@ -161,15 +163,7 @@ RESUME = dict(parametrization="mup", d_model=128, n_heads=2, mup_base_width=64, 
 def test_mup_run_resumes_exactly_and_logs_the_schedules_lr(tiny_config, monkeypatch):
     full, split = tiny_config("full", **RESUME), tiny_config("split", **RESUME)
     train(full)
-    real_save = loop.save_checkpoint
-
-    def save_then_stop(run_dir, step, *args, **kwargs):
-        path = real_save(run_dir, step, *args, **kwargs)
-        if step == N // 2:
-            raise KeyboardInterrupt
-        return path
-
-    monkeypatch.setattr(loop, "save_checkpoint", save_then_stop)
+    real_save = interrupt_after_checkpoint(monkeypatch, N // 2)
     with pytest.raises(KeyboardInterrupt):
         train(split)
     monkeypatch.setattr(loop, "save_checkpoint", real_save)

@@ -24,7 +24,7 @@ from muonlab.train.config import ConfigError, TrainConfig
 from muonlab.train.init_source import InitFromError, read_init_source
 from muonlab.train.loop import train
 
-from conftest import _WORDS, tiny_config_dict
+from conftest import _WORDS, interrupt_after_checkpoint, tiny_config_dict
 
 SEQ = 128
 STEPS = 40
@@ -104,15 +104,7 @@ def test_sft_resume_matches_the_uninterrupted_run(pretrained, tmp_path, muonlab_
     full = TrainConfig(**_sft_values(pretrained, tmp_path / "full", **settings))
     split = TrainConfig(**_sft_values(pretrained, tmp_path / "split", **settings))
     full_summary = train(full)
-    real_save = loop.save_checkpoint
-
-    def save_then_stop(run_dir, step, *args, **kwargs):
-        path = real_save(run_dir, step, *args, **kwargs)
-        if step == 5:
-            raise KeyboardInterrupt
-        return path
-
-    monkeypatch.setattr(loop, "save_checkpoint", save_then_stop)
+    real_save = interrupt_after_checkpoint(monkeypatch, 5)
     with pytest.raises(KeyboardInterrupt):
         train(split)
     monkeypatch.setattr(loop, "save_checkpoint", real_save)

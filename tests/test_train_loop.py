@@ -28,7 +28,7 @@ from muonlab.train.config import ConfigError, TrainConfig
 from muonlab.train.loop import NonFiniteLossError, build_model_config, train
 from muonlab.train.run_folder import RunFolderError
 
-from conftest import TINY_STEPS, tiny_config_dict
+from conftest import TINY_STEPS, assert_identical, interrupt_after_checkpoint, tiny_config_dict
 
 
 @pytest.fixture(autouse=True)
@@ -54,23 +54,6 @@ def _optimizer_state(run_dir: Path):
     return torch.load(latest_checkpoint(run_dir) / "optimizer.pt", map_location="cpu", weights_only=True)
 
 
-def _assert_identical(a, b, where: str = "") -> None:
-    """Recursive bit-for-bit equality of nested dicts/lists of tensors and plain values."""
-    if isinstance(a, torch.Tensor):
-        assert isinstance(b, torch.Tensor) and a.dtype == b.dtype and a.shape == b.shape, where
-        assert torch.equal(a, b), f"tensors differ at {where}"
-    elif isinstance(a, dict):
-        assert isinstance(b, dict) and set(a) == set(b), f"keys differ at {where}: {set(a) ^ set(b)}"
-        for key in a:
-            _assert_identical(a[key], b[key], f"{where}/{key}")
-    elif isinstance(a, (list, tuple)):
-        assert isinstance(b, (list, tuple)) and len(a) == len(b), where
-        for i, (x, y) in enumerate(zip(a, b)):
-            _assert_identical(x, y, f"{where}[{i}]")
-    else:
-        assert a == b, f"{where}: {a!r} != {b!r}"
-
-
 def _steps(run_dir: Path) -> list[int]:
     return [row["step"] for row in read_metrics(run_dir)]
 
@@ -93,23 +76,6 @@ RESUME = dict(train_tokens=TOKENS_PER_STEP * N, checkpoint_every=N // 2, keep_ch
               log_every=2, eval_every=2, telemetry_every=2)  # fmt: skip
 
 
-def _interrupt_after_checkpoint(monkeypatch, at_step: int):
-    """Make the loop stop (as on Ctrl-C) right after the checkpoint of ``at_step`` is written.
-
-    Returns the real ``save_checkpoint`` so the caller can put it back.
-    """
-    real_save = loop.save_checkpoint
-
-    def save_then_stop(run_dir, step, *args, **kwargs):
-        path = real_save(run_dir, step, *args, **kwargs)
-        if step == at_step:
-            raise KeyboardInterrupt
-        return path
-
-    monkeypatch.setattr(loop, "save_checkpoint", save_then_stop)
-    return real_save
-
-
 @pytest.mark.parametrize("optimizer", ["muon", "adamw"])
 @pytest.mark.parametrize("dtype", ["fp32", "bf16"])
 def test_resume_after_interrupt_matches_uninterrupted_run(tiny_config, monkeypatch, optimizer, dtype):
@@ -117,7 +83,7 @@ def test_resume_after_interrupt_matches_uninterrupted_run(tiny_config, monkeypat
     split = tiny_config("split", optimizer=optimizer, dtype=dtype, **RESUME)
     full_summary = train(full)
 
-    real_save = _interrupt_after_checkpoint(monkeypatch, N // 2)
+    real_save = interrupt_after_checkpoint(monkeypatch, N // 2)
     with pytest.raises(KeyboardInterrupt):
         train(split)
     monkeypatch.setattr(loop, "save_checkpoint", real_save)
@@ -135,8 +101,8 @@ def test_resume_after_interrupt_matches_uninterrupted_run(tiny_config, monkeypat
     assert after == [r for r in _deterministic(full_rows) if r["step"] >= N // 2]
     assert any("update_rms/adamw" in r for r in after) and any("val_loss" in r for r in after)
     assert _deterministic(split_rows) == _deterministic(full_rows)
-    _assert_identical(_weights(split.run_dir), _weights(full.run_dir), "weights")
-    _assert_identical(_optimizer_state(split.run_dir), _optimizer_state(full.run_dir), "optimizer")
+    assert_identical(_weights(split.run_dir), _weights(full.run_dir), "weights")
+    assert_identical(_optimizer_state(split.run_dir), _optimizer_state(full.run_dir), "optimizer")
 
 
 @pytest.mark.parametrize("model", ["tiny", "moe-tiny"], ids=["dense-mha", "moe-mla"])
@@ -145,7 +111,7 @@ def test_resume_with_qk_clip_matches_uninterrupted_run(tiny_config, monkeypatch,
     settings = dict(RESUME, model=model, qk_clip_tau=0.065, dtype="fp32")
     full, split = tiny_config("full", **settings), tiny_config("split", **settings)
     full_summary = train(full)
-    real_save = _interrupt_after_checkpoint(monkeypatch, N // 2)
+    real_save = interrupt_after_checkpoint(monkeypatch, N // 2)
     with pytest.raises(KeyboardInterrupt):
         train(split)
     monkeypatch.setattr(loop, "save_checkpoint", real_save)
@@ -156,8 +122,8 @@ def test_resume_with_qk_clip_matches_uninterrupted_run(tiny_config, monkeypatch,
     full_rows = _deterministic(read_metrics(full.run_dir))
     assert _deterministic(read_metrics(split.run_dir)) == full_rows
     assert sum(r.get("qk_clip/heads_clipped", 0) for r in full_rows if r["step"] > N // 2) > 0  # clipping after resume
-    _assert_identical(_weights(split.run_dir), _weights(full.run_dir), "weights")
-    _assert_identical(_optimizer_state(split.run_dir), _optimizer_state(full.run_dir), "optimizer")
+    assert_identical(_weights(split.run_dir), _weights(full.run_dir), "weights")
+    assert_identical(_optimizer_state(split.run_dir), _optimizer_state(full.run_dir), "optimizer")
 
 
 def test_resume_drops_rows_logged_after_the_checkpoint(tiny_config, monkeypatch):
@@ -185,7 +151,7 @@ def test_resume_drops_rows_logged_after_the_checkpoint(tiny_config, monkeypatch)
     assert len(steps) == len(set(steps)), f"metrics.jsonl has duplicate steps: {steps}"
     assert steps == _steps(full.run_dir)
     assert _deterministic(read_metrics(split.run_dir)) == _deterministic(read_metrics(full.run_dir))
-    _assert_identical(_weights(split.run_dir), _weights(full.run_dir), "weights")
+    assert_identical(_weights(split.run_dir), _weights(full.run_dir), "weights")
 
 
 def test_a_run_killed_before_its_first_checkpoint_starts_over_without_duplicate_rows(tiny_config, monkeypatch):
@@ -221,7 +187,7 @@ def test_resuming_a_finished_run_trains_nothing_more(tiny_config):
     again = train(config, command="muonlab train ...")
 
     assert read_metrics(config.run_dir) == rows
-    _assert_identical(_weights(config.run_dir), weights, "weights")
+    assert_identical(_weights(config.run_dir), weights, "weights")
     assert again.steps == first.steps == 4 and again.tokens == first.tokens
     assert again.final_val_loss == first.final_val_loss == rows[-1]["val_loss"]
 

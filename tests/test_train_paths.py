@@ -29,6 +29,8 @@ from muonlab.rundir.checkpoint import latest_checkpoint
 from muonlab.train import loop
 from muonlab.train.loop import build_model_config, build_optimizer, train
 
+from conftest import assert_identical, interrupt_after_checkpoint
+
 TIMING_KEYS = frozenset({"tokens_per_s", "wall_s", "optim_step_ms"})
 
 
@@ -94,36 +96,12 @@ RESUME = dict(model="moe-tiny", train_tokens=32 * 4 * N, checkpoint_every=N // 2
               log_every=2, eval_every=2, telemetry_every=2)  # fmt: skip
 
 
-def _assert_identical(a, b, where: str = "") -> None:
-    if isinstance(a, torch.Tensor):
-        assert isinstance(b, torch.Tensor) and a.dtype == b.dtype and a.shape == b.shape, where
-        assert torch.equal(a, b), f"tensors differ at {where}"
-    elif isinstance(a, dict):
-        assert isinstance(b, dict) and set(a) == set(b), f"keys differ at {where}: {set(a) ^ set(b)}"
-        for key in a:
-            _assert_identical(a[key], b[key], f"{where}/{key}")
-    elif isinstance(a, (list, tuple)):
-        assert isinstance(b, (list, tuple)) and len(a) == len(b), where
-        for i, (x, y) in enumerate(zip(a, b)):
-            _assert_identical(x, y, f"{where}[{i}]")
-    else:
-        assert a == b, f"{where}: {a!r} != {b!r}"
-
-
 def test_moe_resume_after_interrupt_matches_uninterrupted_run(tiny_config, monkeypatch):
     full = tiny_config("full", **RESUME)
     split = tiny_config("split", **RESUME)
     full_summary = train(full)
 
-    real_save = loop.save_checkpoint
-
-    def save_then_stop(run_dir, step, *args, **kwargs):
-        path = real_save(run_dir, step, *args, **kwargs)
-        if step == N // 2:
-            raise KeyboardInterrupt
-        return path
-
-    monkeypatch.setattr(loop, "save_checkpoint", save_then_stop)
+    real_save = interrupt_after_checkpoint(monkeypatch, N // 2)
     with pytest.raises(KeyboardInterrupt):
         train(split)
     monkeypatch.setattr(loop, "save_checkpoint", real_save)
@@ -139,8 +117,8 @@ def test_moe_resume_after_interrupt_matches_uninterrupted_run(tiny_config, monke
     weights = _weights(split.run_dir)
     bias = [k for k in weights if k.endswith("balance_bias")]
     assert bias and all(weights[k].abs().sum() > 0 for k in bias), "the balance bias never moved"
-    _assert_identical(weights, _weights(full.run_dir), "weights")
-    _assert_identical(_optimizer_state(split.run_dir), _optimizer_state(full.run_dir), "optimizer")
+    assert_identical(weights, _weights(full.run_dir), "weights")
+    assert_identical(_optimizer_state(split.run_dir), _optimizer_state(full.run_dir), "optimizer")
 
 
 # ---------------------------------------------------------------------------------------------

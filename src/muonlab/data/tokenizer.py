@@ -90,7 +90,27 @@ class ByteTokenizer:
         return EOT_TOKEN.join(bytes(p).decode("utf-8", errors="replace") for p in pieces)
 
 
-class BPETokenizer:
+class WrappedTokenizer:
+    """The muonlab tokenizer interface over a ``tokenizers.Tokenizer`` held as ``self._tok`` (special
+    tokens are never added, and text never encodes to them: ``encode_special_tokens`` is set)."""
+
+    _tok: HFTokenizer
+
+    def encode(self, text: str) -> list[int]:
+        return self._tok.encode(text, add_special_tokens=False).ids
+
+    def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
+        return [e.ids for e in self._tok.encode_batch(list(texts), add_special_tokens=False)]
+
+    def encode_with_offsets(self, text: str) -> tuple[list[int], list[tuple[int, int]]]:
+        encoding = self._tok.encode(text, add_special_tokens=False)
+        return encoding.ids, encoding.offsets
+
+    def decode(self, ids: Sequence[int]) -> str:
+        return self._tok.decode([int(i) for i in ids], skip_special_tokens=False)
+
+
+class BPETokenizer(WrappedTokenizer):
     """A trained byte-level BPE tokenizer (a thin wrapper over ``tokenizers.Tokenizer``)."""
 
     def __init__(self, hf_tokenizer: HFTokenizer, id: str):
@@ -118,18 +138,6 @@ class BPETokenizer:
         """Write the tokenizer as JSON, atomically (temporary name, then rename)."""
         atomic_write_text(Path(path), self._tok.to_str())
 
-    def encode(self, text: str) -> list[int]:
-        return self._tok.encode(text, add_special_tokens=False).ids
-
-    def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
-        return [e.ids for e in self._tok.encode_batch(list(texts), add_special_tokens=False)]
-
-    def encode_with_offsets(self, text: str) -> tuple[list[int], list[tuple[int, int]]]:
-        encoding = self._tok.encode(text, add_special_tokens=False)
-        return encoding.ids, encoding.offsets
-
-    def decode(self, ids: Sequence[int]) -> str:
-        return self._tok.decode([int(i) for i in ids], skip_special_tokens=False)
 
 
 def train_bpe(documents: Sequence[str], fingerprint: str, vocab_size: int, cache_dir: Path) -> BPETokenizer:

@@ -15,13 +15,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Sequence
 from pathlib import Path
 
 from tokenizers import AddedToken, decoders, models, pre_tokenizers
 from tokenizers import Tokenizer as HFTokenizer
 
 from ..data import EOT_TOKEN, BPETokenizer, ByteTokenizer, Tokenizer
+from ..data.tokenizer import WrappedTokenizer
 from .hf_convert import HFFormatError
 
 __all__ = ["FolderTokenizer", "byte_chars", "byte_level_tokenizer", "write_tokenizer"]
@@ -52,7 +52,7 @@ def byte_level_tokenizer() -> HFTokenizer:
     return tokenizer
 
 
-class FolderTokenizer:
+class FolderTokenizer(WrappedTokenizer):
     """A Hugging Face folder's ``tokenizer.json`` with the muonlab tokenizer interface.
 
     ``id`` is ``hf-<sha256 of tokenizer.json>`` (so token shards are cached per vocabulary);
@@ -74,19 +74,6 @@ class FolderTokenizer:
         self.eot_id = eot_id
         if not 0 <= eot_id < self.vocab_size:
             raise HFFormatError(f"the end-of-sequence id {eot_id} is outside the tokenizer's {self.vocab_size} ids")
-
-    def encode(self, text: str) -> list[int]:
-        return self._tok.encode(text, add_special_tokens=False).ids
-
-    def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
-        return [e.ids for e in self._tok.encode_batch(list(texts), add_special_tokens=False)]
-
-    def encode_with_offsets(self, text: str) -> tuple[list[int], list[tuple[int, int]]]:
-        encoding = self._tok.encode(text, add_special_tokens=False)
-        return encoding.ids, encoding.offsets
-
-    def decode(self, ids: Sequence[int]) -> str:
-        return self._tok.decode([int(i) for i in ids], skip_special_tokens=False)
 
     def save(self, path: str | Path) -> None:
         Path(path).write_text(self._tok.to_str())
