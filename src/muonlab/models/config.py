@@ -17,7 +17,10 @@ import math
 from dataclasses import dataclass, fields
 from typing import Any
 
-from . import counting, mup
+from . import counting
+
+PARAMETRIZATIONS = ("sp", "mup")
+"""``"sp"``: the standard parametrization (every factor 1); ``"mup"``: the table of muonlab.models.mup."""
 
 MLP_KINDS = ("swiglu", "gelu")
 ATTENTION_KINDS = ("mha", "mla")
@@ -228,9 +231,9 @@ class ModelConfig:
         _check_positive_int("expert_ffn_hidden", self.expert_ffn_hidden)
 
     def _check_parametrization(self) -> None:
-        if self.parametrization not in mup.PARAMETRIZATIONS:
+        if self.parametrization not in PARAMETRIZATIONS:
             raise ValueError(f"ModelConfig.parametrization is {self.parametrization!r}; valid values are "
-                             f"{', '.join(map(repr, mup.PARAMETRIZATIONS))}.")
+                             f"{', '.join(map(repr, PARAMETRIZATIONS))}.")
         _check_positive_int("mup_base_width", self.mup_base_width)
         if self.mup_base_head_dim is None:
             return

@@ -11,11 +11,6 @@ E = n_routed_experts, S = n_shared_experts, k = top_k.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    from .config import ModelConfig
-
 __all__ = [
     "attn_matmul_params",
     "attn_params",
@@ -29,7 +24,7 @@ __all__ = [
 ]
 
 
-def attn_matmul_params(cfg: ModelConfig) -> int:
+def attn_matmul_params(cfg) -> int:
     """Matrix weights of one attention layer (each takes part in a matmul for every token).
 
     MHA/GQA: wq, wo [d, d]; wk, wv [kv_dim, d]  ->  2*d*d + 2*d*kv_dim.
@@ -52,7 +47,7 @@ def attn_matmul_params(cfg: ModelConfig) -> int:
     return queries + d * (c + r) + c * H * (n + v) + H * v * d
 
 
-def attn_params(cfg: ModelConfig) -> int:
+def attn_params(cfg) -> int:
     """All parameters of one attention layer: ``attn_matmul_params``, plus for MLA the RMSNorm
     gains of its latents (kv_lora_rank, and q_lora_rank when the query is compressed)."""
     if cfg.attention == "mha":
@@ -61,13 +56,13 @@ def attn_params(cfg: ModelConfig) -> int:
     return attn_matmul_params(cfg) + cfg.kv_lora_rank + cfg.q_lora_rank
 
 
-def _expert_params(cfg: ModelConfig) -> int:
+def _expert_params(cfg) -> int:
     """Weights of one routed expert (SwiGLU of width f_e): 3 * d * f_e."""
     assert cfg.expert_ffn_hidden is not None
     return 3 * cfg.d_model * cfg.expert_ffn_hidden
 
 
-def mlp_params(cfg: ModelConfig, layer_idx: int = 0) -> int:
+def mlp_params(cfg, layer_idx: int = 0) -> int:
     """All parameters of the feed-forward module of block ``layer_idx``.
 
     Dense: 3*d*f (SwiGLU) or 2*d*f (GELU). MoE (E routed experts of width f_e, S shared)::
@@ -85,7 +80,7 @@ def mlp_params(cfg: ModelConfig, layer_idx: int = 0) -> int:
     return n_mats * cfg.d_model * cfg.ffn_hidden
 
 
-def mlp_active_params(cfg: ModelConfig, layer_idx: int = 0) -> int:
+def mlp_active_params(cfg, layer_idx: int = 0) -> int:
     """Feed-forward parameters one token uses in block ``layer_idx``: the whole dense MLP, or in an
     MoE layer its top_k routed experts, the shared experts and the router: (k + S)*3*d*f_e + E*d."""
     if cfg.is_moe_layer(layer_idx):
@@ -93,12 +88,12 @@ def mlp_active_params(cfg: ModelConfig, layer_idx: int = 0) -> int:
     return mlp_params(cfg, layer_idx)
 
 
-def block_params(cfg: ModelConfig, layer_idx: int = 0) -> int:
+def block_params(cfg, layer_idx: int = 0) -> int:
     """All parameters of block ``layer_idx``: attention + MLP + its two RMSNorm weight vectors."""
     return attn_params(cfg) + mlp_params(cfg, layer_idx) + 2 * cfg.d_model
 
 
-def num_params(cfg: ModelConfig, include_embedding: bool = True) -> int:
+def num_params(cfg, include_embedding: bool = True) -> int:
     """Exact parameter count of ``Transformer(cfg)``, equal to ``sum(p.numel() for p in model.parameters())``.
 
     total = V*d (embed) + sum over blocks of block_params + d (final norm) + V*d (LM head, untied only).
@@ -113,7 +108,7 @@ def num_params(cfg: ModelConfig, include_embedding: bool = True) -> int:
     return non_embedding + (1 if cfg.tie_embeddings else 2) * cfg.vocab_size * cfg.d_model
 
 
-def num_active_params(cfg: ModelConfig, include_embedding: bool = True) -> int:
+def num_active_params(cfg, include_embedding: bool = True) -> int:
     """Parameters a token uses (Moonlight's "activated" parameters), counted like ``num_params``
     but with each MoE block's routed experts counted top_k times instead of n_routed_experts::
 
@@ -126,7 +121,7 @@ def num_active_params(cfg: ModelConfig, include_embedding: bool = True) -> int:
     return num_params(cfg, include_embedding) - inactive
 
 
-def num_matmul_params(cfg: ModelConfig) -> int:
+def num_matmul_params(cfg) -> int:
     """Weights that take part in a matmul per token: every block's attention matrices and *active*
     feed-forward weights (``mlp_active_params``, the router included) plus the LM head.
 
@@ -137,7 +132,7 @@ def num_matmul_params(cfg: ModelConfig) -> int:
     return blocks + cfg.vocab_size * cfg.d_model
 
 
-def flops_per_token(cfg: ModelConfig, seq_len: int | None = None) -> int:
+def flops_per_token(cfg, seq_len: int | None = None) -> int:
     """Training FLOPs per token (forward + backward) at context length ``seq_len`` (default max_seq_len).
 
         flops = 6 * N_matmul + 6 * n_layers * seq_len * n_heads * (d_qk + d_v)

@@ -75,10 +75,8 @@ Why these choices:
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:
-    from .config import ModelConfig
+from .config import PARAMETRIZATIONS, ModelConfig
 
 __all__ = [
     "PARAMETRIZATIONS",
@@ -90,10 +88,6 @@ __all__ = [
     "output_multiplier",
     "width_mult",
 ]
-
-PARAMETRIZATIONS = ("sp", "mup")
-"""``"sp"``: the standard parametrization (every factor 1); ``"mup"``: the table above."""
-
 
 def width_mult(config: ModelConfig) -> float:
     """m = d_model / mup_base_width under muP; 1 under SP."""
