@@ -54,19 +54,20 @@ class NonFinitePolicy:
         )
 
 
-def check_and_clip_whole(params: Sequence[torch.Tensor], descriptions: Sequence[str], policy: NonFinitePolicy,
+def check_and_clip_whole(params: Sequence[torch.Tensor], describe: Callable[[int], str], policy: NonFinitePolicy,
                          max_norm: float) -> bool:
     """Finite check and clipping of the whole gradients of ``params`` (those with a ``.grad``).
 
-    Raises ``RuntimeError`` for a sparse or complex gradient. True if the step may proceed.
+    ``describe(i)`` names ``params[i]`` in an error (called only when there is one). Raises
+    ``RuntimeError`` for a sparse or complex gradient. True if the step may proceed.
     """
-    for p, description in zip(params, descriptions):
+    for i, p in enumerate(params):
         if p.grad.is_sparse:
             raise RuntimeError(
-                f"parameter {description} has a sparse gradient; Muon and AdamW here need dense gradients"
+                f"parameter {describe(i)} has a sparse gradient; Muon and AdamW here need dense gradients"
             )
         if p.grad.is_complex():
-            raise RuntimeError(f"parameter {description} has a complex gradient; only real gradients are supported")
+            raise RuntimeError(f"parameter {describe(i)} has a complex gradient; only real gradients are supported")
     if not params:
         return False
     grads = [p.grad for p in params]
@@ -76,7 +77,7 @@ def check_and_clip_whole(params: Sequence[torch.Tensor], descriptions: Sequence[
     if not bool(torch.isfinite(sums).all()):
         finite = torch.stack([torch.isfinite(g).all() for g in grads])
         if not bool(finite.all()):
-            policy.found(descriptions[int((~finite).nonzero()[0])])
+            policy.found(describe(int((~finite).nonzero()[0])))
             return False
     if max_norm > 0:
         torch.nn.utils.clip_grad_norm_(list(params), max_norm)
