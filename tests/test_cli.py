@@ -271,8 +271,7 @@ def test_cli_allocator_default_keeps_the_process(tmp_path):
 
 
 def _demo_planned(out: Path, *sets: str):
-    _, planned, _ = command.plan(demo.STUDY, "cpu", out, None, sets)
-    return [p.config for p in planned]
+    return [p.config for p in command.plan(demo.STUDY, "cpu", out, None, sets).runs]
 
 
 def test_demo_configs_pair_runs_that_differ_only_in_optimizer_and_seed(tmp_path):
@@ -295,7 +294,9 @@ def test_demo_command_passes_its_flags_to_the_plan(monkeypatch, tmp_path):
     monkeypatch.setattr(command, "run_study", lambda *args, **kwargs: calls.append((args, kwargs)))
     out = str(tmp_path / "d")
     assert main(["demo", "--out", out, "--seeds", "3", "--tokens", "4096", "--no-progress"]) == 0
-    ((study, preset, params, planned, out_dir, workers, cmd), kwargs), = calls
+    ((study_plan, workers, cmd), kwargs), = calls
+    study, preset, params, out_dir = study_plan.study, study_plan.preset, study_plan.params, study_plan.out
+    planned = study_plan.runs
     assert study.name == "demo" and preset == "cpu" and out_dir == Path(out)
     assert params["seeds"] == (0, 1, 2) and params["train_tokens"] == 4096 and kwargs["show_progress"] is False
     assert [p.config.train_tokens for p in planned] == [4096] * 6

@@ -22,7 +22,7 @@ from muonlab.train.config import ConfigError, TrainConfig
 
 
 def _study(**presets) -> Study:
-    def plan(p):
+    def plan(p, done):
         base = TrainConfig(model="tiny", seq_len=32, batch_size=4, train_tokens=p["tokens"], lr=p["lr"])
         return [PlannedRun(f"{o}-s{s}", base.replace(optimizer=o, seed=s))
                 for s in p["seeds"] for o in ("adamw", "muon")]
@@ -77,8 +77,9 @@ def test_every_registered_study_plans_each_preset():
     assert "demo" in studies and get_study("demo") is studies["demo"]
     for study in studies.values():
         for preset in study.presets:
-            _, planned, out = command.plan(study, preset)
-            assert planned and out == command.default_out(study, preset)
+            study_plan = command.plan(study, preset)
+            planned = study_plan.runs
+            assert planned and study_plan.out == command.default_out(study, preset)
             assert len({p.name for p in planned}) == len(planned)
     with pytest.raises(ValueError, match="unknown study 'nope'; studies: .*demo"):
         get_study("nope")
@@ -87,7 +88,7 @@ def test_every_registered_study_plans_each_preset():
 def test_toml_file_and_set_reach_the_plan(tmp_path):
     toml = tmp_path / "over.toml"
     toml.write_text('seeds = [4, 5]\ntrain_tokens = 8192\n[train]\neval_batches = 3\n')
-    _, planned, out = command.plan(get_study("demo"), "cpu", tmp_path / "d", str(toml), ["lr=0.01"])
+    planned = command.plan(get_study("demo"), "cpu", tmp_path / "d", str(toml), ["lr=0.01"]).runs
     assert [(p.name, p.config.seed) for p in planned][:2] == [("adamw-s4", 4), ("muon-s4", 4)]
     assert {(p.config.train_tokens, p.config.eval_batches, p.config.lr) for p in planned} == {(8192, 3, 0.01)}
 
@@ -197,7 +198,7 @@ def test_list_names_each_study_with_its_claim_and_cost(tmp_path, monkeypatch, ca
     assert f"demo: {demo.title}\n  claim: {demo.claim}\n  cpu preset: 6 runs, 2.36M tokens" in out
     assert "time not measured here yet (muonlab experiment demo --dry-run measures it)" in out
     # Once this machine has measured the demo's probes, the list shows the estimated time.
-    _, planned, _ = command.plan(demo)
+    planned = command.plan(demo).runs
     workers = command.default_workers(planned)
     monkeypatch.setattr(calibration, "_probe_batch", lambda configs: [_measurement(0.5)] * len(configs))
     calibration.calibrate(probe_configs([p.config for p in planned], workers), workers, say=lambda s: None)

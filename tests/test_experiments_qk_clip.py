@@ -27,7 +27,7 @@ def _sets(corpus: Path) -> list[str]:
 
 def test_the_study_plans_three_variants_per_seed_that_differ_only_where_they_should(tmp_path):
     study = get_study("qk-clip")
-    _, planned, _ = command.plan(study, "cpu", tmp_path, sets=["seeds=3,4", "tau=7", "adamw_lr=0.001"])
+    planned = command.plan(study, "cpu", tmp_path, sets=["seeds=3,4", "tau=7", "adamw_lr=0.001"]).runs
     assert [p.name for p in planned] == ["muon-s3", "muon-qkclip-s3", "adamw-s3", "muon-s4", "muon-qkclip-s4",
                                          "adamw-s4"]
     by_name = {p.name: p.config for p in planned}

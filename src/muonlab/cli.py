@@ -89,8 +89,8 @@ def _cmd_experiment(args: argparse.Namespace) -> int:
     if not args.name:
         raise ValueError("name a study (muonlab experiment --list shows them)")
     study = get_study(args.name)
-    params, planned, out = command.plan(study, args.preset, Path(args.out) if args.out else None, args.config,
-                                        args.set or [])
+    study_plan = command.plan(study, args.preset, Path(args.out) if args.out else None, args.config, args.set or [])
+    planned = study_plan.runs
     workers = args.workers or command.default_workers(planned)
     if args.dry_run:
         command.dry_run(study, args.preset, planned, workers)
@@ -98,8 +98,7 @@ def _cmd_experiment(args: argparse.Namespace) -> int:
     from .experiments.runner import RunFailedError
 
     try:
-        command.run_study(study, args.preset, params, planned, out, workers, shlex.join(["muonlab", *args.argv]),
-                          show_progress=args.progress)
+        command.run_study(study_plan, workers, shlex.join(["muonlab", *args.argv]), show_progress=args.progress)
     except RunFailedError as err:
         print(f"muonlab {args.command}: error: {err}", file=sys.stderr)
         return 1

@@ -1,10 +1,12 @@
 """``muonlab experiment``: list the studies, estimate one (``--dry-run``), or run it and write its report.
 
-Running a study: plan its runs (``Study.planned``), check every run folder (a folder holding a run
-of another config stops the study before any work), prepare the data once, train the runs that are
-not finished (``runner.run_configs``, with the live progress of ``display.Monitor``), then analyse
-the run folders and write ``report.md``, ``results.json`` and ``provenance.json``
-(``outputs.write_outputs``). Re-running the same command after a kill continues where it stopped.
+Running a study: plan its runs (``resolve``: the plan given the runs finished already), check every
+run folder (a folder holding a run of another config stops the study before any work), prepare the
+data once, train the runs that are not finished (``runner.run_configs``, with the live progress of
+``display.Monitor``) — for a staged study, each stage's ready runs, then plan again with their
+results — then analyse the run folders and write ``report.md``, ``results.json`` and
+``provenance.json`` (``outputs.write_outputs``). Re-running the same command after a kill continues
+where it stopped.
 """
 
 from __future__ import annotations
@@ -13,21 +15,22 @@ import os
 import time
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import nullcontext
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from ..analysis.runs import load_run
+from ..analysis.runs import Run, load_run
 from ..train.config import TrainConfig, load_config_file
 from .display import Monitor, format_duration, format_tokens
-from .estimate import Estimate, estimate, probe_configs
+from .estimate import Estimate, cost_configs, estimate, probe_configs
 from .progress import StudyProgress
 from .provenance import git_revision, machine, machine_key
 from .registry import all_studies
 from .runner import is_finished, run_configs
 from .study import Finished, PlannedRun, Study, parameters
 
-__all__ = ["default_out", "default_workers", "dry_run", "list_text", "plan", "run_study"]
+__all__ = ["StudyPlan", "default_out", "default_workers", "dry_run", "list_text", "plan", "run_study"]
 
 
 def default_out(study: Study, preset: str) -> Path:
@@ -44,20 +47,53 @@ def default_workers(planned: Sequence[PlannedRun]) -> int:
     return max(1, min(os.cpu_count() or 1, len(planned)))
 
 
+@dataclass(frozen=True)
+class StudyPlan:
+    """A study with its parameters (preset, file, ``--set``), the ``TrainConfig`` overrides for every
+    run and the output folder: everything needed to plan its runs at any point of its progress."""
+
+    study: Study
+    preset: str
+    params: dict[str, Any]
+    overrides: dict[str, Any]
+    out: Path
+
+    def resolve(self) -> tuple[list[PlannedRun], dict[str, Run]]:
+        """``(runs, done)``: the plan given every run that is finished, and those runs by name.
+
+        A run counts as done when the runs it needs are done and its folder holds it trained to the
+        end (checked against the config planned from those runs' results, so a provisional config is
+        never compared with a finished folder). Raises ``RunFolderError`` when a folder holds another run.
+        """
+        done: dict[str, Run] = {}
+        while True:
+            planned = self.study.planned(self.params, self.out, self.overrides, done)
+            newly = [p for p in planned if p.name not in done and all(n in done for n in p.needs)
+                     and is_finished(p.config)]
+            if not newly:
+                return planned, done
+            done.update((p.name, load_run(p.config.run_dir)) for p in newly)
+
+    @property
+    def runs(self) -> list[PlannedRun]:
+        """The plan given the runs finished so far (``resolve``)."""
+        return self.resolve()[0]
+
+
 def plan(study: Study, preset: str = "cpu", out: Path | None = None, config_file: str | None = None,
-         sets: Sequence[str] = ()) -> tuple[dict[str, Any], list[PlannedRun], Path]:
-    """``(params, planned runs, output folder)`` for a study, a preset and the overrides."""
+         sets: Sequence[str] = ()) -> StudyPlan:
+    """The study's plan for a preset and the overrides (a TOML file, then ``--set key=value``)."""
     file_values = load_config_file(config_file) if config_file else None
     params, overrides = parameters(study, preset, file_values, sets)
-    out = out or default_out(study, preset)
-    return params, study.planned(params, out, overrides), out
+    return StudyPlan(study, preset, params, overrides, out or default_out(study, preset))
 
 
 def _prepare_data(configs: Sequence[TrainConfig], say: Callable[[str], None]) -> None:
     """Tokenize each distinct corpus once (cached), before runs or probes read it side by side."""
     from ..data import prepare_dataset
 
-    specs = dict.fromkeys((c.corpus, c.tokenizer, c.vocab_size, c.val_fraction) for c in configs)
+    specs = dict.fromkeys((c.corpus, c.tokenizer, c.vocab_size, c.val_fraction) for c in configs
+                          if c.task == "pretrain")  # fine-tuning data needs its model's tokenizer: the run prepares it
     for corpus, tokenizer, vocab, val_fraction in specs:
         started = time.perf_counter()
         data = prepare_dataset(corpus, tokenizer=tokenizer, vocab_size=vocab, val_fraction=val_fraction)
@@ -97,8 +133,9 @@ def dry_run(study: Study, preset: str, planned: Sequence[PlannedRun], workers: i
     except ValueError as err:
         say(f"not measuring the speed: {err}")
     else:
-        _prepare_data([p.config for p in planned], say)
-        measurements = calibrate(probe_configs([p.config for p in planned], workers), workers, say=say)
+        configs = cost_configs(planned)
+        _prepare_data(configs, say)
+        measurements = calibrate(probe_configs(configs, workers), workers, say=say)
     est = estimate(planned, workers, measurements)
     say(format_estimate(study, preset, est, device))
     return est
@@ -110,9 +147,9 @@ def list_text() -> str:
 
     blocks = []
     for study in all_studies().values():
-        _, planned, _ = plan(study)
+        planned = plan(study).runs
         workers = default_workers(planned)
-        probes = probe_configs([p.config for p in planned], workers)
+        probes = probe_configs(cost_configs(planned), workers)
         cached = cached_measurements([probe_key(p, workers) for p in probes], planned[0].config.device)
         est = estimate(planned, workers, cached)
         time_text = (f"≈ {format_duration(est.wall_s)} here ({workers} at a time)" if est.wall_s is not None
@@ -127,8 +164,23 @@ def _analyse(study: Study, params: Mapping[str, Any], planned: Sequence[PlannedR
     return runs, study.analyse(Finished(params, runs, out))
 
 
-def run_study(study: Study, preset: str, params: Mapping[str, Any], planned: Sequence[PlannedRun], out: Path,
-              workers: int, command: str, console=None, show_progress: bool = True,
+def _train_stages(study_plan: StudyPlan, planned: list[PlannedRun], done: dict[str, Run], workers: int,
+                  observer: StudyProgress) -> list[PlannedRun]:
+    """Train the ready runs (those whose needs are done), plan again with their results, until every
+    run is done; return the final plan."""
+    while True:
+        ready = [p for p in planned if p.name not in done and all(n in done for n in p.needs)]
+        if not ready:
+            break
+        run_configs([p.config for p in ready], workers=workers, observer=observer)
+        planned, done = study_plan.resolve()
+    waiting = [p.name for p in planned if p.name not in done]
+    if waiting:
+        raise RuntimeError(f"study {study_plan.study.name!r}: runs {waiting} never became ready")
+    return planned
+
+
+def run_study(study_plan: StudyPlan, workers: int, command: str, console=None, show_progress: bool = True,
               say: Callable[[str], None] = print) -> Path:
     """Train what is not finished, analyse the run folders, write the outputs; return the report's path.
 
@@ -138,22 +190,24 @@ def run_study(study: Study, preset: str, params: Mapping[str, Any], planned: Seq
     from .outputs import record_start, write_outputs
 
     started = time.perf_counter()
+    study, out = study_plan.study, study_plan.out
+    planned, done = study_plan.resolve()
     configs = [p.config for p in planned]
-    finished = [c.run_dir for c in configs if is_finished(c)]
     invocation = {"started": datetime.now(timezone.utc).isoformat(timespec="seconds"), "command": command,
                   "git_revision": git_revision(), "machine": machine(configs[0].device),
-                  "trained": [p.name for p in planned if p.config.run_dir not in finished]}
-    if len(finished) < len(configs):
+                  "trained": [p.name for p in planned if p.name not in done]}
+    if len(done) < len(planned):
         record_start(out, invocation)
-        if finished:
-            say(f"{len(finished)} of {len(configs)} runs are finished already; they are not run again")
+        if done:
+            say(f"{len(done)} of {len(planned)} runs are finished already; they are not run again")
         _prepare_data(configs, say)
         progress = StudyProgress(study.name, [(p.name, p.config.run_dir, p.config.total_steps()
-                                               * p.config.tokens_per_step()) for p in planned], done=finished)
+                                               * p.config.tokens_per_step()) for p in planned],
+                                 done=[p.config.run_dir for p in planned if p.name in done])
         with Monitor(progress, console=console) if show_progress else nullcontext():
-            run_configs(configs, workers=workers, observer=progress)
-    runs, analysis = _analyse(study, params, planned, out)
-    report = write_outputs(study, preset, params, runs, analysis, out,
+            planned = _train_stages(study_plan, planned, done, workers, progress)
+    runs, analysis = _analyse(study, study_plan.params, planned, out)
+    report = write_outputs(study, study_plan.preset, study_plan.params, runs, analysis, out,
                            {**invocation, "wall_s": time.perf_counter() - started})
     if analysis.summary:
         say(analysis.summary)

@@ -9,7 +9,10 @@ per-step overhead that dominates tiny models on a CPU). A run then costs
     + telemetry steps · (telemetry step − step) + evaluations · evaluation + checkpoints · checkpoint,
 
 counting only what is left after its latest checkpoint, and the study's wall time is the runs
-scheduled in plan order on ``workers`` slots, each run taking the first free one (as the runner does).
+scheduled in plan order on ``workers`` slots, each run taking the first free one (as the runner does),
+stage after stage for a staged study (a run's stage is one more than the latest stage it needs).
+A run that starts from another planned run (``init_from`` its folder, e.g. a fine-tuning) trains
+that run's model: it is costed and probed as its source's model and data with its own budget.
 """
 
 from __future__ import annotations
@@ -25,9 +28,36 @@ from .calibration import Measurement, probe_key
 from .runner import steps_done, threads_per_run
 from .study import PlannedRun
 
-__all__ = ["Estimate", "RunCost", "estimate", "makespan", "probe_configs", "run_flops_per_step", "speed_config"]
+__all__ = ["Estimate", "RunCost", "cost_configs", "estimate", "makespan", "probe_configs", "run_flops_per_step",
+           "speed_config"]
 
 BYTE_VOCAB = 257  # the byte tokenizer's vocabulary: 256 bytes + end-of-text
+MODEL_AND_DATA_FIELDS = ("task", "init_from", "corpus", "tokenizer", "vocab_size", "model", "d_model", "n_layers",
+                         "n_heads", "mlp", "tie_embeddings", "parametrization", "mup_base_width", "mup_base_head_dim")
+"""The ``TrainConfig`` fields a run started from another planned run takes from that run, for its cost."""
+
+
+def cost_configs(planned: Sequence[PlannedRun]) -> list[TrainConfig]:
+    """Each run's config as it costs: a run whose ``init_from`` is another planned run's folder trains
+    that run's model on that run's data (same speed per token), with its own budget and schedule."""
+    by_folder = {p.config.run_dir: p.config for p in planned}
+    configs = []
+    for run in planned:
+        config, seen = run.config, {run.config.run_dir}
+        while config.init_from in by_folder and config.init_from not in seen:
+            seen.add(config.init_from)
+            source = by_folder[config.init_from]
+            config = config.replace(**{name: getattr(source, name) for name in MODEL_AND_DATA_FIELDS})
+        configs.append(config)
+    return configs
+
+
+def stages(planned: Sequence[PlannedRun]) -> list[int]:
+    """Each run's stage: 0 without needs, else one more than the latest stage among its needs."""
+    stage: dict[str, int] = {}
+    for run in planned:
+        stage[run.name] = 1 + max((stage[n] for n in run.needs), default=-1)
+    return [stage[run.name] for run in planned]
 
 
 def run_flops_per_step(config: TrainConfig) -> float:
@@ -138,9 +168,9 @@ def estimate(planned: Sequence[PlannedRun], workers: int,
              measurements: Mapping[str, Measurement] | None = None) -> Estimate:
     """The cost of ``planned``; seconds from ``measurements`` (by probe key) when they cover every optimizer."""
     costs, durations = [], []
-    probes = probe_configs([p.config for p in planned], workers)
-    for run in planned:
-        config = run.config
+    configs = cost_configs(planned)
+    probes = probe_configs(configs, workers)
+    for run, config in zip(planned, configs):
         per_step = run_flops_per_step(config)
         done = steps_done(config)
         total = config.total_steps()
@@ -150,6 +180,9 @@ def estimate(planned: Sequence[PlannedRun], workers: int,
         costs.append(RunCost(run.name, config.optimizer, total * config.tokens_per_step(), per_step * total,
                              max(0, total - done) * config.tokens_per_step(), seconds))
         durations.append(seconds)
-    known = all(d is not None for d in durations)
-    wall = makespan([d for d in durations if d], workers) if known else None
+    if not all(d is not None for d in durations):
+        return Estimate(costs, workers, None)
+    stage_of = stages(planned)
+    wall = sum(makespan([d for d, s in zip(durations, stage_of) if s == stage and d], workers)
+               for stage in sorted(set(stage_of)))
     return Estimate(costs, workers, wall)

@@ -4,8 +4,15 @@ A study module under ``muonlab/experiments/studies/`` defines one ``STUDY = Stud
 
 - ``presets``: ``{"cpu": {...}, "gpu": {...}}``, each a flat dict of the study's parameters (every
   preset has the same keys; the values' types are the parameters' types);
-- ``plan(params) -> list[PlannedRun]``: the named runs, each a complete ``TrainConfig`` (the
-  machinery sets ``run_dir`` to ``<out>/<name>`` and turns the per-run progress bar off);
+- ``plan(params, done) -> list[PlannedRun]``: the named runs, each a complete ``TrainConfig`` (the
+  machinery sets ``run_dir`` to ``<out>/<name>`` and turns the per-run progress bar off). ``done``
+  maps the names of the runs finished so far to their folders (``muonlab.analysis.runs.Run``); a
+  study whose plan is fixed ignores it. A *staged* study plans runs that need others first
+  (``PlannedRun.needs``): their configs may depend on those runs' results (the fine-tuning of a
+  pretrained run, the learning rate that won a sweep). The plan always lists every run, so
+  ``--dry-run`` can cost it; until its needs are done, a run's config is provisional (the right
+  model and token budget, placeholder hyperparameters). The machinery runs a stage, then plans
+  again with the finished runs, until every run is done;
 - ``analyse(finished: Finished) -> Analysis``: reads the run folders (``finished.runs``, loaded by
   ``muonlab.analysis.runs``), writes its PNG plots into ``finished.out`` and returns the numbers
   for ``results.json`` and the sections of ``report.md``.
@@ -29,10 +36,12 @@ __all__ = ["Analysis", "Finished", "PlannedRun", "Study"]
 
 @dataclass(frozen=True)
 class PlannedRun:
-    """One run of a study: its folder name under the study's output folder and its config."""
+    """One run of a study: its folder name under the study's output folder, its config, and the
+    runs (by name, planned before it) that must finish before it starts."""
 
     name: str
     config: TrainConfig
+    needs: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -71,7 +80,7 @@ class Study:
     claim: str
     """The paper's claim the study checks, with its number and source (one sentence)."""
     presets: Mapping[str, Mapping[str, Any]]
-    plan: Callable[[Mapping[str, Any]], list[PlannedRun]]
+    plan: Callable[[Mapping[str, Any], Mapping[str, Run]], list[PlannedRun]]
     analyse: Callable[[Finished], Analysis]
 
     def __post_init__(self) -> None:
@@ -83,15 +92,22 @@ class Study:
                 raise ValueError(f"study {self.name!r}: preset {name!r} has keys {sorted(values)}, "
                                  f"but every preset must have the 'cpu' preset's keys {sorted(keys)}")
 
-    def planned(self, params: Mapping[str, Any], out: Path, train_overrides: Mapping[str, Any]) -> list[PlannedRun]:
-        """The plan with each run in ``<out>/<name>``, its progress bar off and ``train_overrides`` applied."""
-        runs = self.plan(params)
+    def planned(self, params: Mapping[str, Any], out: Path, train_overrides: Mapping[str, Any],
+                done: Mapping[str, Run] | None = None) -> list[PlannedRun]:
+        """The plan, given the runs ``done`` so far, with each run in ``<out>/<name>``, its progress bar
+        off and ``train_overrides`` applied."""
+        runs = self.plan(params, done or {})
         names = [r.name for r in runs]
         repeated = sorted({n for n in names if names.count(n) > 1})
         if repeated:
             raise ValueError(f"study {self.name!r} planned several runs named {repeated}; run names must be unique")
+        for position, run in enumerate(runs):
+            unknown = [n for n in run.needs if n not in names[:position]]
+            if unknown:
+                raise ValueError(f"study {self.name!r}: run {run.name!r} needs {unknown}, which are not planned "
+                                 "before it; a run can only need runs listed earlier in the plan")
         return [PlannedRun(r.name, r.config.replace(**{**train_overrides, "run_dir": str(out / r.name),
-                                                       "progress": False}))
+                                                       "progress": False}), r.needs)
                 for r in runs]
 
 

@@ -15,6 +15,7 @@ from dataclasses import asdict
 from typing import Any
 
 from ...analysis import plots
+from ...analysis.runs import Run
 from ...train.config import TrainConfig
 from ..protocol import ClaimCheck, Gap, MeanStd, claim_section, mean_std, paired_by_seed, tokens_to_reach
 from ..study import Analysis, Finished, PlannedRun, Study
@@ -38,7 +39,7 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
-def plan(p: Mapping[str, Any]) -> list[PlannedRun]:
+def plan(p: Mapping[str, Any], done: Mapping[str, Run]) -> list[PlannedRun]:
     """One run per (seed, optimizer), named ``<optimizer>-s<seed>``; the optimizer is the only difference in a pair."""
     steps = p["train_tokens"] // (p["seq_len"] * p["batch_size"])
     base = TrainConfig(

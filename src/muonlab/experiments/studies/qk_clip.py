@@ -51,7 +51,7 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
-def plan(p: Mapping[str, Any]) -> list[PlannedRun]:
+def plan(p: Mapping[str, Any], done: Mapping[str, Run]) -> list[PlannedRun]:
     """Per seed: ``muon-s<seed>``, ``muon-qkclip-s<seed>`` (QK-Clip at τ) and ``adamw-s<seed>`` (its own lr).
 
     Every run logs a metrics row at every step (so QK-Clip's per-step max logits and clip counts are

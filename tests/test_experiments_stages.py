@@ -1,0 +1,105 @@
+"""Staged studies: runs that need other runs, configs planned from their results, costed stage by stage.
+
+A toy study sweeps two learning rates (stage 0), then trains a third run at the winner's learning
+rate (stage 1, needing both). The winner is read back here from the sweep runs' metrics files, not
+from the study's own code, and a second invocation must train nothing.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from muonlab.experiments import command
+from muonlab.experiments.calibration import Measurement, probe_key
+from muonlab.experiments.estimate import cost_configs, estimate, probe_configs, stages
+from muonlab.experiments.study import Analysis, PlannedRun, Study
+from muonlab.rundir import read_metrics
+from muonlab.train.config import TrainConfig
+
+from conftest import tiny_config_dict
+
+SWEEP = {"lr-hi": 3e-2, "lr-lo": 1e-4}
+PROVISIONAL_LR = 1.0
+
+
+def _staged_study(corpus: Path) -> Study:
+    def plan(p, done):
+        base = TrainConfig(**tiny_config_dict(corpus, Path("unused")))
+        runs = [PlannedRun(name, base.replace(lr=lr)) for name, lr in SWEEP.items()]
+        if all(name in done for name in SWEEP):
+            best = min(SWEEP, key=lambda name: done[name].final("val_loss"))
+            lr = SWEEP[best]
+        else:
+            lr = PROVISIONAL_LR
+        runs.append(PlannedRun("winner", base.replace(lr=lr, seed=1), needs=tuple(SWEEP)))
+        return runs
+
+    def analyse(finished):
+        return Analysis({"winner_lr": finished.runs["winner"].config["lr"]})
+
+    return Study(name="toy-staged", title="toy", claim="none", presets={"cpu": {"unused": 0}}, plan=plan,
+                 analyse=analyse)
+
+
+def _final_val_loss(run_dir: Path) -> float:
+    return [row["val_loss"] for row in read_metrics(run_dir) if "val_loss" in row][-1]
+
+
+def test_a_staged_study_runs_each_stage_on_the_results_of_the_one_before(tiny_corpus, muonlab_cache, tmp_path):
+    study = _staged_study(tiny_corpus)
+    study_plan = command.StudyPlan(study, "cpu", {"unused": 0}, {}, tmp_path / "study")
+    first = study_plan.runs
+    assert [(p.name, p.needs) for p in first] == [("lr-hi", ()), ("lr-lo", ()), ("winner", ("lr-hi", "lr-lo"))]
+    assert first[2].config.lr == PROVISIONAL_LR  # planned provisionally until the sweep is done
+
+    command.run_study(study_plan, workers=1, command="toy", show_progress=False, say=lambda s: None)
+    losses = {name: _final_val_loss(tmp_path / "study" / name) for name in SWEEP}
+    expected = SWEEP[min(losses, key=losses.get)]
+    winner_config = json.loads((tmp_path / "study" / "winner" / "config.json").read_text())
+    assert winner_config["lr"] == expected != PROVISIONAL_LR
+    assert json.loads((tmp_path / "study" / "results.json").read_text())["results"]["winner_lr"] == expected
+
+    planned, done = study_plan.resolve()
+    assert set(done) == {"lr-hi", "lr-lo", "winner"} and planned[2].config.lr == expected
+    before = {name: (tmp_path / "study" / name / "metrics.jsonl").read_bytes() for name in done}
+    said = []
+    command.run_study(study_plan, workers=1, command="toy", show_progress=False, say=said.append)
+    assert {name: (tmp_path / "study" / name / "metrics.jsonl").read_bytes() for name in done} == before
+    assert not any("finished already" in line for line in said)  # nothing left to train: no training message
+
+
+def test_a_run_may_only_need_runs_planned_before_it():
+    base = TrainConfig(model="tiny")
+    study = Study(name="bad", title="bad", claim="none", presets={"cpu": {}}, analyse=lambda f: Analysis({}),
+                  plan=lambda p, done: [PlannedRun("b", base, needs=("a",)), PlannedRun("a", base)])
+    with pytest.raises(ValueError, match=r"run 'b' needs \['a'\], which are not planned before it"):
+        study.planned({}, Path("o"), {})
+
+
+def _measurement(step_s: float) -> Measurement:
+    return Measurement(startup_s=0.0, build_s=0.0, first_step_s=step_s, step_s=step_s, telemetry_step_s=step_s,
+                       eval_s=0.0, checkpoint_s=0.0)
+
+
+def test_runs_started_from_planned_runs_cost_as_their_model_and_stages_add_up(tmp_path):
+    def config(name: str, **fields) -> TrainConfig:
+        return TrainConfig(run_dir=str(tmp_path / name), model="tiny", seq_len=32, batch_size=4,
+                           train_tokens=128 * 10, eval_every=1000, telemetry_every=0, **fields)
+
+    planned = [PlannedRun("small", config("small", d_model=64)), PlannedRun("large", config("large", d_model=128)),
+               PlannedRun("tune", config("tune", task="sft", corpus="python-functions",
+                                         init_from=str(tmp_path / "large")), needs=("large",))]
+    costed = cost_configs(planned)
+    assert costed[2].d_model == 128 and costed[2].task == "pretrain" and costed[2].init_from == ""
+    assert costed[2].corpus == planned[1].config.corpus and costed[2].train_tokens == 128 * 10
+    assert stages(planned) == [0, 0, 1]
+    probes = probe_configs(costed, workers=2)
+    step_s = {64: 1.0, 128: 2.0}
+    measured = {probe_key(p, 2): _measurement(step_s[p.d_model]) for p in probes}
+    est = estimate(planned, 2, measured)
+    assert [r.seconds for r in est.runs] == pytest.approx([10.0, 20.0, 20.0])
+    # Stage 0 runs side by side (20 s), then the fine-tuning alone (20 s): not 30 s as one stage would give.
+    assert est.wall_s == pytest.approx(40.0)
