@@ -69,8 +69,8 @@ class _WholeTextToken:
 
     eot_id = 9
 
-    def encode_with_offsets(self, text):
-        return [5], [(0, len(text))]
+    def encode_batch_with_offsets(self, texts):
+        return [([5], [(0, len(text))]) for text in texts]
 
 
 def test_the_first_token_of_a_conversation_never_carries_a_loss():
@@ -251,3 +251,61 @@ def test_hugging_face_chat_template_gives_the_same_text_ids_and_mask(tmp_path, k
     ids, trained = tokenize_conversation(tokenizer, chat)
     assert out["input_ids"] == ids[:-1]  # muonlab adds the end-of-text after the template's text
     assert out["assistant_masks"] == [int(t) for t in trained[:-1]]
+
+
+def _trained_by_walking(offsets, spans):
+    """Token i is trained when any span overlaps its characters [start, end) (a slow all-pairs check)."""
+    return [any(start < span_end and end > span_start for span_start, span_end in spans) for start, end in offsets]
+
+
+def test_the_vectorised_response_mask_equals_an_all_pairs_overlap_check():
+    from muonlab.data.sft import trained_tokens
+
+    rng = np.random.default_rng(1)
+    for _ in range(200):
+        cuts = np.sort(rng.choice(np.arange(1, 60), size=rng.integers(1, 20), replace=False))
+        offsets = list(zip([0, *cuts[:-1].tolist()], cuts.tolist()))  # tokens tile the text
+        marks = np.sort(rng.choice(np.arange(0, 61), size=2 * int(rng.integers(0, 4)), replace=False))
+        spans = [(int(a), int(b)) for a, b in zip(marks[::2], marks[1::2])]
+        assert trained_tokens(offsets, spans).tolist() == _trained_by_walking(offsets, spans)
+
+
+def test_conversations_tokenized_together_equal_each_tokenized_alone(tmp_path):
+    from muonlab.data.sft import tokenize_conversations
+
+    tokenizer = train_bpe(["def f(x):\n    return x + 1\n" * 20, CHAT[1]["content"] * 5], "mixed", 300, tmp_path)
+    chats = [CHAT, CHAT[1:3], [{"role": "user", "content": "é ü"}, {"role": "assistant", "content": "ok ✓"}]]
+    together = tokenize_conversations(tokenizer, chats)
+    for chat, got in zip(chats, together):
+        text, spans = render_chat(chat)
+        ids, offsets = tokenizer.encode_with_offsets(text)
+        expected = _trained_by_walking(offsets, spans)
+        expected[0] = False
+        assert got == ([*ids, tokenizer.eot_id], [*expected, chat[-1]["role"] == "assistant"])
+
+
+def test_packed_splits_are_cached_and_a_corrupt_cache_is_rebuilt(tmp_path, monkeypatch):
+    import muonlab.data.sft as sft
+
+    path = tmp_path / "rows.jsonl"
+    path.write_text("".join(json.dumps({"prompt": f"q{i}", "response": f"answer {i} " * (i % 7 + 1)}) + "\n"
+                            for i in range(40)))
+    first = prepare_sft(str(path), ByteTokenizer(), 48, cache_dir=tmp_path / "cache")
+    cached = list((tmp_path / "cache" / "sft").glob("packed-*.npz"))
+    assert len(cached) == 1
+
+    def no_tokenizing(*args, **kwargs):
+        raise AssertionError("the cached packed splits should have been read")
+
+    monkeypatch.setattr(sft, "tokenize_conversations", no_tokenizing)
+    again = prepare_sft(str(path), ByteTokenizer(), 48, cache_dir=tmp_path / "cache")
+    for a, b in ((first.train, again.train), (first.val, again.val)):
+        assert np.array_equal(a.tokens, b.tokens) and np.array_equal(a.labels, b.labels)
+        assert (a.conversations, a.truncated, a.dropped, a.seq_len) == (b.conversations, b.truncated, b.dropped,
+                                                                         b.seq_len)
+    monkeypatch.undo()
+    cached[0].write_bytes(b"not an npz")
+    rebuilt = prepare_sft(str(path), ByteTokenizer(), 48, cache_dir=tmp_path / "cache")
+    assert np.array_equal(rebuilt.train.tokens, first.train.tokens)
+    other = prepare_sft(str(path), ByteTokenizer(), 64, cache_dir=tmp_path / "cache")  # another seq_len: new entry
+    assert other.train.seq_len == 64 and len(list((tmp_path / "cache" / "sft").glob("packed-*.npz"))) == 2

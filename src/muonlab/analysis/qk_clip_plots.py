@@ -14,14 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
-from muonlab.analysis.plots import DPI
+from muonlab.analysis.figures import band_of, finish_axes, new_figure, save_figure
 from muonlab.analysis.runs import Run
-
-try:
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-except ImportError as e:  # an optional extra
-    raise ImportError("muonlab.analysis.qk_clip_plots needs matplotlib: pip install 'muonlab[plot]'") from e
 
 __all__ = ["VARIANT_COLORS", "band", "group_by_variant", "layer_count", "max_logit_keys", "plot_clipping",
            "max_over_layers", "plot_losses", "plot_max_logits", "variant_of"]
@@ -71,20 +65,8 @@ def _series(run: Run, key: str) -> dict[int, float]:
 
 
 def band(runs: Sequence[Run], key: str, transform: Callable[[np.ndarray, np.ndarray], tuple] | None = None):
-    """``(steps, mean, std)`` of ``key`` over ``runs`` at the steps all of them logged (std None for one run).
-
-    ``transform(steps, values[runs, steps]) -> (steps, values)`` is applied first (e.g. binning).
-    """
-    per_run = [_series(r, key) for r in runs]
-    common = sorted(set.intersection(*(set(d) for d in per_run))) if per_run else []
-    if not common:
-        return None
-    steps = np.array(common)
-    values = np.array([[d[s] for s in common] for d in per_run])
-    if transform is not None:
-        steps, values = transform(steps, values)
-    std = values.std(axis=0, ddof=1) if len(runs) > 1 else None
-    return steps, values.mean(axis=0), std
+    """``(steps, mean, std)`` of ``key`` over ``runs`` at the steps all of them logged (std None for one run)."""
+    return band_of([_series(r, key) for r in runs], transform)
 
 
 def _binned(width: int) -> Callable[[np.ndarray, np.ndarray], tuple]:
@@ -113,27 +95,6 @@ def _draw(ax, groups: Mapping[str, Sequence[Run]], key: str, transform=None, mar
     return drawn
 
 
-def _figure(panels: int, width: float = 5.0, height: float = 4.0):
-    fig = Figure(figsize=(width * panels, height), layout="constrained")
-    FigureCanvasAgg(fig)
-    return fig, [fig.add_subplot(1, panels, i + 1) for i in range(panels)]
-
-
-def _finish(ax, title: str, xlabel: str, ylabel: str) -> None:
-    ax.set_title(title)
-    ax.set_xlabel(xlabel)
-    ax.set_ylabel(ylabel)
-    ax.grid(True, alpha=0.3, which="both")
-    ax.legend(fontsize="small")
-
-
-def _save(fig, path: str | os.PathLike) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=DPI)
-    return path
-
-
 def plot_max_logits(runs: Sequence[Run], tau: float, path: str | os.PathLike) -> Path | None:
     """Max attention logit over training: the max over layers, then one panel per layer; log scale, τ dashed.
 
@@ -143,35 +104,35 @@ def plot_max_logits(runs: Sequence[Run], tau: float, path: str | os.PathLike) ->
     if not layers:
         return None
     groups = group_by_variant(runs)
-    fig, axes = _figure(layers + 1, width=4.6)
+    fig, axes = new_figure(layers + 1, width=4.6)
     keys = ["max_logit/max"] + [f"max_logit/layer{i}" for i in range(layers)]
     titles = ["max over layers"] + [f"layer {i}" for i in range(layers)]
     for ax, key, title in zip(axes, keys, titles):
         _draw(ax, groups, key)
         ax.axhline(tau, color="black", linestyle="--", linewidth=1, label=f"τ = {tau:g}")
         ax.set_yscale("log")
-        _finish(ax, f"Max attention logit, {title}", "optimizer step", "max logit (pre-clip), mean ± std")
+        finish_axes(ax, f"Max attention logit, {title}", "optimizer step", "max logit (pre-clip), mean ± std")
     fig.suptitle("Per-head max attention logit q·k/√d over training (mean ± std over seeds)")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_losses(runs: Sequence[Run], path: str | os.PathLike, window: int = 10) -> Path | None:
     """Training loss (mean over windows of ``window`` steps) and validation loss, mean ± std by variant."""
     groups = group_by_variant(runs)
-    fig, (train_ax, val_ax) = _figure(2, width=6.0)
+    fig, (train_ax, val_ax) = new_figure(2, width=6.0)
     drawn = _draw(train_ax, groups, "loss", transform=_binned(window))
     drawn |= _draw(val_ax, groups, "val_loss", marker="o")
     if not drawn:
         return None
-    _finish(train_ax, f"Training loss (mean over {window}-row windows)", "optimizer step", "loss (nats/token)")
-    _finish(val_ax, "Validation loss", "optimizer step", "validation loss (nats/token)")
+    finish_axes(train_ax, f"Training loss (mean over {window}-row windows)", "optimizer step", "loss (nats/token)")
+    finish_axes(val_ax, "Validation loss", "optimizer step", "validation loss (nats/token)")
     for ax in (train_ax, val_ax):  # the early steps' loss (~8 nats) would flatten the part that differs
         lows = [line.get_ydata().min() for line in ax.get_lines()]
         finals = [line.get_ydata()[-1] for line in ax.get_lines()]
         if lows:
             ax.set_ylim(min(lows) - 0.05, max(finals) + 1.0)
     fig.suptitle("Loss by variant (mean ± std over seeds)")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_clipping(runs: Sequence[Run], path: str | os.PathLike) -> Path | None:
@@ -179,7 +140,7 @@ def plot_clipping(runs: Sequence[Run], path: str | os.PathLike) -> Path | None:
     clip_runs = [run for run in runs if len(run.series("qk_clip/heads_clipped")[0])]
     if not clip_runs:
         return None
-    fig, (heads_ax, gamma_ax) = _figure(2, width=6.0)
+    fig, (heads_ax, gamma_ax) = new_figure(2, width=6.0)
     markers = ["o", "s", "^", "D", "v"]
     for i, run in enumerate(clip_runs):
         steps, _, heads = run.series("qk_clip/heads_clipped")
@@ -189,7 +150,7 @@ def plot_clipping(runs: Sequence[Run], path: str | os.PathLike) -> Path | None:
         clipped = gamma < 1
         gamma_ax.plot(gamma_steps[clipped], gamma[clipped], linestyle="none", marker=markers[i % len(markers)],
                       markersize=3, alpha=0.7, label=label)
-    _finish(heads_ax, "Heads clipped so far", "optimizer step", "clipped heads, summed over steps")
-    _finish(gamma_ax, "Smallest γ = τ / S_max at steps that clipped", "optimizer step", "min γ over heads")
+    finish_axes(heads_ax, "Heads clipped so far", "optimizer step", "clipped heads, summed over steps")
+    finish_axes(gamma_ax, "Smallest γ = τ / S_max at steps that clipped", "optimizer step", "min γ over heads")
     fig.suptitle("QK-Clip activity, per run")
-    return _save(fig, path)
+    return save_figure(fig, path)

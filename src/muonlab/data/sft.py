@@ -31,6 +31,9 @@ Attention is plain causal over the row: a conversation can attend to the ones pa
 its row (as pretraining attends across documents; positions run on across the row), with the
 end-of-text id between them. The loss mask, not the attention, keeps conversations apart.
 
+The packed splits are cached under ``<cache>/sft/``, keyed by the conversations, the tokenizer,
+``seq_len``, ``val_fraction`` and the split seed, so the runs of a study tokenize a set once.
+
 The training loss of a batch is its mean over the counted targets; with ``grad_accum`` > 1 or
 several processes each micro-batch's mean counts equally (a mean of per-batch means), while
 evaluation weights every counted target of a batch equally (:func:`muonlab.train.loop.evaluate`).
@@ -48,6 +51,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .atomic import atomic_path
 from .chat import check_messages, render_chat
 from .dataset import default_cache_dir
 from .errors import DataError
@@ -56,7 +60,7 @@ from .python_functions import python_function_pairs
 from .tokenizer import Tokenizer
 
 __all__ = ["IGNORE_INDEX", "SFT_BUILTIN", "PackedSplit", "SFTData", "load_conversations", "pack", "prepare_sft",
-           "read_sft_jsonl", "split_conversations", "tokenize_conversation"]
+           "read_sft_jsonl", "split_conversations", "tokenize_conversation", "tokenize_conversations", "trained_tokens"]
 
 IGNORE_INDEX = -100
 """The label of a token that carries no loss (``muonlab.models.IGNORE_INDEX``, F.cross_entropy's default)."""
@@ -117,21 +121,40 @@ def load_conversations(spec: str, cache_dir: Path) -> tuple[list[Conversation], 
     raise DataError(f"unknown fine-tuning data {spec!r}; give {VALID_SFT_SPECS}")
 
 
+def trained_tokens(offsets: Sequence[tuple[int, int]], spans: Sequence[tuple[int, int]]) -> np.ndarray:
+    """Whether each token (characters ``offsets[i] = [start, end)``) overlaps a trained character span.
+
+    ``spans`` are sorted and disjoint: token i overlaps span j = the first span ending after its
+    start (``searchsorted`` on the ends) exactly when its end lies past that span's start.
+    """
+    if not len(offsets) or not len(spans):
+        return np.zeros(len(offsets), dtype=bool)
+    starts, ends = np.asarray(offsets, dtype=np.int64).reshape(-1, 2).T
+    span_starts, span_ends = np.asarray(spans, dtype=np.int64).reshape(-1, 2).T
+    j = np.searchsorted(span_ends, starts, side="right")
+    inside = j < len(spans)
+    trained = np.zeros(len(offsets), dtype=bool)
+    trained[inside] = ends[inside] > span_starts[j[inside]]
+    return trained
+
+
+def tokenize_conversations(tokenizer: Tokenizer, conversations: Sequence[Conversation]
+                           ) -> list[tuple[list[int], list[bool]]]:
+    """Per conversation, its ids (its chat-template text, then end-of-text) and whether each is trained."""
+    rendered = [render_chat(messages) for messages in conversations]
+    encoded = tokenizer.encode_batch_with_offsets([text for text, _ in rendered])
+    out = []
+    for messages, (_, spans), (ids, offsets) in zip(conversations, rendered, encoded):
+        trained = trained_tokens(offsets, spans)
+        if len(trained):
+            trained[0] = False
+        out.append(([*ids, tokenizer.eot_id], [*trained.tolist(), messages[-1]["role"] == "assistant"]))
+    return out
+
+
 def tokenize_conversation(tokenizer: Tokenizer, messages: Conversation) -> tuple[list[int], list[bool]]:
-    """The ids of a conversation (its chat-template text, then end-of-text) and whether each is trained."""
-    text, spans = render_chat(messages)
-    ids, offsets = tokenizer.encode_with_offsets(text)
-    trained = [False] * len(ids)
-    span = 0
-    for i, (start, end) in enumerate(offsets):  # spans and offsets are both in order: one pass
-        while span < len(spans) and start >= spans[span][1]:
-            span += 1
-        if span == len(spans):
-            break
-        trained[i] = end > spans[span][0]
-    if trained:
-        trained[0] = False
-    return [*ids, tokenizer.eot_id], [*trained, messages[-1]["role"] == "assistant"]
+    """``tokenize_conversations`` of one conversation."""
+    return tokenize_conversations(tokenizer, [messages])[0]
 
 
 @dataclass(frozen=True, eq=False)
@@ -237,6 +260,32 @@ class SFTData:
         return val_batches(self.val.tokens, batch_size, seq_len, max_batches, labels=self.val.labels)
 
 
+PACK_VERSION = 1
+"""Bumped whenever tokenizing or packing changes, so packed splits cached by older code are not reused."""
+_SPLIT_FIELDS = ("conversations", "truncated", "dropped")
+
+
+def _write_packed(path: Path, splits: Sequence[PackedSplit]) -> None:
+    """Both splits in one ``.npz`` (written atomically: concurrent runs may prepare the same data)."""
+    arrays = {}
+    for name, split in zip(("train", "val"), splits):
+        arrays |= {f"{name}_tokens": split.tokens, f"{name}_labels": split.labels,
+                   f"{name}_counts": np.array([getattr(split, f) for f in _SPLIT_FIELDS], dtype=np.int64)}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as tmp, open(tmp, "wb") as out:
+        np.savez(out, **arrays)
+
+
+def _read_packed(path: Path, seq_len: int) -> list[PackedSplit] | None:
+    """The splits cached by ``_write_packed``; None when the file cannot be read (it is then rebuilt)."""
+    try:
+        with np.load(path) as data:
+            return [PackedSplit(data[f"{name}_tokens"], data[f"{name}_labels"], seq_len,
+                                *(int(c) for c in data[f"{name}_counts"])) for name in ("train", "val")]
+    except (OSError, ValueError, KeyError):
+        return None
+
+
 def prepare_sft(spec: str, tokenizer: Tokenizer, seq_len: int, val_fraction: float = 0.03,
                 cache_dir: str | os.PathLike | None = None, *, split_seed: int = 0) -> SFTData:
     """Load, split, tokenize and pack the fine-tuning data ``spec`` for ``tokenizer`` and rows of ``seq_len``.
@@ -246,9 +295,14 @@ def prepare_sft(spec: str, tokenizer: Tokenizer, seq_len: int, val_fraction: flo
     cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     conversations, description = load_conversations(spec.strip(), cache)
     fingerprint = hashlib.sha256(json.dumps(conversations).encode()).hexdigest()
-    splits = []
-    for part in split_conversations(conversations, val_fraction, split_seed):
-        splits.append(pack([tokenize_conversation(tokenizer, m) for m in part], seq_len, tokenizer.eot_id))
+    key = hashlib.sha256(json.dumps([PACK_VERSION, fingerprint, tokenizer.id, seq_len, val_fraction, split_seed]
+                                    ).encode()).hexdigest()[:20]
+    packed = cache / "sft" / f"packed-{key}.npz"
+    splits = _read_packed(packed, seq_len) if packed.is_file() else None
+    if splits is None:
+        splits = [pack(tokenize_conversations(tokenizer, part), seq_len, tokenizer.eot_id)
+                  for part in split_conversations(conversations, val_fraction, split_seed)]
+        _write_packed(packed, splits)
     for name, split in zip(("training", "validation"), splits):
         if split.rows == 0:
             raise DataError(f"no {name} conversation of {spec!r} keeps a response within seq_len={seq_len}; "

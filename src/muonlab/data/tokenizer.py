@@ -50,6 +50,10 @@ class Tokenizer(Protocol):
         """``encode(text)`` and, per id, the characters ``[start, end)`` of ``text`` it covers."""
         ...
 
+    def encode_batch_with_offsets(self, texts: Sequence[str]) -> list[tuple[list[int], list[tuple[int, int]]]]:
+        """``encode_with_offsets`` of each text (in one call, so a Rust tokenizer can use its threads)."""
+        ...
+
     def decode(self, ids: Sequence[int]) -> str: ...
 
 
@@ -75,6 +79,9 @@ class ByteTokenizer:
             ids += encoded
             offsets += [(i, i + 1)] * len(encoded)
         return ids, offsets
+
+    def encode_batch_with_offsets(self, texts: Sequence[str]) -> list[tuple[list[int], list[tuple[int, int]]]]:
+        return [self.encode_with_offsets(text) for text in texts]
 
     def decode(self, ids: Sequence[int]) -> str:
         pieces: list[list[int]] = [[]]
@@ -105,6 +112,9 @@ class WrappedTokenizer:
     def encode_with_offsets(self, text: str) -> tuple[list[int], list[tuple[int, int]]]:
         encoding = self._tok.encode(text, add_special_tokens=False)
         return encoding.ids, encoding.offsets
+
+    def encode_batch_with_offsets(self, texts: Sequence[str]) -> list[tuple[list[int], list[tuple[int, int]]]]:
+        return [(e.ids, e.offsets) for e in self._tok.encode_batch(list(texts), add_special_tokens=False)]
 
     def decode(self, ids: Sequence[int]) -> str:
         return self._tok.decode([int(i) for i in ids], skip_special_tokens=False)

@@ -103,10 +103,11 @@ def _prepare_data(configs: Sequence[TrainConfig], say: Callable[[str], None]) ->
 
 def format_estimate(study: Study, preset: str, est: Estimate, device: str) -> str:
     """The ``--dry-run`` table: every run's optimizer, tokens, FLOPs and estimated time, then the totals."""
+    width = max([24, *(len(r.name) for r in est.runs)])
     lines = [f"study {study.name} (preset {preset}): {len(est.runs)} runs, {est.workers} at a time",
-             f"  {'run':<24} {'optimizer':<9} {'tokens':>8} {'FLOPs':>9} {'left':>8} {'estimate':>9}"]
+             f"  {'run':<{width}} {'optimizer':<9} {'tokens':>8} {'FLOPs':>9} {'left':>8} {'estimate':>9}"]
     for r in est.runs:
-        lines.append(f"  {r.name:<24} {r.optimizer:<9} {format_tokens(r.tokens):>8} {r.flops:>9.2e} "
+        lines.append(f"  {r.name:<{width}} {r.optimizer:<9} {format_tokens(r.tokens):>8} {r.flops:>9.2e} "
                      f"{format_tokens(r.tokens_left):>8} {format_duration(r.seconds):>9}")
     wall = (f"estimated wall time {format_duration(est.wall_s)} on this machine ({machine_key(device)}), "
             "from measured probes, plus the report" if est.wall_s is not None else "wall time not estimated")

@@ -37,7 +37,11 @@ __all__ = ["Analysis", "Finished", "PlannedRun", "Study"]
 @dataclass(frozen=True)
 class PlannedRun:
     """One run of a study: its folder name under the study's output folder, its config, and the
-    runs (by name, planned before it) that must finish before it starts."""
+    runs (by name, planned before it) that must finish before it starts.
+
+    A ``config.init_from`` that is the name of a run planned before this one means that run's final
+    weights: the machinery points it at that run's folder and adds it to ``needs``.
+    """
 
     name: str
     config: TrainConfig
@@ -101,14 +105,18 @@ class Study:
         repeated = sorted({n for n in names if names.count(n) > 1})
         if repeated:
             raise ValueError(f"study {self.name!r} planned several runs named {repeated}; run names must be unique")
+        placed = []
         for position, run in enumerate(runs):
             unknown = [n for n in run.needs if n not in names[:position]]
             if unknown:
                 raise ValueError(f"study {self.name!r}: run {run.name!r} needs {unknown}, which are not planned "
                                  "before it; a run can only need runs listed earlier in the plan")
-        return [PlannedRun(r.name, r.config.replace(**{**train_overrides, "run_dir": str(out / r.name),
-                                                       "progress": False}), r.needs)
-                for r in runs]
+            fields, needs = {**train_overrides, "run_dir": str(out / run.name), "progress": False}, run.needs
+            if run.config.init_from in names[:position]:
+                fields["init_from"] = str(out / run.config.init_from)
+                needs = tuple(dict.fromkeys((*needs, run.config.init_from)))
+            placed.append(PlannedRun(run.name, run.config.replace(**fields), needs))
+        return placed
 
 
 def parse_value(key: str, text: str, default: Any) -> Any:

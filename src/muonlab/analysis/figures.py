@@ -1,0 +1,68 @@
+"""Building blocks of the studies' multi-panel figures: mean ± std bands over seeds, panels, saving.
+
+A *band* is the mean and sample std (ddof=1) over runs of one metric at the steps every run logged.
+Figures are matplotlib ``Figure`` objects on the Agg canvas (no display), saved as 150-dpi PNGs.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from muonlab.analysis.plots import DPI
+
+try:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+except ImportError as e:  # an optional extra
+    raise ImportError("muonlab.analysis.figures needs matplotlib: pip install 'muonlab[plot]'") from e
+
+__all__ = ["Band", "band_of", "finish_axes", "new_figure", "save_figure"]
+
+Band = tuple[np.ndarray, np.ndarray, "np.ndarray | None"]
+"""``(steps, mean, std)``; std is None for a single run."""
+
+
+def band_of(per_run: Sequence[dict[int, float]], transform: Callable[[np.ndarray, np.ndarray], tuple] | None = None
+            ) -> Band | None:
+    """Mean ± std over runs of ``step -> value`` series, at the steps all of them have (None if none).
+
+    ``transform(steps, values[runs, steps]) -> (steps, values)`` is applied first (e.g. binning).
+    """
+    common = sorted(set.intersection(*(set(d) for d in per_run))) if per_run else []
+    if not common:
+        return None
+    steps = np.array(common)
+    values = np.array([[d[s] for s in common] for d in per_run])
+    if transform is not None:
+        steps, values = transform(steps, values)
+    std = values.std(axis=0, ddof=1) if len(per_run) > 1 else None
+    return steps, values.mean(axis=0), std
+
+
+def new_figure(panels: int, width: float = 5.0, height: float = 4.0):
+    """``(figure, axes)``: ``panels`` side by side, each ``width`` × ``height`` inches."""
+    fig = Figure(figsize=(width * panels, height), layout="constrained")
+    FigureCanvasAgg(fig)
+    return fig, [fig.add_subplot(1, panels, i + 1) for i in range(panels)]
+
+
+def finish_axes(ax, title: str, xlabel: str, ylabel: str, legend: bool = True) -> None:
+    """Title, axis labels, a light grid and (when asked) the legend."""
+    ax.set_title(title)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.grid(True, alpha=0.3, which="both")
+    if legend:
+        ax.legend(fontsize="small")
+
+
+def save_figure(fig, path: str | os.PathLike) -> Path:
+    """Write ``fig`` as a PNG at ``path`` (parents created) and return the path."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=DPI)
+    return path
