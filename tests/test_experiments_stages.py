@@ -25,7 +25,7 @@ SWEEP = {"lr-hi": 3e-2, "lr-lo": 1e-4}
 PROVISIONAL_LR = 1.0
 
 
-def _staged_study(corpus: Path) -> Study:
+def _staged_study(corpus: Path, name_after_the_lr: bool = False) -> Study:
     def plan(p, done):
         base = TrainConfig(**tiny_config_dict(corpus, Path("unused")))
         runs = [PlannedRun(name, base.replace(lr=lr)) for name, lr in SWEEP.items()]
@@ -34,7 +34,8 @@ def _staged_study(corpus: Path) -> Study:
             lr = SWEEP[best]
         else:
             lr = PROVISIONAL_LR
-        runs.append(PlannedRun("winner", base.replace(lr=lr, seed=1), needs=tuple(SWEEP)))
+        name = f"winner-lr{lr:g}" if name_after_the_lr else "winner"
+        runs.append(PlannedRun(name, base.replace(lr=lr, seed=1), needs=tuple(SWEEP)))
         return runs
 
     def analyse(finished):
@@ -69,6 +70,13 @@ def test_a_staged_study_runs_each_stage_on_the_results_of_the_one_before(tiny_co
     command.run_study(study_plan, workers=1, command="toy", show_progress=False, say=said.append)
     assert {name: (tmp_path / "study" / name / "metrics.jsonl").read_bytes() for name in done} == before
     assert not any("finished already" in line for line in said)  # nothing left to train: no training message
+
+
+def test_a_run_renamed_by_the_results_it_needs_is_refused(tiny_corpus, muonlab_cache, tmp_path):
+    study_plan = command.StudyPlan(_staged_study(tiny_corpus, name_after_the_lr=True), "cpu", {"unused": 0}, {},
+                                   tmp_path / "study")
+    with pytest.raises(ValueError, match=r"renamed runs .*'winner-lr1'.*must not depend on the results"):
+        command.run_study(study_plan, workers=1, command="toy", show_progress=False, say=lambda s: None)
 
 
 def test_a_run_may_only_need_runs_planned_before_it():

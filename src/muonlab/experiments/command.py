@@ -174,7 +174,12 @@ def _train_stages(study_plan: StudyPlan, planned: list[PlannedRun], done: dict[s
         if not ready:
             break
         run_configs([p.config for p in ready], workers=workers, observer=observer)
+        names = [p.name for p in planned]
         planned, done = study_plan.resolve()
+        if [p.name for p in planned] != names:
+            changed = sorted(set(names) ^ {p.name for p in planned})
+            raise ValueError(f"study {study_plan.study.name!r} renamed runs once earlier stages finished "
+                             f"({changed}); a run's name must not depend on the results of the runs it needs")
     waiting = [p.name for p in planned if p.name not in done]
     if waiting:
         raise RuntimeError(f"study {study_plan.study.name!r}: runs {waiting} never became ready")

@@ -11,8 +11,10 @@ A study module under ``muonlab/experiments/studies/`` defines one ``STUDY = Stud
   (``PlannedRun.needs``): their configs may depend on those runs' results (the fine-tuning of a
   pretrained run, the learning rate that won a sweep). The plan always lists every run, so
   ``--dry-run`` can cost it; until its needs are done, a run's config is provisional (the right
-  model and token budget, placeholder hyperparameters). The machinery runs a stage, then plans
-  again with the finished runs, until every run is done;
+  model and token budget, placeholder hyperparameters), and its *name* must not depend on
+  ``done`` (name a tuned run ``...-best-s0``, not after its learning rate): the run folders, the
+  progress display and the cost are planned from the names. The machinery runs a stage, then
+  plans again with the finished runs, until every run is done;
 - ``analyse(finished: Finished) -> Analysis``: reads the run folders (``finished.runs``, loaded by
   ``muonlab.analysis.runs``), writes its PNG plots into ``finished.out`` and returns the numbers
   for ``results.json`` and the sections of ``report.md``.

@@ -55,8 +55,13 @@ def pretrain_name(optimizer: str, seed: int) -> str:
     return f"pre-{optimizer}-s{seed}"
 
 
-def sft_name(pre: str, sft: str, lr: float, seed: int) -> str:
+def sweep_name(pre: str, sft: str, lr: float, seed: int) -> str:
     return f"sft-{pre}-{sft}-lr{lr:g}-s{seed}"
+
+
+def best_name(pre: str, sft: str, seed: int) -> str:
+    """A run at the cell's best learning rate (named without it: run names never depend on results)."""
+    return f"sft-{pre}-{sft}-best-s{seed}"
 
 
 def _pretrain_config(p: Mapping[str, Any], optimizer: str, seed: int) -> TrainConfig:
@@ -84,7 +89,7 @@ def best_lr(p: Mapping[str, Any], done: Mapping[str, Run], pre: str, sft: str) -
     """The sweep's learning rate with the lowest final fine-tuning validation loss (first seed), or None
     while any sweep run of the cell is unfinished."""
     seed = p["seeds"][0]
-    names = {lr: sft_name(pre, sft, lr, seed) for lr in p["sft_lrs"]}
+    names = {lr: sweep_name(pre, sft, lr, seed) for lr in p["sft_lrs"]}
     if not all(name in done for name in names.values()):
         return None
     return min(p["sft_lrs"], key=lambda lr: done[names[lr]].final("val_loss"))
@@ -96,12 +101,13 @@ def plan(p: Mapping[str, Any], done: Mapping[str, Run]) -> list[PlannedRun]:
     first, others = p["seeds"][0], p["seeds"][1:]
     runs = [PlannedRun(pretrain_name(o, s), _pretrain_config(p, o, s)) for s in p["seeds"] for o in OPTIMIZERS]
     for pre, sft in CELLS:
-        runs += [PlannedRun(sft_name(pre, sft, lr, first), _sft_config(p, pre, sft, lr, first)) for lr in p["sft_lrs"]]
+        runs += [PlannedRun(sweep_name(pre, sft, lr, first), _sft_config(p, pre, sft, lr, first))
+                 for lr in p["sft_lrs"]]
     for pre, sft in CELLS:
-        sweep = tuple(sft_name(pre, sft, lr, first) for lr in p["sft_lrs"])
+        sweep = tuple(sweep_name(pre, sft, lr, first) for lr in p["sft_lrs"])
         lr = best_lr(p, done, pre, sft)
         lr = p["sft_lrs"][len(p["sft_lrs"]) // 2] if lr is None else lr
-        runs += [PlannedRun(sft_name(pre, sft, lr, s), _sft_config(p, pre, sft, lr, s), needs=sweep) for s in others]
+        runs += [PlannedRun(best_name(pre, sft, s), _sft_config(p, pre, sft, lr, s), needs=sweep) for s in others]
     return runs
 
 
@@ -110,7 +116,8 @@ def cell_runs(p: Mapping[str, Any], runs: Mapping[str, Run]) -> dict[tuple[str, 
     out = {}
     for pre, sft in CELLS:
         lr = best_lr(p, runs, pre, sft)
-        out[(pre, sft)] = [runs[sft_name(pre, sft, lr, s)] for s in p["seeds"]]
+        first = runs[sweep_name(pre, sft, lr, p["seeds"][0])]
+        out[(pre, sft)] = [first, *(runs[best_name(pre, sft, s)] for s in p["seeds"][1:])]
     return out
 
 
@@ -159,7 +166,7 @@ def _sweep_table(p: Mapping[str, Any], runs: Mapping[str, Run]) -> str:
     lines = ["| cell | " + " | ".join(f"lr {lr:g}" for lr in p["sft_lrs"]) + " | chosen |",
              "|---|" + "---|" * (len(p["sft_lrs"]) + 1)]
     for cell in CELLS:
-        losses = [runs[sft_name(*cell, lr, seed)].final("val_loss") for lr in p["sft_lrs"]]
+        losses = [runs[sweep_name(*cell, lr, seed)].final("val_loss") for lr in p["sft_lrs"]]
         lines.append(f"| {_label(cell)} | " + " | ".join(f"{v:.4f}" for v in losses)
                      + f" | {best_lr(p, runs, *cell):g} |")
     return "\n".join(lines)
@@ -198,7 +205,7 @@ def analyse(finished: Finished) -> Analysis:
         ("Fine-tuning validation loss over training per cell (mean ± std over seeds)",
          plots.plot_curves({_label(c): rs for c, rs in by_cell.items()}, out / "sft_curves.png")),
         ("Learning-rate sweep (first seed)",
-         plots.plot_sweep({_label(c): {lr: runs[sft_name(*c, lr, p["seeds"][0])] for lr in p["sft_lrs"]}
+         plots.plot_sweep({_label(c): {lr: runs[sweep_name(*c, lr, p["seeds"][0])] for lr in p["sft_lrs"]}
                            for c in CELLS}, out / "sft_lr_sweep.png")),
         ("Pretraining validation loss (English) per optimizer",
          plots.plot_curves({o: [runs[pretrain_name(o, s)] for s in p["seeds"]] for o in OPTIMIZERS},
@@ -211,7 +218,7 @@ def analyse(finished: Finished) -> Analysis:
                   for pre, sft in CELLS},
         "best_cell": f"{best[0]}->{best[1]}",
         "pretrain_val_loss": {o: asdict(v) for o, v in pretrained.items()},
-        "sweep": {f"{pre}->{sft}": {str(lr): runs[sft_name(pre, sft, lr, p["seeds"][0])].final("val_loss")
+        "sweep": {f"{pre}->{sft}": {str(lr): runs[sweep_name(pre, sft, lr, p["seeds"][0])].final("val_loss")
                                     for lr in p["sft_lrs"]} for pre, sft in CELLS},
         "claims_agree": [c.agrees for c in checks],
     }
