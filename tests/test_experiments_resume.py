@@ -109,3 +109,15 @@ def test_a_killed_study_continues_and_ends_as_an_uninterrupted_one(tiny_corpus, 
     assert killed["wall_s"] is None and killed["trained"] == names
     assert finishing["wall_s"] > 0 and finishing["trained"] == [n for n in names if n not in done]
     assert "did not finish" in (out / "report.md").read_text()
+
+
+def test_a_second_study_on_the_same_folder_stops_at_once_and_touches_nothing(tiny_corpus, muonlab_cache, tmp_path,
+                                                                              capsys):
+    from muonlab.experiments.lock import study_lock
+
+    out = tmp_path / "demo"
+    with study_lock(out):  # as a study running in another process holds it
+        assert main(_command(out, tiny_corpus)) == 1
+    err = capsys.readouterr().err
+    assert f"{out} is in use by a study running in process {os.getpid()}" in err and err.count("\n") == 1
+    assert [p.name for p in out.iterdir()] == [".study.lock"]

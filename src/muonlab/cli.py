@@ -95,11 +95,12 @@ def _cmd_experiment(args: argparse.Namespace) -> int:
     if args.dry_run:
         command.dry_run(study, args.preset, planned, workers)
         return 0
+    from .experiments.lock import StudyBusyError
     from .experiments.runner import RunFailedError
 
     try:
         command.run_study(study_plan, workers, shlex.join(["muonlab", *args.argv]), show_progress=args.progress)
-    except RunFailedError as err:
+    except (RunFailedError, StudyBusyError) as err:
         print(f"muonlab {args.command}: error: {err}", file=sys.stderr)
         return 1
     return 0

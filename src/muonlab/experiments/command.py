@@ -24,6 +24,7 @@ from ..analysis.runs import Run, load_run
 from ..train.config import TrainConfig, load_config_file
 from .display import Monitor, format_duration, format_tokens
 from .estimate import Estimate, cost_configs, estimate, probe_configs
+from .lock import study_lock
 from .progress import StudyProgress
 from .provenance import git_revision, machine, machine_key
 from .registry import all_studies
@@ -191,8 +192,15 @@ def run_study(study_plan: StudyPlan, workers: int, command: str, console=None, s
     """Train what is not finished, analyse the run folders, write the outputs; return the report's path.
 
     ``console``: where the progress display goes (default: stdout, live on a terminal, plain lines
-    otherwise); ``show_progress=False``: no display.
+    otherwise); ``show_progress=False``: no display. One invocation per output folder at a time
+    (``lock.study_lock``; a second raises ``StudyBusyError``).
     """
+    with study_lock(study_plan.out):
+        return _run_study(study_plan, workers, command, console, show_progress, say)
+
+
+def _run_study(study_plan: StudyPlan, workers: int, command: str, console, show_progress: bool,
+               say: Callable[[str], None]) -> Path:
     from .outputs import record_start, write_outputs
 
     started = time.perf_counter()
