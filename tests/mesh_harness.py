@@ -38,13 +38,16 @@ def misfit_error(rank: int, world: int) -> str:
 
 
 def mesh_case(rank: int, world: int, sizes: dict, steps: int, tp_mode: str = "exact", nonfinite: str = "raise",
-              nan_at: int | None = None, measure_at: int = 1, n_kv_heads: int = 4) -> dict:
+              nan_at: int | None = None, measure_at: int = 1, n_kv_heads: int = 4, save_dir: str | None = None,
+              save_at: int | None = None, load_dir: str | None = None) -> dict:
     """Train ``mesh_model()`` for ``steps`` steps on the mesh ``sizes`` (e.g. ``{"dp_shard": 2, "tp": 2}``;
     empty on one process) with fp32 Newton–Schulz. ``nan_at``: at that step the last rank's local
-    gradient of ``POISONED`` gets a NaN. Returns initial and final parameters, this rank's optimizer
-    state, the losses, the telemetry of step ``measure_at`` and the skipped-step count."""
+    gradient of ``POISONED`` gets a NaN. ``save_dir``/``save_at``: write a DCP checkpoint after step
+    ``save_at``; ``load_dir``: start from one. Returns initial and final parameters, this rank's
+    optimizer state, the losses, the telemetry of step ``measure_at`` and the skipped-step count."""
     from muonlab.optim import Muon, param_groups
     from muonlab.parallel import data_parallel_rank, data_parallel_size, init_mesh, parallelize
+    from muonlab.rundir.checkpoint import load_sharded_checkpoint, save_sharded_checkpoint
 
     model = mesh_model(n_kv_heads)
     dp_rank, dp = 0, 1
@@ -54,10 +57,11 @@ def mesh_case(rank: int, world: int, sizes: dict, steps: int, tp_mode: str = "ex
         dp_rank, dp = data_parallel_rank(mesh), data_parallel_size(mesh)
     optimizer = Muon(param_groups(model), lr=0.02, weight_decay=0.1, ns_dtype=torch.float32, max_grad_norm=1.0,
                      tp_mode=tp_mode, nonfinite=nonfinite)
+    start = load_sharded_checkpoint(load_dir, model, optimizer, restore_rng=False)["step"] if load_dir else 0
     initial = full_params(model)
     per_rank = GLOBAL_BATCH // dp
     losses, telemetry = [], {}
-    for t in range(steps):
+    for t in range(start, start + steps):
         x, y = batch(t, GLOBAL_BATCH)
         rows = slice(dp_rank * per_rank, (dp_rank + 1) * per_rank)
         loss = model(x[rows], y[rows])
@@ -75,6 +79,8 @@ def mesh_case(rank: int, world: int, sizes: dict, steps: int, tp_mode: str = "ex
         if world > 1:
             dist.all_reduce(detached)  # tensor-parallel peers hold the same loss: the mean over ranks is the mean
         losses.append(float(detached) / world)
+        if save_dir is not None and t + 1 == save_at:
+            save_sharded_checkpoint(save_dir, t + 1, model, optimizer, {})
     return {"initial": initial, "params": full_params(model), "state": full_state(optimizer), "losses": losses,
             "telemetry": telemetry, "skipped": optimizer.skipped_steps}
 

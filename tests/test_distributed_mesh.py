@@ -11,6 +11,8 @@ unevenly inside each TP block, an uneven vocabulary). Checks, against the single
   the deliberately local orthogonalization) fails that check by tens of percent;
 - a NaN in one rank's local gradient shard makes every rank skip that step, after which the run
   equals the single-process run that skipped it;
+- a DCP checkpoint saved on ``dp_shard 2 × tp 2`` continues on ``dp_shard 4``, on ``tp 2`` and on
+  one process with the uninterrupted run's updates and state;
 - a tensor-parallel degree that does not divide the heads fails on every rank with one sentence.
 """
 
@@ -24,9 +26,10 @@ from mesh_harness import mesh_case, misfit_error, run_mesh_plan
 
 pytestmark = pytest.mark.distributed
 
-STEPS, NAN_AT = 3, 1
+STEPS, NAN_AT, SAVE_AT = 3, 1, 2
 TOLERANCE = 1e-5
-MESHES = {"tp2": (2, {"tp": 2}), "dp2xtp2": (4, {"dp_shard": 2, "tp": 2})}
+MESHES = {"dp2xtp2": (4, {"dp_shard": 2, "tp": 2}), "tp2": (2, {"tp": 2})}  # in this order: tp2 loads a checkpoint
+SAVED = f"dp2xtp2/checkpoints/step_{SAVE_AT:08d}"
 
 
 def _relative(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -53,10 +56,26 @@ def reference():
 
 
 @pytest.fixture(scope="module")
-def runs():
-    plan = [("exact", dict(steps=STEPS)), ("blockwise", dict(steps=STEPS, tp_mode="blockwise")),
-            ("skip", dict(steps=STEPS, nonfinite="skip", nan_at=NAN_AT)), ("gqa", dict(steps=STEPS, n_kv_heads=2))]
-    return {name: spawn(run_mesh_plan, world, [(label, {**case, "sizes": sizes}) for label, case in plan])
+def checkpoints(tmp_path_factory):
+    return tmp_path_factory.mktemp("mesh-checkpoints")
+
+
+def _plan(name: str, world: int, sizes: dict, checkpoints) -> list[tuple[str, dict]]:
+    exact = dict(sizes=sizes, steps=STEPS)
+    if name == "dp2xtp2":
+        exact.update(save_dir=str(checkpoints / name), save_at=SAVE_AT)
+    plan = [("exact", exact), ("blockwise", dict(sizes=sizes, steps=STEPS, tp_mode="blockwise")),
+            ("skip", dict(sizes=sizes, steps=STEPS, nonfinite="skip", nan_at=NAN_AT)),
+            ("gqa", dict(sizes=sizes, steps=STEPS, n_kv_heads=2))]
+    resumed = dict(steps=STEPS - SAVE_AT, load_dir=str(checkpoints / SAVED))
+    if name == "dp2xtp2":  # the same processes, now one FSDP2 mesh of 4
+        return plan + [("resumed", {**resumed, "sizes": {"dp_shard": world}})]
+    return plan + [("resumed", {**resumed, "sizes": sizes})]
+
+
+@pytest.fixture(scope="module")
+def runs(checkpoints):
+    return {name: spawn(run_mesh_plan, world, _plan(name, world, sizes, checkpoints))
             for name, (world, sizes) in MESHES.items()}
 
 
@@ -99,6 +118,19 @@ def test_a_nan_in_one_local_shard_makes_every_rank_skip_the_same_step(runs, refe
         assert result["skip"]["skipped"] == 1
         assert _mismatches(result["skip"], reference["skip"]) == {}
     assert _mismatches(runs[mesh][0]["skip"], reference["exact"]) != {}  # the skipped step mattered
+
+
+@pytest.mark.parametrize("mesh", MESHES)
+def test_a_checkpoint_saved_on_dp2xtp2_continues_on_another_mesh(runs, reference, mesh):
+    """dp_shard 2 × tp 2 → dp_shard 4 (the "dp2xtp2" processes) and → tp 2 (the "tp2" processes)."""
+    for result in runs[mesh]:
+        resumed = {**result["resumed"], "initial": reference["exact"]["initial"]}
+        assert _mismatches(resumed, reference["exact"]) == {}
+
+
+def test_a_checkpoint_saved_on_dp2xtp2_continues_on_one_process(runs, reference, checkpoints):
+    resumed = mesh_case(0, 1, {}, STEPS - SAVE_AT, load_dir=str(checkpoints / SAVED))
+    assert _mismatches({**resumed, "initial": reference["exact"]["initial"]}, reference["exact"]) == {}
 
 
 def test_a_tensor_parallel_degree_that_does_not_divide_the_heads_fails_on_every_rank_with_one_sentence():
