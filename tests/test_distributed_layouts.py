@@ -182,3 +182,26 @@ def test_owner_compute_on_one_process_runs_each_bucket_once_and_sends_nothing():
     executor.run(lambda i, dst: dst.copy_(pieces[i]), compute, out.update, torch.device("cpu"))
     assert sorted(len(ids) for _, ids in calls) == [1, 2]  # two buckets, each in one call
     assert all(torch.equal(out[i], 2 * pieces[i]) for i in pieces)
+
+
+def test_boxes_tile_a_tensor_only_without_gaps_or_overlaps_and_replicas_count_once():
+    from muonlab.optim.distributed.shards import Box, tiles
+
+    halves = [Box((0, 0), (4, 6)), Box((4, 0), (4, 6))]
+    assert tiles((8, 6), halves) and tiles((8, 6), halves * 2)  # replicas (e.g. across tp) count once
+    assert not tiles((8, 6), halves[:1])  # a gap
+    assert not tiles((8, 6), [Box((0, 0), (5, 6)), Box((4, 0), (4, 6))])  # an overlap (and out of bounds)
+    assert tiles((8, 6), [Box((0, 0), (8, 3)), Box((0, 3), (8, 3)), Box((0, 0), (0, 6))])  # empty boxes ignored
+
+
+def test_held_pieces_follow_the_matrix_view_and_refuse_cuts_it_cannot_follow():
+    from muonlab.optim.distributed.shards import Box, held_piece
+
+    assert held_piece((9, 6), Box((5, 3), (4, 3)), stacked=False) == Block((5, 9), (3, 6))
+    assert held_piece((4, 3, 2, 2), Box((2, 0, 0, 0), (2, 3, 2, 2)), stacked=False) == Block((2, 4), (0, 12))
+    assert held_piece((5, 7, 9), Box((3, 0, 0), (2, 7, 9)), stacked=True) == (3, 5)
+    assert held_piece((9, 6), Box((9, 0), (0, 6)), stacked=False) is None
+    with pytest.raises(ValueError, match="split inside its experts"):
+        held_piece((5, 7, 9), Box((0, 0, 0), (5, 4, 9)), stacked=True)
+    with pytest.raises(ValueError, match="needs whole rows"):
+        held_piece((4, 3, 2, 2), Box((0, 0, 0, 0), (4, 3, 1, 2)), stacked=False)

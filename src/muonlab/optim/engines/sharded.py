@@ -87,13 +87,16 @@ class ShardedEngine(Engine):
         shape = tuple(slot.param.shape)
         stacked = len(shape) == 3 and group.get("role") != "hidden"
         m = self.matrix_param(k)
+        whole = Block((0, m.rows), (0, m.cols))
         try:
             self.held[k] = [planning.held_piece(shape, box, stacked) for box in self.boxes[k]]
-            if blockwise and (group.get("blocks", 1) != 1 or group.get("transposed", False) or stacked):
-                raise ValueError("tp_mode='blockwise' needs plain [out, in] matrices (not fused, transposed or "
-                                 "expert stacks)")
-            self.regions[k] = ([planning.held_piece(shape, box, False) for box in tp_blocks] if blockwise
-                               else [Block((0, m.rows), (0, m.cols))] * self.world_size)
+            self.regions[k] = [whole] * self.world_size  # a stack's experts are whole already
+            if blockwise and not stacked:
+                self.regions[k] = [planning.held_piece(shape, box, False) for box in tp_blocks]
+                split = any(region != whole for region in self.regions[k])
+                if split and (group.get("blocks", 1) != 1 or group.get("transposed", False)):
+                    raise ValueError("tp_mode='blockwise' splits only plain [out, in] matrices, not fused or "
+                                     "transposed ones")
         except ValueError as err:
             raise ValueError(f"parameter {slot.name!r}: {err}") from None
 
