@@ -1,8 +1,9 @@
 """Distributed Muon on 1, 2 and 4 gloo processes: state per rank, bytes per collective, NS FLOPs per rank, step time.
 
-For each world size and mode (``none`` on one process; ``ddp``, ``zero1``, ``fsdp`` on several) the
-same model trains a few steps with muonlab's Muon and, under the same mode, with AdamW (the same
-class with every group on AdamW). Measured per rank and step:
+For each world size and mode (``none`` on one process; ``ddp``, ``zero1``, ``fsdp`` and device meshes
+such as ``tp=2`` or ``dp_shard=2,tp=2`` — FSDP2 × tensor parallelism, ``muonlab.parallel.mesh`` — on
+several) the same model trains a few steps with muonlab's Muon and, under the same mode, with AdamW
+(the same class with every group on AdamW). Measured per rank and step:
 
 - optimizer state bytes (``Muon.state_bytes()``: what this rank holds);
 - every collective this rank calls during a step, forward and backward included: the
@@ -13,7 +14,7 @@ class with every group on AdamW). Measured per rank and step:
   buffer, ring reduce-scatter / all-gather (N−1)/N of the full buffer, all-to-all exactly what goes
   to other ranks;
 - Newton–Schulz FLOPs this rank executes (``orthogonalize`` is wrapped and each call's FLOPs taken
-  from ``ns_flops`` for the shapes it saw);
+  from ``ns_flops`` for the shapes it saw), and how many matrices it orthogonalizes;
 - median wall time of the whole step (forward, backward, optimizer) and of the optimizer step.
 
 Also run, under FSDP2: ``torch.optim.Muon`` applied to the DTensor parameters, i.e. plain Muon math
@@ -24,6 +25,10 @@ Checked against targets (printed PASS/FAIL):
 
 - state per rank ≤ single-process state / N + one largest matrix (fp32 momentum of it);
 - NS FLOPs per rank ≤ single-process NS FLOPs / N + one largest matrix's NS FLOPs;
+- on a mesh: NS FLOPs per rank ≤ 1.25 × single-process NS FLOPs / N, and the matrices orthogonalized
+  over all ranks = the single-process count (no matrix twice); Muon's all-to-all bytes (all ranks)
+  against the lower bound 2·2·Σ_m numel_m·(h_m − 1)/h_m for bf16 Newton–Schulz — every piece of a
+  matrix held in h_m pieces, except the owner's own, travels to the owner and back once;
 - ZeRO-1 Muon bytes sent per rank ≤ Moonlight's bound for Distributed Muon (arXiv 2502.16982 §2.3):
   (4 + 4 + 2)·Ψ·(N−1)/N bytes — fp32 reduce-scatter of the gradients, fp32 all-gather of the
   parameters, bf16 gather of the Muon matrices — i.e. 1.25 × ZeRO-1 AdamW's 8·Ψ·(N−1)/N, with Ψ the
@@ -31,6 +36,7 @@ Checked against targets (printed PASS/FAIL):
 
     python benchmarks/distributed.py                       # worlds 1 2 4, the "demo" preset
     python benchmarks/distributed.py --worlds 1 2 --steps 4 --model tiny
+    python benchmarks/distributed.py --worlds 1 4 --modes fsdp tp=4 dp_shard=2,tp=2
 """
 
 from __future__ import annotations
@@ -53,7 +59,7 @@ import torch.multiprocessing as mp
 from muonlab.models import Transformer, preset
 from muonlab.optim import Muon, ns_flops, param_groups
 from muonlab.optim.newton_schulz import choose_method, get_coefficient_set
-from muonlab.parallel import parallelize
+from muonlab.parallel import data_parallel_rank, data_parallel_size, init_mesh, parallelize
 
 VOCAB, SEQ = 256, 64
 
@@ -77,6 +83,7 @@ class Counter:
         self.depth = 0  # torch's deprecated names call the new ones: count the outermost call only
         self.stats: dict[str, list[float]] = defaultdict(lambda: [0, 0, 0])
         self.ns_flops = 0.0
+        self.ns_matrices = 0
 
     def add(self, op: str, payload: int, sent: float) -> None:
         if self.active:
@@ -88,6 +95,7 @@ class Counter:
     def reset(self) -> None:
         self.stats.clear()
         self.ns_flops = 0.0
+        self.ns_matrices = 0
 
 
 def _sent(op: str, args, kwargs, world: int, rank: int) -> tuple[int, float]:
@@ -172,6 +180,7 @@ def install_ns_counter(counter: Counter) -> None:
                 method_counted = chosen if chosen != "svd" else "standard"
                 counter.ns_flops += math.prod(G.shape[:-2]) * ns_flops(m, n, steps, method_counted,
                                                                       cset)
+                counter.ns_matrices += math.prod(G.shape[:-2])
             return real(G, coefficients, steps, dtype, eps, method)
         return orthogonalize
 
@@ -182,6 +191,7 @@ def install_ns_counter(counter: Counter) -> None:
         m, n = min(grad.shape), max(grad.shape)
         if counter.active:
             counter.ns_flops += ns_flops(m, n, ns_steps, "standard")
+            counter.ns_matrices += 1
         return real_torch(grad, ns_coefficients, ns_steps, eps)
 
     torch_muon._zeropower_via_newtonschulz = torch_ns
@@ -214,10 +224,30 @@ def _state_bytes(optimizers) -> int:
     return total
 
 
+def _parallelize(model, mode: str, rank: int, world: int):
+    """``(forward, data shard, data shards)`` under ``mode``: a name, or mesh sizes like ``dp_shard=2,tp=2``."""
+    if "=" not in mode:
+        return parallelize(model, mode), rank, world
+    mesh = init_mesh("cpu", **{k: int(v) for k, v in (item.split("=") for item in mode.split(","))})
+    return parallelize(model, mesh), data_parallel_rank(mesh), data_parallel_size(mesh)
+
+
+def _exchange_bound(optimizers) -> float:
+    """Bytes (all ranks) an exact owner-compute must move for bf16 Newton–Schulz on a mesh: 2·2·Σ numel·(h−1)/h."""
+    engine = getattr(optimizers[0], "_engine", None)
+    if not hasattr(engine, "held"):
+        return 0.0
+    total = 0.0
+    for k, pieces in engine.held.items():
+        h = len({p for p in pieces if p is not None})
+        total += 2 * 2 * engine.slots[k].param.numel() * (h - 1) / h
+    return total
+
+
 def run_config(rank: int, world: int, mode: str, optimizer: str, args, counter: Counter) -> dict:
     torch.manual_seed(0)
     model = Transformer(preset(args.model, vocab_size=VOCAB, max_seq_len=SEQ))
-    forward = parallelize(model, mode)
+    forward, shard, shards = _parallelize(model, mode, rank, world)
     if mode == "ddp":
         from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import allreduce_hook
 
@@ -228,8 +258,8 @@ def run_config(rank: int, world: int, mode: str, optimizer: str, args, counter: 
     step_ms, optim_ms = [], []
     for step in range(args.warmup + args.steps):
         g = torch.Generator().manual_seed(step)
-        x = torch.randint(0, VOCAB, (world * args.batch, SEQ + 1), generator=g)
-        x = x[rank * args.batch : (rank + 1) * args.batch]
+        x = torch.randint(0, VOCAB, (shards * args.batch, SEQ + 1), generator=g)
+        x = x[shard * args.batch : (shard + 1) * args.batch]
         measured = step >= args.warmup
         counter.active = measured
         try:
@@ -255,6 +285,8 @@ def run_config(rank: int, world: int, mode: str, optimizer: str, args, counter: 
         "collectives": stats,
         "sent_bytes": sum(v[2] for v in stats.values()),
         "ns_flops": counter.ns_flops / args.steps,
+        "ns_matrices": counter.ns_matrices / args.steps,
+        "exchange_bound": _exchange_bound(optimizers) if optimizer == "muon" else 0.0,
         "step_ms": statistics.median(step_ms),
         "optim_ms": statistics.median(optim_ms),
     }
@@ -271,7 +303,8 @@ def worker(rank: int, world: int, port: int, args, out_dir: str) -> None:
         install_collective_counters(counter)
     install_ns_counter(counter)
     results = []
-    modes = ["none"] if world == 1 else args.modes
+    fits = [m for m in args.modes if "=" not in m or math.prod(int(kv.split("=")[1]) for kv in m.split(",")) == world]
+    modes = ["none"] if world == 1 else fits  # a mesh runs on the world size its dims multiply to
     for mode in modes:
         for optimizer in ("muon", "adamw") + (("torch.optim.Muon",) if mode == "fsdp" and args.naive else ()):
             results.append(run_config(rank, world, mode, optimizer, args, counter))
@@ -337,6 +370,8 @@ def report(results: list[dict]) -> list[str]:
                      f"(1/N + one largest matrix): {verdict}; "
                      f"NS FLOPs/rank {flops / 1e9:.3f} G ≤ {fbound / 1e9:.3f} G: "
                      f"{'PASS' if flops <= fbound else 'FAIL'}")
+        if "=" in mode:
+            lines.append(_mesh_targets(world, mode, rs, single))
         if mode == "zero1":
             sent = max(r["sent_bytes"] for r in rs)
             paper = 10 * psi * (world - 1) / world
@@ -347,10 +382,24 @@ def report(results: list[dict]) -> list[str]:
     return lines
 
 
+def _mesh_targets(world: int, mode: str, rs: list[dict], single: dict) -> str:
+    """The mesh targets: NS balance within 1.25 × the ideal, each matrix once, all-to-all bytes vs their bound."""
+    flops, ideal = max(r["ns_flops"] for r in rs), single["ns_flops"] / world
+    matrices = sum(r["ns_matrices"] for r in rs)
+    moved = sum(r["collectives"].get("all_to_all_single", [0, 0, 0])[2] for r in rs)
+    bound = rs[0]["exchange_bound"]
+    return (f"  mesh {mode}: NS FLOPs/rank {flops / 1e9:.3f} G = {flops / ideal:.3f} × total/N (≤ 1.25: "
+            f"{'PASS' if flops <= 1.25 * ideal else 'FAIL'}); matrices orthogonalized {matrices:.0f} over all ranks "
+            f"vs {single['ns_matrices']:.0f} on one process: {'PASS' if matrices == single['ns_matrices'] else 'FAIL'}"
+            f"; Muon all-to-all {moved / 1e6:.3f} MB (all ranks) vs lower bound {bound / 1e6:.3f} MB"
+            + (f" = {moved / bound:.3f}×" if bound else ""))
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--worlds", type=int, nargs="+", default=[1, 2, 4])
-    parser.add_argument("--modes", nargs="+", default=["ddp", "zero1", "fsdp"])
+    parser.add_argument("--modes", nargs="+", default=["ddp", "zero1", "fsdp"],
+                        help="parallel modes, or device meshes such as tp=2 or dp_shard=2,tp=2 (sizes multiply to N)")
     parser.add_argument("--model", default="demo", help="muonlab model preset (byte vocab, seq 64)")
     parser.add_argument("--batch", type=int, default=4, help="sequences per rank")
     parser.add_argument("--steps", type=int, default=6, help="measured steps per configuration")

@@ -193,24 +193,17 @@ def train_case(rank: int, world: int, mode: str, steps: int, per_rank: int, ns_d
 
 
 def _use_local_shard_newton_schulz() -> None:
-    """Monkeypatch the FSDP plan so each rank orthogonalizes only its own rows (wrong on purpose)."""
-    from muonlab.optim.distributed import layouts
-    from muonlab.optim.distributed.owners import Unit
+    """Monkeypatch the sharded plan so each rank orthogonalizes only its own block (wrong on purpose)."""
+    from muonlab.optim.distributed import shards
+    from muonlab.optim.distributed.owners import Block
 
-    def local_units(mats, world_size):
-        units, where = [], []
-        for m in mats:
-            for rank, (offset, count) in enumerate(layouts.chunk_rows(m.batch if m.batch > 1 else m.rows, world_size)):
-                if not count:
-                    continue
-                batch, rows = (count, m.rows) if m.batch > 1 else (1, count)
-                n = batch * rows * m.cols
-                ranges = tuple((0, n) if r == rank else (0, 0) for r in range(world_size))
-                units.append(Unit(m.key._replace(rows=rows), batch, rows, m.cols, rank, ranges, ranges))
-                where.append(layouts.UnitOf(m.index, offset if m.batch > 1 else 0))
-        return units, where
+    exact = shards.sharded_units
 
-    layouts.sharded_units = local_units
+    def local_units(mats, held, regions, world_size):
+        own = [[p if isinstance(p, Block) else a for p, a in zip(ps, areas)] for ps, areas in zip(held, regions)]
+        return exact(mats, held, own, world_size)
+
+    shards.sharded_units = local_units
 
 
 def run_plan(rank: int, world: int, plan: list[tuple[str, dict]]) -> dict[str, dict]:

@@ -12,8 +12,9 @@ import random
 import pytest
 import torch
 
-from muonlab.optim.distributed.layouts import MatrixParam, Zero1Layout, chunk_rows, replicated_units, sharded_units
-from muonlab.optim.distributed.owners import OwnerCompute, lpt_assign
+from muonlab.optim.distributed.layouts import MatrixParam, Zero1Layout, chunk_rows, replicated_units
+from muonlab.optim.distributed.owners import Block, OwnerCompute, lpt_assign
+from muonlab.optim.distributed.shards import sharded_units
 
 
 def _random_model(seed: int, n_matrices: int = 12, n_adamw: int = 5):
@@ -76,6 +77,13 @@ def test_zero1_matrices_are_cut_only_when_adamw_cannot_absorb_the_imbalance():
     assert all(sum(hi > lo for lo, hi in u.inputs) == 1 for u in with_adamw.units)
 
 
+def _fsdp_pieces(m: MatrixParam, world: int) -> list:
+    """Each rank's piece of ``m`` under FSDP2's Shard(0): expert ranges of a stack, row blocks of a matrix."""
+    if m.batch > 1:
+        return [(o, o + c) if c else None for o, c in chunk_rows(m.batch, world)]
+    return [Block((o, o + c), (0, m.cols)) if c else None for o, c in chunk_rows(m.rows, world)]
+
+
 @pytest.mark.parametrize("world", [2, 3, 4])
 def test_sharded_units_follow_torch_chunk_and_keep_experts_where_they_are(world):
     for n in (1, 2, 5, 35):  # FSDP2's Shard(0) splits dim 0 like torch.chunk (possibly fewer, uneven blocks)
@@ -84,13 +92,69 @@ def test_sharded_units_follow_torch_chunk_and_keep_experts_where_they_are(world)
         ]
     stack = MatrixParam(0, (7, 9), 5, 7, 9, 1.0)  # 5 experts
     matrix = MatrixParam(1, (35, 20), 1, 35, 20, 1.0)
-    units, where = sharded_units([stack, matrix], world)
+    whole = Block((0, 35), (0, 20))
+    units, where = sharded_units([stack, matrix], [_fsdp_pieces(stack, world), _fsdp_pieces(matrix, world)],
+                                 [[None] * world, [whole] * world], world)
     for u, w in zip(units, where):
         if w.param == 0:  # whole experts: computed where they are, nothing sent
             assert [r for r, (lo, hi) in enumerate(u.inputs) if hi > lo] == [u.owner] and u.outputs == u.inputs
+    assert sorted((w.first, u.batch) for u, w in zip(units, where) if w.param == 0) == [
+        (o, c) for o, c in chunk_rows(5, world) if c]
     (row_unit,) = [u for u, w in zip(units, where) if w.param == 1]
-    rows = [(lo // 20, hi // 20) for lo, hi in row_unit.inputs if hi > lo]
+    rows = [b.rows for b in row_unit.inputs if b.area]
     assert rows == [(o, o + c) for o, c in chunk_rows(35, world) if c]
+    assert all(b.cols == (0, 20) for b in row_unit.inputs if b.area) and row_unit.outputs == row_unit.inputs
+
+
+def _mesh_pieces(rows: int, cols: int, dp: int, tp: int, tp_dim: int) -> list[Block]:
+    """Rank ``d·tp + t``'s block on a (dp_shard, tp) mesh: TP splits dim ``tp_dim`` (column-wise 0,
+    row-wise 1), FSDP2 then splits the TP block's rows."""
+    pieces = []
+    for d in range(dp):
+        for t in range(tp):
+            r0, nr, c0, nc = 0, rows, 0, cols
+            if tp_dim == 0:
+                r0, nr = chunk_rows(rows, tp)[t]
+            else:
+                c0, nc = chunk_rows(cols, tp)[t]
+            o, c = chunk_rows(nr, dp)[d]
+            pieces.append(Block((r0 + o, r0 + o + c), (c0, c0 + nc)))
+    return pieces
+
+
+@pytest.mark.parametrize("tp_dim", [0, 1])
+def test_mesh_units_tile_each_matrix_once_and_send_every_block_back_to_its_holder(tp_dim):
+    dp, tp, world = 2, 2, 4
+    mats = [MatrixParam(k, (9, 6), 1, 9, 6, 1.0) for k in range(5)]
+    pieces = _mesh_pieces(9, 6, dp, tp, tp_dim)
+    units, where = sharded_units(mats, [pieces] * 5, [[Block((0, 9), (0, 6))] * world] * 5, world)
+    assert sorted(w.param for w in where) == list(range(5))  # one unit per matrix: orthogonalized once
+    assert sorted(u.owner for u in units) == [0, 0, 1, 2, 3]  # balanced
+    for u in units:
+        assert (u.rows, u.cols) == (9, 6) and u.tiled()
+        assert list(u.outputs) == pieces and list(u.inputs) == pieces
+
+
+def test_mesh_units_take_a_replica_once_and_return_it_to_every_holder():
+    """A matrix sharded on tp only, replicated over dp_shard: rank d·2 + t holds TP block t."""
+    m = MatrixParam(0, (8, 6), 1, 8, 6, 1.0)
+    pieces = [Block((0, 4), (0, 6)), Block((4, 8), (0, 6))] * 2
+    (unit,), _ = sharded_units([m], [pieces], [[Block((0, 8), (0, 6))] * 4], 4)
+    assert unit.tiled() and sum(b.area > 0 for b in unit.inputs) == 2 and list(unit.outputs) == pieces
+    block_of_owner = unit.outputs[unit.owner]
+    assert unit.inputs[unit.owner] == block_of_owner  # the owner sends its own copy to nobody
+
+
+def test_blockwise_regions_orthogonalize_each_tensor_parallel_block_as_its_own_matrix():
+    from muonlab.optim.engines import BucketKey
+
+    key = BucketKey(9, 6, 5, "jordan", torch.float32, "standard", 1e-7, torch.float32, torch.float32)
+    m = MatrixParam(0, key, 1, 9, 6, 1.0)
+    pieces = _mesh_pieces(9, 6, 2, 2, 1)  # row-wise TP: column blocks of 3, FSDP rows 5 + 4
+    tp_blocks = [Block((0, 9), (0, 3)), Block((0, 9), (3, 6))] * 2
+    units, _ = sharded_units([m], [pieces], [tp_blocks], 4)
+    assert [(u.rows, u.cols, u.key.rows, u.key.cols) for u in units] == [(9, 3, 9, 3)] * 2
+    assert all(u.tiled() and sum(b.area > 0 for b in u.inputs) == 2 for u in units)
 
 
 def test_replicated_units_split_one_stack_among_owners_and_share_results():
@@ -118,3 +182,26 @@ def test_owner_compute_on_one_process_runs_each_bucket_once_and_sends_nothing():
     executor.run(lambda i, dst: dst.copy_(pieces[i]), compute, out.update, torch.device("cpu"))
     assert sorted(len(ids) for _, ids in calls) == [1, 2]  # two buckets, each in one call
     assert all(torch.equal(out[i], 2 * pieces[i]) for i in pieces)
+
+
+def test_boxes_tile_a_tensor_only_without_gaps_or_overlaps_and_replicas_count_once():
+    from muonlab.optim.distributed.shards import Box, tiles
+
+    halves = [Box((0, 0), (4, 6)), Box((4, 0), (4, 6))]
+    assert tiles((8, 6), halves) and tiles((8, 6), halves * 2)  # replicas (e.g. across tp) count once
+    assert not tiles((8, 6), halves[:1])  # a gap
+    assert not tiles((8, 6), [Box((0, 0), (5, 6)), Box((4, 0), (4, 6))])  # an overlap (and out of bounds)
+    assert tiles((8, 6), [Box((0, 0), (8, 3)), Box((0, 3), (8, 3)), Box((0, 0), (0, 6))])  # empty boxes ignored
+
+
+def test_held_pieces_follow_the_matrix_view_and_refuse_cuts_it_cannot_follow():
+    from muonlab.optim.distributed.shards import Box, held_piece
+
+    assert held_piece((9, 6), Box((5, 3), (4, 3)), stacked=False) == Block((5, 9), (3, 6))
+    assert held_piece((4, 3, 2, 2), Box((2, 0, 0, 0), (2, 3, 2, 2)), stacked=False) == Block((2, 4), (0, 12))
+    assert held_piece((5, 7, 9), Box((3, 0, 0), (2, 7, 9)), stacked=True) == (3, 5)
+    assert held_piece((9, 6), Box((9, 0), (0, 6)), stacked=False) is None
+    with pytest.raises(ValueError, match="split inside its experts"):
+        held_piece((5, 7, 9), Box((0, 0, 0), (5, 4, 9)), stacked=True)
+    with pytest.raises(ValueError, match="needs whole rows"):
+        held_piece((4, 3, 2, 2), Box((0, 0, 0, 0), (4, 3, 1, 2)), stacked=False)

@@ -61,17 +61,20 @@ class Attention(MaxLogitTracker, nn.Module):
     def forward(self, x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
         """x: [B, T, d_model]; cos, sin: [T, head_dim/2] -> [B, T, d_model]."""
         B, T, _ = x.shape
-        q = self.wq(x).view(B, T, self.n_heads, self.head_dim).transpose(1, 2)  # [B, H, T, hd]
-        k = self.wk(x).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)  # [B, Hkv, T, hd]
-        v = self.wv(x).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)
+        # Head counts come from the projections: under tensor parallelism (muonlab.parallel.mesh)
+        # each rank computes n_heads / tp query and n_kv_heads / tp key/value heads.
+        q = self.wq(x).view(B, T, -1, self.head_dim).transpose(1, 2)  # [B, H, T, hd]
+        k = self.wk(x).view(B, T, -1, self.head_dim).transpose(1, 2)  # [B, Hkv, T, hd]
+        v = self.wv(x).view(B, T, -1, self.head_dim).transpose(1, 2)
+        heads, kv_heads = q.shape[1], k.shape[1]
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         self.record_max_logits(q, k, self.head_dim**-0.5 if self.scale is None else self.scale)
-        if self.n_kv_heads != self.n_heads:
+        if kv_heads != heads:
             # Expand K/V explicitly rather than SDPA's enable_gqa, which not every backend supports
             # (an unsupported flag silently falls back to the slow math kernel on some versions).
-            rep = self.n_heads // self.n_kv_heads
-            k = k[:, :, None].expand(B, self.n_kv_heads, rep, T, self.head_dim).reshape(B, self.n_heads, T, -1)
-            v = v[:, :, None].expand(B, self.n_kv_heads, rep, T, self.head_dim).reshape(B, self.n_heads, T, -1)
+            rep = heads // kv_heads
+            k = k[:, :, None].expand(B, kv_heads, rep, T, self.head_dim).reshape(B, heads, T, -1)
+            v = v[:, :, None].expand(B, kv_heads, rep, T, self.head_dim).reshape(B, heads, T, -1)
         y = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=self.scale)  # [B, H, T, hd]
         return self.wo(y.transpose(1, 2).reshape(B, T, -1))
 

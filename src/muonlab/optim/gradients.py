@@ -86,13 +86,14 @@ def check_and_clip_whole(params: Sequence[torch.Tensor], describe: Callable[[int
 
 def check_and_clip_pieces(pieces: Sequence[tuple[int, torch.Tensor]], describe: Callable[[int], str],
                           policy: NonFinitePolicy, max_norm: float, device: torch.device, group,
-                          counts: torch.Tensor | None = None) -> bool:
+                          counts: torch.Tensor | None = None, replicas: Sequence[torch.Tensor] = ()) -> bool:
     """Finite check and clipping when each rank holds pieces of the reduced gradient.
 
     ``pieces``: ``(parameter index, local gradient piece)``. If some entry is not finite, the
     smallest index over ranks with a non-finite piece is named by ``describe(index)`` in the error.
-    ``counts`` (float64) are summed over ranks in the same all-reduce, in place. True if the step
-    may proceed.
+    ``counts`` (float64) are summed over ranks in the same all-reduce, in place. ``replicas``:
+    gradient pieces that another rank also holds and passes in its ``pieces`` (tensor-parallel
+    replicas); they are clipped with the rest but left out of the norm. True if the step may proceed.
     """
     import torch.distributed as dist
 
@@ -113,5 +114,5 @@ def check_and_clip_pieces(pieces: Sequence[tuple[int, torch.Tensor]], describe: 
     if max_norm > 0:
         coef = max_norm / (math.sqrt(float(sumsq)) + 1e-6)
         if coef < 1.0:
-            torch._foreach_mul_(grads, coef)
+            torch._foreach_mul_(grads + list(replicas), coef)
     return True

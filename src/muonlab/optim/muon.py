@@ -43,6 +43,7 @@ from .telemetry import UpdateTelemetry
 __all__ = ["ALGORITHMS", "NONFINITE_POLICIES", "Muon", "NonFiniteGradientError"]
 
 ALGORITHMS = ("muon", "adamw")
+TP_MODES = ("exact", "blockwise")
 _NS_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32, "float64": torch.float64}
 
 
@@ -86,6 +87,14 @@ class Muon(torch.optim.Optimizer):
         max_grad_norm: clip the global L2 norm of the (reduced) gradient of all parameters to
             this before the step, as ``torch.nn.utils.clip_grad_norm_`` would (0: off). Inside the
             optimizer because under ZeRO-1 and FSDP only the optimizer sees the reduced gradient.
+        tp_mode: for tensor-parallel matrices, ``"exact"`` (default: each matrix is assembled on
+            one rank and orthogonalized whole — the paper's update) or ``"blockwise"``
+            (Megatron-LM's cheaper approximation: each tensor-parallel shard is orthogonalized on
+            its own, with no communication across the ``tp`` mesh dim; the update is then the
+            polar factor of each block, not of the matrix, so it differs from one process's —
+            e.g. a column-wise q projection gets an orthogonal update per group of heads; the
+            scale ``s`` still uses the whole matrix's shape). Matters only for DTensors sharded
+            on a mesh dim named ``tp``.
 
     Distributed training needs no other code: the parameters say how they are parallelized
     (FSDP2 DTensors, or replicated parameters marked by ``muonlab.parallel.parallelize``) and
@@ -113,6 +122,7 @@ class Muon(torch.optim.Optimizer):
         eps: float = 1e-7,
         max_grad_norm: float = 0.0,
         qk_clip: QKClip | None = None,
+        tp_mode: str = "exact",
     ) -> None:
         policy = NonFinitePolicy(nonfinite)
         if not max_grad_norm >= 0.0:
@@ -131,6 +141,7 @@ class Muon(torch.optim.Optimizer):
             eps=adamw_eps,
             ns_eps=eps,
             algorithm=algorithm,
+            tp_mode=tp_mode,
         )
         self._policy = policy
         self.max_grad_norm = float(max_grad_norm)
@@ -203,6 +214,8 @@ class Muon(torch.optim.Optimizer):
                 f"{group['ns_dtype']}; use one of {[str(d) for d in cset.safe_dtypes]}"
             )
         cset.schedule(group["ns_steps"])
+        if group["tp_mode"] not in TP_MODES:
+            raise ValueError(f"parameter group {index}: unknown tp_mode {group['tp_mode']!r}; valid: {list(TP_MODES)}")
         if not 0.0 <= group["momentum"] < 1.0:
             raise ValueError(f"parameter group {index}: momentum must lie in [0, 1), got {group['momentum']}")
         if not isinstance(group.get("transposed", False), bool):

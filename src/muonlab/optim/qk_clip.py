@@ -114,6 +114,9 @@ def _local_rows(weight: Tensor) -> tuple[Tensor, int]:
         return weight, 0
     from torch.distributed.tensor import Shard
 
+    if "tp" in (mesh.mesh_dim_names or ()):
+        raise ValueError(f"QK-Clip does not support tensor-parallel attention yet (a weight of shape "
+                         f"{tuple(weight.shape)} is split over the mesh dim 'tp'); train with tp=1 to use it")
     if mesh.ndim != 1 or tuple(weight.placements) != (Shard(0),):
         raise ValueError(f"QK-Clip rescales rows of plain or FSDP2 Shard(0) weights; a weight of shape "
                          f"{tuple(weight.shape)} has placements {tuple(weight.placements)} on a {mesh.ndim}-D mesh")

@@ -7,12 +7,16 @@
     optimizer = Muon(param_groups(model), ...)       # the same Muon: it reads the mode from the parameters
 
 Modes (``PARALLEL_MODES``): ``none``, ``ddp``, ``zero1`` (Moonlight's Distributed Muon), ``fsdp``
-(FSDP2 ``fully_shard``). See :mod:`muonlab.optim.engines` for what the optimizer does in each,
-and :mod:`muonlab.rundir.checkpoint.sharded` for checkpoints that load at any world size.
+(FSDP2 ``fully_shard``); or a named device mesh, ``parallelize(model, init_mesh("cpu", dp_shard=2,
+tp=2))``: FSDP2 × tensor parallelism (:mod:`.mesh`). See :mod:`muonlab.optim.engines` for what the
+optimizer does in each, and :mod:`muonlab.rundir.checkpoint.sharded` for checkpoints that load at
+any world size.
 """
 
+from .mesh import MESH_DIMS, data_parallel_rank, data_parallel_size, init_mesh
 from .runtime import PARALLEL_MODES, Runtime, init_runtime
 from .wrap import STEP_STATISTICS_ATTR, TELEMETRY_STATISTICS_ATTR, parallelize, sum_step_statistics, unwrap
 
-__all__ = ["PARALLEL_MODES", "STEP_STATISTICS_ATTR", "TELEMETRY_STATISTICS_ATTR", "Runtime", "init_runtime",
-           "parallelize", "sum_step_statistics", "unwrap"]
+__all__ = ["MESH_DIMS", "PARALLEL_MODES", "STEP_STATISTICS_ATTR", "TELEMETRY_STATISTICS_ATTR", "Runtime",
+           "data_parallel_rank", "data_parallel_size", "init_mesh", "init_runtime", "parallelize",
+           "sum_step_statistics", "unwrap"]

@@ -9,16 +9,20 @@ with world size 1.
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import Any
 
 import torch
 import torch.distributed as dist
 
+from .mesh import data_parallel_rank, data_parallel_size, init_mesh
+
 __all__ = ["PARALLEL_MODES", "Runtime", "init_runtime"]
 
-PARALLEL_MODES = ("none", "ddp", "zero1", "fsdp")
+PARALLEL_MODES = ("none", "ddp", "zero1", "fsdp", "mesh")
 
 
 @dataclass
@@ -31,6 +35,7 @@ class Runtime:
         mode: the parallel mode (``"none"`` on a single process).
         owns_group: whether :func:`init_runtime` created the process group (and
             :meth:`shutdown` should destroy it).
+        mesh: under mode ``"mesh"``, the named device mesh (:mod:`muonlab.parallel.mesh`).
     """
 
     rank: int
@@ -39,6 +44,23 @@ class Runtime:
     device: torch.device
     mode: str
     owns_group: bool = False
+    mesh: Any = None
+
+    @property
+    def parallelism(self):
+        """What :func:`~muonlab.parallel.parallelize` applies: the mesh, or the mode's name."""
+        return self.mesh if self.mesh is not None else self.mode
+
+    @property
+    def dp_rank(self) -> int:
+        """Which data shard this rank reads: its rank, or on a mesh its data-parallel coordinate
+        (tensor-parallel peers read the same batch)."""
+        return data_parallel_rank(self.mesh) if self.mesh is not None else self.rank
+
+    @property
+    def dp_size(self) -> int:
+        """How many different data shards the ranks read per step."""
+        return data_parallel_size(self.mesh) if self.mesh is not None else self.world_size
 
     @property
     def is_main(self) -> bool:
@@ -85,23 +107,30 @@ def _device(name: str, local_rank: int) -> torch.device:
     return torch.device(name if name != "auto" else "cpu")
 
 
-def init_runtime(mode: str = "none", device: str = "auto", timeout_s: float = 600.0) -> Runtime:
+def init_runtime(mode: str = "none", device: str = "auto", timeout_s: float = 600.0,
+                 mesh_shape: dict[str, int] | None = None) -> Runtime:
     """Join the process group ``torchrun`` describes (if any) and pick this rank's device.
 
     Args:
         mode: one of ``PARALLEL_MODES``; must not be ``"none"`` when there are several processes.
         device: ``"auto"`` (CUDA if available), ``"cpu"`` or ``"cuda"``.
         timeout_s: how long a collective may wait for a missing rank before failing.
+        mesh_shape: with mode ``"mesh"``, the sizes of the mesh dims (e.g. ``{"dp_shard": 2, "tp": 2}``);
+            their product must be the number of processes.
     """
     if mode not in PARALLEL_MODES:
         raise ValueError(f"unknown parallel mode {mode!r}; valid: {list(PARALLEL_MODES)}")
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    if mode == "mesh" and math.prod((mesh_shape or {}).values()) != world_size:
+        raise ValueError(f"parallel='mesh' with {mesh_shape} needs {math.prod((mesh_shape or {}).values())} "
+                         f"processes but {world_size} were launched; launch that many with torchrun or change the "
+                         "mesh sizes")
     if world_size <= 1:
         return Runtime(0, 1, 0, _device(device, 0), "none")
     if mode == "none":
         raise ValueError(
             f"this process is one of {world_size} (WORLD_SIZE={world_size}, e.g. from torchrun) but parallel='none' "
-            "would train them independently; choose parallel 'ddp', 'zero1' or 'fsdp'"
+            "would train them independently; choose parallel 'ddp', 'zero1', 'fsdp' or 'mesh'"
         )
     rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
     dev = _device(device, local_rank)
@@ -117,4 +146,5 @@ def init_runtime(mode: str = "none", device: str = "auto", timeout_s: float = 60
         dist.init_process_group("nccl" if dev.type == "cuda" else "gloo", store=store, rank=rank,
                                 world_size=world_size, timeout=timeout,
                                 **({"device_id": dev} if dev.type == "cuda" else {}))
-    return Runtime(dist.get_rank(), dist.get_world_size(), local_rank, dev, mode, owns)
+    mesh = init_mesh(dev.type, **mesh_shape) if mode == "mesh" else None
+    return Runtime(dist.get_rank(), dist.get_world_size(), local_rank, dev, mode, owns, mesh)

@@ -11,6 +11,8 @@ zero1    parameters replicated (synchronised from rank 0) and marked: Muon reduc
          (Moonlight's Distributed Muon, arXiv 2502.16982 Algorithm 1)
 fsdp     FSDP2 ``fully_shard`` on every block (each element of a top-level ``nn.ModuleList``) and the
          root: parameters become ``Shard(0)`` DTensors, which Muon detects
+mesh     a ``DeviceMesh`` from :func:`~muonlab.parallel.mesh.init_mesh` instead of a mode: tensor
+         parallelism over ``tp`` and FSDP2 over ``dp_shard`` (:mod:`muonlab.parallel.mesh`)
 =======  ============================================================================================
 
 Before wrapping, the ranks compare parameter names, shapes and dtypes and fail together naming
@@ -27,6 +29,7 @@ from torch import nn
 
 from ..optim.distributed import mark_data_parallel
 from ..optim.distributed.collectives import check_same_across_ranks
+from .mesh import check_model_fits, parallelize_on_mesh
 from .runtime import PARALLEL_MODES
 
 __all__ = ["STEP_STATISTICS_ATTR", "TELEMETRY_STATISTICS_ATTR", "parallelize", "sum_step_statistics", "unwrap"]
@@ -67,8 +70,9 @@ def _broadcast_from_rank0(model: nn.Module) -> None:
         dist.broadcast(t, src=0)
 
 
-def parallelize(model: nn.Module, mode: str) -> nn.Module:
-    """Apply ``mode`` (see the module docstring) and return the module to call for forward passes.
+def parallelize(model: nn.Module, mode) -> nn.Module:
+    """Apply ``mode`` — a name or a device mesh (see the module docstring) — and return the module
+    to call for forward passes.
 
     ``model`` itself stays the user's module (for checkpoints, hooks, telemetry): with ``"ddp"``
     the returned wrapper holds it; with ``"fsdp"`` it is sharded in place; with ``"zero1"`` and
@@ -76,8 +80,16 @@ def parallelize(model: nn.Module, mode: str) -> nn.Module:
     before building the optimizer. With one process (or no process group), every mode is
     ``"none"``.
     """
-    if mode not in PARALLEL_MODES:
-        raise ValueError(f"unknown parallel mode {mode!r}; valid: {list(PARALLEL_MODES)}")
+    if not isinstance(mode, str):
+        check_model_fits(model, mode)  # every rank alike, before any communication
+        if mode.size() == 1:
+            return model
+        check_same_across_ranks(_describe(model), "model parameters")
+        _broadcast_from_rank0(model)
+        return parallelize_on_mesh(model, mode)
+    if mode not in PARALLEL_MODES or mode == "mesh":
+        raise ValueError(f"unknown parallel mode {mode!r}; valid: {[m for m in PARALLEL_MODES if m != 'mesh']} "
+                         "or a device mesh from muonlab.parallel.init_mesh")
     if mode == "none" or not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
         return model
     check_same_across_ranks(_describe(model), "model parameters")

@@ -21,7 +21,8 @@ OPTIMIZERS = ("muon", "adamw")
 SCHEDULES = ("cosine", "wsd", "linear", "constant")
 DTYPES = ("bf16", "fp32")
 DEVICES = ("auto", "cpu", "cuda")
-PARALLEL_MODES = ("none", "ddp", "zero1", "fsdp")  # muonlab.parallel.PARALLEL_MODES, without importing torch here
+# muonlab.parallel.PARALLEL_MODES, without importing torch here
+PARALLEL_MODES = ("none", "ddp", "zero1", "fsdp", "mesh")
 
 
 SFT_DEFAULTS = {"task": "sft", "corpus": "python-functions", "schedule": "linear", "final_lr_ratio": 0.0,
@@ -107,7 +108,11 @@ class TrainConfig:
     seed: int = _f(0, "seed for initialisation and data order")
     threads: int = _f(0, "CPU threads for torch (0: torch's default, all cores)")
     parallel: str = _f("none", "data parallelism when launched with torchrun: 'ddp', 'zero1' (Moonlight's "
-                       "Distributed Muon), 'fsdp' (FSDP2); batch_size is per process", PARALLEL_MODES)
+                       "Distributed Muon), 'fsdp' (FSDP2), 'mesh' (FSDP2 over dp_shard × tensor parallelism over tp; "
+                       "set by dp_shard or tp > 1); batch_size is per data shard", PARALLEL_MODES)
+    dp_shard: int = _f(1, "parallel='mesh': FSDP2 degree (data shards); dp_shard × tp must be the process count")
+    tp: int = _f(1, "parallel='mesh': tensor-parallel degree (attention heads and MLP width split across tp ranks, "
+                 "which read the same batch)")
     # logging, eval, checkpoints
     log_every: int = _f(10, "write a metrics row every this many steps")
     telemetry_every: int = _f(50, "measure optimizer telemetry (update RMS, …) every this many steps (0: never)")
@@ -126,7 +131,7 @@ class TrainConfig:
             if choices and value not in choices:
                 raise ConfigError(f"{f.name}={value!r} is not valid; choose one of {list(choices)}")
         positive = ("vocab_size", "seq_len", "batch_size", "grad_accum", "train_tokens", "ns_steps", "mup_base_width",
-                    "log_every", "eval_every", "eval_batches", "keep_checkpoints")
+                    "log_every", "eval_every", "eval_batches", "keep_checkpoints", "dp_shard", "tp")
         for name in positive:
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be a positive integer, got {getattr(self, name)}")
@@ -134,6 +139,11 @@ class TrainConfig:
                      "telemetry_every", "spectra_every", "threads", "mup_base_head_dim"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.dp_shard > 1 or self.tp > 1:
+            if self.parallel not in ("none", "mesh"):
+                raise ConfigError(f"dp_shard={self.dp_shard} and tp={self.tp} describe parallel='mesh', not "
+                                  f"parallel={self.parallel!r}; drop parallel or set it to 'mesh'")
+            self.parallel = "mesh"
         if not 0.0 < self.val_fraction < 1.0:
             raise ConfigError(f"val_fraction must lie in (0, 1), got {self.val_fraction}")
         if self.task == "sft" and not self.init_from:

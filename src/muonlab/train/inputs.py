@@ -27,6 +27,6 @@ def build_data(config: TrainConfig, runtime: Runtime, tokenizer: Tokenizer | Non
         data = prepare_dataset(config.corpus, tokenizer=tokenizer or config.tokenizer, vocab_size=config.vocab_size,
                                val_fraction=config.val_fraction)
         tokens, labels = data.train_tokens, None
-    loader = TokenLoader(tokens, config.batch_size, config.seq_len, seed=config.seed, rank=runtime.rank,
-                         world_size=runtime.world_size, labels=labels)
+    loader = TokenLoader(tokens, config.batch_size, config.seq_len, seed=config.seed, rank=runtime.dp_rank,
+                         world_size=runtime.dp_size, labels=labels)
     return data, loader

@@ -178,12 +178,13 @@ def evaluate(model: torch.nn.Module, data: Dataset | SFTData, config: TrainConfi
     """Mean over the fixed validation batches (the same at every evaluation) of each batch's mean loss
     per counted target: every target in pretraining, the response targets with ``task='sft'``.
 
-    With several processes the batches are the single-process ones (``batch_size · world_size``
-    windows); each rank evaluates its slice of rows and the slice means, weighted by the slice's
-    share of the batch's counted targets, are summed across ranks, so the result equals the
-    single-process value.
+    With several processes the batches are the single-process ones (``batch_size · dp_size``
+    windows); each data shard evaluates its slice of rows and the slice means, weighted by the
+    slice's share of the batch's counted targets, are summed across shards, so the result equals
+    the single-process value (tensor-parallel peers evaluate the same slice; the mean over ranks
+    counts each slice equally often).
     """
-    world, rank = (runtime.world_size, runtime.rank) if runtime is not None else (1, 0)
+    world, rank = (runtime.dp_size, runtime.dp_rank) if runtime is not None else (1, 0)
     was_training = model.training
     model.eval()
     total, batches = 0.0, 0
@@ -223,9 +224,10 @@ def _run_record(config: TrainConfig, training: Training, runtime: Runtime, comma
 
 def _start_runtime(config: TrainConfig) -> Runtime:
     """Join the process group (under torchrun), check that every rank got the same config, set threads."""
-    runtime = init_runtime(config.parallel, config.device)
+    mesh_shape = {"dp_shard": config.dp_shard, "tp": config.tp} if config.parallel == "mesh" else None
+    runtime = init_runtime(config.parallel, config.device, mesh_shape=mesh_shape)
     runtime.require_same(config.to_dict(), "config")  # ranks launched with different settings stop here
-    if runtime.distributed and runtime.mode == "fsdp" and config.spectra_every:
+    if runtime.distributed and runtime.mode in ("fsdp", "mesh") and config.spectra_every:
         raise ValueError("spectra_every needs whole weight matrices, which FSDP2 shards across ranks; use "
                          "parallel='ddp' or 'zero1' for SVD-entropy logging, or spectra_every=0")
     if config.threads:
@@ -251,10 +253,10 @@ def build_training(config: TrainConfig, runtime: Runtime) -> Training:
     if source is not None:
         source.load_into(model)
     model = model.to(runtime.device)
-    forward = parallelize(model, runtime.mode)
+    forward = parallelize(model, runtime.parallelism)
     forward = torch.compile(forward) if config.compile else forward
     return Training(data, loader, model_config, model, forward, build_optimizer(model, config),
-                    config.total_steps(runtime.world_size), config.tokens_per_step(runtime.world_size))
+                    config.total_steps(runtime.dp_size), config.tokens_per_step(runtime.dp_size))
 
 
 def _resume(checkpoint: Path, training: Training) -> Progress:

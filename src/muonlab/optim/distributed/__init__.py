@@ -4,9 +4,10 @@ The engines (:mod:`muonlab.optim.engines`) run the step; this package says where
 who computes what, as pure functions of shapes and the world size plus a few collectives:
 :mod:`.layouts` (which rank holds which part of each matrix and its state), :mod:`.owners` (which
 rank orthogonalizes each matrix, and the all-to-all that moves the pieces), :mod:`.collectives`.
-Replicated parameters say how they are trained with :func:`mark_data_parallel` (``"ddp"`` or
-``"zero1"``); ``muonlab.parallel.parallelize(model, mode)`` applies the wrapping and the marks;
-FSDP2 DTensors are recognised as they are.
+Replicated parameters say how they are trained with :func:`mark_data_parallel` (``"ddp"``,
+``"zero1"``, or ``"replicated"`` beside tensor-parallel DTensors);
+``muonlab.parallel.parallelize(model, mode or mesh)`` applies the wrapping and the marks; DTensors
+(FSDP2, tensor parallelism) are recognised as they are (:mod:`.shards`).
 
 **Relation to Moonlight's Algorithm 1** (arXiv 2502.16982 §2.3). Algorithm 1 partitions a flat
 buffer of all parameters into equal DP chunks; a matrix cut by a chunk boundary must be
@@ -46,14 +47,15 @@ import torch
 
 __all__ = ["DATA_PARALLEL_MODES", "PARALLEL_ATTR", "DataParallel", "mark_data_parallel"]
 
-DATA_PARALLEL_MODES = ("ddp", "zero1")
+DATA_PARALLEL_MODES = ("ddp", "zero1", "replicated")
 PARALLEL_ATTR = "_muon_data_parallel"
 
 
 @dataclass(frozen=True)
 class DataParallel:
     """How a replicated parameter is trained: ``mode`` ``"ddp"`` or ``"zero1"`` over ``group``
-    (None: the default process group)."""
+    (None: the default process group), or ``"replicated"``: every rank already computes the same
+    gradient (tensor-parallel ranks, which see the same batch), so nothing is reduced."""
 
     mode: str
     group: Any = None

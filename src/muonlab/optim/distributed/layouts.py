@@ -7,11 +7,9 @@ stack ``[E, A, B]``, 1 otherwise), row-major; owners are chosen by Newton–Schu
 
 - :func:`replicated_units` (one process, DDP): every rank holds every matrix; the matrices are
   split among owners, whose results all ranks receive.
-- :func:`sharded_units` (FSDP2 ``Shard(0)``): rank r holds rows ``[o_r, o_r + n_r)`` of dim 0 in
-  ``torch.chunk`` layout (uneven when dim 0 is not divisible by the world size). A 2-D (or conv)
-  parameter is one unit whose row blocks travel to one owner and back. An expert stack is split
-  on its expert dim, so each rank already holds whole experts: they are orthogonalized where
-  they are, with no communication at all, whether or not E divides evenly.
+- DTensors on any mesh (FSDP2, tensor parallelism, both): :mod:`.shards` — each rank's box is read
+  off the DTensor; a matrix's blocks travel to one owner and back, whole experts stay where they
+  are. :func:`chunk_rows` is FSDP2's ``Shard(0)`` row split (``torch.chunk``).
 - :class:`Zero1Layout` (ZeRO-1): one flat buffer of every parameter the optimizer updates,
   ``world_size`` equal chunks, chunk r being rank r's optimizer partition. Matrices are assigned
   to ranks whole (largest first, balanced) and laid out in their owner's chunk, and AdamW
@@ -28,7 +26,7 @@ from dataclasses import dataclass
 
 from .owners import Unit, lpt_assign
 
-__all__ = ["MatrixParam", "Segment", "Zero1Layout", "replicated_units", "sharded_units"]
+__all__ = ["MatrixParam", "Segment", "Zero1Layout", "chunk_rows", "replicated_units"]
 
 
 @dataclass(frozen=True)
@@ -100,29 +98,6 @@ def chunk_rows(size: int, world_size: int) -> list[tuple[int, int]]:
     """``(offset, count)`` of dim 0 on each rank, as ``torch.chunk`` (and FSDP2's ``Shard(0)``) splits it."""
     per = math.ceil(size / world_size) if size else 0
     return [(min(r * per, size), max(0, min(per, size - r * per))) for r in range(world_size)]
-
-
-def sharded_units(mats: Sequence[MatrixParam], world_size: int) -> tuple[list[Unit], list[UnitOf]]:
-    """Units for ``Shard(0)`` parameters: experts stay on their rank; 2-D row blocks go to one owner."""
-    units, where, loads = [], [], [0.0] * world_size
-    free = []
-    for m in mats:
-        if m.batch > 1:  # an expert stack: whole experts per rank, owner = holder
-            for rank, (first, count) in enumerate(chunk_rows(m.batch, world_size)):
-                if count:
-                    n = count * m.matrix_numel
-                    units.append(Unit(m.key, count, m.rows, m.cols, rank, _only(rank, world_size, n),
-                                      _only(rank, world_size, n)))
-                    where.append(UnitOf(m.index, first))
-                    loads[rank] += count * m.cost
-        else:
-            free.append(m)
-    owners = lpt_assign([m.cost for m in free], world_size, loads)
-    for m, owner in zip(free, owners):
-        ranges = tuple((o * m.cols, (o + c) * m.cols) for o, c in chunk_rows(m.rows, world_size))
-        units.append(Unit(m.key, 1, m.rows, m.cols, owner, ranges, ranges))
-        where.append(UnitOf(m.index, 0))
-    return units, where
 
 
 @dataclass(frozen=True)

@@ -1,11 +1,14 @@
 """Owner-compute: each matrix is orthogonalized once, on one rank, and only pieces move.
 
-Newton–Schulz needs a whole matrix, but in every data-parallel layout a rank holds only part of
-the optimizer's view of it: a row block (FSDP2 ``Shard(0)``), a flat range of a partition (ZeRO-1),
+Newton–Schulz needs a whole matrix, but in every parallel layout a rank holds only part of the
+optimizer's view of it: a row block (FSDP2 ``Shard(0)``), a column block (tensor parallelism's
+row-wise ``Shard(1)``), a rectangle (both on a 2-D mesh), a flat range of a partition (ZeRO-1),
 or the whole matrix with the work to be split (DDP). A :class:`Unit` says, for one batch of
-same-shape matrices ``[batch, rows, cols]`` (row-major, flattened), which range each rank
-contributes (``inputs``), which rank computes (``owner``) and which range of the result each
-rank needs back (``outputs``). :class:`OwnerCompute` runs a matrix function over all units:
+same-shape matrices ``[batch, rows, cols]`` (row-major, flattened), which region each rank
+contributes (``inputs``), which rank computes (``owner``) and which region of the result each
+rank needs back (``outputs``). A region is a flat range ``(lo, hi)`` or a :class:`Block` of rows
+and columns of every matrix; pieces travel flattened row-major. :class:`OwnerCompute` runs a
+matrix function over all units:
 
 1. every rank sends its input pieces of units it does not own to their owners (one all-to-all
    per bucket of same-key units, in the exchange dtype — bf16 for bf16 Newton–Schulz, as
@@ -29,14 +32,30 @@ from __future__ import annotations
 
 from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
+from functools import partial
 
 import torch
 
 from .collectives import all_to_all_uneven
 
-__all__ = ["OwnerCompute", "Unit", "lpt_assign"]
+__all__ = ["Block", "OwnerCompute", "Unit", "lpt_assign"]
 
 Range = tuple[int, int]
+
+
+@dataclass(frozen=True)
+class Block:
+    """Rows ``[rows[0], rows[1])`` and columns ``[cols[0], cols[1])`` of every matrix of a unit."""
+
+    rows: Range
+    cols: Range
+
+    @property
+    def area(self) -> int:
+        return max(0, self.rows[1] - self.rows[0]) * max(0, self.cols[1] - self.cols[0])
+
+
+EMPTY_BLOCK = Block((0, 0), (0, 0))
 
 
 @dataclass(frozen=True)
@@ -48,9 +67,9 @@ class Unit:
             same Newton–Schulz settings, same exchange dtypes).
         batch, rows, cols: the unit is ``[batch, rows, cols]``, flattened row-major.
         owner: the rank that assembles the unit and runs the function.
-        inputs: per rank, the flat range ``[lo, hi)`` it contributes; the non-empty ranges
-            partition ``[0, numel)``.
-        outputs: per rank, the flat range of the result it needs (may be empty).
+        inputs: per rank, the region (flat range ``[lo, hi)`` or :class:`Block`) it contributes;
+            the non-empty regions partition the unit.
+        outputs: per rank, the region of the result it needs (may be empty).
     """
 
     key: Hashable
@@ -64,6 +83,33 @@ class Unit:
     @property
     def numel(self) -> int:
         return self.batch * self.rows * self.cols
+
+    def size(self, region: Range | Block) -> int:
+        """Elements of ``region`` (over every matrix of the unit)."""
+        return self.batch * region.area if isinstance(region, Block) else max(0, region[1] - region[0])
+
+    def view(self, flat: torch.Tensor, region: Range | Block) -> torch.Tensor:
+        """``region`` of the unit's flat tensor ``flat`` (``numel`` elements), as a view."""
+        if isinstance(region, Block):
+            return flat.view(self.batch, self.rows, self.cols)[:, slice(*region.rows), slice(*region.cols)]
+        return flat[region[0] : region[1]]
+
+    def tiled(self) -> bool:
+        """Whether the non-empty ``inputs`` tile the unit without gaps or overlaps."""
+        regions = [r for r in self.inputs if self.size(r)]
+        if all(isinstance(r, Block) for r in regions):
+            overlap = any(_overlap(a.rows, b.rows) and _overlap(a.cols, b.cols)
+                          for i, a in enumerate(regions) for b in regions[i + 1 :])
+            inside = all(0 <= r.rows[0] and r.rows[1] <= self.rows and 0 <= r.cols[0] and r.cols[1] <= self.cols
+                         for r in regions)
+            return inside and not overlap and sum(self.size(r) for r in regions) == self.numel
+        if any(isinstance(r, Block) for r in regions):
+            return False
+        return _partitions(regions, self.numel)
+
+
+def _overlap(a: Range, b: Range) -> bool:
+    return max(a[0], b[0]) < min(a[1], b[1])
 
 
 def lpt_assign(costs: Sequence[float], world_size: int, loads: Sequence[float] | None = None) -> list[int]:
@@ -124,8 +170,8 @@ class OwnerCompute:
                  dtypes: Callable[[Hashable], tuple[torch.dtype, torch.dtype]],
                  order: Callable[[Hashable], float]) -> None:
         for u in units:
-            if not _partitions(u.inputs, u.numel):
-                raise ValueError(f"unit inputs {u.inputs} do not partition [0, {u.numel})")
+            if not u.tiled():
+                raise ValueError(f"unit inputs {u.inputs} do not partition a [{u.batch}, {u.rows}, {u.cols}] unit")
         self.units = list(units)
         self.rank, self.world_size, self.group = rank, world_size, group
         self.dtypes = dtypes
@@ -141,14 +187,21 @@ class OwnerCompute:
             key=key,
             units=idx,
             owned=owned,
-            fwd_send=[[i for i in idx if units[i].owner == d != me and _length(units[i].inputs[me])] for d in range(W)],
-            fwd_recv=[[i for i in owned if s != me and _length(units[i].inputs[s])] for s in range(W)],
-            bwd_send=[[i for i in owned if d != me and _length(units[i].outputs[d])] for d in range(W)],
-            bwd_recv=[[i for i in idx if units[i].owner == s != me and _length(units[i].outputs[me])]
-                      for s in range(W)],
-            moves_forward=any(_length(units[i].inputs[r]) for i in idx for r in range(W) if r != units[i].owner),
-            moves_backward=any(_length(units[i].outputs[r]) for i in idx for r in range(W) if r != units[i].owner),
+            fwd_send=[[i for i in idx if units[i].owner == d != me and self._in(i, me)] for d in range(W)],
+            fwd_recv=[[i for i in owned if s != me and self._in(i, s)] for s in range(W)],
+            bwd_send=[[i for i in owned if d != me and self._out(i, d)] for d in range(W)],
+            bwd_recv=[[i for i in idx if units[i].owner == s != me and self._out(i, me)] for s in range(W)],
+            moves_forward=any(self._in(i, r) for i in idx for r in range(W) if r != units[i].owner),
+            moves_backward=any(self._out(i, r) for i in idx for r in range(W) if r != units[i].owner),
         )
+
+    def _in(self, i: int, rank: int) -> int:
+        """Elements of unit i that ``rank`` contributes."""
+        return self.units[i].size(self.units[i].inputs[rank])
+
+    def _out(self, i: int, rank: int) -> int:
+        """Elements of unit i's result that ``rank`` needs."""
+        return self.units[i].size(self.units[i].outputs[rank])
 
     def run(self, write_input: Callable[[int, torch.Tensor], None],
             compute: Callable[[Hashable, list[int], torch.Tensor], torch.Tensor],
@@ -170,13 +223,12 @@ class OwnerCompute:
             device: where buffers live.
         """
         units, me = self.units, self.rank
-        forward = [self._send(b.fwd_send, b.fwd_recv, lambda i, d: _length(units[i].inputs[me]),
-                              lambda i, d, out: write_input(i, out), lambda i, s: _length(units[i].inputs[s]),
-                              self.dtypes(b.key)[0], device)
+        forward = [self._send(b.fwd_send, b.fwd_recv, lambda i, d: self._in(i, me),
+                              lambda i, d, out: write_input(i, out), self._in, self.dtypes(b.key)[0], device)
                    if b.moves_forward else None for b in self.buckets]
         backward = []
         for b, flight in zip(self.buckets, forward):
-            received = self._receive(b.fwd_recv, lambda i, s: _length(units[i].inputs[s]), flight)
+            received = self._receive(b.fwd_recv, self._in, flight)
             full: dict[int, torch.Tensor] = {}
             results: dict[int, torch.Tensor] = {}
             if b.owned:
@@ -185,21 +237,24 @@ class OwnerCompute:
                 del batch
                 full = {i: out[o : o + units[i].numel] for i, o in zip(b.owned, offsets)}
                 for i in b.owned:
-                    lo, hi = units[i].outputs[me]
-                    if hi > lo:
-                        results[i] = full[i][lo:hi]
+                    if self._out(i, me):
+                        results[i] = units[i].view(full[i], units[i].outputs[me]).reshape(-1)
             if b.moves_backward:
-                flight = self._send(b.bwd_send, b.bwd_recv, lambda i, d: _length(units[i].outputs[d]),
-                                    lambda i, d, out, full=full: out.copy_(full[i][slice(*units[i].outputs[d])]),
-                                    lambda i, s: _length(units[i].outputs[me]), self.dtypes(b.key)[1], device)
+                flight = self._send(b.bwd_send, b.bwd_recv, self._out, partial(self._fill_output, full),
+                                    lambda i, s: self._out(i, me), self.dtypes(b.key)[1], device)
                 backward.append((b, flight, results))
             elif results:
                 consume(results)
         for b, flight, results in backward:
-            received = self._receive(b.bwd_recv, lambda i, s: _length(units[i].outputs[me]), flight)
+            received = self._receive(b.bwd_recv, lambda i, s: self._out(i, me), flight)
             results.update({i: piece for (i, _), piece in received.items()})
             if results:
                 consume(results)
+
+    def _fill_output(self, full: dict[int, torch.Tensor], i: int, d: int, out: torch.Tensor) -> None:
+        """Write the part of unit i's result that rank d needs into the send buffer slice ``out``."""
+        piece = self.units[i].view(full[i], self.units[i].outputs[d])
+        out.view(piece.shape).copy_(piece)
 
     def _send(self, send: list[list[int]], recv: list[list[int]], send_length, fill, recv_length, dtype, device):
         """Start one all-to-all: ``send_length(i, d)`` elements of unit i to rank d, written into the
@@ -241,12 +296,17 @@ class OwnerCompute:
             total += units[i].numel
         flat = torch.empty(total, dtype=self.dtypes(b.key)[0], device=device)
         for i, offset in zip(b.owned, offsets):
+            unit = units[i]
             for s in range(self.world_size):
-                lo, hi = units[i].inputs[s]
-                if hi <= lo:
+                if not self._in(i, s):
                     continue
-                if s == me:
-                    write_input(i, flat[offset + lo : offset + hi])
+                target = unit.view(flat[offset : offset + unit.numel], unit.inputs[s])
+                if s != me:
+                    target.copy_(received[(i, s)].view(target.shape))
+                elif target.is_contiguous():  # a flat range or whole rows: written in place
+                    write_input(i, target.view(-1))
                 else:
-                    flat[offset + lo : offset + hi] = received[(i, s)]
+                    piece = torch.empty(target.numel(), dtype=flat.dtype, device=device)
+                    write_input(i, piece)
+                    target.copy_(piece.view(target.shape))
         return flat.view(-1, first.rows, first.cols), offsets

@@ -5,14 +5,15 @@ optimizer state and the Newton–Schulz work live; the update rule itself is the
 functions everywhere (:mod:`muonlab.optim.update_rule`). The engine is chosen from the
 parameters, so the user's code is the same on one process and on N:
 
-=====================  ===========================================  ========================
-parameters             marked by                                    engine
-=====================  ===========================================  ========================
-plain, unmarked        nothing (one process)                        ``ReplicatedEngine``, world 1
-replicated, DDP        ``mark_data_parallel(params, "ddp")``        ``ReplicatedEngine``
-replicated, ZeRO-1     ``mark_data_parallel(params, "zero1")``      ``Zero1Engine``
-DTensor ``Shard(0)``   FSDP2 ``fully_shard`` (detected)             ``ShardedEngine``
-=====================  ===========================================  ========================
+=====================  ============================================  =============================
+parameters             marked by                                     engine
+=====================  ============================================  =============================
+plain, unmarked        nothing (one process)                         ``ReplicatedEngine``, world 1
+replicated, DDP        ``mark_data_parallel(params, "ddp")``         ``ReplicatedEngine``
+replicated, ZeRO-1     ``mark_data_parallel(params, "zero1")``       ``Zero1Engine``
+DTensor, any mesh      FSDP2 / tensor parallelism (detected)         ``ShardedEngine``
+plain beside DTensors  ``mark_data_parallel(params, "replicated")``  ``ShardedEngine``
+=====================  ============================================  =============================
 
 Modules: :mod:`.base` (what all share: parameter records, plan cache, Newton–Schulz on owners,
 the Muon and AdamW tails), :mod:`.replicated`, :mod:`.zero1`, :mod:`.sharded`. The layouts and the
@@ -33,7 +34,7 @@ from ..distributed.collectives import check_same_across_ranks
 from ..gradients import NonFinitePolicy
 from .base import BucketKey, Engine, ParamSlot
 from .replicated import ReplicatedEngine
-from .sharded import ShardedEngine
+from .sharded import ShardedEngine, sharded_group
 from .zero1 import Zero1Engine
 
 __all__ = ["BucketKey", "Engine", "ParamSlot", "ReplicatedEngine", "ShardedEngine", "Zero1Engine", "build_engine"]
@@ -52,7 +53,7 @@ def build_engine(optimizer, policy: NonFinitePolicy) -> Engine:
     params = [(g, i, p) for g in optimizer.param_groups for i, p in enumerate(g["params"])]
     if any(_is_dtensor(p) for _, _, p in params):
         check_same_across_ranks(signature(optimizer, policy), "optimizer settings or parameter shapes",
-                                next(p for _, _, p in params if _is_dtensor(p)).device_mesh.get_group())
+                                sharded_group(optimizer))
         return ShardedEngine(optimizer, policy)
     specs = [getattr(p, PARALLEL_ATTR, None) for _, _, p in params]
     if all(s is None for s in specs):
@@ -72,12 +73,12 @@ def build_engine(optimizer, policy: NonFinitePolicy) -> Engine:
     if dist.get_world_size(group) == 1:
         return ReplicatedEngine(optimizer, policy)
     check_same_across_ranks(signature(optimizer, policy), "optimizer settings or parameter shapes", group)
-    engine = ReplicatedEngine if spec.mode == "ddp" else Zero1Engine
+    engine = Zero1Engine if spec.mode == "zero1" else ReplicatedEngine
     return engine(optimizer, policy, group)
 
 
 _SIGNATURE_KEYS = ("algorithm", "lr", "weight_decay", "momentum", "nesterov", "ns_steps", "ns_coefficients",
-                   "ns_dtype", "ns_method", "scale", "betas", "eps", "ns_eps", "role")
+                   "ns_dtype", "ns_method", "scale", "betas", "eps", "ns_eps", "role", "tp_mode")
 
 
 def signature(optimizer, policy: NonFinitePolicy) -> list[tuple[str, Any]]:

@@ -1,67 +1,109 @@
-"""FSDP2 parameters: DTensors with ``Shard(0)`` on a 1-D mesh; state sharded like them.
+"""DTensor parameters on any device mesh — FSDP2, tensor parallelism, both — with their replicas.
 
-State is kept as DTensors in ``optimizer.state`` (so torch.distributed.checkpoint reshards it).
-Each 2-D matrix's row blocks meet on one owner in an all-to-all (bf16 with bf16 Newton–Schulz),
-and go back orthogonalized; expert stacks ``[E, A, B]`` are sharded on E, so whole experts are
-orthogonalized where they already are (``sharded_units``). The gradient check and clipping use
-the global norm over every rank's shard.
+Each rank holds one box of each parameter (:mod:`muonlab.optim.distributed.shards`: read off the
+DTensor once at construction; a plain parameter marked ``"replicated"`` is whole on every rank).
+State is kept like the parameter — DTensors in ``optimizer.state`` (so torch.distributed.checkpoint
+reshards it), plain tensors for replicas — and momentum, AdamW and the update run on the local
+pieces. Every Muon matrix meets whole on one owner (all-to-all of its blocks, in the Newton–Schulz
+dtype), is orthogonalized there once, and each holder gets its block back; whole experts are
+orthogonalized where they are. ``tp_mode="blockwise"`` instead orthogonalizes each
+tensor-parallel block on its own (Megatron-LM's approximation; see ``Muon``).
+
+The gradient check and clipping use the global norm over the distinct pieces (a replica's piece
+is counted once, by the lowest rank holding it), and telemetry counts each piece once.
 """
 
 from __future__ import annotations
 
-from collections import defaultdict
-
 import torch
+import torch.distributed as dist
 
-from ..distributed import layouts
+from ..distributed import PARALLEL_ATTR
+from ..distributed import shards as planning
+from ..distributed.owners import Block
 from ..gradients import check_and_clip_pieces
 from ..state import FIELDS
 from ..telemetry import UpdateTelemetry
 from ..update_rule import momentum_, newton_schulz_input_
 from .base import Engine, _local
 
-__all__ = ["ShardedEngine"]
+__all__ = ["TP_DIMS", "ShardedEngine", "sharded_group"]
+
+TP_DIMS = ("tp",)
+"""Mesh dims whose shards ``tp_mode="blockwise"`` orthogonalizes apart."""
 
 
-def _fsdp_mesh(optimizer):
-    """The one 1-D mesh every parameter is ``Shard(0)`` on; a clear error otherwise."""
-    from torch.distributed.tensor import DTensor, Shard
+def _is_dtensor(p: torch.Tensor) -> bool:
+    from torch.distributed.tensor import DTensor
 
-    mesh = None
+    return isinstance(p, DTensor)
+
+
+def sharded_group(optimizer):
+    """The process group the optimizer's DTensors span: their one 1-D mesh's (FSDP2 alone), else the
+    default group. A plain parameter among DTensors must be marked ``"replicated"``."""
+    meshes, plain = [], False
     for group in optimizer.param_groups:
         names = group.get("names")
         for i, p in enumerate(group["params"]):
-            where = f"parameter {names[i] if names else i!r} of shape {tuple(p.shape)}"
-            if not isinstance(p, DTensor):
-                raise ValueError(f"{where} is a plain tensor while others are FSDP2 DTensors; shard every "
-                                 "parameter the optimizer updates (muonlab.parallel.parallelize(model, 'fsdp'))")
-            if p.device_mesh.ndim != 1 or tuple(p.placements) != (Shard(0),):
-                raise ValueError(f"{where} has placements {tuple(p.placements)} on a {p.device_mesh.ndim}-D mesh; "
-                                 "distributed Muon supports FSDP2's default (Shard(0),) on a 1-D mesh")
-            if mesh is None:
-                mesh = p.device_mesh
-            elif p.device_mesh != mesh:
-                raise ValueError(f"{where} lives on a different device mesh than the first parameter; "
-                                 "shard the whole model over one mesh")
-    if mesh is None:
-        raise ValueError("the optimizer has no parameters")
-    return mesh
+            if _is_dtensor(p):
+                if p.device_mesh not in meshes:
+                    meshes.append(p.device_mesh)
+                continue
+            plain = True
+            if getattr(getattr(p, PARALLEL_ATTR, None), "mode", None) != "replicated":
+                raise ValueError(f"parameter {names[i] if names else i!r} of shape {tuple(p.shape)} is a plain tensor "
+                                 "while others are DTensors; shard every parameter the optimizer updates "
+                                 "(muonlab.parallel.parallelize), or mark the ones every rank holds whole and "
+                                 "computes the same gradient for with mark_data_parallel(params, 'replicated')")
+    if len(meshes) == 1 and meshes[0].ndim == 1 and not plain:
+        return meshes[0].get_group()
+    return dist.group.WORLD
 
 
 class ShardedEngine(Engine):
-    """``Shard(0)`` DTensor parameters (FSDP2): sharded state, all-to-all owner compute."""
+    """Parameters held in boxes on a device mesh: sharded state, owner-compute Newton–Schulz."""
 
     def __init__(self, optimizer, policy) -> None:
-        super().__init__(optimizer, policy, _fsdp_mesh(optimizer).get_group())
-        for slot in self.slots:
-            p = slot.param
-            offset, count = layouts.chunk_rows(p.shape[0], self.world_size)[self.rank]
-            if tuple(p._local_tensor.shape) != (count, *p.shape[1:]):
-                raise ValueError(f"parameter {slot.name!r}: local shard {tuple(p._local_tensor.shape)} is not the "
-                                 f"torch.chunk row block {(count, *p.shape[1:])} that Shard(0) implies")
+        super().__init__(optimizer, policy, sharded_group(optimizer))
+        blockwise = [s.algorithm == "muon" and self.group(k).get("tp_mode", "exact") == "blockwise"
+                     for k, s in enumerate(self.slots)]
+        self.boxes, tp_blocks = planning.gather_boxes([s.param for s in self.slots],
+                                                      [TP_DIMS if b else None for b in blockwise], self.process_group)
+        self.primary = {}  # parameter -> whether this rank counts its piece (the lowest rank holding that box)
+        self.held, self.regions = {}, {}  # Muon parameter -> per rank: its piece, the region it is orthogonalized in
+        for k, slot in enumerate(self.slots):
+            shape, boxes = tuple(slot.param.shape), self.boxes[k]
+            if not planning.tiles(shape, boxes):
+                raise ValueError(f"parameter {slot.name!r} of shape {shape}: the pieces the {self.world_size} ranks "
+                                 f"hold ({sorted(set(boxes))}) do not cover it exactly once; shard the model over "
+                                 "one device mesh that spans every rank")
+            self.primary[k] = boxes.index(boxes[self.rank]) == self.rank
+            if slot.algorithm == "muon":
+                self._plan_pieces(k, blockwise[k], tp_blocks[k])
+
+    def _plan_pieces(self, k: int, blockwise: bool, tp_blocks) -> None:
+        slot, group = self.slots[k], self.group(k)
+        shape = tuple(slot.param.shape)
+        stacked = len(shape) == 3 and group.get("role") != "hidden"
+        m = self.matrix_param(k)
+        whole = Block((0, m.rows), (0, m.cols))
+        try:
+            self.held[k] = [planning.held_piece(shape, box, stacked) for box in self.boxes[k]]
+            self.regions[k] = [whole] * self.world_size  # a stack's experts are whole already
+            if blockwise and not stacked:
+                self.regions[k] = [planning.held_piece(shape, box, False) for box in tp_blocks]
+                split = any(region != whole for region in self.regions[k])
+                if split and (group.get("blocks", 1) != 1 or group.get("transposed", False)):
+                    raise ValueError("tp_mode='blockwise' splits only plain [out, in] matrices, not fused or "
+                                     "transposed ones")
+        except ValueError as err:
+            raise ValueError(f"parameter {slot.name!r}: {err}") from None
 
     def _sharded_state(self, k: int) -> dict:
         p = self.slots[k].param
+        if not _is_dtensor(p):
+            return self.state_of(k, p.shape)
 
         def as_dtensor(local: torch.Tensor):
             from torch.distributed.tensor import DTensor
@@ -72,25 +114,27 @@ class ShardedEngine(Engine):
         return self.state_of(k, p._local_tensor.shape, as_dtensor)
 
     def step(self, telemetry: UpdateTelemetry | None) -> None:
-        grads = {k: s.param.grad._local_tensor for k, s in enumerate(self.slots) if s.param.grad is not None}
+        grads = {k: _local(s.param.grad) for k, s in enumerate(self.slots) if s.param.grad is not None}
         if not grads:
             return
         device = next(iter(grads.values())).device
-        if not check_and_clip_pieces(list(grads.items()), self.describe, self.policy, self.opt.max_grad_norm, device,
-                                     self.process_group):
+        if not check_and_clip_pieces([(k, g) for k, g in grads.items() if self.primary[k]], self.describe,
+                                     self.policy, self.opt.max_grad_norm, device, self.process_group,
+                                     replicas=[g for k, g in grads.items() if not self.primary[k]]):
             return
         muon = []
         for group in self.opt.param_groups:
             ks = [self.index[id(p)] for p in group["params"] if self.index[id(p)] in grads]
-            if not ks:
-                continue
             if group["algorithm"] == "adamw":
-                states = [{f: _local(v) for f, v in self._sharded_state(k).items()} for k in ks]
-                self.adamw(group, ks, [self.slots[k].param._local_tensor for k in ks], [grads[k] for k in ks],
-                           states, telemetry)
+                for part, measured in ((True, telemetry), (False, None)):  # a replica's update is measured once
+                    js = [k for k in ks if self.primary[k] == part]
+                    if js:
+                        states = [{f: _local(v) for f, v in self._sharded_state(k).items()} for k in js]
+                        self.adamw(group, js, [_local(self.slots[k].param) for k in js], [grads[k] for k in js],
+                                   states, measured)
                 continue
             for k in ks:
-                momentum_(self._sharded_state(k)["momentum_buffer"]._local_tensor, grads[k], group["momentum"])
+                momentum_(_local(self._sharded_state(k)["momentum_buffer"]), grads[k], group["momentum"])
             muon += ks
         if muon:
             self._orthogonalize_and_apply(muon, grads, telemetry, device)
@@ -102,36 +146,36 @@ class ShardedEngine(Engine):
         units, where, executor = self.cached(tuple(mats.values()), lambda: self._plan(list(mats.values())))
 
         def write_input(u: int, out: torch.Tensor) -> None:
-            w, unit = where[u], units[u]
-            m, group = mats[w.param], self.group(w.param)
-            buf = self.opt.state[self.slots[w.param].param]["momentum_buffer"]._local_tensor
-            newton_schulz_input_(out, self._local_rows(m, grads[w.param], w.first, unit.batch),
-                                 self._local_rows(m, buf, w.first, unit.batch), group["momentum"], group["nesterov"])
+            k, group = where[u].param, self.group(where[u].param)
+            buf = _local(self.opt.state[self.slots[k].param]["momentum_buffer"])
+            newton_schulz_input_(out, self._piece(k, grads[k], u, units, where).reshape(-1),
+                                 self._piece(k, buf, u, units, where).reshape(-1), group["momentum"],
+                                 group["nesterov"])
 
-        def apply(results: dict[int, torch.Tensor]) -> None:  # one bucket: this rank's rows of its parameters
-            parts: dict[int, list] = defaultdict(list)
-            for u, piece in results.items():
-                parts[where[u].param].append((where[u].first, piece))
+        def apply(results: dict[int, torch.Tensor]) -> None:  # one bucket: this rank's pieces of its parameters
             targets = []
-            for k, found in parts.items():
-                local = self.slots[k].param._local_tensor
-                pieces = [t for _, t in sorted(found, key=lambda x: x[0])]
-                targets.append((k, local, (pieces[0] if len(pieces) == 1 else torch.cat(pieces)).view(local.shape)))
+            for u, piece in results.items():
+                k = where[u].param
+                target = self._piece(k, _local(self.slots[k].param), u, units, where)
+                targets.append((k, target, piece.view(target.shape)))
             self.apply_muon(targets, mats)
 
         executor.run(write_input, self.orthogonalizer(units, where, telemetry), apply, device)
 
     def _plan(self, mats):
         # Looked up at call time, so a test can swap in a deliberately wrong plan.
-        units, where = layouts.sharded_units(mats, self.world_size)
+        units, where = planning.sharded_units(mats, [self.held[m.index] for m in mats],
+                                              [self.regions[m.index] for m in mats], self.world_size)
         return units, where, self.executor(units)
 
-    def _local_rows(self, m, local: torch.Tensor, first: int, batch: int) -> torch.Tensor:
-        """This rank's part of a unit, flat: its row block, or its whole experts [first, first + batch)."""
-        if m.batch == 1:
-            return local.reshape(-1)
-        offset, _ = layouts.chunk_rows(m.batch, self.world_size)[self.rank]
-        return local.reshape(-1, m.rows, m.cols)[first - offset : first - offset + batch].reshape(-1)
+    def _piece(self, k: int, local: torch.Tensor, u: int, units, where) -> torch.Tensor:
+        """This rank's part of unit u in ``local`` (parameter k's local tensor or its state): all of
+        it for a matrix, experts ``[first, first + batch)`` for a stack."""
+        held = self.held[k][self.rank]
+        if isinstance(held, Block):
+            return local
+        first = where[u].first - held[0]
+        return local[first : first + units[u].batch]
 
     def load_checkpoint_state(self, available, read) -> None:
         template = {}
@@ -141,4 +185,3 @@ class ShardedEngine(Engine):
                 state = self._sharded_state(k)
                 template.update({f"{slot.name}/{f}": state[f] for f in fields})
         read(template)
-
