@@ -7,7 +7,7 @@ Figures are matplotlib ``Figure`` objects on the Agg canvas (no display), saved 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +20,7 @@ try:
 except ImportError as e:  # an optional extra
     raise ImportError("muonlab.analysis.figures needs matplotlib: pip install 'muonlab[plot]'") from e
 
-__all__ = ["Band", "band_of", "finish_axes", "new_figure", "save_figure"]
+__all__ = ["Band", "band_of", "finish_axes", "new_figure", "plot_lr_sweeps", "save_figure"]
 
 Band = tuple[np.ndarray, np.ndarray, "np.ndarray | None"]
 """``(steps, mean, std)``; std is None for a single run."""
@@ -66,3 +66,28 @@ def save_figure(fig, path: str | os.PathLike) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=DPI)
     return path
+
+
+def plot_lr_sweeps(sweeps: Mapping[str, Mapping[float, float]], path: str | os.PathLike, title: str,
+                   look: Callable[[str], tuple[str, str, str]]) -> Path | None:
+    """Final loss against learning rate (log x), one line per labelled sweep, its lowest point circled.
+
+    ``look(label) -> (colour, line style, marker)``. None (nothing written) when no sweep has a point.
+    """
+    fig, (ax,) = new_figure(1, width=7.0, height=4.6)
+    drawn = False
+    for label, by_lr in sweeps.items():
+        points = sorted((lr, loss) for lr, loss in by_lr.items() if loss is not None)
+        if not points:
+            continue
+        lrs, losses = zip(*points)
+        color, linestyle, marker = look(label)
+        ax.plot(lrs, losses, color=color, linestyle=linestyle, marker=marker, label=label)
+        best = int(np.argmin(losses))
+        ax.plot(lrs[best], losses[best], marker="o", markersize=12, markerfacecolor="none", color=color)
+        drawn = True
+    if not drawn:
+        return None
+    ax.set_xscale("log")
+    finish_axes(ax, title, "peak learning rate", "final validation loss (nats/token)")
+    return save_figure(fig, path)

@@ -95,8 +95,9 @@ def _draw(ax, groups: Mapping[str, Sequence[Run]], key: str, transform=None, mar
     return drawn
 
 
-def plot_max_logits(runs: Sequence[Run], tau: float, path: str | os.PathLike) -> Path | None:
-    """Max attention logit over training: the max over layers, then one panel per layer; log scale, τ dashed.
+def plot_max_logits(runs: Sequence[Run], tau: float | None, path: str | os.PathLike) -> Path | None:
+    """Max attention logit over training: the max over layers, then one panel per layer; log scale, τ dashed
+    (when given).
 
     Muon + QK-Clip logs the pre-clip max logit at every step; the others at their telemetry steps.
     """
@@ -109,7 +110,8 @@ def plot_max_logits(runs: Sequence[Run], tau: float, path: str | os.PathLike) ->
     titles = ["max over layers"] + [f"layer {i}" for i in range(layers)]
     for ax, key, title in zip(axes, keys, titles):
         _draw(ax, groups, key)
-        ax.axhline(tau, color="black", linestyle="--", linewidth=1, label=f"τ = {tau:g}")
+        if tau is not None:
+            ax.axhline(tau, color="black", linestyle="--", linewidth=1, label=f"τ = {tau:g}")
         ax.set_yscale("log")
         finish_axes(ax, f"Max attention logit, {title}", "optimizer step", "max logit (pre-clip), mean ± std")
     fig.suptitle("Per-head max attention logit q·k/√d over training (mean ± std over seeds)")

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from muonlab.analysis.figures import band_of, finish_axes, new_figure, save_figure
+from muonlab.analysis.figures import band_of, finish_axes, new_figure, plot_lr_sweeps, save_figure
 from muonlab.analysis.runs import Run
 
 __all__ = ["plot_cells", "plot_curves", "plot_sweep"]
@@ -88,21 +88,5 @@ def plot_curves(groups: Mapping[str, Sequence[Run]], path: str | os.PathLike) ->
 
 def plot_sweep(sweeps: Mapping[str, Mapping[float, Run]], path: str | os.PathLike) -> Path | None:
     """Final validation loss against learning rate (log x) per group, the best point circled."""
-    fig, (ax,) = new_figure(1, width=7.0, height=4.6)
-    drawn = False
-    for label, by_lr in sweeps.items():
-        points = sorted((lr, run.final("val_loss")) for lr, run in by_lr.items() if run.final("val_loss") is not None)
-        if not points:
-            continue
-        lrs, losses = zip(*points)
-        color, linestyle, marker = _look(label)
-        ax.plot(lrs, losses, color=color, linestyle=linestyle, marker=marker, label=label)
-        best = int(np.argmin(losses))
-        ax.plot(lrs[best], losses[best], marker="o", markersize=12, markerfacecolor="none", color=color)
-        drawn = True
-    if not drawn:
-        return None
-    ax.set_xscale("log")
-    finish_axes(ax, "Fine-tuning learning-rate sweep (first seed; circled: chosen)", "peak learning rate",
-                "final validation loss (nats/token)")
-    return save_figure(fig, path)
+    losses = {label: {lr: run.final("val_loss") for lr, run in by_lr.items()} for label, by_lr in sweeps.items()}
+    return plot_lr_sweeps(losses, path, "Fine-tuning learning-rate sweep (first seed; circled: chosen)", _look)

@@ -1,6 +1,7 @@
 """The studies ``muonlab experiment`` knows: every module of ``muonlab.experiments.studies`` with a ``STUDY``.
 
-Adding a study is adding one module there; nothing else lists them.
+Adding a study is adding one module there; nothing else lists them. A module whose name starts with
+``_`` is a helper of a study (e.g. its report's tables), not a study.
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ def all_studies() -> dict[str, Study]:
     """Every study by name, sorted by name."""
     found: dict[str, Study] = {}
     for info in pkgutil.iter_modules(studies.__path__):
+        if info.name.startswith("_"):
+            continue
         module = importlib.import_module(f"{studies.__name__}.{info.name}")
         study = getattr(module, "STUDY", None)
         if not isinstance(study, Study):
