@@ -1,8 +1,9 @@
 """``muonlab train --parallel {ddp,zero1,fsdp}`` under ``torchrun`` on 2 gloo processes, faults, bad input.
 
-- Each mode trains the "tiny" preset with half the per-process batch and logs the same loss and
-  validation loss at every step as one process with the whole batch (README "On several processes":
-  the same Muon gives the same numbers; only rank 0 writes the run folder).
+- Each mode trains the "tiny" preset with half the per-process batch and logs the same loss,
+  validation loss, weight RMS and block-output RMS at every step as one process with the whole
+  batch (README "On several processes": the same Muon gives the same numbers; only rank 0 writes
+  the run folder).
 - A rank killed mid-run under ``torchrun --max-restarts 1`` is restarted with the others, resumes
   from the last (sharded) checkpoint and finishes with the uninterrupted run's metrics.
 - Ranks that disagree on the training config, the optimizer settings or the model's shapes fail
@@ -73,6 +74,10 @@ def _assert_same_trajectory(rows: list[dict], expected: list[dict]) -> None:
         for key in ("loss", "val_loss"):
             if key in ref:
                 assert row[key] == pytest.approx(ref[key], rel=1e-5), (row["step"], key)
+        rms_keys = sorted(k for k in ref if k.startswith(("weight_rms/", "output_rms/")))
+        assert rms_keys == sorted(k for k in row if k.startswith(("weight_rms/", "output_rms/"))), row["step"]
+        for key in rms_keys:  # whole weights (FSDP2 shards summed) and both ranks' halves of the batch
+            assert row[key] == pytest.approx(ref[key], rel=1e-5), (row["step"], key)
         assert row["tokens"] == ref["tokens"]  # the global batch: 2 processes x batch_size 2 = 4
 
 

@@ -263,6 +263,26 @@ def test_metrics_rows(finished_runs, optimizer):
     assert ckpt is not None and ckpt.name == f"step_{TINY_STEPS:08d}"
 
 
+@pytest.mark.parametrize("optimizer", ["muon", "adamw"])
+def test_weight_and_output_rms_are_logged_on_telemetry_steps_only(finished_runs, optimizer):
+    config, _ = finished_runs[optimizer]
+    rows = read_metrics(config.run_dir)
+    types = ["embed.weight", "norm.weight", "lm_head.weight"] + [
+        f"layers.*.{part}.weight" for part in ("attn_norm", "attn.wq", "attn.wk", "attn.wv", "attn.wo", "mlp_norm",
+                                               "mlp.w_gate", "mlp.w_up", "mlp.w_down")]
+    expected = {f"weight_rms/{t}" for t in types} | {"output_rms/layer0", "output_rms/layer1", "output_rms/max"}
+    for row in rows:
+        logged = {k for k in row if k.startswith(("weight_rms/", "output_rms/"))}
+        assert logged == (expected if row["step"] in (1, 5, 10, 15, 20) else set()), row["step"]
+        assert all(0 < row[k] < 100 for k in logged)
+    last, weights = rows[-1], _weights(config.run_dir)  # step 20: a telemetry step and the final checkpoint
+    for part in ("attn.wq", "mlp_norm", "mlp.w_down"):
+        both = torch.cat([weights[f"layers.{i}.{part}.weight"].double().flatten() for i in (0, 1)])
+        assert last[f"weight_rms/layers.*.{part}.weight"] == pytest.approx(float(both.square().mean().sqrt()),
+                                                                            rel=1e-12), part
+    assert last["output_rms/max"] == max(last["output_rms/layer0"], last["output_rms/layer1"])
+
+
 def test_muon_update_rms_matches_adamw_scale(finished_runs):
     """Moonlight scale 0.2·sqrt(max(A, B)): the Muon update RMS sits near AdamW's ~0.2."""
     config, _ = finished_runs["muon"]

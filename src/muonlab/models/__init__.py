@@ -10,6 +10,7 @@ from .layers import GeluMLP, SwiGLU, apply_rope, rope_cos_sin
 from .mla import MLA
 from .moe import MoE, routed_scaling_factor
 from .mup import PARAMETRIZATIONS
+from .output_rms import OutputRMSTracker
 from .presets import describe_presets, list_moe_presets, list_presets, model_config_for, preset
 from .transformer import IGNORE_INDEX, OUTPUT_PROJECTIONS, Attention, Block, Transformer, build_attention, build_mlp
 
@@ -24,6 +25,7 @@ __all__ = [
     "MaxLogitTracker",
     "ModelConfig",
     "MoE",
+    "OutputRMSTracker",
     "SwiGLU",
     "Transformer",
     "apply_rope",

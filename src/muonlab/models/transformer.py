@@ -28,6 +28,7 @@ from .layers import GeluMLP, SwiGLU, apply_rope, rope_cos_sin
 from .mla import MLA
 from .moe import MoE
 from .mup import attention_scale, embedding_multiplier, init_std, output_multiplier
+from .output_rms import OutputRMSTracker
 
 IGNORE_INDEX = -100
 """Targets equal to this are left out of the loss (F.cross_entropy's default)."""
@@ -112,8 +113,12 @@ def build_mlp(config: ModelConfig, layer_idx: int) -> nn.Module:
     return GeluMLP(config.d_model, config.ffn_hidden)
 
 
-class Block(nn.Module):
-    """Pre-norm transformer block: x + attn(attn_norm(x)), then x + mlp(mlp_norm(x))."""
+class Block(OutputRMSTracker, nn.Module):
+    """Pre-norm transformer block: x + attn(attn_norm(x)), then x + mlp(mlp_norm(x)).
+
+    With ``track_output_rms`` set, training forwards record the output's sum of squares
+    (``output_rms``), the residual stream's RMS after this block.
+    """
 
     def __init__(self, config: ModelConfig, layer_idx: int) -> None:
         super().__init__()
@@ -125,7 +130,9 @@ class Block(nn.Module):
 
     def forward(self, x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
         x = x + self.attn(self.attn_norm(x), cos, sin)
-        return x + self.mlp(self.mlp_norm(x))
+        x = x + self.mlp(self.mlp_norm(x))
+        self.record_output_rms(x)
+        return x
 
 
 # ---- the model ----------------------------------------------------------------------------------

@@ -12,11 +12,12 @@ fresh batches), ``lr`` (the learning rate used at that step), ``tokens_per_s``, 
 ``optim_step_ms`` (the optimizer step alone, on this row's step) and, every ``telemetry_every``
 steps, the optimizer's telemetry (``update_rms/muon``, ``update_rms/adamw``, per-parameter RMS,
 Newton–Schulz orthogonality residual, the max attention logit per layer ``max_logit/layer{i}``
-on that step's batch) plus the model's own (``model.telemetry()`` when the model has it, e.g. MoE
-expert load); with QK-Clip on (``qk_clip_tau``), every logged row has the step's
-``max_logit/layer{i}`` (before clipping), ``qk_clip/heads_clipped`` and ``qk_clip/min_gamma``;
-evaluation rows add ``val_loss``, and every ``spectra_every``
-steps the SVD entropy of every weight matrix is logged (``svd_entropy/<name>``).
+on that step's batch), the weight RMS per parameter type ``weight_rms/<type>`` and each block's
+output RMS on that step's batch ``output_rms/layer{i}`` (``weight_telemetry``), plus the model's
+own (``model.telemetry()`` when the model has it, e.g. MoE expert load); with QK-Clip on
+(``qk_clip_tau``), every logged row has the step's ``max_logit/layer{i}`` (before clipping),
+``qk_clip/heads_clipped`` and ``qk_clip/min_gamma``; evaluation rows add ``val_loss``, and every
+``spectra_every`` steps the SVD entropy of every weight matrix is logged (``svd_entropy/<name>``).
 
 Models may define two hooks: ``telemetry() -> dict[str, float]`` (read and reset on telemetry
 steps) and ``after_optimizer_step()`` (non-gradient updates such as an MoE router's
@@ -52,6 +53,7 @@ from .init_source import read_init_source
 from .inputs import build_data
 from .run_folder import check_run_folder
 from .schedules import make_lr_lambda
+from .weight_telemetry import take_output_rms, track_output_rms, weight_rms
 
 __all__ = [
     "NonFiniteLossError",
@@ -276,6 +278,7 @@ def _train_step(step: int, config: TrainConfig, training: Training, runtime: Run
     device = runtime.device
     if measure:
         training.optimizer.qk_clip.measure_next_step()  # max logits of this step's forwards
+        track_output_rms(training.model)  # and every block's output RMS
     for _ in range(config.grad_accum):
         x, y = training.loader.next_batch()
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
@@ -335,6 +338,8 @@ def _telemetry_keys(step: int, config: TrainConfig, training: Training, runtime:
         keys.update(training.optimizer.qk_clip.stats())  # every step with QK-Clip on, else telemetry steps
     if measure:
         keys.update(training.optimizer.last_telemetry)
+        keys.update(take_output_rms(training.model))
+        keys.update(weight_rms(training.model))  # after the step's update
         if hasattr(training.model, "telemetry"):
             if runtime.distributed:  # e.g. MoE routing statistics: the global batch's, as on one process
                 sum_step_statistics(training.model, TELEMETRY_STATISTICS_ATTR)
