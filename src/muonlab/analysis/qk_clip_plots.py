@@ -17,8 +17,8 @@ import numpy as np
 from muonlab.analysis.figures import band_of, finish_axes, new_figure, save_figure
 from muonlab.analysis.runs import Run
 
-__all__ = ["VARIANT_COLORS", "band", "group_by_variant", "layer_count", "max_logit_keys", "plot_clipping",
-           "max_over_layers", "plot_losses", "plot_max_logits", "variant_of"]
+__all__ = ["VARIANT_COLORS", "band", "draw_bands", "group_by_variant", "layer_count", "max_logit_keys",
+           "max_over_layers", "plot_clipping", "plot_losses", "plot_max_logits", "variant_of"]
 
 VARIANT_COLORS = {"adamw": "tab:blue", "muon": "tab:red", "muon+qk-clip": "tab:green"}
 _LAYER_KEY = re.compile(r"max_logit/layer(\d+)$")
@@ -79,16 +79,20 @@ def _binned(width: int) -> Callable[[np.ndarray, np.ndarray], tuple]:
     return transform
 
 
-def _draw(ax, groups: Mapping[str, Sequence[Run]], key: str, transform=None, marker: str | None = None) -> bool:
+def draw_bands(ax, groups: Mapping[str, Sequence[Run]], key: str, transform=None, marker: str | None = None,
+               colors: Mapping[str, str] = VARIANT_COLORS, labels: Mapping[str, str] | None = None) -> bool:
+    """One mean line and mean ± std band of ``key`` per group (``band``), coloured by ``colors`` and labelled
+    ``labels[group]`` (default: the group's name) with its seed count; False when no group logged ``key``."""
     drawn = False
     for variant, runs in groups.items():
         got = band(runs, key, transform)
         if got is None:
             continue
         steps, mean, std = got
-        color = VARIANT_COLORS.get(variant, "tab:gray")
+        color = colors.get(variant, "tab:gray")
+        name = (labels or {}).get(variant, variant)
         ax.plot(steps, mean, color=color, marker=marker, markersize=2, linewidth=1.2,
-                label=f"{variant} ({len(runs)} seed{'s' if len(runs) > 1 else ''})")
+                label=f"{name} ({len(runs)} seed{'s' if len(runs) > 1 else ''})")
         if std is not None:
             ax.fill_between(steps, mean - std, mean + std, color=color, alpha=0.2, linewidth=0)
         drawn = True
@@ -109,7 +113,7 @@ def plot_max_logits(runs: Sequence[Run], tau: float | None, path: str | os.PathL
     keys = ["max_logit/max"] + [f"max_logit/layer{i}" for i in range(layers)]
     titles = ["max over layers"] + [f"layer {i}" for i in range(layers)]
     for ax, key, title in zip(axes, keys, titles):
-        _draw(ax, groups, key)
+        draw_bands(ax, groups, key)
         if tau is not None:
             ax.axhline(tau, color="black", linestyle="--", linewidth=1, label=f"τ = {tau:g}")
         ax.set_yscale("log")
@@ -122,8 +126,8 @@ def plot_losses(runs: Sequence[Run], path: str | os.PathLike, window: int = 10) 
     """Training loss (mean over windows of ``window`` steps) and validation loss, mean ± std by variant."""
     groups = group_by_variant(runs)
     fig, (train_ax, val_ax) = new_figure(2, width=6.0)
-    drawn = _draw(train_ax, groups, "loss", transform=_binned(window))
-    drawn |= _draw(val_ax, groups, "val_loss", marker="o")
+    drawn = draw_bands(train_ax, groups, "loss", transform=_binned(window))
+    drawn |= draw_bands(val_ax, groups, "val_loss", marker="o")
     if not drawn:
         return None
     finish_axes(train_ax, f"Training loss (mean over {window}-row windows)", "optimizer step", "loss (nats/token)")
