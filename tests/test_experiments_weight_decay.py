@@ -26,7 +26,7 @@ ARMS = ("adamw", "muon-nowd", "muon-wd", "muon-wd-nonorm")
 
 def test_the_study_plans_four_arms_per_seed_that_differ_only_where_they_should(tmp_path):
     study = get_study("weight-decay")
-    _, planned, _ = command.plan(study, "cpu", tmp_path, sets=["seeds=3,4", "weight_decay=0.05", "adamw_lr=0.004"])
+    planned = command.plan(study, "cpu", tmp_path, sets=["seeds=3,4", "weight_decay=0.05", "adamw_lr=0.004"]).runs
     assert [p.name for p in planned] == [f"{arm}-s{seed}" for seed in (3, 4) for arm in ARMS]
     by_name = {p.name: p.config for p in planned}
     assert [(c.optimizer, c.lr, c.weight_decay, c.decay_norms) for c in list(by_name.values())[:4]] == [
@@ -94,8 +94,8 @@ def test_the_claims_on_synthetic_runs_with_known_answers(tmp_path):
     early, final, rms, norms, logits = analysis.results["claims"]
     assert "step 40 (36 %" in early["result"] and "-0.0100 nats" in early["by_how_much"]  # 0.05·0.4 − 0.03
     assert "+0.0200 nats" in final["by_how_much"] and "ahead from step 70" in final["by_how_much"]
-    assert "3 of 3 quantities" in rms["result"]
-    assert "+50 % vs +0 %, ends 1.50×" in rms["by_how_much"]  # 3/2 − 1 and 2/2 − 1
+    assert "in 3 of 3 quantities" in rms["result"] and "the other way in 0" in rms["result"]
+    assert "+50.0 % vs +0.0 %, ends 1.500× (holds)" in rms["by_how_much"]  # 3/2 − 1 and 2/2 − 1
     assert "2 of 2 blocks" in norms["result"]
     assert "Muon ≥ AdamW in 1 of 2 layers" in logits["result"]
     arms = analysis.results["arms"]
@@ -166,4 +166,4 @@ def test_the_analysis_runs_on_tiny_finished_runs(tiny_corpus, muonlab_cache, tmp
     report = (out / "report.md").read_text()
     for png in ("val_loss.png", "weight_rms.png", "norm_rms.png", "output_rms.png", "max_logit.png"):
         assert (out / png).stat().st_size > 0 and f"]({png})" in report
-    assert "Paper claim vs small-scale result" in report and "| Muon, no weight decay |" in report
+    assert "Paper claim vs small-scale result" in report and "| Muon (no wd) |" in report

@@ -20,13 +20,19 @@ from muonlab.analysis.figures import finish_axes, new_figure, save_figure
 from muonlab.analysis.qk_clip_plots import band, draw_bands, layer_count
 from muonlab.analysis.runs import Run
 
+try:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+except ImportError as e:  # an optional extra
+    raise ImportError("muonlab.analysis.weight_decay_plots needs matplotlib: pip install 'muonlab[plot]'") from e
+
 __all__ = ["ARMS", "ARM_COLORS", "ARM_LABELS", "MATRICES", "arm_of", "group_by_arm", "matrix_types", "norm_types",
            "output_layers", "paired_difference", "plot_max_logits", "plot_output_rms", "plot_val_loss",
            "plot_weight_rms"]
 
 ARMS = ("adamw", "muon-nowd", "muon-wd", "muon-wd-nonorm")
-ARM_LABELS = {"adamw": "AdamW, λ>0", "muon-nowd": "Muon, no weight decay", "muon-wd": "Muon, λ>0",
-              "muon-wd-nonorm": "Muon, λ>0 except norm gains"}
+ARM_LABELS = {"adamw": "AdamW (wd)", "muon-nowd": "Muon (no wd)", "muon-wd": "Muon (wd)",
+              "muon-wd-nonorm": "Muon (wd, not on norm gains)"}
 ARM_COLORS = {"adamw": "tab:blue", "muon-nowd": "tab:red", "muon-wd": "tab:green", "muon-wd-nonorm": "tab:purple"}
 MATRICES = ("attn.wq", "attn.wo", "mlp.w_up", "mlp.w_down", "mlp.w_in", "mlp.w_out", "attn.wq_nope", "attn.wkv_down")
 """Hidden matrices whose weight RMS the study shows, in order of preference (dense SwiGLU, GELU MLP, MLA)."""
@@ -124,33 +130,41 @@ def plot_val_loss(runs: Sequence[Run], path: str | os.PathLike, zoom_from: float
     return save_figure(fig, path)
 
 
-def plot_weight_rms(runs: Sequence[Run], types: Sequence[str], path: str | os.PathLike) -> Path | None:
-    """One panel per parameter type: ``weight_rms/<type>`` per arm over training (mean ± std, log scale)."""
+def plot_weight_rms(runs: Sequence[Run], types: Sequence[str], path: str | os.PathLike,
+                    log: bool = True) -> Path | None:
+    """One panel per parameter type: ``weight_rms/<type>`` per arm over training (mean ± std; log y with ``log``)."""
     groups = group_by_arm(runs)
     logged = [t for t in types if any(band(rs, f"weight_rms/{t}") is not None for rs in groups.values())]
     if not logged:
         return None
     fig, axes = new_figure(len(logged), width=4.2, height=4.0)
-    for ax, kind in zip(axes, logged):
+    for i, (ax, kind) in enumerate(zip(axes, logged)):
         draw_bands(ax, groups, f"weight_rms/{kind}", colors=ARM_COLORS, labels=ARM_LABELS)
-        ax.set_yscale("log")
-        finish_axes(ax, kind.removeprefix("layers.*."), "optimizer step", "weight RMS over all blocks")
+        if log:
+            ax.set_yscale("log")
+        finish_axes(ax, kind.removeprefix("layers.*."), "optimizer step", "weight RMS over all blocks", legend=i == 0)
     fig.suptitle("Weight RMS by parameter type over training (mean ± std over seeds)")
     return save_figure(fig, path)
 
 
 def plot_output_rms(runs: Sequence[Run], path: str | os.PathLike, seed: int) -> Path | None:
-    """The largest block-output RMS per arm (mean ± std), then for run ``seed`` of each arm every block's."""
+    """Left, the largest block-output RMS per arm (mean ± std); right, every block's for run ``seed`` of each arm."""
     groups = group_by_arm(runs)
     layers = output_layers(runs)
     if not layers:
         return None
-    fig, axes = new_figure(1 + len(groups), width=4.2, height=4.0)
-    draw_bands(axes[0], groups, "output_rms/max", colors=ARM_COLORS, labels=ARM_LABELS)
-    axes[0].set_yscale("log")
-    finish_axes(axes[0], "Max over blocks", "optimizer step", "block-output RMS, mean ± std")
+    arms = list(groups)
+    columns = (len(arms) + 1) // 2
+    fig = Figure(figsize=(5.5 + 4.0 * columns, 7.0), layout="constrained")
+    FigureCanvasAgg(fig)
+    cells = [arms[i:i + columns] + ["."] * (columns - len(arms[i:i + columns])) for i in (0, columns)]
+    axes = fig.subplot_mosaic([["max", *row] for row in cells])
+    draw_bands(axes["max"], groups, "output_rms/max", colors=ARM_COLORS, labels=ARM_LABELS)
+    axes["max"].set_yscale("log")
+    finish_axes(axes["max"], "Max over blocks", "optimizer step", "block-output RMS, mean ± std over seeds")
     shades = np.linspace(0.35, 1.0, layers)
-    for ax, (arm, arm_runs) in zip(axes[1:], groups.items()):
+    for arm, arm_runs in groups.items():
+        ax = axes[arm]
         run = next((r for r in arm_runs if int(r.config["seed"]) == seed), arm_runs[0])
         for i in range(layers):
             steps, _, values = run.series(f"output_rms/layer{i}")
@@ -172,9 +186,10 @@ def plot_max_logits(runs: Sequence[Run], path: str | os.PathLike) -> Path | None
     fig, axes = new_figure(layers + 1, width=4.4, height=4.0)
     keys = ["max_logit/max"] + [f"max_logit/layer{i}" for i in range(layers)]
     titles = ["max over layers"] + [f"layer {i}" for i in range(layers)]
-    for ax, key, title in zip(axes, keys, titles):
+    for i, (ax, key, title) in enumerate(zip(axes, keys, titles)):
         draw_bands(ax, groups, key, colors=ARM_COLORS, labels=ARM_LABELS)
         ax.set_yscale("log")
-        finish_axes(ax, f"Max attention logit, {title}", "optimizer step", "max logit q·k/√d, mean ± std")
+        finish_axes(ax, f"Max attention logit, {title}", "optimizer step", "max logit q·k/√d, mean ± std",
+                    legend=i == 0)
     fig.suptitle("Per-head max attention logit over training, both optimizers (Moonlight App. D)")
     return save_figure(fig, path)

@@ -69,7 +69,7 @@ def _arms(p: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
             "muon-wd-nonorm": dict(optimizer="muon", weight_decay=wd, decay_norms=False)}
 
 
-def plan(p: Mapping[str, Any]) -> list[PlannedRun]:
+def plan(p: Mapping[str, Any], done: Mapping[str, Run]) -> list[PlannedRun]:
     """Per seed, the four arms ``adamw-s<seed>``, ``muon-nowd-s<seed>``, ``muon-wd-s<seed>`` and
     ``muon-wd-nonorm-s<seed>``: cosine schedule to 0.1× with 5 % warmup, ``evaluations`` evaluations, telemetry
     (weight, output RMS, max logits, update RMS) every ``telemetry_every`` steps."""
@@ -173,7 +173,7 @@ def analyse(finished: Finished) -> Analysis:
         ("Weight RMS of the hidden matrices over training",
          plots.plot_weight_rms(runs, hidden, out / "weight_rms.png")),
         ("Weight RMS of the RMSNorm gains over training",
-         plots.plot_weight_rms(runs, norms, out / "norm_rms.png")),
+         plots.plot_weight_rms(runs, norms, out / "norm_rms.png", log=False)),
         (f"Block-output RMS: the max over blocks per arm, and every block of seed {seed}",
          plots.plot_output_rms(runs, out / "output_rms.png", seed)),
         ("Max attention logit per layer over training, AdamW and Muon",
