@@ -130,13 +130,15 @@ def _logit_table(numbers: Mapping[str, Mapping[str, Any]]) -> str:
 def _setting(p: Mapping[str, Any], runs: Sequence[Run], numbers: Mapping[str, Mapping[str, Any]]) -> str:
     c = runs[0].config
     exponent = (numbers.get("muon-wd") or {}).get("decay_exponent")
+    model = c.get("model_config", {})
+    head = "tied head" if model.get("tie_embeddings") else "untied head"
     non_embedding = c.get("num_non_embedding_params") or 0
     per_param = p["train_tokens"] / non_embedding if non_embedding else float("nan")
     split = c.get("train_split_tokens")
     return "\n".join([
         f"- Model: `{p['model']}` at d_model {p['d_model']}, {p['n_layers']} layers, {p['n_heads']} head(s), "
-        f"SwiGLU, untied head: {c.get('num_params', 0):,} parameters, {non_embedding:,} outside the embedding "
-        f"and head.",
+        f"{model.get('mlp', '?')} MLP, {head}: {c.get('num_params', 0):,} parameters, {non_embedding:,} outside "
+        "the embedding and head.",
         f"- Horizon: {p['train_tokens']:,} tokens ({per_param:.0f} per non-embedding parameter, ≈ "
         f"{per_param / 20:.1f}× Chinchilla's 20; Moonlight: 100B tokens for 800M, ≈ 5× its own compute-optimal) in "
         f"{c.get('total_steps', 0):,} steps of {p['batch_size']} × {p['seq_len']} tokens"
