@@ -1,8 +1,9 @@
 """``muonlab train --dp_shard N --tp N`` under ``torchrun``: the single-process loss curve, and exact resumption.
 
 - ``--tp 2`` on 2 gloo processes and ``--dp_shard 2 --tp 2`` on 4 train the "tiny" preset with 2
-  attention heads (one per TP rank) and log the same loss and validation loss at every step as
-  one process with the whole batch, within 1e-5 (fp32 Newton–Schulz).
+  attention heads (one per TP rank) and log the same loss, validation loss, weight RMS and
+  block-output RMS at every step as one process with the whole batch, within 1e-5 (fp32
+  Newton–Schulz).
 - On ``dp_shard 2 × tp 2``, rank 1 killed after step 6 under ``torchrun --max-restarts 1`` is
   restarted with the others, resumes from the step-4 (DCP) checkpoint and finishes with the
   uninterrupted run's metrics.
@@ -63,6 +64,10 @@ def _assert_same_trajectory(rows: list[dict], expected: list[dict]) -> None:
         for key in ("loss", "val_loss"):
             if key in ref:
                 assert row[key] == pytest.approx(ref[key], rel=1e-5), (row["step"], key)
+        rms_keys = sorted(k for k in ref if k.startswith(("weight_rms/", "output_rms/")))
+        assert rms_keys == sorted(k for k in row if k.startswith(("weight_rms/", "output_rms/"))), row["step"]
+        for key in rms_keys:  # whole weights from their DTensor shards; every data shard's activations
+            assert row[key] == pytest.approx(ref[key], rel=1e-5), (row["step"], key)
         assert row["tokens"] == ref["tokens"]
 
 

@@ -7,8 +7,8 @@ telemetry steps (``muonlab.train.loop``):
 - ``weight_rms/<type>`` = sqrt(Σ w² / N) over all N elements of all parameters of one *type*: the
   parameter's name with its block index replaced by ``*`` (``layers.3.attn.wq.weight`` →
   ``layers.*.attn.wq.weight``; ``embed.weight`` stays itself), on the whole weights after the
-  step's update: an FSDP2 ``Shard(0)`` DTensor adds its shards' sums of squares over its mesh;
-  DDP and ZeRO-1 parameters are whole on every rank.
+  step's update: a DTensor (FSDP2, tensor parallelism) adds its shards' sums of squares over its
+  mesh; DDP and ZeRO-1 parameters are whole on every rank.
 - ``output_rms/layer{i}`` = sqrt(Σ x² / N) of block i's output (the residual stream after it) over
   the step's training micro-batches, on every data-parallel rank together, recorded by the blocks
   themselves (``muonlab.models.output_rms``) only while armed; ``output_rms/max`` is the largest.
@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import math
 import re
-from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -36,47 +35,29 @@ def parameter_type(name: str) -> str:
     return _BLOCK_INDEX.sub(r"\1layers.*.", name)
 
 
-def _local_part(name: str, param: Tensor) -> tuple[Tensor, Any]:
-    """The elements of ``param`` this process holds, and the mesh whose processes hold the rest (None:
-    all of them are here — a plain tensor, or a DTensor replicated on every process)."""
-    mesh = getattr(param, "device_mesh", None)
-    if mesh is None:
-        return param, None
-    from torch.distributed.tensor import Replicate, Shard
-
-    placements = tuple(param.placements)
-    if all(isinstance(p, Replicate) for p in placements):
-        return param.to_local(), None
-    if mesh.ndim != 1 or not isinstance(placements[0], Shard):
-        raise ValueError(f"weight_rms reads plain tensors and 1-D sharded DTensors (FSDP2); parameter {name!r} has "
-                         f"placements {placements} on a {mesh.ndim}-D mesh")
-    return param.to_local(), mesh
+def _sum_of_squares(param: Tensor) -> float:
+    """Σ w² over the whole parameter, in float64. A DTensor (FSDP2, tensor parallelism, a device mesh) reduces
+    its shards itself: the sum of a sharded tensor is a partial sum that ``full_tensor`` adds up over the
+    processes holding the shards, once per element whatever the placements (a collective on every process
+    of its mesh)."""
+    total = param.detach().double().square().sum()
+    if hasattr(total, "full_tensor"):
+        total = total.full_tensor()
+    return float(total)
 
 
 @torch.no_grad()
 def weight_rms(model: nn.Module) -> dict[str, float]:
     """``weight_rms/<type>`` for every parameter type of ``model`` (module docstring), in float64.
 
-    With FSDP2-sharded parameters every process of their mesh must call this (one all-reduce per mesh).
+    With DTensor parameters every process of their mesh must call this (one reduction per parameter).
     """
-    named = list(model.named_parameters())
-    kinds = list(dict.fromkeys(parameter_type(name) for name, _ in named))
-    index = {kind: i for i, kind in enumerate(kinds)}
-    counts = [0] * len(kinds)
-    sums: dict[Any, Tensor] = {}  # mesh (None: whole tensors here) -> sum of squares per type
-    for name, param in named:
-        i = index[parameter_type(name)]
-        counts[i] += param.numel()  # a DTensor's numel is the whole tensor's
-        local, mesh = _local_part(name, param)
-        if mesh not in sums:
-            sums[mesh] = torch.zeros(len(kinds), dtype=torch.float64, device=local.device)
-        sums[mesh][i] += local.detach().double().square().sum()
-    total = torch.zeros(len(kinds), dtype=torch.float64)
-    for mesh, per_type in sums.items():
-        if mesh is not None:
-            dist.all_reduce(per_type, group=mesh.get_group())
-        total += per_type.cpu()
-    return {f"weight_rms/{kind}": math.sqrt(float(total[i]) / counts[i]) for kind, i in index.items()}
+    sums: dict[str, list[float]] = {}  # type -> [sum of squares, element count]
+    for name, param in model.named_parameters():
+        entry = sums.setdefault(parameter_type(name), [0.0, 0])
+        entry[0] += _sum_of_squares(param)
+        entry[1] += param.numel()  # a DTensor's numel is the whole tensor's
+    return {f"weight_rms/{kind}": math.sqrt(sumsq / count) for kind, (sumsq, count) in sums.items()}
 
 
 def output_trackers(model: nn.Module) -> list[OutputRMSTracker]:
@@ -93,7 +74,8 @@ def track_output_rms(model: nn.Module, on: bool = True) -> None:
 @torch.no_grad()
 def take_output_rms(model: nn.Module) -> dict[str, float]:
     """``output_rms/layer{i}`` and ``output_rms/max`` of the forwards recorded since ``track_output_rms``,
-    summed over every process of the default group when there are several; then disarm and reset.
+    summed over every process of the default group when there are several (tensor-parallel peers hold the
+    same activations: they add equal sums and counts, which leaves the ratio unchanged); then disarm and reset.
 
     Empty when nothing was recorded. Every data-parallel process must call this (one all-reduce).
     """
