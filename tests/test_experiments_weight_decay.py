@@ -93,6 +93,7 @@ def test_the_claims_on_synthetic_runs_with_known_answers(tmp_path):
     assert [c["agrees"] for c in analysis.results["claims"]] == [True, True, True, True, True]
     early, final, rms, norms, logits = analysis.results["claims"]
     assert "step 40 (36 %" in early["result"] and "-0.0100 nats" in early["by_how_much"]  # 0.05·0.4 − 0.03
+    assert "paired per seed -0.0100 ± 0.0000 (3 seeds)" in early["by_how_much"]
     assert "+0.0200 nats" in final["by_how_much"] and "ahead from step 70" in final["by_how_much"]
     assert "in 3 of 3 quantities" in rms["result"] and "the other way in 0" in rms["result"]
     assert "+50.0 % vs +0.0 %, ends 1.500× (holds)" in rms["by_how_much"]  # 3/2 − 1 and 2/2 − 1

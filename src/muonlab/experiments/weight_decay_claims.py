@@ -134,7 +134,17 @@ def _direction(gap: Gap, expected_sign: int) -> bool | None:
     return (gap.difference * expected_sign > 0) if gap.separated else None
 
 
-def early_lead_claim(groups: Mapping[str, Sequence[Run]]) -> ClaimCheck | None:
+def _paired_at(differences: Mapping[str, Any] | None, step: int) -> str:
+    """The per-seed Muon (no wd) − Muon (wd) difference at ``step``, as text ('' when not computed there)."""
+    if not differences or step not in differences["steps"]:
+        return ""
+    i = differences["steps"].index(step)
+    std = differences["std"][i] if differences["std"] else None
+    spread = f" ± {std:.4f}" if std is not None else ""
+    return f"; paired per seed {differences['mean'][i]:+.4f}{spread} ({len(differences['seeds'])} seeds)"
+
+
+def early_lead_claim(groups: Mapping[str, Sequence[Run]], differences: Mapping[str, Any] | None) -> ClaimCheck | None:
     """M5, early part: vanilla Muon is ahead of Muon + weight decay at ``EARLY_FRACTION`` of training."""
     if "muon-nowd" not in groups or "muon-wd" not in groups:
         return None
@@ -147,7 +157,7 @@ def early_lead_claim(groups: Mapping[str, Sequence[Run]]) -> ClaimCheck | None:
         result=f"validation loss at step {step} ({100 * EARLY_FRACTION:.0f} % of training): Muon (no wd) {gap.b}, "
                f"Muon (wd) {gap.a}",
         agrees=_direction(gap, -1),
-        by_how_much=_gap_text(gap, "no wd − wd") + " (paper: −0.023)",
+        by_how_much=_gap_text(gap, "no wd − wd") + " (paper: −0.023)" + _paired_at(differences, step),
     )
 
 

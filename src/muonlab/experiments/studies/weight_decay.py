@@ -165,7 +165,7 @@ def analyse(finished: Finished) -> Analysis:
     groups = plots.group_by_arm(runs)
     numbers, differences = numbers_by_arm(groups)
     hidden, norms = plots.matrix_types(runs), plots.norm_types(runs)
-    checks = [c for c in (early_lead_claim(groups), final_loss_claim(groups, differences),
+    checks = [c for c in (early_lead_claim(groups, differences), final_loss_claim(groups, differences),
                           rms_growth_claim(numbers, hidden), norm_decay_claim(numbers), max_logit_claim(numbers))
               if c is not None]
     seed = min(int(r.config["seed"]) for r in runs)
