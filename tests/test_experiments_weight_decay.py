@@ -16,8 +16,8 @@ from muonlab.analysis.runs import Run
 from muonlab.cli import main
 from muonlab.experiments import command
 from muonlab.experiments.registry import get_study
+from muonlab.experiments.studies._weight_decay_claims import decay_exponent
 from muonlab.experiments.study import Finished
-from muonlab.experiments.weight_decay_claims import decay_exponent
 from muonlab.rundir import read_metrics
 
 STEPS, TELEMETRY = 12, 4

@@ -26,7 +26,7 @@ from ...analysis.runs import Run
 from ...train.config import TrainConfig
 from ..protocol import MeanStd, claim_section
 from ..study import Analysis, Finished, PlannedRun, Study
-from ..weight_decay_claims import (
+from ._weight_decay_claims import (
     EARLY_FRACTION,
     LOGIT_WINDOW,
     early_lead_claim,

@@ -1,4 +1,4 @@
-"""The numbers and claim checks of the ``weight-decay`` study (``studies/weight_decay.py``), from its run folders.
+"""The numbers and claim checks of the ``weight-decay`` study (``weight_decay.py``), from its run folders.
 
 Per arm (``analysis.weight_decay_plots.arm_of``), mean ± sample std over seeds of: the final validation
 loss and the loss at ``EARLY_FRACTION`` of training; for every logged ``weight_rms/<type>`` and
@@ -21,9 +21,9 @@ from typing import Any
 
 import numpy as np
 
-from ..analysis.runs import Run
-from ..analysis.weight_decay_plots import ARM_LABELS, paired_difference
-from .protocol import MIN_SEEDS, ClaimCheck, Gap, MeanStd, epochs, mean_std
+from ...analysis.runs import Run
+from ...analysis.weight_decay_plots import ARM_LABELS, paired_difference
+from ..protocol import MIN_SEEDS, ClaimCheck, Gap, MeanStd, epochs, mean_std
 
 __all__ = ["EARLY_FRACTION", "LOGIT_WINDOW", "decay_exponent", "early_lead_claim", "final_loss_claim",
            "max_logit_claim", "norm_decay_claim", "numbers_by_arm", "rms_growth_claim", "value_at"]
