@@ -47,12 +47,13 @@ PRESETS: dict[str, dict[str, Any]] = {
         sweep_tokens=786_432, table1_tokens=524_288, table1_fraction=0.2, telemetry_every=8, compile=False,
         device="auto",
     ),
-    # One GPU (H100/H200), not run yet: 27 runs of a 6-layer d=384 model on the Python corpus, eager (compiling 27
-    # short runs costs more than it saves).
+    # One GPU (H100/H200), not run yet: the demo model at its own width (d=256) on the Python corpus, 16k-token
+    # steps, 100 steps a sweep run and 50 of a 250-step schedule for Table 1; eager (compiling 27 short runs costs
+    # more than it saves). Sized by hand at ~15 s a run, mostly process start-up: ~7 min, plus the tokenizer once.
     "gpu": dict(
-        seeds=(0, 1, 2), corpus="python", tokenizer="bpe", vocab_size=8192, model="small", d_model=384,
+        seeds=(0, 1, 2), corpus="python", tokenizer="bpe", vocab_size=8192, model="demo", d_model=0,
         seq_len=512, batch_size=32, lr=3e-3, weight_decay=0.1, rms_targets=(0.05, 0.1, 0.2, 0.4, 0.8),
-        sweep_tokens=3_276_800, table1_tokens=1_638_400, table1_fraction=0.2, telemetry_every=10, compile=False,
+        sweep_tokens=1_638_400, table1_tokens=819_200, table1_fraction=0.2, telemetry_every=10, compile=False,
         device="cuda",
     ),
 }
@@ -97,24 +98,26 @@ def plan(p: Mapping[str, Any]) -> list[PlannedRun]:
 # ---- per run
 
 
-def _median_after_warmup(run: Run, key: str) -> float | None:
-    """The median of ``key`` over the rows after warmup (over all rows when none is later)."""
+def _median_after_warmup(steps: Sequence[int], values: Sequence[float], warmup: int) -> float | None:
+    """The median of ``values`` at the steps after warmup (at all steps when none is later)."""
     import numpy as np
 
-    steps, _, values = run.series(key)
-    later = values[steps > int(run.config.get("warmup_steps", 0))]
-    chosen = later if len(later) else values
-    return float(np.median(chosen)) if len(chosen) else None
+    later = [v for s, v in zip(steps, values) if s > warmup]
+    chosen = later or list(values)
+    return float(np.median(chosen)) if chosen else None
+
+
+def _update_rms(run: Run, key: str) -> float | None:
+    """Median after warmup of the ``update_rms/<key>`` telemetry."""
+    steps, _, values = run.series(f"update_rms/{key}")
+    return _median_after_warmup(steps.tolist(), values.tolist(), int(run.config.get("warmup_steps", 0)))
 
 
 def _hidden_update_rms(run: Run, hidden: Sequence[str]) -> float | None:
     """Median after warmup of the mean update RMS over the hidden matrices (``update_rms/<name>`` keys)."""
-    import numpy as np
-
-    warmup = int(run.config.get("warmup_steps", 0))
-    rows = [r for r in run.rows if all(f"update_rms/{n}" in r for n in hidden)]
-    means = [np.mean([r[f"update_rms/{n}"] for n in hidden]) for r in rows if r["step"] > warmup or len(rows) == 1]
-    return float(np.median(means)) if means and hidden else None
+    rows = [r for r in run.rows if hidden and all(f"update_rms/{n}" in r for n in hidden)]
+    means = [sum(r[f"update_rms/{n}"] for n in hidden) / len(hidden) for r in rows]
+    return _median_after_warmup([r["step"] for r in rows], means, int(run.config.get("warmup_steps", 0)))
 
 
 def run_numbers(run: Run) -> dict[str, Any]:
@@ -128,8 +131,8 @@ def run_numbers(run: Run) -> dict[str, Any]:
         "seed": int(run.config["seed"]),
         "final_val_loss": run.final("val_loss"),
         "final_train_loss": run.final("loss"),
-        "update_rms_muon": _median_after_warmup(run, "update_rms/muon"),
-        "update_rms_adamw": _median_after_warmup(run, "update_rms/adamw"),
+        "update_rms_muon": _update_rms(run, "muon"),
+        "update_rms_adamw": _update_rms(run, "adamw"),
         "update_rms_hidden": _hidden_update_rms(run, hidden),
         "weight_rms_by_type": by_type,
         "weight_rms_mlp": sum(mlp) / len(mlp) if mlp else None,
@@ -224,7 +227,7 @@ def _setting_text(p: Mapping[str, Any], runs: Mapping[str, Run]) -> str:
     first = next(iter(runs.values()))
     model = first.config.get("model_config", {})
     return "\n".join([
-        f"- Model: `{p['model']}` resized to d_model {p['d_model']} ({model.get('n_layers', '?')} layers, "
+        f"- Model: `{p['model']}` at d_model {model.get('d_model', '?')} ({model.get('n_layers', '?')} layers, "
         f"{model.get('n_heads', '?')} heads), sequences of {p['seq_len']} tokens, batches of {p['batch_size']}.",
         f"- Shared by every run: lr {p['lr']:g}, weight decay {p['weight_decay']:g} (AdamW's best lr on the demo "
         "workload), cosine schedule to 0.1× with 5 % warmup, AdamW (β 0.9, 0.95) on embeddings, head and norms.",
