@@ -190,3 +190,20 @@ def test_train_config_lists_the_rules_of_the_optimizer():
         TrainConfig(scale="keller", update_rms=0.4)
     with pytest.raises(ConfigError, match="update_rms must be > 0"):
         TrainConfig(update_rms=0.0)
+
+
+def test_update_norm_telemetry_samples_the_update_that_is_applied():
+    # update_spectral_norm/max is the spectral norm of the applied update s·O/RMS(O) (one matrix here), and
+    # ns_orthogonality_residual is measured on the Newton–Schulz output before the division (as for the
+    # other rules; a divided O would be far from orthogonal).
+    p = nn.Parameter(randn(24, 40, seed=8).float())
+    W0 = p.detach().clone()
+    opt = Muon([p], algorithm="muon", lr=LR, weight_decay=0.0, scale="update_norm", update_rms=0.3,
+               ns_dtype=torch.float32)
+    p.grad = randn(24, 40, seed=9).float()
+    opt.measure_next_step()
+    opt.step()
+    applied = (W0 - p.detach()).double() / LR
+    assert opt.last_telemetry["update_spectral_norm/max"] == pytest.approx(
+        float(torch.linalg.matrix_norm(applied, ord=2)), rel=1e-4)
+    assert opt.last_telemetry["ns_orthogonality_residual"] < 0.5

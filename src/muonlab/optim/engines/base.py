@@ -179,15 +179,13 @@ class Engine:
                 settings = self.group(k)
                 rule = SCALE_RULES[settings["scale"]]
                 s = rule(*key.logical_shape, settings["update_rms"])
-                sample = (O[0].clone(), s) if telemetry is not None and position == 0 else None
+                if telemetry is not None and position == 0:  # before normalizing: O₀'s update is (s / RMS(O₀))·O₀
+                    rms = float(O[0].double().pow(2).mean().sqrt()) if rule.normalizes else 1.0
+                    telemetry.add_sample(O[0], s / max(rms, 1e-30))
                 if rule.normalizes:
                     unit_rms_(O)
-                    if sample is not None:  # the update is (s / RMS(O₀))·O₀ of the unnormalized O₀
-                        sample = (sample[0], s / max(float(sample[0].double().pow(2).mean().sqrt()), 1e-30))
                 if telemetry is not None:
                     telemetry.add("muon", k, self.slots[k].label, O, s)
-                    if sample is not None:
-                        telemetry.add_sample(*sample)
             return key.to_stored(out)
 
         return run
