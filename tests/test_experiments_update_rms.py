@@ -27,7 +27,7 @@ SWEEP_STEPS, TABLE1_STEPS, TOKENS_PER_STEP = 8, 4, 32 * 4
 
 def test_the_plan_runs_each_variant_per_seed_with_one_difference_each(tmp_path):
     study = get_study("update-rms")
-    _, planned, _ = command.plan(study, "cpu", tmp_path, sets=["seeds=3,4", "rms_targets=0.1,0.4"])
+    planned = command.plan(study, "cpu", tmp_path, sets=["seeds=3,4", "rms_targets=0.1,0.4"]).runs
     names = ("sweep-adamw", "sweep-rms0.1", "sweep-rms0.4", "table1-baseline", "table1-update-norm",
              "table1-adjusted-lr")
     assert [p.name for p in planned] == [f"{name}-s{seed}" for seed in (3, 4) for name in names]

@@ -13,39 +13,12 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from muonlab.analysis.plots import DPI
-
-try:
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-except ImportError as e:  # an optional extra
-    raise ImportError("muonlab.analysis.update_rms_plots needs matplotlib: pip install 'muonlab[plot]'") from e
+from muonlab.analysis.figures import finish_axes, new_figure, save_figure
 
 __all__ = ["plot_measured_update_rms", "plot_sweep_loss", "plot_table1", "plot_weight_rms_vs_target"]
 
 Numbers = Mapping[str, Mapping[str, Any]]
 ADAMW_COLOR, MUON_COLOR = "tab:blue", "tab:red"
-
-
-def _figure(panels: int, width: float = 5.2, height: float = 4.2):
-    fig = Figure(figsize=(width * panels, height), layout="constrained")
-    FigureCanvasAgg(fig)
-    return fig, [fig.add_subplot(1, panels, i + 1) for i in range(panels)]
-
-
-def _finish(ax, title: str, xlabel: str, ylabel: str) -> None:
-    ax.set_title(title, fontsize="medium")
-    ax.set_xlabel(xlabel)
-    ax.set_ylabel(ylabel)
-    ax.grid(True, alpha=0.3, which="both")
-    ax.legend(fontsize="small")
-
-
-def _save(fig, path: str | os.PathLike) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=DPI)
-    return path
 
 
 def _targets(sweep: Numbers) -> list[str]:
@@ -84,15 +57,15 @@ def plot_sweep_loss(sweep: Numbers, path: str | os.PathLike) -> Path | None:
     targets = _targets(sweep)
     if not targets:
         return None
-    fig, axes = _figure(2)
+    fig, axes = new_figure(2)
     for ax, key, what in zip(axes, ("final_val_loss", "final_train_loss"), ("Validation", "Training")):
         xs, means, stds = _points(sweep, targets, lambda n, key=key: n[key])
         ax.errorbar(xs, means, yerr=stds, color=MUON_COLOR, marker="o", capsize=4, label="Muon (moonlight scale)")
         _band(ax, sweep.get("adamw", {}).get(key), "AdamW, same lr and wd")
         _log_targets(ax, targets)
-        _finish(ax, f"{what} loss at the end of training", "target update RMS r", "loss (nats/token)")
+        finish_axes(ax, f"{what} loss at the end of training", "target update RMS r", "loss (nats/token)")
     fig.suptitle("Muon's target update RMS (Moonlight Table 8): mean ± std over seeds")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_weight_rms_vs_target(sweep: Numbers, path: str | os.PathLike) -> Path | None:
@@ -101,7 +74,7 @@ def plot_weight_rms_vs_target(sweep: Numbers, path: str | os.PathLike) -> Path |
     if not targets:
         return None
     kinds = [k for k in sweep[targets[0]]["weight_rms"] if k.startswith(("attn.", "mlp."))]
-    fig, (ax,) = _figure(1, width=7.5, height=5.0)
+    fig, (ax,) = new_figure(1, width=7.5, height=5.0)
     colors = {}
     for kind in kinds:
         xs, means, stds = _points(sweep, targets, lambda n, kind=kind: n["weight_rms"].get(kind))
@@ -114,9 +87,9 @@ def plot_weight_rms_vs_target(sweep: Numbers, path: str | os.PathLike) -> Path |
     ax.plot([], [], color="gray", linestyle=":", label="AdamW (same lr, wd), per type")
     ax.set_yscale("log")
     _log_targets(ax, targets)
-    _finish(ax, "Final weight RMS per matrix type (mean over layers; mean ± std over seeds)", "target update RMS r",
+    finish_axes(ax, "Final weight RMS per matrix type (mean over layers; mean ± std over seeds)", "target update RMS r",
             "weight RMS sqrt(mean(W²))")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_measured_update_rms(sweep: Numbers, table1: Numbers, labels: Mapping[str, str],
@@ -125,7 +98,7 @@ def plot_measured_update_rms(sweep: Numbers, table1: Numbers, labels: Mapping[st
     targets = _targets(sweep)
     if not targets and not table1:
         return None
-    fig, (sweep_ax, table_ax) = _figure(2)
+    fig, (sweep_ax, table_ax) = new_figure(2)
     xs, means, stds = _points(sweep, targets, lambda n: n["update_rms_muon"])
     sweep_ax.errorbar(xs, means, yerr=stds, color=MUON_COLOR, marker="o", capsize=4, label="Muon, mean over matrices")
     if xs:
@@ -135,16 +108,16 @@ def plot_measured_update_rms(sweep: Numbers, table1: Numbers, labels: Mapping[st
     adamw = sweep.get("adamw", {})
     _band(sweep_ax, adamw.get("update_rms_hidden"), "AdamW, hidden matrices")
     _band(sweep_ax, adamw.get("update_rms_adamw"), "AdamW, all parameters", color="tab:cyan", style="-.")
-    _finish(sweep_ax, "Part (a): update RMS of the lr-free update", "target update RMS r", "measured update RMS")
+    finish_axes(sweep_ax, "Part (a): update RMS of the lr-free update", "target update RMS r", "measured update RMS")
     names = list(table1)
     values = [table1[v]["update_rms_muon"] for v in names]
     table_ax.bar([labels.get(v, v) for v in names], [v["mean"] if v else 0.0 for v in values],
                  yerr=[(v["std"] or 0.0) if v else 0.0 for v in values], color=MUON_COLOR, alpha=0.7, capsize=4,
                  label="Muon, mean over matrices")
     table_ax.axhline(0.2, color="black", linestyle=":", linewidth=1, label="target 0.2")
-    _finish(table_ax, "Part (b): measured update RMS by rule", "rule", "measured update RMS")
+    finish_axes(table_ax, "Part (b): measured update RMS by rule", "rule", "measured update RMS")
     fig.suptitle("Measured update RMS (telemetry, median after warmup; mean ± std over seeds)")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_table1(table1: Numbers, labels: Mapping[str, str], path: str | os.PathLike) -> Path | None:
@@ -152,7 +125,7 @@ def plot_table1(table1: Numbers, labels: Mapping[str, str], path: str | os.PathL
     if not table1:
         return None
     names = list(table1)
-    fig, (loss_ax, query_ax, mlp_ax) = _figure(3, width=4.6)
+    fig, (loss_ax, query_ax, mlp_ax) = new_figure(3, width=4.6)
     ticks = [labels.get(v, v) for v in names]
 
     def bars(ax, offset: float, values, label: str, color: str, width: float = 0.6) -> None:
@@ -170,6 +143,6 @@ def plot_table1(table1: Numbers, labels: Mapping[str, str], path: str | os.PathL
                               (query_ax, "Query weight RMS", "weight RMS"),
                               (mlp_ax, "MLP weight RMS (w_in [4H,H], w_out [H,4H])", "weight RMS")):
         ax.set_xticks(range(len(names)), labels=ticks)
-        _finish(ax, title, "rule", ylabel)
+        finish_axes(ax, title, "rule", ylabel)
     fig.suptitle("Moonlight Table 1 at small scale: 20 % into the schedule (mean ± std over seeds)")
-    return _save(fig, path)
+    return save_figure(fig, path)

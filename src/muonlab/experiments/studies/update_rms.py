@@ -82,7 +82,7 @@ def table1_schedule_tokens(p: Mapping[str, Any]) -> int:
     return round(p["table1_tokens"] / p["table1_fraction"])
 
 
-def plan(p: Mapping[str, Any]) -> list[PlannedRun]:
+def plan(p: Mapping[str, Any], done: Mapping[str, Run]) -> list[PlannedRun]:
     """Per seed: ``sweep-adamw-s<seed>``, ``sweep-rms<r>-s<seed>`` for each target r (part a), then
     ``table1-<variant>-s<seed>`` for baseline, update-norm and adjusted-lr (part b)."""
     sweep = _base(p, p["sweep_tokens"], 0, "swiglu")
