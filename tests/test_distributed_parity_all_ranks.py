@@ -19,6 +19,9 @@ expert stack):
   after which the run matches the single-process run that skipped the same step;
 - checkpoints written by 3 processes under FSDP2 and ZeRO-1 continue on 2 under ZeRO-1, DDP and
   FSDP2 with the uninterrupted single-process trajectory;
+- ``scale="update_norm"`` (each logical matrix's Newton–Schulz output divided by its RMS, on its
+  owner), with the fused ``w_up`` split into its 5 blocks: parameters and state equal the
+  single-process run, and every rank's telemetry reports the target update RMS;
 - ``Muon.state_bytes()`` under ZeRO-1: each rank holds about half, and together they hold the
   single-process bytes.
 """
@@ -39,6 +42,7 @@ WORLD = 2
 GLOBAL_BATCH = 12
 STEPS, SAVE_AT, NAN_AT = 4, 2, 1
 TOLERANCE = 1e-5
+UPDATE_NORM = dict(scale="update_norm", update_rms=0.3, split_fused=True)
 POISONED = "layers.1.w_up.weight"  # a [35, 20] matrix: rows 18 + 17 on 2 ranks, 12 + 12 + 11 on 3
 
 
@@ -56,7 +60,8 @@ def _global_grad_norm(model) -> float:
 
 def train_case(rank: int, world: int, mode: str, steps: int, clip: float = 0.0, nonfinite: str = "raise",
                nan_at: int | None = None, start: int = 0, load_dir: str | None = None,
-               save_dir: str | None = None) -> dict:
+               save_dir: str | None = None, scale: str = "moonlight", update_rms: float = 0.2,
+               split_fused: bool = False) -> dict:
     """Train ``HarnessModel`` under ``mode`` from step ``start`` (or a checkpoint) and return what
     every comparison needs, from this rank. ``nan_at``: at that step the last rank's gradient gets
     a NaN (under DDP through its local loss, since DDP averages gradients inside backward)."""
@@ -66,8 +71,8 @@ def train_case(rank: int, world: int, mode: str, steps: int, clip: float = 0.0, 
 
     model = HarnessModel(seed=0)
     forward = parallelize(model, mode)
-    optimizer = Muon(param_groups(model), lr=0.02, weight_decay=0.1, ns_dtype=torch.float32, max_grad_norm=clip,
-                     nonfinite=nonfinite)
+    optimizer = Muon(param_groups(model, split_fused=split_fused), lr=0.02, weight_decay=0.1, ns_dtype=torch.float32,
+                     max_grad_norm=clip, nonfinite=nonfinite, scale=scale, update_rms=update_rms)
     if load_dir is not None:
         start = load_sharded_checkpoint(load_dir, model, optimizer, restore_rng=False)["step"]
     initial = full_params(model)
@@ -158,6 +163,7 @@ def reference():
         "clipped": train_case(0, 1, "none", STEPS, clip=clip),
         "raise": train_case(0, 1, "none", STEPS, nan_at=NAN_AT),
         "skip": train_case(0, 1, "none", STEPS, nonfinite="skip", nan_at=NAN_AT),
+        "update_norm": train_case(0, 1, "none", STEPS, **UPDATE_NORM),
     }
 
 
@@ -178,6 +184,7 @@ def runs(reference, checkpoints):
             (f"{mode}/clipped", dict(mode=mode, steps=STEPS, clip=reference["clip"])),
             (f"{mode}/raise", dict(mode=mode, steps=STEPS, nan_at=NAN_AT)),
             (f"{mode}/skip", dict(mode=mode, steps=STEPS, nonfinite="skip", nan_at=NAN_AT)),
+            (f"{mode}/update_norm", dict(mode=mode, steps=STEPS, **UPDATE_NORM)),
         ]
     for source, target in (("fsdp", "zero1"), ("fsdp", "ddp"), ("zero1", "zero1"), ("zero1", "fsdp")):
         load_dir = checkpoints / source / "checkpoints" / f"step_{SAVE_AT:08d}"
@@ -207,6 +214,24 @@ def test_update_rms_telemetry_equals_the_single_process_run_on_every_rank(runs, 
             bad = {k: (got[k], v) for k, v in rms.items() if not abs(got[k] - v) <= TOLERANCE * abs(v)}
             assert bad == {}, f"rank {rank}, step {step}: {bad}"
             assert got["ns_orthogonality_residual"] > 0 and got["update_spectral_norm/max"] > 0
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_update_norm_under_each_engine_equals_the_single_process_run(runs, reference, mode):
+    assert _mismatches(runs["2"], f"{mode}/update_norm", reference["update_norm"]) == {}
+    assert _mismatches(runs["2"], f"{mode}/update_norm", reference["plain"]) != {}  # another rule, another run
+    from muonlab.optim import param_groups
+
+    names = [n for g in param_groups(HarnessModel(), split_fused=True) if g["algorithm"] == "muon" for n in g["names"]]
+    assert {"layers.0.mix.w", "layers.1.w_up.weight", "layers.1.wq.weight"} <= set(names)  # experts, fused blocks
+    target = UPDATE_NORM["update_rms"]
+    for rank, result in enumerate(runs["2"]):
+        telemetry = result[f"{mode}/update_norm"]["telemetry"]
+        assert len(telemetry) == STEPS
+        for step, got in enumerate(telemetry):
+            rms = {"muon": got["update_rms/muon"], **{n: got[f"update_rms/{n}"] for n in names}}
+            bad = {k: v for k, v in rms.items() if not abs(v - target) <= TOLERANCE * target}
+            assert bad == {}, f"rank {rank}, step {step}: {bad}"
 
 
 def test_the_clip_threshold_engages_at_every_step(reference):

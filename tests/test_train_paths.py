@@ -10,7 +10,9 @@
 - ``decay_norms=False`` keeps norm gains out of weight decay: their group has ``weight_decay`` 0,
   and a gain whose gradient is zero is left exactly as it was by a step;
 - the ``lr`` column of ``metrics.jsonl`` follows each schedule (``constant``, ``wsd``, ``cosine``)
-  written out by hand here from its formula.
+  written out by hand here from its formula;
+- with ``schedule_tokens`` > ``train_tokens`` the run stops early on the longer schedule, also
+  when interrupted and resumed, and counts as finished at its own last step.
 """
 
 from __future__ import annotations
@@ -224,3 +226,45 @@ def test_logged_lr_follows_the_schedule(tiny_config, schedule, multiplier):
     for (step, got), (_, want) in zip(logged, expected):
         assert got == pytest.approx(want, rel=1e-12, abs=0), step
     assert json.loads((Path(config.run_dir) / "config.json").read_text())["schedule"] == schedule
+
+
+# ---------------------------------------------------------------------------------------------
+# schedule_tokens: stop early on a longer schedule (Moonlight Table 1: 4B tokens of a 20B schedule)
+
+EARLY_STEPS = 5  # of the SCHEDULE_STEPS-step cosine schedule above
+
+
+def test_a_run_stopped_early_follows_the_longer_schedule_and_resumes_on_it(tiny_config, monkeypatch):
+    from muonlab.experiments.runner import is_finished
+    from muonlab.train.run_folder import RunFolderError
+
+    tokens_per_step = 32 * 4
+    config = tiny_config(schedule="cosine", lr=PEAK, warmup_steps=WARMUP, final_lr_ratio=FINAL, log_every=1,
+                         eval_every=EARLY_STEPS, telemetry_every=0, checkpoint_every=2,
+                         train_tokens=EARLY_STEPS * tokens_per_step, schedule_tokens=SCHEDULE_STEPS * tokens_per_step)
+    assert (config.total_steps(), config.schedule_steps()) == (EARLY_STEPS, SCHEDULE_STEPS)
+    real_save = interrupt_after_checkpoint(monkeypatch, 2)
+    with pytest.raises(KeyboardInterrupt):
+        train(config)
+    monkeypatch.setattr(loop, "save_checkpoint", real_save)
+    assert not is_finished(config)
+    summary = train(config)  # resumes from step 2
+
+    assert summary.steps == EARLY_STEPS and is_finished(config)
+    logged = [(r["step"], r["lr"]) for r in read_metrics(config.run_dir) if "lr" in r]
+    assert [s for s, _ in logged] == list(range(1, EARLY_STEPS + 1))
+    for step, got in logged:  # the 20-step cosine of test_logged_lr_follows_the_schedule, not a 5-step one
+        assert got == pytest.approx(PEAK * _cosine(step - 1), rel=1e-12, abs=0), step
+    assert logged[-1][1] > 0.9 * PEAK  # a 5-step schedule would be near its end (FINAL · PEAK) by now
+    record = json.loads((Path(config.run_dir) / "config.json").read_text())
+    assert (record["total_steps"], record["schedule_steps"]) == (EARLY_STEPS, SCHEDULE_STEPS)
+    with pytest.raises(RunFolderError, match="schedule_tokens"):  # another schedule is another run
+        is_finished(config.replace(schedule_tokens=0))
+
+
+def test_schedule_tokens_may_not_be_shorter_than_the_run(tiny_config):
+    from muonlab.train.config import ConfigError
+
+    with pytest.raises(ConfigError, match=r"schedule_tokens=100 is shorter than train_tokens=2560"):
+        tiny_config(schedule_tokens=100)
+    assert tiny_config(schedule_tokens=0).schedule_steps() == tiny_config().total_steps()

@@ -19,6 +19,7 @@ from typing import Any
 from muonlab.analysis import plots
 from muonlab.analysis.runs import Run, load_run
 from muonlab.analysis.spectra import MATRIX_GROUPS, group_means, matrix_group
+from muonlab.analysis.weights import checkpoint_model
 
 __all__ = ["SpectraComparison", "compare_spectra", "entropy_rows", "write_spectra_report"]
 
@@ -33,21 +34,10 @@ def _entropies(row: dict[str, Any]) -> dict[str, float]:
 
 def checkpoint_entropies(run: Run, checkpoint: Path) -> tuple[int, dict[str, float]]:
     """(step, ``svd_entropies`` of the model) of one of the run's checkpoints."""
-    import torch
-
-    from muonlab.models import ModelConfig, Transformer
-    from muonlab.rundir.checkpoint import load_checkpoint
     from muonlab.spectra import svd_entropies
 
-    if "model_config" not in run.config:
-        raise ValueError(
-            f"{run.path}/config.json has no model_config, so its checkpoint cannot be rebuilt into a model"
-        )
-    with torch.device("meta"):
-        model = Transformer(ModelConfig.from_dict(run.config["model_config"]))
-    model.to_empty(device="cpu")
-    state = load_checkpoint(checkpoint, model, optimizer=None, restore_rng=False)
-    return int(state["step"]), svd_entropies(model)
+    step, model = checkpoint_model(run, checkpoint)
+    return step, svd_entropies(model)
 
 
 def entropy_rows(run: Run) -> list[dict[str, Any]]:

@@ -39,7 +39,7 @@ _NOT_SPEED = frozenset({
     "run_dir", "resume", "seed", "lr", "weight_decay", "train_tokens", "warmup_steps", "final_lr_ratio",
     "decay_fraction", "schedule", "eval_every", "log_every", "telemetry_every", "spectra_every",
     "checkpoint_every", "keep_checkpoints", "progress", "tensorboard", "momentum", "beta1", "beta2",
-    "adam_eps", "grad_clip", "val_fraction",
+    "adam_eps", "grad_clip", "val_fraction", "schedule_tokens", "update_rms",
 })
 
 

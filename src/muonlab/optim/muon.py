@@ -7,8 +7,8 @@ arXiv 2502.16982, Eq. 1, footnote 1 and Eq. 4; Essential AI, arXiv 2505.02222 Eq
     Õ = NS(G + μ M)   (Nesterov, default)   or   NS(M)
     W ← W − lr · (s(A, B) · Õ + λ · W)             # decay uses the *unscaled* lr
 
-with ``s = 0.2·sqrt(max(A, B))`` under ``scale="moonlight"`` so that the update RMS is ≈ 0.2
-like AdamW's, and AdamW's lr and weight decay carry over. Parameters the paper keeps on AdamW
+with ``s = 0.2·sqrt(max(A, B))`` under ``scale="moonlight"`` (0.2: ``update_rms``) so that the
+update RMS is ≈ 0.2 like AdamW's, and AdamW's lr and weight decay carry over. Parameters the paper keeps on AdamW
 (embeddings, LM head, norms, biases) live in ``algorithm="adamw"`` groups of the same optimizer
 and follow decoupled-decay AdamW (Loshchilov & Hutter) exactly as ``torch.optim.AdamW`` does.
 
@@ -36,7 +36,7 @@ from .engines import build_engine
 from .gradients import NONFINITE_POLICIES, NonFiniteGradientError, NonFinitePolicy
 from .newton_schulz import NS_METHODS, get_coefficient_set
 from .qk_clip import QKClip
-from .scaling import SCALE_RULES, logical_matrix_shape
+from .scaling import DEFAULT_UPDATE_RMS, SCALE_RULES, check_update_rms, logical_matrix_shape
 from .state import momentum_dtype
 from .telemetry import UpdateTelemetry
 
@@ -78,6 +78,10 @@ class Muon(torch.optim.Optimizer):
         ns_method: ``"auto"`` (fewest FLOPs), ``"standard"``, ``"gram"``, or ``"svd"`` (exact
             polar factor; slow).
         scale: update-scale rule, see :mod:`muonlab.optim.scaling`.
+        update_rms: the target update RMS ``r`` of the rules that have one (``"moonlight"``:
+            ``r·sqrt(max(A, B))``, ``"min_side"``: ``r·sqrt(min(A, B))``, ``"update_norm"``:
+            ``r·O/RMS(O)``; Moonlight Table 8 sweeps it). The other rules reject any value but
+            the default 0.2.
         adamw_betas, adamw_eps: AdamW's ``(β1, β2)`` and ``ε`` for ``algorithm="adamw"`` groups.
         nonfinite: ``"raise"`` (default) raises :class:`NonFiniteGradientError` before touching
             anything; ``"skip"`` leaves parameters and state untouched, counts the step in
@@ -115,6 +119,7 @@ class Muon(torch.optim.Optimizer):
         ns_dtype: torch.dtype | str = torch.bfloat16,
         ns_method: str = "auto",
         scale: str = "moonlight",
+        update_rms: float = DEFAULT_UPDATE_RMS,
         adamw_betas: tuple[float, float] = (0.9, 0.95),
         adamw_eps: float = 1e-8,
         nonfinite: str = "raise",
@@ -137,6 +142,7 @@ class Muon(torch.optim.Optimizer):
             ns_dtype=_as_dtype(ns_dtype),
             ns_method=ns_method,
             scale=scale,
+            update_rms=update_rms,
             betas=tuple(adamw_betas),
             eps=adamw_eps,
             ns_eps=eps,
@@ -204,6 +210,10 @@ class Muon(torch.optim.Optimizer):
         if group["scale"] not in SCALE_RULES:
             raise ValueError(f"parameter group {index}: unknown scale rule {group['scale']!r}; "
                              f"valid: {sorted(SCALE_RULES)}")
+        try:
+            check_update_rms(group["scale"], group["update_rms"])
+        except ValueError as err:
+            raise ValueError(f"parameter group {index}: {err}") from None
         if group["ns_method"] not in NS_METHODS:
             raise ValueError(f"parameter group {index}: unknown ns_method {group['ns_method']!r}; "
                              f"valid: {list(NS_METHODS)}")
@@ -310,6 +320,7 @@ class Muon(torch.optim.Optimizer):
                 self.state[p]["momentum_buffer"] = momenta[saved_id].to(device=p.device, dtype=momentum_dtype(p.dtype))
         for group in self.param_groups:
             group["ns_dtype"] = _as_dtype(group["ns_dtype"])
+            group.setdefault("update_rms", self.defaults["update_rms"])  # a state dict from before update_rms
 
     # ------------------------------------------------------------------ sharded checkpoints
 

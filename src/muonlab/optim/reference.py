@@ -7,6 +7,8 @@ Eq. 4 literally::
     M ← μ M + G
     Õ = NS(G + μ M)   (Nesterov)   or   NS(M)
     W ← W − lr · (s(A, B) · Õ + λ · W)
+
+(``scale="update_norm"``: each matrix's Õ divided by its RMS first, Eq. 6.)
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from __future__ import annotations
 import torch
 
 from .newton_schulz import get_coefficient_set
-from .scaling import logical_matrix_shape, update_scale
+from .scaling import DEFAULT_UPDATE_RMS, SCALE_RULES, logical_matrix_shape, update_scale
 
 __all__ = ["reference_adamw_step", "reference_muon_step", "reference_newton_schulz", "reference_polar"]
 
@@ -57,6 +59,7 @@ def reference_muon_step(
     momentum: float = 0.95,
     nesterov: bool = True,
     scale: str = "moonlight",
+    update_rms: float = DEFAULT_UPDATE_RMS,
     coefficients="jordan",
     steps: int = 5,
     exact: bool = False,
@@ -69,10 +72,12 @@ def reference_muon_step(
     M = momentum * M + G
     direction = G + momentum * M if nesterov else M
     out = torch.empty_like(direction)
+    s = update_scale(scale, tuple(W.shape), update_rms=update_rms)
     for src, dst in zip(_matrices(direction), _matrices(out)):
         O = reference_polar(src) if exact else reference_newton_schulz(src, coefficients, steps)
+        if SCALE_RULES[scale].normalizes:
+            O = O / O.pow(2).mean().sqrt()
         dst.copy_(O.reshape(dst.shape))
-    s = update_scale(scale, tuple(W.shape))
     W = W - lr * (s * out + weight_decay * W)
     return W, M
 

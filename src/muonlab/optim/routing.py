@@ -48,7 +48,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .scaling import logical_matrix_shape, update_scale
+from .scaling import SCALE_RULES, logical_matrix_shape, update_scale
 
 __all__ = ["ROLE_ALGORITHM", "RoutedParam", "param_groups", "route_parameters", "routing_table"]
 
@@ -296,6 +296,7 @@ def routing_table(model_or_routed: nn.Module | list[RoutedParam], scale: str = "
         factor = "-"
         if rp.algorithm == "muon":
             factor = f"{update_scale(scale, tuple(rp.param.shape), rp.stacked, rp.transposed, blocks):.3f}"
+            factor += "·O/RMS(O)" if SCALE_RULES[scale].normalizes else ""
         rows.append((name, "x".join(map(str, rp.param.shape)) or "scalar", role, rp.algorithm, factor))
     widths = [max(len(r[c]) for r in rows) for c in range(len(rows[0]))]
     lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]

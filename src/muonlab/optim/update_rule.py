@@ -10,6 +10,7 @@ Muon (Moonlight, arXiv 2502.16982, Eq. 1, footnote 1 and Eq. 4)::
     M ← μ M + G                           momentum_
     Õ = NS(G + μ M)  (Nesterov) or NS(M)  newton_schulz_input_, then newton_schulz.orthogonalize
     W ← W − lr · (s · Õ + λ · W)          decoupled_update_
+    (scale="update_norm": Õ ← Õ / RMS(Õ) per logical matrix first, unit_rms_)
 
 AdamW (Loshchilov & Hutter, in ``torch.optim.AdamW``'s foreach arithmetic order)::
 
@@ -20,7 +21,7 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["adamw_", "decoupled_update_", "exchange_dtypes", "momentum_", "newton_schulz_input_"]
+__all__ = ["adamw_", "decoupled_update_", "exchange_dtypes", "momentum_", "newton_schulz_input_", "unit_rms_"]
 
 
 def momentum_(buf: torch.Tensor, grad: torch.Tensor, momentum: float) -> None:
@@ -36,6 +37,15 @@ def newton_schulz_input_(out: torch.Tensor, grad: torch.Tensor, buf: torch.Tenso
         torch.add(grad if grad.dtype == buf.dtype else grad.to(buf.dtype), buf, alpha=momentum, out=out)
     else:
         out.copy_(buf)
+
+
+def unit_rms_(matrices: torch.Tensor) -> None:
+    """``O ← O / RMS(O)`` in place for each matrix of a batch ``[N, rows, cols]`` (Moonlight Eq. 6's
+    ``O / RMS(O)``), the RMS and the division in at least fp32, so the result has RMS 1 up to the
+    rounding of each element to the batch's dtype. An all-zero matrix stays zero."""
+    wide = matrices.to(torch.promote_types(matrices.dtype, torch.float32))
+    rms = wide.pow(2).mean(dim=(-2, -1), keepdim=True).sqrt().clamp_min(torch.finfo(torch.float32).tiny)
+    matrices.copy_(wide / rms)
 
 
 def decoupled_update_(param: torch.Tensor, update: torch.Tensor, lr: float, weight_decay: float,

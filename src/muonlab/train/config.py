@@ -23,6 +23,8 @@ DTYPES = ("bf16", "fp32")
 DEVICES = ("auto", "cpu", "cuda")
 # muonlab.parallel.PARALLEL_MODES, without importing torch here
 PARALLEL_MODES = ("none", "ddp", "zero1", "fsdp", "mesh")
+SCALE_RULES = ("moonlight", "min_side", "update_norm", "keller", "spectral", "none")  # muonlab.optim.SCALE_RULES
+TARGET_RMS_RULES = ("moonlight", "min_side", "update_norm")  # the SCALE_RULES with uses_update_rms
 
 
 SFT_DEFAULTS = {"task": "sft", "corpus": "python-functions", "schedule": "linear", "final_lr_ratio": 0.0,
@@ -89,7 +91,12 @@ class TrainConfig:
     ns_steps: int = _f(5, "Newton–Schulz iterations")
     ns_coefficients: str = _f("jordan", "Newton–Schulz coefficient set", ("jordan", "polar_express"))
     ns_dtype: str = _f("bfloat16", "Newton–Schulz compute dtype", ("bfloat16", "float32", "float64"))
-    scale: str = _f("moonlight", "Muon update-scale rule", ("moonlight", "keller", "spectral", "none"))
+    scale: str = _f("moonlight", "Muon update-scale rule (muonlab.optim.scaling): 'moonlight' "
+                    "update_rms·sqrt(max(A,B)); 'min_side' update_rms·sqrt(min(A,B)) (Moonlight Table 1's "
+                    "Baseline 0.2·√H for [H,H], [H,4H]); 'update_norm' update_rms·O/RMS(O); 'keller' "
+                    "sqrt(max(1,A/B)); 'spectral' sqrt(A/B); 'none' 1", SCALE_RULES)
+    update_rms: float = _f(0.2, "Muon's target update RMS (Moonlight §2.2: 0.2 matches AdamW; Table 8 sweeps it), used "
+                           "by scale 'moonlight', 'min_side' and 'update_norm'; the other rules allow only 0.2")
     beta1: float = _f(0.9, "AdamW β1")
     beta2: float = _f(0.95, "AdamW β2")
     adam_eps: float = _f(1e-8, "AdamW ε")
@@ -101,6 +108,9 @@ class TrainConfig:
     warmup_steps: int = _f(50, "linear warmup steps")
     final_lr_ratio: float = _f(0.1, "final lr as a fraction of the peak (Essential AI: 0.1)")
     decay_fraction: float = _f(0.2, "WSD: fraction of steps spent in the final linear decay")
+    schedule_tokens: int = _f(0, "length of the lr schedule in tokens (0: train_tokens): warmup and decay are those of "
+                              "a run this long, and training stops after train_tokens (Moonlight Table 1: 4B tokens of "
+                              "a 20B-token schedule); must be >= train_tokens")
     # numerics and speed
     dtype: str = _f("bf16", "autocast dtype for forward/backward (master weights stay fp32)", DTYPES)
     compile: bool = _f(False, "torch.compile the model")
@@ -136,7 +146,7 @@ class TrainConfig:
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be a positive integer, got {getattr(self, name)}")
         for name in ("lr", "weight_decay", "grad_clip", "qk_clip_tau", "warmup_steps", "checkpoint_every",
-                     "telemetry_every", "spectra_every", "threads", "mup_base_head_dim"):
+                     "schedule_tokens", "telemetry_every", "spectra_every", "threads", "mup_base_head_dim"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.dp_shard > 1 or self.tp > 1:
@@ -144,6 +154,15 @@ class TrainConfig:
                 raise ConfigError(f"dp_shard={self.dp_shard} and tp={self.tp} describe parallel='mesh', not "
                                   f"parallel={self.parallel!r}; drop parallel or set it to 'mesh'")
             self.parallel = "mesh"
+        if self.schedule_tokens and self.schedule_tokens < self.train_tokens:
+            raise ConfigError(f"schedule_tokens={self.schedule_tokens} is shorter than train_tokens="
+                              f"{self.train_tokens}; a run may stop early on a longer schedule, not outlast it "
+                              "(0: the schedule is train_tokens long)")
+        if not self.update_rms > 0:
+            raise ConfigError(f"update_rms must be > 0, got {self.update_rms}")
+        if self.scale not in TARGET_RMS_RULES and self.update_rms != 0.2:
+            raise ConfigError(f"update_rms={self.update_rms} has no effect under scale={self.scale!r}, which has no "
+                              f"target update RMS; use scale in {list(TARGET_RMS_RULES)} or leave update_rms at 0.2")
         if not 0.0 < self.val_fraction < 1.0:
             raise ConfigError(f"val_fraction must lie in (0, 1), got {self.val_fraction}")
         if self.task == "sft" and not self.init_from:
@@ -158,7 +177,12 @@ class TrainConfig:
         return self.seq_len * self.batch_size * self.grad_accum * world_size
 
     def total_steps(self, world_size: int = 1) -> int:
+        """The optimizer steps this run trains: ``train_tokens`` of them."""
         return max(1, self.train_tokens // self.tokens_per_step(world_size))
+
+    def schedule_steps(self, world_size: int = 1) -> int:
+        """The steps of the lr schedule: ``schedule_tokens`` (or ``train_tokens``) of them, ≥ ``total_steps``."""
+        return max(1, (self.schedule_tokens or self.train_tokens) // self.tokens_per_step(world_size))
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -143,6 +143,7 @@ def build_optimizer(model: torch.nn.Module, config: TrainConfig) -> Muon:
         ns_coefficients=config.ns_coefficients,
         ns_dtype=config.ns_dtype,
         scale=config.scale,
+        update_rms=config.update_rms,
         adamw_betas=(config.beta1, config.beta2),
         adamw_eps=config.adam_eps,
         max_grad_norm=config.grad_clip,  # clipped inside the step, where ZeRO-1/FSDP hold the reduced gradient
@@ -150,14 +151,15 @@ def build_optimizer(model: torch.nn.Module, config: TrainConfig) -> Muon:
     )
 
 
-def _lr_lambda(config: TrainConfig, total_steps: int):
-    warmup = min(config.warmup_steps, max(0, total_steps - 1))
+def _lr_lambda(config: TrainConfig, schedule_steps: int):
+    """The lr multiplier per step of a ``schedule_steps``-step schedule (``TrainConfig.schedule_steps``)."""
+    warmup = min(config.warmup_steps, max(0, schedule_steps - 1))
     if config.schedule == "cosine":
-        return make_lr_lambda("warmup_cosine", warmup_steps=warmup, total_steps=total_steps,
+        return make_lr_lambda("warmup_cosine", warmup_steps=warmup, total_steps=schedule_steps,
                               final_ratio=config.final_lr_ratio)
     if config.schedule in ("wsd", "linear"):  # linear: WSD whose decay is the whole run after warmup
         decay_fraction = 1.0 if config.schedule == "linear" else config.decay_fraction
-        return make_lr_lambda("warmup_stable_decay", warmup_steps=warmup, total_steps=total_steps,
+        return make_lr_lambda("warmup_stable_decay", warmup_steps=warmup, total_steps=schedule_steps,
                               decay_fraction=decay_fraction, final_ratio=config.final_lr_ratio)
     return make_lr_lambda("constant", warmup_steps=warmup)
 
@@ -215,6 +217,7 @@ def _run_record(config: TrainConfig, training: Training, runtime: Runtime, comma
         "flops_per_token": model_config.flops_per_token(config.seq_len),
         "tokens_per_step": training.tokens_per_step,
         "total_steps": training.total_steps,
+        "schedule_steps": config.schedule_steps(runtime.world_size),
         "dataset": training.data.describe(),
         "train_split_tokens": len(training.data.train_tokens),  # one epoch: reports count the epochs trained
         "device": str(runtime.device),
@@ -371,7 +374,8 @@ def train(config: TrainConfig, command: str | None = None) -> RunSummary:
     checkpoint = latest_checkpoint(run_dir) if config.resume else None
     progress = _resume(checkpoint, training) if checkpoint is not None else Progress()
     start_step = progress.step
-    scheduler = torch.optim.lr_scheduler.LambdaLR(training.optimizer, _lr_lambda(config, total_steps),
+    schedule = _lr_lambda(config, config.schedule_steps(runtime.world_size))  # may outlast total_steps
+    scheduler = torch.optim.lr_scheduler.LambdaLR(training.optimizer, schedule,
                                                   last_epoch=start_step - 1)
     if runtime.is_main:
         write_config(run_dir, _run_record(config, training, runtime, command))

@@ -29,7 +29,7 @@ from ..newton_schulz import choose_method, get_coefficient_set, ns_flops, orthog
 from ..scaling import SCALE_RULES, block_shape, stored_matrix_shape
 from ..state import FIELDS, momentum_dtype, new_state
 from ..telemetry import UpdateTelemetry
-from ..update_rule import adamw_, decoupled_update_, exchange_dtypes
+from ..update_rule import adamw_, decoupled_update_, exchange_dtypes, unit_rms_
 
 __all__ = ["BucketKey", "Engine", "ParamSlot"]
 
@@ -164,22 +164,28 @@ class Engine:
 
     def orthogonalizer(self, units: list[Unit], where: list[UnitOf], telemetry: UpdateTelemetry | None):
         """The owner's batch function: Newton–Schulz of a bucket's batch (on its logical matrices,
-        ``BucketKey.to_logical``), plus telemetry on whole results."""
+        ``BucketKey.to_logical``); under a normalizing scale rule (``"update_norm"``) each logical
+        matrix divided by its RMS; plus telemetry on whole results."""
 
         def run(key: BucketKey, owned: list[int], batch: torch.Tensor) -> torch.Tensor:
             group = self.group(where[owned[0]].param)
             out = orthogonalize(key.to_logical(batch), group["ns_coefficients"], key.steps, key.dtype, key.eps,
                                 key.method)
-            if telemetry is not None:
-                offset = 0
-                for position, u in enumerate(owned):
-                    O = out[offset : offset + units[u].batch * key.blocks]
-                    offset += units[u].batch * key.blocks
-                    k = where[u].param
-                    s = SCALE_RULES[self.group(k)["scale"]](*key.logical_shape)
+            offset = 0
+            for position, u in enumerate(owned):
+                O = out[offset : offset + units[u].batch * key.blocks]
+                offset += units[u].batch * key.blocks
+                k = where[u].param
+                settings = self.group(k)
+                rule = SCALE_RULES[settings["scale"]]
+                s = rule(*key.logical_shape, settings["update_rms"])
+                if telemetry is not None and position == 0:  # before normalizing: O₀'s update is (s / RMS(O₀))·O₀
+                    rms = float(O[0].double().pow(2).mean().sqrt()) if rule.normalizes else 1.0
+                    telemetry.add_sample(O[0], s / max(rms, 1e-30))
+                if rule.normalizes:
+                    unit_rms_(O)
+                if telemetry is not None:
                     telemetry.add("muon", k, self.slots[k].label, O, s)
-                    if position == 0:
-                        telemetry.add_sample(O[0], s)
             return key.to_stored(out)
 
         return run
@@ -189,7 +195,7 @@ class Engine:
         """``W ← W(1 − lr·λ) − lr·s·Õ`` for each ``(parameter k, W or a piece of it, Õ of that piece)``."""
         for k, target, update in targets:
             group, m = self.group(k), mats[k]
-            scale = SCALE_RULES[group["scale"]](*m.key.logical_shape)
+            scale = SCALE_RULES[group["scale"]](*m.key.logical_shape, group["update_rms"])
             decoupled_update_(target, update, group["lr"], group["weight_decay"], scale)
 
     # ---- AdamW on whatever this engine holds of each parameter
