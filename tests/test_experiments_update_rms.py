@@ -18,7 +18,7 @@ import safetensors.torch
 from muonlab.cli import main
 from muonlab.experiments import command
 from muonlab.experiments.registry import get_study
-from muonlab.experiments.update_rms_claims import sweep_checks, table1_checks
+from muonlab.experiments.studies._update_rms_claims import sweep_checks, table1_checks
 from muonlab.rundir import read_config, read_metrics
 from muonlab.rundir.checkpoint import latest_checkpoint
 

@@ -32,7 +32,7 @@ from ...analysis.weights import checkpoint_model, weight_rms, weight_rms_by_type
 from ...train.config import TrainConfig
 from ..protocol import MeanStd, mean_std
 from ..study import Analysis, Finished, PlannedRun, Study
-from ..update_rms_claims import TABLE1_LABELS, claim_text, sweep_checks, table1_checks
+from ._update_rms_claims import TABLE1_LABELS, claim_text, sweep_checks, table1_checks
 
 TABLE1_RULES = {"baseline": "min_side", "update-norm": "update_norm", "adjusted-lr": "moonlight"}
 """Table 1's three variants and the scale rule (``muonlab.optim.scaling``) that is each."""

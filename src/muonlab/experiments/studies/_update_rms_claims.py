@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from .protocol import ClaimCheck, Gap, MeanStd, claim_section, mean_std
+from ..protocol import ClaimCheck, Gap, MeanStd, claim_section, mean_std
 
 __all__ = ["ADAMW_RMS_RANGE", "SAME_WITHIN", "TABLE1_LABELS", "claim_text", "sweep_checks", "table1_checks"]
 
