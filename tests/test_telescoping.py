@@ -4,7 +4,15 @@ import math
 
 import pytest
 
-from muonlab.experiments.telescoping import best_point, ledger, plan_level, points_per_axis, telescope
+from muonlab.experiments.telescoping import (
+    best_point,
+    grid_indices,
+    ledger,
+    plan_level,
+    points_per_axis,
+    spanning_grid,
+    telescope,
+)
 
 CENTER = {"lr": 3e-3, "weight_decay": 0.1}
 SPACING = {"lr": 2.0, "weight_decay": 2.0}
@@ -79,3 +87,23 @@ def test_ledger_costs_each_level_about_the_same_and_saves_against_a_full_grid():
     assert book["final_cost"] == 256.0 and book["total_cost"] == 512.0
     assert book["full_grid_cost_at_top_width"] == 64 * 64.0
     assert book["saved_fraction"] == pytest.approx(1 - 256 / 4096)
+    assert book["full_grid_cost_at_final_width"] == 64 * 256.0  # Figure 13: the whole telescope against this
+    assert book["saved_fraction_at_final_width"] == pytest.approx(1 - 512 / 16384)
+    assert book["final_share"] == pytest.approx(0.5)
+
+
+def test_grid_indices_name_each_point_by_its_rank_along_every_hyperparameter():
+    level = plan_level(1, 64, CENTER, SPACING, 6)  # 3 × 3
+    for (i, j), point in zip(grid_indices(level), level.points):
+        assert point["lr"] == pytest.approx(CENTER["lr"] * math.sqrt(2.0) ** (i - 1))
+        assert point["weight_decay"] == pytest.approx(CENTER["weight_decay"] * math.sqrt(2.0) ** (j - 1))
+    assert grid_indices(plan_level(3, 256, CENTER, SPACING, 8)) == [(0, 0)]
+
+
+def test_a_spanning_grid_covers_level_0_s_box_with_its_own_number_of_points():
+    grid = spanning_grid(128, CENTER, SPACING, 8, 3)  # level 0: 8 points spaced ×2, i.e. ×2^3.5 either side
+    lrs = sorted({p["lr"] for p in grid.points})
+    assert lrs == pytest.approx([CENTER["lr"] * 2**-3.5, CENTER["lr"], CENTER["lr"] * 2**3.5])
+    assert grid.width == 128 and grid.spacing["lr"] == pytest.approx(2**3.5)
+    with pytest.raises(ValueError, match="at least 2 points"):
+        spanning_grid(128, CENTER, SPACING, 8, 1)

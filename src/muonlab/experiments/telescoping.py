@@ -13,7 +13,8 @@ runs, so every level costs about the same and the whole search ``O(C log N)`` fo
 cost ``C`` (paper §3.3). With k = 2 and m = 8 the grids are 8×8, 4×4, 2×2, then 1.
 
 The study plans one level at a time (:func:`plan_level`) from the losses of the level before it
-(:func:`best_point`), and :func:`ledger` accounts the cost.
+(:func:`best_point`), and :func:`ledger` accounts the cost. :func:`spanning_grid` is the check: a
+brute-force grid over level 0's box at another width (the top calibration width).
 """
 
 from __future__ import annotations
@@ -23,7 +24,8 @@ import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
-__all__ = ["Level", "best_point", "ledger", "plan_level", "points_per_axis", "telescope"]
+__all__ = ["Level", "best_point", "grid_indices", "ledger", "plan_level", "points_per_axis", "spanning_grid",
+           "telescope"]
 
 
 def points_per_axis(level: int, first: int, k: int) -> int:
@@ -55,6 +57,26 @@ def plan_level(index: int, width: int, center: Mapping[str, float], first_spacin
     return Level(index, width, points, spacing, dict(center))
 
 
+def grid_indices(level: Level) -> list[tuple[int, ...]]:
+    """Each point's position on the grid, one index per hyperparameter (in ``center``'s order), in the
+    order of ``level.points``: index 0 is the smallest value of that hyperparameter."""
+    per_axis = round(len(level.points) ** (1 / len(level.center)))
+    return list(itertools.product(range(per_axis), repeat=len(level.center)))
+
+
+def spanning_grid(width: int, center: Mapping[str, float], first_spacing: Mapping[str, float], first_points: int,
+                  points: int) -> Level:
+    """A full grid of ``points`` values per hyperparameter over the box level 0 covers (``first_points``
+    values spaced ``first_spacing``, centred on ``center``): the same extremes, spacing
+    ``first_spacing^((first_points − 1)/(points − 1))``. With ``points = first_points`` it is level 0's
+    grid at ``width``: the brute-force search the telescope replaces."""
+    if points < 2 or first_points < 2:
+        raise ValueError(f"a spanning grid needs at least 2 points per axis, got points={points}, "
+                         f"first_points={first_points}")
+    spacing = {name: first_spacing[name] ** ((first_points - 1) / (points - 1)) for name in center}
+    return plan_level(0, width, center, spacing, points)
+
+
 def best_point(points: Sequence[Mapping[str, float]], losses: Sequence[float]) -> dict[str, float]:
     """The point with the lowest loss (ties: the first); non-finite losses (diverged runs) never win."""
     finite = [(loss, i) for i, loss in enumerate(losses) if math.isfinite(loss)]
@@ -78,12 +100,18 @@ def telescope(widths: Sequence[int], center: Mapping[str, float], first_spacing:
 
 
 def ledger(levels: Sequence[Level], run_cost: Callable[[int], float], final_width: int | None = None) -> dict:
-    """Cost accounting: runs and cost per level, the final run, and what a full grid at the top width
-    (the first level's grid size, at the largest calibration width) would have cost instead."""
+    """Cost accounting: runs and cost per level, the final run, and what a full grid (the first level's
+    grid size) would have cost instead at the top calibration width and, with ``final_width``, at the
+    final width (the paper's Figure 13 comparison: telescoping search + final run against that grid)."""
     rows = [{"level": lv.index, "width": lv.width, "runs": len(lv.points), "cost": len(lv.points) * run_cost(lv.width)}
             for lv in levels]
     search = sum(r["cost"] for r in rows)
     final = run_cost(final_width) if final_width is not None else 0.0
     full_grid = len(levels[0].points) * run_cost(levels[-1].width)
-    return {"levels": rows, "search_cost": search, "final_cost": final, "total_cost": search + final,
+    book = {"levels": rows, "search_cost": search, "final_cost": final, "total_cost": search + final,
             "full_grid_cost_at_top_width": full_grid, "saved_fraction": 1.0 - search / full_grid}
+    if final_width is not None:
+        at_final = len(levels[0].points) * final
+        book.update(full_grid_cost_at_final_width=at_final, saved_fraction_at_final_width=1.0 - (search + final)
+                    / at_final, final_share=final / (search + final))
+    return book

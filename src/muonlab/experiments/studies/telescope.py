@@ -1,0 +1,210 @@
+"""``telescope``: Essential AI's telescoping search over (learning rate, weight decay) (arXiv 2505.02222 §3.3–3.4).
+
+Algorithm 1 of the paper, with muP (so the hyperparameters transfer across widths) and Muon, on
+one small Llama-style family whose width grows by adding heads of a fixed width
+(``muonlab.experiments.telescoping`` plans the grids):
+
+1. level 0 (stage 0): a full ``grid_points × grid_points`` grid of (lr, λ) at the base width
+   ``widths[0]``, log-spaced by ``lr_spacing`` and ``wd_spacing`` around ``(lr_center, wd_center)``;
+2. level k (stage k): at width ``widths[k]`` (twice the last), ``grid_points · 2^(−k)`` points per
+   hyperparameter (4× fewer runs, each ≈ 4× dearer), the mesh halved in log space, centred on level
+   k − 1's best point; it needs every run of level k − 1;
+3. the final run at ``final_width`` at the last level's best point (the telescoped choice).
+
+The check (stage 0, independent of the telescope): a brute-force ``brute_points × brute_points`` grid
+at the top calibration width ``widths[-1]`` over level 0's box. Seed noise: the telescoped choice and
+the brute-force optimum are each trained again at the top calibration width with the fresh seeds
+``check_seeds`` (the search runs all use ``search_seed``). Every run has the same tokens, batch,
+sequence length and depth; only the width and (lr, λ) differ.
+
+Run names carry the level, the width and the grid index (``L1-d64-i0-j2-s0``: lr index 0, λ index
+2), never a hyperparameter value: until level k − 1 is done, level k's grid is provisional (centred
+on level k − 1's own centre).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from ...analysis.runs import Run
+from ...train.config import ConfigError, TrainConfig
+from ..estimate import run_flops_per_step
+from ..study import Analysis, Finished, PlannedRun, Study
+from ..telescoping import Level, best_point, grid_indices, plan_level, spanning_grid
+from ._telescope_report import Search, telescope_analysis
+
+HPARAMS = ("lr", "weight_decay")
+"""The searched hyperparameters, in grid-index order (``i`` indexes lr, ``j`` weight decay)."""
+
+PRESETS: dict[str, dict[str, Any]] = {
+    # Byte tokens of the English corpus, 4 blocks, heads of 32, 491,520 tokens (240 steps of 16 × 128) a run: the
+    # family and budget of docs/mup_lr_transfer.json, where muP's best lr stayed at 0.027–0.031 from d = 32 to 128
+    # (base 64), hence the centre. Levels 6×6 → 3×3 → 2×2 at d = 32, 64, 128, the final run at d = 256; the
+    # brute-force check is level 0's 6×6 grid at d = 128. 92 runs, 45M tokens.
+    "cpu": dict(
+        widths=(32, 64, 128), final_width=256, grid_points=6, brute_points=6, lr_center=0.03, wd_center=0.1,
+        lr_spacing=2.0, wd_spacing=2.0, search_seed=0, check_seeds=(1, 2, 3), n_layers=4, head_dim=32,
+        mup_base_width=64, corpus="english", tokenizer="byte", vocab_size=4096, seq_len=128, batch_size=16,
+        train_tokens=491_520, compile=False, device="auto",
+    ),
+    # One GPU: d = 128, 256, 512 (4×4 → 2×2 → 1), the final run at d = 1024, a 4×4 brute-force grid at d = 512;
+    # 44 runs of 1M byte tokens (128 steps of 32 × 256), one at a time.
+    "gpu": dict(
+        widths=(128, 256, 512), final_width=1024, grid_points=4, brute_points=4, lr_center=0.03, wd_center=0.1,
+        lr_spacing=2.0, wd_spacing=2.0, search_seed=0, check_seeds=(1, 2, 3), n_layers=4, head_dim=64,
+        mup_base_width=256, corpus="english", tokenizer="byte", vocab_size=4096, seq_len=256, batch_size=32,
+        train_tokens=1_048_576, compile=False, device="cuda",
+    ),
+}
+
+
+def _check(p: Mapping[str, Any]) -> None:
+    widths = list(p["widths"])
+    if not widths or any(b != 2 * a for a, b in zip(widths, widths[1:])):
+        raise ConfigError(f"telescope: widths={widths} must double at each level (Algorithm 1), e.g. (32, 64, 128)")
+    if p["final_width"] < widths[-1]:
+        raise ConfigError(f"telescope: final_width={p['final_width']} must be ≥ the top calibration width {widths[-1]}")
+    if len({*widths, p["final_width"]}) < 3:
+        raise ConfigError("telescope: L(d) = A/d^α + E needs ≥ 3 distinct widths among widths and final_width")
+    if p["grid_points"] < 2 or p["brute_points"] < 2:
+        raise ConfigError(f"telescope: grid_points={p['grid_points']} and brute_points={p['brute_points']} must be ≥ 2")
+    if any(w % p["head_dim"] for w in (*widths, p["final_width"])):
+        raise ConfigError(f"telescope: every width must be a multiple of head_dim={p['head_dim']}")
+
+
+def _center(p: Mapping[str, Any]) -> dict[str, float]:
+    return {"lr": p["lr_center"], "weight_decay": p["wd_center"]}
+
+
+def _spacing(p: Mapping[str, Any]) -> dict[str, float]:
+    return {"lr": p["lr_spacing"], "weight_decay": p["wd_spacing"]}
+
+
+def level_names(level: Level, seed: int) -> list[str]:
+    """``L<level>-d<width>-i<lr index>-j<wd index>-s<seed>``, in the order of ``level.points``."""
+    return [f"L{level.index}-d{level.width}-i{i}-j{j}-s{seed}" for i, j in grid_indices(level)]
+
+
+def brute_names(grid: Level, seed: int) -> list[str]:
+    return [f"brute-d{grid.width}-i{i}-j{j}-s{seed}" for i, j in grid_indices(grid)]
+
+
+def final_name(p: Mapping[str, Any]) -> str:
+    return f"final-d{p['final_width']}-s{p['search_seed']}"
+
+
+def check_name(arm: str, p: Mapping[str, Any], seed: int) -> str:
+    """A seed-noise run of ``arm`` ("telescoped" or "brute") at the top calibration width."""
+    return f"check-{arm}-d{p['widths'][-1]}-s{seed}"
+
+
+def final_loss(run: Run) -> float:
+    """The run's final validation loss (NaN if it logged none)."""
+    loss = run.final("val_loss")
+    return float("nan") if loss is None else loss
+
+
+def levels(p: Mapping[str, Any], done: Mapping[str, Run]) -> tuple[list[Level], dict[str, float] | None]:
+    """Every calibration level's grid and the telescoped choice (None while the last level is unfinished):
+    each level centred on the previous level's best point once all its runs are ``done``, else on the
+    previous level's own centre (provisional)."""
+    center, known, planned = _center(p), True, []
+    for index, width in enumerate(p["widths"]):
+        level = plan_level(index, width, center, _spacing(p), p["grid_points"])
+        planned.append(level)
+        names = level_names(level, p["search_seed"])
+        known = known and all(n in done for n in names)
+        if known:
+            center = best_point(level.points, [final_loss(done[n]) for n in names])
+    return planned, center if known else None
+
+
+def brute_grid(p: Mapping[str, Any]) -> Level:
+    """The brute-force grid at the top calibration width, over level 0's box."""
+    return spanning_grid(p["widths"][-1], _center(p), _spacing(p), p["grid_points"], p["brute_points"])
+
+
+def brute_best(p: Mapping[str, Any], done: Mapping[str, Run]) -> dict[str, float] | None:
+    """The brute-force grid's best point (search seed), None while any of its runs is unfinished."""
+    grid = brute_grid(p)
+    names = brute_names(grid, p["search_seed"])
+    if not all(n in done for n in names):
+        return None
+    return best_point(grid.points, [final_loss(done[n]) for n in names])
+
+
+def config(p: Mapping[str, Any], width: int, point: Mapping[str, float], seed: int) -> TrainConfig:
+    """One run: muP (base ``mup_base_width``) with Muon at ``width``, the (lr, λ) of ``point``."""
+    steps = p["train_tokens"] // (p["seq_len"] * p["batch_size"])
+    return TrainConfig(
+        corpus=p["corpus"], tokenizer=p["tokenizer"], vocab_size=p["vocab_size"], model="demo", d_model=width,
+        n_layers=p["n_layers"], n_heads=width // p["head_dim"], parametrization="mup",
+        mup_base_width=p["mup_base_width"], seq_len=p["seq_len"], batch_size=p["batch_size"],
+        train_tokens=p["train_tokens"], optimizer="muon", lr=point["lr"], weight_decay=point["weight_decay"],
+        schedule="cosine", warmup_steps=max(1, steps // 10), eval_every=steps, eval_batches=16,
+        log_every=max(1, steps // 8), telemetry_every=0, checkpoint_every=0, compile=p["compile"],
+        device=p["device"], seed=seed,
+    )
+
+
+def run_flops(p: Mapping[str, Any], width: int) -> float:
+    """Training FLOPs of one run at ``width`` (forward + backward, attention included; Newton–Schulz not counted)."""
+    cfg = config(p, width, _center(p), p["search_seed"])
+    return run_flops_per_step(cfg) * cfg.total_steps()
+
+
+def plan(p: Mapping[str, Any], done: Mapping[str, Run]) -> list[PlannedRun]:
+    """Stage 0: level 0 and the brute-force grid; stage k: level k (needs level k − 1); then the final run
+    and the telescoped choice's seed-noise runs (need the last level); the brute-force optimum's seed-noise
+    runs need the brute-force grid."""
+    _check(p)
+    seed = p["search_seed"]
+    grids, choice = levels(p, done)
+    runs: list[PlannedRun] = []
+    needs: tuple[str, ...] = ()
+    for level in grids:
+        names = level_names(level, seed)
+        runs += [PlannedRun(n, config(p, level.width, point, seed), needs) for n, point in zip(names, level.points)]
+        needs = tuple(names)
+    grid = brute_grid(p)
+    brute = brute_names(grid, seed)
+    runs += [PlannedRun(n, config(p, grid.width, point, seed)) for n, point in zip(brute, grid.points)]
+    provisional = _center(p)
+    runs.append(PlannedRun(final_name(p), config(p, p["final_width"], choice or provisional, seed), needs))
+    top = p["widths"][-1]
+    runs += [PlannedRun(check_name("telescoped", p, s), config(p, top, choice or provisional, s), needs)
+             for s in p["check_seeds"]]
+    best = brute_best(p, done) or provisional
+    runs += [PlannedRun(check_name("brute", p, s), config(p, top, best, s), tuple(brute)) for s in p["check_seeds"]]
+    return runs
+
+
+def analyse(finished: Finished) -> Analysis:
+    """Per-level grids, the brute-force check, the seed-noise comparison, the ledger and the L(d) fit."""
+    p, runs = finished.params, finished.runs
+    grids, choice = levels(p, runs)
+    seed = p["search_seed"]
+    grid = brute_grid(p)
+    search = Search(
+        levels=[(level, [runs[n] for n in level_names(level, seed)]) for level in grids],
+        brute=(grid, [runs[n] for n in brute_names(grid, seed)]),
+        final=runs[final_name(p)],
+        choice=choice,
+        checks={arm: [runs[check_name(arm, p, s)] for s in p["check_seeds"]] for arm in ("telescoped", "brute")},
+        hparams=HPARAMS,
+        flops={w: run_flops(p, w) for w in (*p["widths"], p["final_width"])},
+    )
+    return telescope_analysis(search, p, finished.out)
+
+
+STUDY = Study(
+    name="telescope",
+    title="Telescoping (lr, weight decay) search under muP with Muon (Essential AI Algorithm 1)",
+    claim="Essential AI (arXiv 2505.02222 §3.3–3.4, Algorithm 1, Figures 6, 13, 14): shrinking the grid around the "
+          "previous optimum at each width doubling finds near-optimal (lr, λ) for O(C log N) compute, typically "
+          "saving > 50 % against a full grid at the final width.",
+    presets=PRESETS,
+    plan=plan,
+    analyse=analyse,
+)
