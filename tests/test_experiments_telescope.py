@@ -82,6 +82,12 @@ def test_the_plan_per_level_recentres_on_the_previous_best_and_tracks_a_drifting
     assert (brute.lr, brute.weight_decay) == pytest.approx((0.03 / math.sqrt(2), 0.1 * math.sqrt(2)))
 
 
+def test_the_gpu_preset_plans_the_same_study_four_times_wider(tmp_path):
+    runs = get_study("telescope").planned(_params(**telescope.PRESETS["gpu"]), tmp_path, {})
+    assert len(runs) == 16 + 4 + 1 + 16 + 1 + 3 + 3
+    assert {r.config.d_model for r in runs} == {128, 256, 512, 1024} and {r.config.device for r in runs} == {"cuda"}
+
+
 def test_names_carry_level_width_and_grid_index_never_a_value(tmp_path):
     runs = get_study("telescope").planned(_params(), tmp_path, {})
     pattern = re.compile(r"^(L\d-d\d+-i\d-j\d|brute-d128-i\d-j\d|final-d256|check-(telescoped|brute)-d128)-s\d$")

@@ -169,7 +169,8 @@ def plot_ledger(book: Mapping[str, Any], measured: Mapping[str, Any], brute_flop
     telescope's total, a full grid at the final width (hatched: level 0's grid size × the final run) and
     the brute-force check grid; log y, each bar labelled with its value."""
     fig, (flops, wall) = new_figure(2, width=6.2, height=4.6)
-    labels = [f"L{r['level']}\nd={r['width']}\n{r['runs']} runs" for r in book["levels"]] + ["final"]
+    labels = [f"L{r['level']}\nd={r['width']}\n{r['runs']} run{'s' if r['runs'] != 1 else ''}" for r in book["levels"]]
+    labels += ["final"]
     labels += ["telescope\ntotal", "full grid\nat final", "brute force\n(check)"]
     colors = ["tab:red"] * len(book["levels"]) + ["darkred", "tab:orange", "white", "tab:blue"]
     columns = (

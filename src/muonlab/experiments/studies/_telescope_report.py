@@ -17,7 +17,7 @@ from typing import Any
 from ...analysis import telescope_plots as plots
 from ...analysis.fits import fit_saturating_power
 from ...analysis.runs import Run
-from ..protocol import ClaimCheck, Gap, claim_section, mean_std
+from ..protocol import MIN_SEEDS, ClaimCheck, Gap, claim_section, mean_std
 from ..study import Analysis
 from ..telescoping import Level, best_point, ledger
 
@@ -45,7 +45,8 @@ class Search:
     flops: Mapping[int, float]
 
 
-def _loss(run: Run) -> float:
+def final_loss(run: Run) -> float:
+    """The run's final validation loss (NaN if it logged none)."""
     loss = run.final("val_loss")
     return math.nan if loss is None else loss
 
@@ -98,7 +99,7 @@ def level_rows(search: Search) -> list[dict[str, Any]]:
     """Per calibration level: width, grid, centre, best point, min / spread of the loss, FLOPs and wall time."""
     rows = []
     for level, runs in search.levels:
-        losses = [_loss(r) for r in runs]
+        losses = [final_loss(r) for r in runs]
         finite = [v for v in losses if math.isfinite(v)]
         best = level.points[losses.index(min(finite))]
         rows.append({
@@ -140,7 +141,7 @@ def _location_claim(distance: Mapping[str, float], coarse: Mapping[str, float], 
 
 
 def _noise_claim(gap: Gap, width: int) -> ClaimCheck:
-    if gap.spread is None:
+    if min(gap.a.n, gap.b.n) < MIN_SEEDS:
         agrees = None
     else:
         agrees = True if not gap.separated else gap.difference < 0
@@ -224,9 +225,9 @@ def _levels_table(rows: Sequence[Mapping[str, Any]], search: Search) -> str:
         lines.append(f"| L{r['level']} | {r['width']} | {n}×{n} | ×{r['spacing']['lr']:.3f}, "
                      f"×{r['spacing']['weight_decay']:.3f} | {_fmt(r['center'])} | {_fmt(r['best'])} | "
                      f"{r['min_loss']:.4f} | {r['spread']:.4f} | {r['flops']:.2e} | {r['wall_s']:.0f} s |")
-    final = search.final
-    lines.append(f"| final | {final.config.get('d_model')} | 1 | — | {_fmt(search.choice)} | {_fmt(search.choice)} | "
-                 f"{_loss(final):.4f} | — | {search.flops[final.config.get('d_model')]:.2e} | {_wall(final):.0f} s |")
+    final, width = search.final, search.final.config.get("d_model")
+    lines.append(f"| final | {width} | 1 | — | {_fmt(search.choice)} | {_fmt(search.choice)} | "
+                 f"{final_loss(final):.4f} | — | {search.flops[width]:.2e} | {_wall(final):.0f} s |")
     return "\n".join(lines)
 
 
@@ -269,19 +270,20 @@ def telescope_analysis(search: Search, p: Mapping[str, Any], out: Path) -> Analy
     """The levels, the brute-force check, seed noise, the cost ledger, the L(d) fit: claims, plots, report."""
     rows = level_rows(search)
     grid, brute_runs = search.brute
-    brute_losses = [_loss(r) for r in brute_runs]
+    brute_losses = [final_loss(r) for r in brute_runs]
     refined, edge = refined_optimum(grid, brute_losses)
     fine = search.levels[-1][0].spacing
     distance = cells_apart(search.choice, refined, fine)
     coarse = cells_apart(search.choice, refined, grid.spacing)
-    arms = {arm: mean_std(_loss(r) for r in runs) for arm, runs in search.checks.items()}
+    seeds = {arm: [final_loss(r) for r in runs] for arm, runs in search.checks.items()}
+    arms = {arm: mean_std(losses) for arm, losses in seeds.items()}
     gap = Gap(arms["brute"], arms["telescoped"])
     final_width = int(search.final.config.get("d_model"))
     book = ledger([level for level, _ in search.levels], search.flops.__getitem__, final_width)
     measured = measured_ledger(search, rows)
     brute_flops = len(brute_runs) * search.flops[grid.width]
     widths = [r["width"] for r in rows] + [final_width]
-    minima = [r["min_loss"] for r in rows] + [_loss(search.final)]
+    minima = [r["min_loss"] for r in rows] + [final_loss(search.final)]
     fit = fit_saturating_power(widths, minima)
     checks = [_location_claim(distance, coarse, edge, grid.width), _noise_claim(gap, grid.width),
               _cost_claim(book, measured, p["widths"], final_width), _even_claim(rows, book), _spread_claim(rows),
@@ -290,8 +292,7 @@ def telescope_analysis(search: Search, p: Mapping[str, Any], out: Path) -> Analy
         ("Each level's (lr, λ) grid with its final validation losses; ★ the level's best, + its centre",
          plots.plot_levels([(level, r["losses"]) for (level, _), r in zip(search.levels, rows)], out / "levels.png")),
         (f"Brute-force grid at d={grid.width} with the telescope's path and choice; seed noise of both choices",
-         plots.plot_brute(grid, brute_losses, [r["best"] for r in rows], refined, fine,
-                          {arm: [_loss(r) for r in runs] for arm, runs in search.checks.items()}, out / "brute.png")),
+         plots.plot_brute(grid, brute_losses, [r["best"] for r in rows], refined, fine, seeds, out / "brute.png")),
         ("Per-level minimum loss against width with the L(d) = A/d^α + E fit; the losses of every level",
          plots.plot_minima(widths, minima, fit, [r["losses"] for r in rows], out / "minima_fit.png")),
         ("Cost ledger per level (FLOPs and measured training time) against the brute-force grid and a full grid "
@@ -299,7 +300,7 @@ def telescope_analysis(search: Search, p: Mapping[str, Any], out: Path) -> Analy
     ]
     results = {
         "levels": rows, "choice": search.choice,
-        "final": {"width": final_width, "loss": _loss(search.final), "wall_s": _wall(search.final)},
+        "final": {"width": final_width, "loss": final_loss(search.final), "wall_s": _wall(search.final)},
         "brute": {"width": grid.width, "spacing": grid.spacing, "best": best_point(grid.points, brute_losses),
                   "refined": refined, "edge": edge, "losses": brute_losses},
         "distance_fine_cells": distance, "distance_brute_cells": coarse,

@@ -32,7 +32,7 @@ from ...train.config import ConfigError, TrainConfig
 from ..estimate import run_flops_per_step
 from ..study import Analysis, Finished, PlannedRun, Study
 from ..telescoping import Level, best_point, grid_indices, plan_level, spanning_grid
-from ._telescope_report import Search, telescope_analysis
+from ._telescope_report import Search, final_loss, telescope_analysis
 
 HPARAMS = ("lr", "weight_decay")
 """The searched hyperparameters, in grid-index order (``i`` indexes lr, ``j`` weight decay)."""
@@ -41,20 +41,23 @@ PRESETS: dict[str, dict[str, Any]] = {
     # Byte tokens of the English corpus, 4 blocks, heads of 32, 491,520 tokens (240 steps of 16 × 128) a run: the
     # family and budget of docs/mup_lr_transfer.json, where muP's best lr stayed at 0.027–0.031 from d = 32 to 128
     # (base 64), hence the centre. Levels 6×6 → 3×3 → 2×2 at d = 32, 64, 128, the final run at d = 256; the
-    # brute-force check is level 0's 6×6 grid at d = 128. 92 runs, 45M tokens.
+    # brute-force check is level 0's 6×6 grid at d = 128. 92 runs, 45M tokens; `--dry-run` on the loaded 2-core
+    # machine: 1 h 52 min (two runs side by side; alone, a d=32 run trained at 20k tokens/s and a d=128 one at
+    # 5.7k there). The grid's corner (lr 0.17, λ 0.018) trains without diverging at d = 32 and 128.
     "cpu": dict(
         widths=(32, 64, 128), final_width=256, grid_points=6, brute_points=6, lr_center=0.03, wd_center=0.1,
         lr_spacing=2.0, wd_spacing=2.0, search_seed=0, check_seeds=(1, 2, 3), n_layers=4, head_dim=32,
         mup_base_width=64, corpus="english", tokenizer="byte", vocab_size=4096, seq_len=128, batch_size=16,
         train_tokens=491_520, compile=False, device="auto",
     ),
-    # One GPU: d = 128, 256, 512 (4×4 → 2×2 → 1), the final run at d = 1024, a 4×4 brute-force grid at d = 512;
-    # 44 runs of 1M byte tokens (128 steps of 32 × 256), one at a time.
+    # One GPU, the same family (muP base 64, heads of 32, so the same centre) 4× wider: d = 128, 256, 512
+    # (4×4 → 2×2 → 1), the final run at d = 1024, a 4×4 brute-force grid at d = 512; 44 runs of 524,288 tokens
+    # (128 steps of 32 × 128), one after another in one process (not measured on a GPU yet).
     "gpu": dict(
         widths=(128, 256, 512), final_width=1024, grid_points=4, brute_points=4, lr_center=0.03, wd_center=0.1,
-        lr_spacing=2.0, wd_spacing=2.0, search_seed=0, check_seeds=(1, 2, 3), n_layers=4, head_dim=64,
-        mup_base_width=256, corpus="english", tokenizer="byte", vocab_size=4096, seq_len=256, batch_size=32,
-        train_tokens=1_048_576, compile=False, device="cuda",
+        lr_spacing=2.0, wd_spacing=2.0, search_seed=0, check_seeds=(1, 2, 3), n_layers=4, head_dim=32,
+        mup_base_width=64, corpus="english", tokenizer="byte", vocab_size=4096, seq_len=128, batch_size=32,
+        train_tokens=524_288, compile=False, device="cuda",
     ),
 }
 
@@ -97,12 +100,6 @@ def final_name(p: Mapping[str, Any]) -> str:
 def check_name(arm: str, p: Mapping[str, Any], seed: int) -> str:
     """A seed-noise run of ``arm`` ("telescoped" or "brute") at the top calibration width."""
     return f"check-{arm}-d{p['widths'][-1]}-s{seed}"
-
-
-def final_loss(run: Run) -> float:
-    """The run's final validation loss (NaN if it logged none)."""
-    loss = run.final("val_loss")
-    return float("nan") if loss is None else loss
 
 
 def levels(p: Mapping[str, Any], done: Mapping[str, Run]) -> tuple[list[Level], dict[str, float] | None]:
