@@ -45,9 +45,9 @@ import torch.nn.functional as F
 from muonlab.allocator import ensure_fast_allocator
 from muonlab.models import MoE, Transformer, preset
 from muonlab.models.moe import (
-    _compute_dtype,
     _experts_grouped_mm,
     _experts_padded_bmm,
+    compute_dtype,
     expert_layout,
     grouped_mm_supported,
     route,
@@ -119,7 +119,7 @@ def moe_pieces(moe: MoE, x: torch.Tensor, device) -> dict[str, callable]:
     with torch.no_grad():
         routing = route(F.linear(flat.float(), moe.router.float()), moe.balance_bias, moe.top_k, moe.scale)
     with torch.autocast(device.type, dtype=torch.bfloat16):
-        dtype = _compute_dtype(flat)
+        dtype = compute_dtype(flat)
     k, E = moe.top_k, moe.n_experts
     bucket = device.type == "cpu" if moe.bucket is None else moe.bucket
     slot_of_row, sizes = expert_layout(routing.experts, E, bucket)

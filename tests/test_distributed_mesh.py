@@ -22,29 +22,13 @@ import pytest
 import torch
 
 from distributed_harness import spawn
-from mesh_harness import mesh_case, misfit_error, run_mesh_plan
+from mesh_harness import TOLERANCE, mesh_case, misfit_error, mismatches, run_mesh_plan
 
 pytestmark = pytest.mark.distributed
 
 STEPS, NAN_AT, SAVE_AT = 3, 1, 2
-TOLERANCE = 1e-5
 MESHES = {"dp2xtp2": (4, {"dp_shard": 2, "tp": 2}), "tp2": (2, {"tp": 2})}  # in this order: tp2 loads a checkpoint
 SAVED = f"dp2xtp2/checkpoints/step_{SAVE_AT:08d}"
-
-
-def _relative(a: torch.Tensor, b: torch.Tensor) -> float:
-    return float((a.double() - b.double()).norm() / b.double().norm().clamp_min(1e-30))
-
-
-def _mismatches(result: dict, reference: dict) -> dict[str, float]:
-    """Relative error of each parameter's total update and each optimizer state tensor, worse than TOLERANCE."""
-    errors = {}
-    for name, final in reference["params"].items():
-        errors[name] = _relative(result["params"][name] - result["initial"][name], final - reference["initial"][name])
-    assert set(result["state"]) == set(reference["state"]), set(result["state"]) ^ set(reference["state"])
-    for key, value in reference["state"].items():
-        errors[key] = _relative(result["state"][key], value) if value.ndim else abs(float(result["state"][key] - value))
-    return {k: e for k, e in errors.items() if not e <= TOLERANCE}
 
 
 @pytest.fixture(scope="module")
@@ -82,7 +66,7 @@ def runs(checkpoints):
 @pytest.mark.parametrize("mesh", MESHES)
 def test_updates_state_and_losses_equal_the_single_process_run(runs, reference, mesh):
     for rank, result in enumerate(runs[mesh]):
-        assert _mismatches(result["exact"], reference["exact"]) == {}, rank
+        assert mismatches(result["exact"], reference["exact"]) == {}, rank
         assert result["exact"]["losses"] == pytest.approx(reference["exact"]["losses"], rel=TOLERANCE, abs=0)
 
 
@@ -107,7 +91,7 @@ def test_update_rms_telemetry_equals_the_single_process_run(runs, reference, mes
 
 @pytest.mark.parametrize("mesh", MESHES)
 def test_blockwise_orthogonalization_of_tensor_parallel_shards_fails_the_same_check(runs, reference, mesh):
-    errors = _mismatches(runs[mesh][0]["blockwise"], reference["exact"])
+    errors = mismatches(runs[mesh][0]["blockwise"], reference["exact"])
     assert max(errors.values()) > 0.1, errors  # off by tens of percent, not by rounding
 
 
@@ -116,8 +100,8 @@ def test_a_nan_in_one_local_shard_makes_every_rank_skip_the_same_step(runs, refe
     assert reference["skip"]["skipped"] == 1
     for result in runs[mesh]:
         assert result["skip"]["skipped"] == 1
-        assert _mismatches(result["skip"], reference["skip"]) == {}
-    assert _mismatches(runs[mesh][0]["skip"], reference["exact"]) != {}  # the skipped step mattered
+        assert mismatches(result["skip"], reference["skip"]) == {}
+    assert mismatches(runs[mesh][0]["skip"], reference["exact"]) != {}  # the skipped step mattered
 
 
 @pytest.mark.parametrize("mesh", MESHES)
@@ -125,12 +109,12 @@ def test_a_checkpoint_saved_on_dp2xtp2_continues_on_another_mesh(runs, reference
     """dp_shard 2 × tp 2 → dp_shard 4 (the "dp2xtp2" processes) and → tp 2 (the "tp2" processes)."""
     for result in runs[mesh]:
         resumed = {**result["resumed"], "initial": reference["exact"]["initial"]}
-        assert _mismatches(resumed, reference["exact"]) == {}
+        assert mismatches(resumed, reference["exact"]) == {}
 
 
 def test_a_checkpoint_saved_on_dp2xtp2_continues_on_one_process(runs, reference, checkpoints):
     resumed = mesh_case(0, 1, {}, STEPS - SAVE_AT, load_dir=str(checkpoints / SAVED))
-    assert _mismatches({**resumed, "initial": reference["exact"]["initial"]}, reference["exact"]) == {}
+    assert mismatches({**resumed, "initial": reference["exact"]["initial"]}, reference["exact"]) == {}
 
 
 def test_a_tensor_parallel_degree_that_does_not_divide_the_heads_fails_on_every_rank_with_one_sentence():

@@ -95,14 +95,17 @@ class MLA(MaxLogitTracker, nn.Module):
     def forward(self, x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
         """x: [B, T, d_model]; cos, sin: [T, qk_rope_head_dim/2] -> [B, T, d_model]."""
         B, T, _ = x.shape
-        H, n, r = self.n_heads, self.nope_dim, self.rope_dim
+        n, r = self.nope_dim, self.rope_dim
+        # Head counts come from the projections: under tensor parallelism (muonlab.parallel.mesh)
+        # each rank computes n_heads / tp of them.
         c_q = self.q_norm(self.wq_down(x).float()) if self.compress_q else x
-        q_nope = self.wq_nope(c_q).view(B, T, H, n).transpose(1, 2)  # [B, H, T, n]
-        q_rope = apply_rope(self.wq_rope(c_q).view(B, T, H, r).transpose(1, 2), cos, sin)
+        q_nope = self.wq_nope(c_q).view(B, T, -1, n).transpose(1, 2)  # [B, H, T, n]
+        q_rope = apply_rope(self.wq_rope(c_q).view(B, T, -1, r).transpose(1, 2), cos, sin)
         # Keys and values are expanded from the cached latent, exactly as generation would do.
         c_kv, k_rope = self.kv_latent(x, cos, sin).split([self.kv_lora_rank, r], dim=-1)
-        k_nope = self.wk_up(c_kv).view(B, T, H, n).transpose(1, 2)
-        v = self.wv_up(c_kv).view(B, T, H, self.v_dim).transpose(1, 2)  # [B, H, T, v]
+        k_nope = self.wk_up(c_kv).view(B, T, -1, n).transpose(1, 2)
+        v = self.wv_up(c_kv).view(B, T, -1, self.v_dim).transpose(1, 2)  # [B, H, T, v]
+        H = q_nope.shape[1]
         q = torch.cat([q_nope, q_rope.to(q_nope.dtype)], dim=-1)
         k = torch.cat([k_nope, k_rope.to(k_nope.dtype)[:, None].expand(B, H, T, r)], dim=-1)
         self.record_max_logits(q, k, (n + r) ** -0.5 if self.scale is None else self.scale)

@@ -31,6 +31,9 @@ run through a grouped GEMM (``torch.nn.functional.grouped_mm`` / ``torch._groupe
 installed torch runs it on this device and dtype) or, as the portable fallback, one padded
 ``bmm`` over experts with capacity = the largest expert load. On CPU the groups are padded to a
 few distinct sizes, since oneDNN builds a kernel per new GEMM shape (``bucketed_group_sizes``).
+The layer calls its ``experts_fn`` (``moe_experts``); expert parallelism (``muonlab.parallel.experts``)
+replaces it with an all-to-all dispatch to experts held by other ranks, leaving this module unaware
+of torch.distributed.
 """
 
 from __future__ import annotations
@@ -54,7 +57,9 @@ __all__ = [
     "Routing",
     "balance_bias_update",
     "bucketed_group_sizes",
+    "compute_dtype",
     "expert_layout",
+    "grouped_expert_ffn",
     "grouped_mm_supported",
     "moe_experts",
     "route",
@@ -235,10 +240,30 @@ def _experts_padded_bmm(xs: Tensor, sizes: Tensor, gate: Tensor, w_gate: Tensor,
     return y.view(E * capacity, d).index_select(0, slot)
 
 
-def _compute_dtype(x: Tensor) -> torch.dtype:
-    # torch's grouped GEMM is not on autocast's lists; follow autocast by hand, as nn.Linear would.
+def compute_dtype(x: Tensor) -> torch.dtype:
+    """The dtype expert GEMMs run in for input ``x``: autocast's where it is on, else ``x.dtype`` (torch's
+    grouped GEMM is not on autocast's lists, so this follows autocast by hand, as nn.Linear would)."""
     device_type = x.device.type
     return torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type) else x.dtype
+
+
+def grouped_expert_ffn(xs: Tensor, sizes: Tensor, gate: Tensor, w_gate: Tensor, w_up: Tensor, w_down: Tensor,
+                       backend: str = "auto") -> Tensor:
+    """Rows ``xs`` [R, d] grouped by expert (``sizes[e]`` rows for expert e, in order), their gate weights
+    ``gate`` [R] -> ``gate_r · w_down[e] (silu(w_gate[e] x_r) ⊙ w_up[e] x_r)`` [R, d], in ``xs.dtype``.
+
+    The weights are cast to ``xs.dtype``; ``backend`` is one of ``DISPATCH_BACKENDS`` ("auto": the
+    grouped GEMM where it runs on this device and dtype, else the padded bmm).
+    """
+    if backend not in DISPATCH_BACKENDS:
+        raise ValueError(f"unknown MoE dispatch backend {backend!r}; valid: {', '.join(DISPATCH_BACKENDS)}")
+    dtype, (_, f, d) = xs.dtype, w_gate.shape
+    if backend == "auto":
+        # Under torch.compile the compiler's rules for grouped_mm are CUDA's (bf16 only), even on CPU.
+        usable = (dtype == torch.bfloat16 or not torch.compiler.is_compiling()) and xs.shape[0] > 0
+        backend = "grouped_mm" if usable and grouped_mm_supported(xs.device.type, dtype, d, f) else "padded_bmm"
+    experts_fn = _experts_grouped_mm if backend == "grouped_mm" else _experts_padded_bmm
+    return experts_fn(xs, sizes, gate.to(dtype), w_gate.to(dtype), w_up.to(dtype), w_down.to(dtype))
 
 
 def moe_experts(
@@ -258,20 +283,13 @@ def moe_experts(
     if backend not in DISPATCH_BACKENDS:
         raise ValueError(f"unknown MoE dispatch backend {backend!r}; valid: {', '.join(DISPATCH_BACKENDS)}")
     N, d = x.shape
-    E, f, _ = w_gate.shape
     k = experts.shape[1]
-    dtype = _compute_dtype(x)
-    slot_of_row, sizes = expert_layout(experts, E, x.device.type == "cpu" if bucket is None else bucket)
+    dtype = compute_dtype(x)
+    slot_of_row, sizes = expert_layout(experts, w_gate.shape[0], x.device.type == "cpu" if bucket is None else bucket)
     token_of_row = slot_of_row // k  # the sentinel slot N*k maps to token N: the zero row
     xs = torch.cat([x.to(dtype), x.new_zeros(1, d, dtype=dtype)]).index_select(0, token_of_row)
-    gate = torch.cat([weights.reshape(-1), weights.new_zeros(1)]).index_select(0, slot_of_row).to(dtype)
-    w = (w_gate.to(dtype), w_up.to(dtype), w_down.to(dtype))
-    if backend == "auto":
-        # Under torch.compile the compiler's rules for grouped_mm are CUDA's (bf16 only), even on CPU.
-        usable = dtype == torch.bfloat16 or not torch.compiler.is_compiling()
-        backend = "grouped_mm" if usable and grouped_mm_supported(x.device.type, dtype, d, f) else "padded_bmm"
-    experts_fn = _experts_grouped_mm if backend == "grouped_mm" else _experts_padded_bmm
-    ys = experts_fn(xs, sizes, gate, *w)  # [R, d]
+    gate = torch.cat([weights.reshape(-1), weights.new_zeros(1)]).index_select(0, slot_of_row)
+    ys = grouped_expert_ffn(xs, sizes, gate, w_gate, w_up, w_down, backend)  # [R, d]
     return ys.new_zeros(N + 1, d).index_add(0, token_of_row, ys)[:N]
 
 
@@ -306,6 +324,9 @@ class MoE(nn.Module):
         self.router_multiplier = output_multiplier(config)  # muP: the router is an output weight (models/mup.py)
         self.backend = "auto"  # one of DISPATCH_BACKENDS; tests and benchmarks pin one
         self.bucket: bool | None = None  # pad expert groups to few sizes; None: on CPU only (moe_experts)
+        # How routed tokens meet the experts, called like moe_experts; expert parallelism
+        # (muonlab.parallel.experts) swaps in an all-to-all dispatch to experts on other ranks.
+        self.experts_fn: Callable[..., Tensor] = moe_experts
         self.router = nn.Parameter(torch.empty(E, d))
         self.w_gate = nn.Parameter(torch.empty(E, f, d))
         self.w_up = nn.Parameter(torch.empty(E, f, d))
@@ -344,8 +365,8 @@ class MoE(nn.Module):
             if self.router_multiplier != 1.0:
                 logits = logits * self.router_multiplier
         routing = route(logits, self.balance_bias, self.top_k, self.scale)
-        out = moe_experts(flat, routing.experts, routing.weights, self.w_gate, self.w_up, self.w_down,
-                          self.backend, self.bucket)
+        out = self.experts_fn(flat, routing.experts, routing.weights, self.w_gate, self.w_up, self.w_down,
+                              self.backend, self.bucket)
         if self.shared is not None:
             out = out + self.shared(flat)
         self.aux_loss = None

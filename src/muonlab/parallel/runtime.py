@@ -18,7 +18,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from .mesh import data_parallel_rank, data_parallel_size, init_mesh
+from .mesh import data_parallel_group, data_parallel_rank, data_parallel_size, init_mesh
 
 __all__ = ["PARALLEL_MODES", "Runtime", "init_runtime"]
 
@@ -53,14 +53,19 @@ class Runtime:
 
     @property
     def dp_rank(self) -> int:
-        """Which data shard this rank reads: its rank, or on a mesh its data-parallel coordinate
-        (tensor-parallel peers read the same batch)."""
+        """Which data shard this rank reads: its rank, or on a mesh its data-parallel coordinate over
+        ``dp_shard × ep`` (tensor-parallel peers read the same batch)."""
         return data_parallel_rank(self.mesh) if self.mesh is not None else self.rank
 
     @property
     def dp_size(self) -> int:
         """How many different data shards the ranks read per step."""
         return data_parallel_size(self.mesh) if self.mesh is not None else self.world_size
+
+    @property
+    def dp_group(self):
+        """The process group of the ranks that read different data (None: all ranks do)."""
+        return data_parallel_group(self.mesh) if self.mesh is not None else None
 
     @property
     def is_main(self) -> bool:
@@ -115,7 +120,7 @@ def init_runtime(mode: str = "none", device: str = "auto", timeout_s: float = 60
         mode: one of ``PARALLEL_MODES``; must not be ``"none"`` when there are several processes.
         device: ``"auto"`` (CUDA if available), ``"cpu"`` or ``"cuda"``.
         timeout_s: how long a collective may wait for a missing rank before failing.
-        mesh_shape: with mode ``"mesh"``, the sizes of the mesh dims (e.g. ``{"dp_shard": 2, "tp": 2}``);
+        mesh_shape: with mode ``"mesh"``, the sizes of the mesh dims (e.g. ``{"dp_shard": 2, "ep": 2, "tp": 1}``);
             their product must be the number of processes.
     """
     if mode not in PARALLEL_MODES:

@@ -12,7 +12,8 @@ zero1    parameters replicated (synchronised from rank 0) and marked: Muon reduc
 fsdp     FSDP2 ``fully_shard`` on every block (each element of a top-level ``nn.ModuleList``) and the
          root: parameters become ``Shard(0)`` DTensors, which Muon detects
 mesh     a ``DeviceMesh`` from :func:`~muonlab.parallel.mesh.init_mesh` instead of a mode: tensor
-         parallelism over ``tp`` and FSDP2 over ``dp_shard`` (:mod:`muonlab.parallel.mesh`)
+         parallelism over ``tp``, expert parallelism over ``ep`` and FSDP2 over ``dp_shard × ep``
+         (:mod:`muonlab.parallel.mesh`)
 =======  ============================================================================================
 
 Before wrapping, the ranks compare parameter names, shapes and dtypes and fail together naming
@@ -120,14 +121,17 @@ def parallelize(model: nn.Module, mode) -> nn.Module:
 
 
 @torch.no_grad()
-def sum_step_statistics(model: nn.Module, attr: str = STEP_STATISTICS_ATTR) -> None:
-    """All-reduce (sum) every buffer a module names in its attribute ``attr``.
+def sum_step_statistics(model: nn.Module, attr: str = STEP_STATISTICS_ATTR, group=None) -> None:
+    """All-reduce (sum) over ``group`` every buffer a module names in its attribute ``attr``.
 
     Call on every rank before ``model.after_optimizer_step()``, so that non-gradient updates
     driven by per-step counts (MoE load balancing) see the global batch, as on one process; and
     with ``attr=TELEMETRY_STATISTICS_ATTR`` before ``model.telemetry()``, so that it reports the
-    global batch's statistics.
+    global batch's statistics. ``group``: the ranks that read different data (``Runtime.dp_group``;
+    None: all ranks) — tensor-parallel peers count the same tokens and must not be summed twice.
     """
+    if group is not None and dist.get_world_size(group) == 1:
+        return
     for module in unwrap(model).modules():
         for name in getattr(module, attr, ()):
-            dist.all_reduce(getattr(module, name))
+            dist.all_reduce(getattr(module, name), group=group)
