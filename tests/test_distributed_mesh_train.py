@@ -1,9 +1,12 @@
-"""``muonlab train --dp_shard N --tp N`` under ``torchrun``: the single-process loss curve, and exact resumption.
+"""``muonlab train --dp_shard N --tp N --ep N`` under ``torchrun``: the single-process loss curve, and exact resumption.
 
 - ``--tp 2`` on 2 gloo processes and ``--dp_shard 2 --tp 2`` on 4 train the "tiny" preset with 2
   attention heads (one per TP rank) and log the same loss, validation loss, weight RMS and
   block-output RMS at every step as one process with the whole batch, within 1e-5 (fp32
   Newton–Schulz).
+- ``--ep 2 --dp_shard 2`` on 4 processes trains the "moe-tiny" preset (MLA, 64 routed experts, 16
+  per rank, tokens dispatched by all-to-all) with the single-process loss, validation loss, weight
+  and block-output RMS at every step, within 1e-5, and the same routing statistics.
 - On ``dp_shard 2 × tp 2``, rank 1 killed after step 6 under ``torchrun --max-restarts 1`` is
   restarted with the others, resumes from the step-4 (DCP) checkpoint and finishes with the
   uninterrupted run's metrics.
@@ -58,10 +61,22 @@ def single_process_run(tiny_corpus, muonlab_cache_dir, tmp_path_factory):
     return _rows(run_dir)
 
 
-def _assert_same_trajectory(rows: list[dict], expected: list[dict]) -> None:
+@pytest.fixture(scope="module")
+def single_process_moe_run(tiny_corpus, muonlab_cache_dir, tmp_path_factory):
+    from muonlab.train.config import TrainConfig
+    from muonlab.train.loop import train
+
+    run_dir = tmp_path_factory.mktemp("single-moe") / "run"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MUONLAB_CACHE", str(muonlab_cache_dir))
+        train(TrainConfig(**_values(tiny_corpus, run_dir, model="moe-tiny")))
+    return _rows(run_dir)
+
+
+def _assert_same_trajectory(rows: list[dict], expected: list[dict], keys=("loss", "val_loss")) -> None:
     assert [r["step"] for r in rows] == [r["step"] for r in expected]
     for row, ref in zip(rows, expected):
-        for key in ("loss", "val_loss"):
+        for key in keys:
             if key in ref:
                 assert row[key] == pytest.approx(ref[key], rel=1e-5), (row["step"], key)
         rms_keys = sorted(k for k in ref if k.startswith(("weight_rms/", "output_rms/")))
@@ -82,6 +97,19 @@ def test_torchrun_on_a_mesh_matches_one_process(tiny_corpus, muonlab_cache, tmp_
     _assert_same_trajectory(_rows(run_dir), single_process_run)
     config = json.loads((run_dir / "config.json").read_text())
     assert config["parallel"] == "mesh" and config["world_size"] == processes and config["tokens_per_step"] == 128
+
+
+def test_torchrun_with_expert_parallelism_matches_one_process(tiny_corpus, muonlab_cache, tmp_path,
+                                                              single_process_moe_run):
+    run_dir = tmp_path / "run"
+    values = _values(tiny_corpus, run_dir, model="moe-tiny", batch_size=1, dp_shard=2, ep=2)
+    done = _torchrun(["-m", "muonlab.cli"], values, 4)
+    assert done.returncode == 0, done.stderr[-3000:]
+    routing = [k for k in single_process_moe_run[-1] if k.startswith("moe/")]
+    assert "moe/load_max_over_mean" in routing and "moe/router_entropy" in routing
+    _assert_same_trajectory(_rows(run_dir), single_process_moe_run, ("loss", "val_loss", *routing))
+    config = json.loads((run_dir / "config.json").read_text())
+    assert config["parallel"] == "mesh" and config["ep"] == 2 and config["tokens_per_step"] == 128
 
 
 def test_a_killed_rank_on_a_mesh_resumes_exactly(tiny_corpus, muonlab_cache, tmp_path, single_process_run,

@@ -130,8 +130,8 @@ class ExpertParallel:
         grouped = arrived.index_select(0, by_expert)
         scale = 1.0 / self.data_shards
         w = [gather_experts(_local(t), self.gather_group, scale) for t in (w_gate, w_up, w_down)]
-        ys = grouped_expert_ffn(grouped[:, :d], received.view(self.ep, self.per_rank).sum(0), grouped[:, d], *w,
-                                backend)
+        xs, gates = grouped[:, :d].contiguous(), grouped[:, d]  # the grouped GEMM wants 16-byte aligned strides
+        ys = grouped_expert_ffn(xs, received.view(self.ep, self.per_rank).sum(0), gates, *w, backend)
         back = torch.empty_like(ys).index_copy(0, by_expert, ys)  # in arrival order again
         returned = all_to_all(back, send, arrive, self.ep_group)
         return returned.new_zeros(N, d).index_add(0, slot_of_row // k, returned)

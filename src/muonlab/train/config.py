@@ -118,11 +118,14 @@ class TrainConfig:
     seed: int = _f(0, "seed for initialisation and data order")
     threads: int = _f(0, "CPU threads for torch (0: torch's default, all cores)")
     parallel: str = _f("none", "data parallelism when launched with torchrun: 'ddp', 'zero1' (Moonlight's "
-                       "Distributed Muon), 'fsdp' (FSDP2), 'mesh' (FSDP2 over dp_shard × tensor parallelism over tp; "
-                       "set by dp_shard or tp > 1); batch_size is per data shard", PARALLEL_MODES)
-    dp_shard: int = _f(1, "parallel='mesh': FSDP2 degree (data shards); dp_shard × tp must be the process count")
+                       "Distributed Muon), 'fsdp' (FSDP2), 'mesh' (FSDP2 over dp_shard × ep, tensor parallelism "
+                       "over tp, expert parallelism over ep; set by dp_shard, tp or ep > 1); batch_size is per data "
+                       "shard", PARALLEL_MODES)
+    dp_shard: int = _f(1, "parallel='mesh': FSDP2 degree (data shards); dp_shard × ep × tp must be the process count")
     tp: int = _f(1, "parallel='mesh': tensor-parallel degree (attention heads and MLP width split across tp ranks, "
                  "which read the same batch)")
+    ep: int = _f(1, "parallel='mesh': expert-parallel degree (each MoE layer's routed experts split across ep ranks, "
+                 "which read different batches: dp_shard × ep data shards); dp_shard × ep must divide the experts")
     # logging, eval, checkpoints
     log_every: int = _f(10, "write a metrics row every this many steps")
     telemetry_every: int = _f(50, "measure optimizer telemetry (update RMS, …) every this many steps (0: never)")
@@ -141,7 +144,7 @@ class TrainConfig:
             if choices and value not in choices:
                 raise ConfigError(f"{f.name}={value!r} is not valid; choose one of {list(choices)}")
         positive = ("vocab_size", "seq_len", "batch_size", "grad_accum", "train_tokens", "ns_steps", "mup_base_width",
-                    "log_every", "eval_every", "eval_batches", "keep_checkpoints", "dp_shard", "tp")
+                    "log_every", "eval_every", "eval_batches", "keep_checkpoints", "dp_shard", "tp", "ep")
         for name in positive:
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be a positive integer, got {getattr(self, name)}")
@@ -149,10 +152,10 @@ class TrainConfig:
                      "schedule_tokens", "telemetry_every", "spectra_every", "threads", "mup_base_head_dim"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
-        if self.dp_shard > 1 or self.tp > 1:
+        if self.dp_shard > 1 or self.tp > 1 or self.ep > 1:
             if self.parallel not in ("none", "mesh"):
-                raise ConfigError(f"dp_shard={self.dp_shard} and tp={self.tp} describe parallel='mesh', not "
-                                  f"parallel={self.parallel!r}; drop parallel or set it to 'mesh'")
+                raise ConfigError(f"dp_shard={self.dp_shard}, tp={self.tp} and ep={self.ep} describe parallel='mesh', "
+                                  f"not parallel={self.parallel!r}; drop parallel or set it to 'mesh'")
             self.parallel = "mesh"
         if self.schedule_tokens and self.schedule_tokens < self.train_tokens:
             raise ConfigError(f"schedule_tokens={self.schedule_tokens} is shorter than train_tokens="

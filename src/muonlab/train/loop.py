@@ -229,7 +229,7 @@ def _run_record(config: TrainConfig, training: Training, runtime: Runtime, comma
 
 def _start_runtime(config: TrainConfig) -> Runtime:
     """Join the process group (under torchrun), check that every rank got the same config, set threads."""
-    mesh_shape = {"dp_shard": config.dp_shard, "tp": config.tp} if config.parallel == "mesh" else None
+    mesh_shape = {"dp_shard": config.dp_shard, "ep": config.ep, "tp": config.tp} if config.parallel == "mesh" else None
     runtime = init_runtime(config.parallel, config.device, mesh_shape=mesh_shape)
     runtime.require_same(config.to_dict(), "config")  # ranks launched with different settings stop here
     if runtime.distributed and runtime.mode in ("fsdp", "mesh") and config.spectra_every:
@@ -308,7 +308,7 @@ def _train_step(step: int, config: TrainConfig, training: Training, runtime: Run
     model = training.model
     if hasattr(model, "after_optimizer_step"):
         if runtime.distributed:
-            sum_step_statistics(model)  # e.g. MoE expert loads: every rank sees the global count
+            sum_step_statistics(model, group=runtime.dp_group)  # e.g. MoE expert loads: the global batch's
         model.after_optimizer_step()
     return optim_ms
 
@@ -345,7 +345,7 @@ def _telemetry_keys(step: int, config: TrainConfig, training: Training, runtime:
         keys.update(weight_rms(training.model))  # after the step's update
         if hasattr(training.model, "telemetry"):
             if runtime.distributed:  # e.g. MoE routing statistics: the global batch's, as on one process
-                sum_step_statistics(training.model, TELEMETRY_STATISTICS_ATTR)
+                sum_step_statistics(training.model, TELEMETRY_STATISTICS_ATTR, runtime.dp_group)
             keys.update(training.model.telemetry())
     last = step == training.total_steps
     if config.spectra_every and (step % config.spectra_every == 0 or last) and runtime.is_main:
