@@ -1,15 +1,18 @@
 """Distributed Muon on 1, 2 and 4 gloo processes: state per rank, bytes per collective, NS FLOPs per rank, step time.
 
 For each world size and mode (``none`` on one process; ``ddp``, ``zero1``, ``fsdp`` and device meshes
-such as ``tp=2`` or ``dp_shard=2,tp=2`` — FSDP2 × tensor parallelism, ``muonlab.parallel.mesh`` — on
-several) the same model trains a few steps with muonlab's Muon and, under the same mode, with AdamW
-(the same class with every group on AdamW). Measured per rank and step:
+such as ``tp=2``, ``dp_shard=2,tp=2`` or ``ep=2,dp_shard=2`` — FSDP2 × tensor × expert parallelism,
+``muonlab.parallel.mesh``, the last for an MoE preset — on several) the same model trains a few steps
+with muonlab's Muon and, under the same mode, with AdamW (the same class with every group on AdamW).
+Measured per rank and step:
 
 - optimizer state bytes (``Muon.state_bytes()``: what this rank holds);
 - every collective this rank calls during a step, forward and backward included: the
   ``torch.distributed`` functions are wrapped (DDP's all-reduce is routed through them with its
   default Python comm hook, FSDP2 calls them from Python), and so are the functional collectives
-  that DTensor's redistribution calls. Per collective: payload bytes given to
+  that DTensor's redistribution calls; those of the optimizer step are listed apart
+  (``optimizer.<name>``), so that the expert-parallel token all-to-all of forward and backward
+  is not mistaken for Muon's. Per collective: payload bytes given to
   it and bytes this rank *sends* under the standard algorithms — ring all-reduce 2(N−1)/N of the
   buffer, ring reduce-scatter / all-gather (N−1)/N of the full buffer, all-to-all exactly what goes
   to other ranks;
@@ -26,9 +29,12 @@ Checked against targets (printed PASS/FAIL):
 - state per rank ≤ single-process state / N + one largest matrix (fp32 momentum of it);
 - NS FLOPs per rank ≤ single-process NS FLOPs / N + one largest matrix's NS FLOPs;
 - on a mesh: NS FLOPs per rank ≤ 1.25 × single-process NS FLOPs / N, and the matrices orthogonalized
-  over all ranks = the single-process count (no matrix twice); Muon's all-to-all bytes (all ranks)
-  against the lower bound 2·2·Σ_m numel_m·(h_m − 1)/h_m for bf16 Newton–Schulz — every piece of a
-  matrix held in h_m pieces, except the owner's own, travels to the owner and back once;
+  over all ranks = the single-process count (no matrix twice; each expert of a stack counts as one);
+  Muon's all-to-all bytes (all ranks) against the lower bound for bf16 Newton–Schulz: per matrix,
+  every distinct piece but the largest travels to the owner (2·(numel − largest piece)) and every
+  holder but one gets its piece of the result (2·(Σ_holders piece − largest piece)) — 2·2·numel·(h−1)/h
+  for h disjoint equal pieces; per run of whole experts held by c ranks, 2·numel·(c − 1) (orthogonalized
+  at one holder, sent to the others; 0 when each expert lives on one rank, as under expert parallelism);
 - ZeRO-1 Muon bytes sent per rank ≤ Moonlight's bound for Distributed Muon (arXiv 2502.16982 §2.3):
   (4 + 4 + 2)·Ψ·(N−1)/N bytes — fp32 reduce-scatter of the gradients, fp32 all-gather of the
   parameters, bf16 gather of the Muon matrices — i.e. 1.25 × ZeRO-1 AdamW's 8·Ψ·(N−1)/N, with Ψ the
@@ -37,6 +43,7 @@ Checked against targets (printed PASS/FAIL):
     python benchmarks/distributed.py                       # worlds 1 2 4, the "demo" preset
     python benchmarks/distributed.py --worlds 1 2 --steps 4 --model tiny
     python benchmarks/distributed.py --worlds 1 4 --modes fsdp tp=4 dp_shard=2,tp=2
+    python benchmarks/distributed.py --worlds 1 4 --modes ep=2,dp_shard=2 ep=4 --model moe-tiny --no-naive
 """
 
 from __future__ import annotations
@@ -80,6 +87,7 @@ class Counter:
 
     def __init__(self) -> None:
         self.active = False
+        self.phase = ""  # "optimizer." during the optimizer step: its collectives are listed apart
         self.depth = 0  # torch's deprecated names call the new ones: count the outermost call only
         self.stats: dict[str, list[float]] = defaultdict(lambda: [0, 0, 0])
         self.ns_flops = 0.0
@@ -87,7 +95,7 @@ class Counter:
 
     def add(self, op: str, payload: int, sent: float) -> None:
         if self.active:
-            entry = self.stats[op]
+            entry = self.stats[self.phase + op]
             entry[0] += 1
             entry[1] += payload
             entry[2] += sent
@@ -232,15 +240,28 @@ def _parallelize(model, mode: str, rank: int, world: int):
     return parallelize(model, mesh), data_parallel_rank(mesh), data_parallel_size(mesh)
 
 
+def _piece_numel(piece, matrix_numel: int) -> int:
+    """Elements of a held piece: a Block of the matrix, or an expert range (first, end) of a stack."""
+    if isinstance(piece, tuple) and len(piece) == 2 and isinstance(piece[0], int):
+        return (piece[1] - piece[0]) * matrix_numel
+    return (piece.rows[1] - piece.rows[0]) * (piece.cols[1] - piece.cols[0])
+
+
 def _exchange_bound(optimizers) -> float:
-    """Bytes (all ranks) an exact owner-compute must move for bf16 Newton–Schulz on a mesh: 2·2·Σ numel·(h−1)/h."""
+    """Bytes (all ranks) an exact owner-compute must move for bf16 Newton–Schulz (see the module docstring)."""
     engine = getattr(optimizers[0], "_engine", None)
     if not hasattr(engine, "held"):
         return 0.0
     total = 0.0
     for k, pieces in engine.held.items():
-        h = len({p for p in pieces if p is not None})
-        total += 2 * 2 * engine.slots[k].param.numel() * (h - 1) / h
+        m = engine.matrix_param(k)
+        held = [p for p in pieces if p is not None]
+        sizes = {p: _piece_numel(p, m.rows * m.cols) for p in held}
+        if isinstance(held[0], tuple) and isinstance(held[0][0], int):  # expert ranges: replicas get the result
+            total += sum(2 * sizes[p] * (held.count(p) - 1) for p in sizes)
+            continue
+        largest = max(sizes.values())
+        total += 2 * (sum(sizes.values()) - largest) + 2 * (sum(sizes[p] for p in held) - largest)
     return total
 
 
@@ -253,8 +274,8 @@ def run_config(rank: int, world: int, mode: str, optimizer: str, args, counter: 
 
         forward.register_comm_hook(None, allreduce_hook)  # DDP's all-reduce through dist.all_reduce
     optimizers = _optimizers(model, optimizer)
-    largest = max((tuple(p.shape) for g in param_groups(model) if g["algorithm"] == "muon" for p in g["params"]),
-                  key=math.prod)
+    largest = max((tuple(p.shape[-2:]) for g in param_groups(model) if g["algorithm"] == "muon" for p in g["params"]),
+                  key=math.prod)  # an expert stack [E, A, B] is E matrices [A, B]
     step_ms, optim_ms = [], []
     for step in range(args.warmup + args.steps):
         g = torch.Generator().manual_seed(step)
@@ -266,8 +287,10 @@ def run_config(rank: int, world: int, mode: str, optimizer: str, args, counter: 
             started = time.perf_counter()
             forward(x[:, :-1], x[:, 1:]).backward()
             opt_started = time.perf_counter()
+            counter.phase = "optimizer."
             for opt in optimizers:
                 opt.step()
+            counter.phase = ""
             done = time.perf_counter()
             for opt in optimizers:
                 opt.zero_grad(set_to_none=True)
@@ -386,7 +409,7 @@ def _mesh_targets(world: int, mode: str, rs: list[dict], single: dict) -> str:
     """The mesh targets: NS balance within 1.25 × the ideal, each matrix once, all-to-all bytes vs their bound."""
     flops, ideal = max(r["ns_flops"] for r in rs), single["ns_flops"] / world
     matrices = sum(r["ns_matrices"] for r in rs)
-    moved = sum(r["collectives"].get("all_to_all_single", [0, 0, 0])[2] for r in rs)
+    moved = sum(r["collectives"].get("optimizer.all_to_all_single", [0, 0, 0])[2] for r in rs)
     bound = rs[0]["exchange_bound"]
     return (f"  mesh {mode}: NS FLOPs/rank {flops / 1e9:.3f} G = {flops / ideal:.3f} × total/N (≤ 1.25: "
             f"{'PASS' if flops <= 1.25 * ideal else 'FAIL'}); matrices orthogonalized {matrices:.0f} over all ranks "
@@ -399,7 +422,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--worlds", type=int, nargs="+", default=[1, 2, 4])
     parser.add_argument("--modes", nargs="+", default=["ddp", "zero1", "fsdp"],
-                        help="parallel modes, or device meshes such as tp=2 or dp_shard=2,tp=2 (sizes multiply to N)")
+                        help="parallel modes, or device meshes such as tp=2, dp_shard=2,tp=2 or ep=2,dp_shard=2 "
+                        "(sizes multiply to N; ep needs an MoE --model such as moe-tiny)")
     parser.add_argument("--model", default="demo", help="muonlab model preset (byte vocab, seq 64)")
     parser.add_argument("--batch", type=int, default=4, help="sequences per rank")
     parser.add_argument("--steps", type=int, default=6, help="measured steps per configuration")
