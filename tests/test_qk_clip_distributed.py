@@ -6,6 +6,9 @@
   logits and clipping statistics, and every parameter's total update equal one process's within
   1e-5 (fp32 Newton–Schulz). The maxima are all-reduced (MAX) over ranks, and FSDP2 rescales the
   rows each rank holds.
+- The same on 4 processes on device meshes, with 4 heads: ``dp_shard 2 × tp 2`` (each rank records
+  the maxima of its 2 heads and rescales its rows of the head-split weights) for a grouped-query
+  model (2 key/value heads) and the MLA + MoE model, and ``ep 2 × dp_shard 2`` for the latter.
 - Through ``muonlab train --parallel {ddp,zero1,fsdp}`` under torchrun: the loss, validation loss
   and QK-Clip rows equal the single-process run's, and a rank killed mid-run (fsdp) resumes from the
   last sharded checkpoint to the uninterrupted trajectory.
@@ -35,28 +38,46 @@ MODELS = {
 }
 
 
-def _clip_case(rank: int, world: int, kind: str, mode: str) -> dict:
-    """Train ``MODELS[kind]`` for STEPS steps with QK-Clip at TAU under ``mode``: losses, stats, parameters."""
+MESH_MODELS = {
+    "gqa4": dict(d_model=40, n_heads=4, n_kv_heads=2),
+    "mla-moe4": {**MODELS["mla-moe"], "d_model": 48, "n_heads": 4},
+}
+MESHES = {"dp2xtp2": {"dp_shard": 2, "tp": 2}, "ep2xdp2": {"dp_shard": 2, "ep": 2}}
+
+
+def _clip_case(rank: int, world: int, kind: str, mode: str | dict) -> dict:
+    """Train ``MODELS[kind]`` (or ``MESH_MODELS[kind]``) for STEPS steps with QK-Clip at TAU under ``mode``
+    (a name, or mesh sizes): losses, stats, parameters."""
     from muonlab.models import ModelConfig, Transformer
     from muonlab.optim import Muon, QKClip, param_groups
-    from muonlab.parallel import parallelize, sum_step_statistics
+    from muonlab.parallel import (
+        data_parallel_group,
+        data_parallel_rank,
+        data_parallel_size,
+        init_mesh,
+        parallelize,
+        sum_step_statistics,
+    )
 
     torch.manual_seed(0)
-    model = Transformer(ModelConfig(vocab_size=VOCAB, n_layers=2, max_seq_len=SEQ, init_std=0.2, **MODELS[kind]))
-    forward = parallelize(model, mode)
+    shape = {**MODELS, **MESH_MODELS}[kind]
+    model = Transformer(ModelConfig(vocab_size=VOCAB, n_layers=2, max_seq_len=SEQ, init_std=0.2, **shape))
+    mesh = init_mesh("cpu", **mode) if isinstance(mode, dict) else None
+    forward = parallelize(model, mesh if mesh is not None else mode)
     optimizer = Muon(param_groups(model), lr=0.02, weight_decay=0.1, ns_dtype=torch.float32, max_grad_norm=1.0,
                      qk_clip=QKClip(model, tau=TAU))
     initial, losses, stats = full_params(model), [], []
-    per_rank = GLOBAL_BATCH // world
+    shards, shard = (data_parallel_size(mesh), data_parallel_rank(mesh)) if mesh is not None else (world, rank)
+    per_rank = GLOBAL_BATCH // shards
     for step in range(STEPS):
         tokens = torch.randint(0, VOCAB, (GLOBAL_BATCH, SEQ + 1), generator=torch.Generator().manual_seed(step))
-        rows = tokens[rank * per_rank : (rank + 1) * per_rank]
+        rows = tokens[shard * per_rank : (shard + 1) * per_rank]
         loss = forward(rows[:, :-1], rows[:, 1:])
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         if world > 1:
-            sum_step_statistics(model)
+            sum_step_statistics(model, group=data_parallel_group(mesh) if mesh is not None else None)
         model.after_optimizer_step()
         detached = loss.detach().double()
         if world > 1:
@@ -70,6 +91,11 @@ def _all_cases(rank: int, world: int) -> dict:
     return {(kind, mode): _clip_case(rank, world, kind, mode) for kind in MODELS for mode in MODES}
 
 
+def _mesh_cases(rank: int, world: int) -> dict:
+    cases = [("gqa4", "dp2xtp2"), ("mla-moe4", "dp2xtp2"), ("mla-moe4", "ep2xdp2")]
+    return {case: _clip_case(rank, world, case[0], MESHES[case[1]]) for case in cases}
+
+
 @pytest.fixture(scope="module")
 def results():
     before = torch.get_num_threads()
@@ -81,6 +107,17 @@ def results():
     return single, spawn(_all_cases, 2)[0]
 
 
+@pytest.fixture(scope="module")
+def mesh_results():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        single = {kind: _clip_case(0, 1, kind, "none") for kind in MESH_MODELS}
+    finally:
+        torch.set_num_threads(before)
+    return single, spawn(_mesh_cases, 4)
+
+
 def _relative(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a.double() - b.double()).norm() / b.double().norm().clamp_min(1e-30))
 
@@ -89,7 +126,17 @@ def _relative(a: torch.Tensor, b: torch.Tensor) -> float:
 @pytest.mark.parametrize("kind", list(MODELS))
 def test_clipping_on_two_processes_equals_one_process(results, kind, mode):
     single, distributed = results
-    reference, result = single[kind], distributed[(kind, mode)]
+    _assert_same_clipping(distributed[(kind, mode)], single[kind])
+
+
+@pytest.mark.parametrize("kind, mesh", [("gqa4", "dp2xtp2"), ("mla-moe4", "dp2xtp2"), ("mla-moe4", "ep2xdp2")])
+def test_clipping_on_tensor_and_expert_parallel_meshes_equals_one_process(mesh_results, kind, mesh):
+    single, distributed = mesh_results
+    for result in distributed:
+        _assert_same_clipping(result[(kind, mesh)], single[kind])
+
+
+def _assert_same_clipping(result: dict, reference: dict) -> None:
     assert sum(s["qk_clip/heads_clipped"] for s in reference["stats"]) >= STEPS  # clipping at work every step
     assert result["losses"] == pytest.approx(reference["losses"], rel=TOLERANCE)
     for got, want in zip(result["stats"], reference["stats"]):

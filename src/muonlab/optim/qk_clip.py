@@ -45,10 +45,15 @@ included), before anything else can run a forward that would make the recorded m
 without a line a user's own loop could forget; schedulers and checkpoints see clipped weights.
 Under another optimizer, call ``qk_clip.apply()`` right after its ``step()``.
 
-**Data parallelism.** The maxima are all-reduced (MAX) over ``process_group`` — by default every
-process, when torch.distributed is initialized with more than one (muonlab.parallel's data
-parallel group) — so every rank computes the same γ. Replicated weights (DDP, ZeRO-1) are scaled
-identically on every rank; FSDP2 ``Shard(0)`` DTensors are scaled in the rows each rank holds.
+**Data and tensor parallelism.** The maxima are all-reduced (MAX) over ``process_group`` — by
+default every process, when torch.distributed is initialized with more than one — so every rank
+computes the same γ. Under tensor parallelism a rank's forward computes only its block of heads
+(the rows of its ``tp`` shard of the first query weight, ``muonlab.parallel.mesh``): its maxima
+fill that block of the module's heads and the others are −∞ before the reduction, so the MAX both
+merges the head blocks of tensor-parallel peers and takes each head's max over the data-parallel
+ranks (``process_group`` must span both; the default does). Replicated weights (DDP, ZeRO-1) are
+scaled identically on every rank; DTensors (FSDP2, tensor parallelism, both) in the rows each rank
+holds, which must be whole rows (dim 0 sharding only).
 """
 
 from __future__ import annotations
@@ -60,7 +65,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
-from .distributed.layouts import chunk_rows
+from .distributed.shards import local_box
 
 __all__ = ["QKClip", "attention_modules", "clip_factors", "head_scales"]
 
@@ -108,24 +113,32 @@ def _rows(block: Any, where: str) -> tuple[Tensor, slice]:
 
 def _local_rows(weight: Tensor) -> tuple[Tensor, int]:
     """The rows of ``weight`` this rank holds and the global index of the first: all of them for a
-    plain tensor, the ``torch.chunk`` row block for an FSDP2 ``Shard(0)`` DTensor."""
-    mesh = getattr(weight, "device_mesh", None)
-    if mesh is None:
+    plain tensor, its block for a DTensor (FSDP2 and tensor parallelism shard rows: ``Shard(0)``)."""
+    if getattr(weight, "device_mesh", None) is None:
         return weight, 0
-    from torch.distributed.tensor import Shard
+    box = local_box(weight)
+    if any(o or n != full for o, n, full in zip(box.offset[1:], box.shape[1:], weight.shape[1:])):
+        raise ValueError(f"QK-Clip rescales whole rows, but this rank holds the block {box.shape} at {box.offset} of "
+                         f"a weight of shape {tuple(weight.shape)} (placements {tuple(weight.placements)}); shard "
+                         "query and key weights on dim 0 only (column-wise tensor parallelism, FSDP2)")
+    return weight.to_local(), box.offset[0]
 
-    if "tp" in (mesh.mesh_dim_names or ()):
-        raise ValueError(f"QK-Clip does not support tensor-parallel attention yet (a weight of shape "
-                         f"{tuple(weight.shape)} is split over the mesh dim 'tp'); train with tp=1 to use it")
-    if mesh.ndim != 1 or tuple(weight.placements) != (Shard(0),):
-        raise ValueError(f"QK-Clip rescales rows of plain or FSDP2 Shard(0) weights; a weight of shape "
-                         f"{tuple(weight.shape)} has placements {tuple(weight.placements)} on a {mesh.ndim}-D mesh")
-    offset, count = chunk_rows(weight.shape[0], mesh.size())[mesh.get_local_rank()]
-    local = weight.to_local()
-    if local.shape[0] != count:
-        raise ValueError(f"a weight of shape {tuple(weight.shape)} holds {local.shape[0]} rows on this rank, not the "
-                         f"torch.chunk block of {count} that Shard(0) implies")
-    return local, offset
+
+def _head_block(module: nn.Module, name: str, recorded: int) -> tuple[int, int]:
+    """``(first, total)``: the module has ``total`` heads and this rank's forward computed heads
+    ``[first, first + recorded)`` — all of them, or under tensor parallelism the block in the rows of
+    its ``tp`` shard of the first query weight."""
+    where = f"attention module {name!r}, qk_clip_terms()[0] query"
+    weight, rows = _rows(module.qk_clip_terms()[0][0], where)
+    box = local_box(weight, ("tp",))
+    if box.shape[0] == weight.shape[0]:  # not split by tensor parallelism: this rank computed every head
+        return 0, recorded
+    lo, hi = max(rows.start, box.offset[0]), min(rows.stop, box.offset[0] + box.shape[0])
+    width, rest = divmod(hi - lo, recorded)
+    if rest or width <= 0 or (rows.stop - rows.start) % width:
+        raise ValueError(f"{where}: this rank's {hi - lo} query rows do not split into the {recorded} heads of its "
+                         "max_logits")
+    return (lo - rows.start) // width, (rows.stop - rows.start) // width
 
 
 class QKClip:
@@ -166,8 +179,9 @@ class QKClip:
         self._track(True)
 
     def _collect(self) -> tuple[Tensor, list[int]] | None:
-        """Every module's recorded maxima (reset to None), concatenated and all-reduced (MAX) over
-        the data-parallel group, and the number of heads of each module; None when none recorded."""
+        """Every module's recorded maxima (reset to None) in its block of the module's heads (−∞
+        elsewhere), concatenated and all-reduced (MAX) over the process group, and the number of
+        heads of each module; None when none recorded."""
         recorded = [module.max_logits for _, module in self.modules]
         if all(m is None for m in recorded):
             if self.tau is not None:
@@ -179,11 +193,16 @@ class QKClip:
                 raise ValueError(f"attention module {name!r} recorded max_logits {m!r:.60} while others recorded "
                                  "theirs; each must hold one fp32 value per query head after every training forward")
             module.max_logits = None
-        maxima = torch.cat([m.float() for m in recorded])
+        blocks = []
+        for (name, module), m in zip(self.modules, recorded):
+            first, total = _head_block(module, name, m.numel())
+            blocks.append(m.float().new_full((total,), float("-inf")).index_copy_(
+                0, torch.arange(first, first + m.numel(), device=m.device), m.float()))
+        maxima = torch.cat(blocks)
         group = self.process_group
         if group is not None or (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
             dist.all_reduce(maxima, op=dist.ReduceOp.MAX, group=group)
-        return maxima, [m.numel() for m in recorded]
+        return maxima, [b.numel() for b in blocks]
 
     @torch.no_grad()
     def apply(self) -> None:
