@@ -14,9 +14,6 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -24,19 +21,13 @@ import pytest
 
 from conftest import tiny_config_dict
 from distributed_harness import spawn
+from torchrun_runs import assert_same_trajectory, metric_rows, torchrun_train
 
 pytestmark = pytest.mark.distributed
 
 STEPS = 12
-TIMING_KEYS = {"tokens_per_s", "wall_s", "optim_step_ms"}
 
 
-def _flags(values: dict) -> list[str]:
-    return [
-        item
-        for key, value in values.items()
-        for item in (f"--{key}", str(value).lower() if isinstance(value, bool) else str(value))
-    ]
 
 
 def _run_values(corpus: Path, run_dir: Path, **overrides) -> dict:
@@ -44,16 +35,8 @@ def _run_values(corpus: Path, run_dir: Path, **overrides) -> dict:
                             telemetry_every=4, ns_dtype="float32", threads=1, **overrides)
 
 
-def _torchrun(script: list[str], values: dict, *extra: str, timeout: float = 240) -> subprocess.CompletedProcess:
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", *extra,
-               *script, "train", *_flags(values)]
-    env = {**os.environ, "MUONLAB_ALLOCATOR": "default", "OMP_NUM_THREADS": "1"}
-    return subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=env)
 
 
-def _rows(run_dir: Path) -> list[dict]:
-    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    return [{k: v for k, v in row.items() if k not in TIMING_KEYS} for row in rows]
 
 
 @pytest.fixture(scope="module")
@@ -65,29 +48,19 @@ def single_process_run(tiny_corpus, muonlab_cache_dir, tmp_path_factory):
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("MUONLAB_CACHE", str(muonlab_cache_dir))
         train(TrainConfig(**_run_values(tiny_corpus, run_dir)))
-    return _rows(run_dir)
+    return metric_rows(run_dir)
 
 
-def _assert_same_trajectory(rows: list[dict], expected: list[dict]) -> None:
-    assert [r["step"] for r in rows] == [r["step"] for r in expected]
-    for row, ref in zip(rows, expected):
-        for key in ("loss", "val_loss"):
-            if key in ref:
-                assert row[key] == pytest.approx(ref[key], rel=1e-5), (row["step"], key)
-        rms_keys = sorted(k for k in ref if k.startswith(("weight_rms/", "output_rms/")))
-        assert rms_keys == sorted(k for k in row if k.startswith(("weight_rms/", "output_rms/"))), row["step"]
-        for key in rms_keys:  # whole weights (FSDP2 shards summed) and both ranks' halves of the batch
-            assert row[key] == pytest.approx(ref[key], rel=1e-5), (row["step"], key)
-        assert row["tokens"] == ref["tokens"]  # the global batch: 2 processes x batch_size 2 = 4
 
 
 @pytest.mark.parametrize("mode", ["ddp", "zero1", "fsdp"])
 def test_torchrun_training_matches_one_process(tiny_corpus, muonlab_cache, tmp_path, single_process_run, mode):
     run_dir = tmp_path / mode
-    done = _torchrun(["-m", "muonlab.cli"], _run_values(tiny_corpus, run_dir, batch_size=2, parallel=mode))
+    done = torchrun_train(["-m", "muonlab.cli"], _run_values(tiny_corpus, run_dir, batch_size=2, parallel=mode), 2,
+                          timeout=240)
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.count("finished 12 steps") == 1  # rank 0 prints, rank 1 does not
-    _assert_same_trajectory(_rows(run_dir), single_process_run)
+    assert_same_trajectory(metric_rows(run_dir), single_process_run)
     config = json.loads((run_dir / "config.json").read_text())
     assert config["world_size"] == 2 and config["tokens_per_step"] == 32 * 4
 
@@ -97,12 +70,13 @@ def test_a_killed_rank_is_restarted_and_resumes_from_the_last_checkpoint(tiny_co
     run_dir = tmp_path / "faulty"
     values = _run_values(tiny_corpus, run_dir, batch_size=2, parallel="zero1", checkpoint_every=4)
     monkeypatch.setenv("MUONLAB_TEST_KILL_AFTER_STEP", "6")  # rank 1 dies after step 6; the checkpoint is at 4
-    done = _torchrun([str(Path(__file__).parent / "distributed_fault_entry.py")], values, "--max-restarts=1")
+    done = torchrun_train([str(Path(__file__).parent / "distributed_fault_entry.py")], values, 2, "--max-restarts=1",
+                          timeout=240)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "(exitcode: 17) local_rank: 1" in done.stderr  # rank 1 did die, and torchrun restarted both
-    rows = _rows(run_dir)
+    rows = metric_rows(run_dir)
     assert len({r["step"] for r in rows}) == len(rows), "a step was logged twice"
-    _assert_same_trajectory(rows, single_process_run)
+    assert_same_trajectory(rows, single_process_run)
 
 
 def _train_with_rank_dependent_lr(rank: int, world: int, values: dict) -> None:
