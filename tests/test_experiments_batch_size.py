@@ -16,18 +16,11 @@ from muonlab.experiments.registry import get_study
 from muonlab.experiments.studies import batch_size
 from muonlab.experiments.study import Finished
 
-BUDGET = 262_144  # tokens a run in the made-up study (32 steps at the largest batch, 1,024 at the smallest)
-KNEE = {"adamw": 1024, "muon": 2048}  # critical batch sizes (tokens) of the made-up runs
-SLOPE = {"adamw": -0.2, "muon": -0.5}  # post-critical slopes m of log steps against log B
-SCALE = {"adamw": 1.2, "muon": 1.0}  # below both knees AdamW needs 1.2× Muon's tokens
-
-
-def _params(**changes) -> dict:
-    return {**batch_size.PRESETS["cpu"], **changes}
+from batch_size_curves import BUDGET, KNEE, SLOPE, made_up_study, params, tau
 
 
 def test_the_plan_sweeps_both_ends_then_trains_every_batch_with_three_seeds_at_three_of_them(tmp_path):
-    p = _params()
+    p = params()
     planned = get_study("batch-size").planned(p, tmp_path, {})
     by_name = {r.name: r for r in planned}
     assert len(planned) == 64
@@ -50,7 +43,7 @@ def test_the_plan_sweeps_both_ends_then_trains_every_batch_with_three_seeds_at_t
 
 
 def test_tuned_runs_get_the_learning_rate_interpolated_in_log_space_between_the_ends(tmp_path):
-    p = _params()
+    p = params()
     study = get_study("batch-size")
     first = {r.name: r for r in study.planned(p, tmp_path, {})}
     assert first["muon-english-b2-tuned-s1"].config.lr == 1e-3  # provisional: each grid's middle
@@ -81,7 +74,7 @@ def test_interpolated_lr_is_geometric_between_the_ends():
 ])
 def test_bad_parameters_are_named(changes, message):
     with pytest.raises(ValueError, match=message):
-        batch_size.plan(_params(**changes), {})
+        batch_size.plan(params(**changes), {})
 
 
 def test_the_smoothed_curve_is_read_at_the_tokens_before_each_batch_with_a_token_window():
@@ -97,39 +90,9 @@ def _val_run(val_loss: float) -> Run:
     return Run("sweep", Path("sweep"), {"optimizer": "muon", "seed": 0}, [{"step": 10, "val_loss": val_loss}])
 
 
-def _tau(optimizer: str, batch_tokens: int, seed: int, corpus_scale: float) -> float:
-    """Tokens of the made-up loss curve's time constant: constant up to the knee, then ∝ B^(1 + m)."""
-    grow = max(1.0, batch_tokens / KNEE[optimizer]) ** (1.0 + SLOPE[optimizer])
-    return BUDGET / 12 * SCALE[optimizer] * grow * (1 + 0.01 * seed) * corpus_scale
-
-
-def _curve_run(name: str, config, corpus_scale: float, val_loss: float) -> Run:
-    """Loss 1.5 + 3·exp(−t/τ) at t tokens trained before each step: T_L = τ·ln(3 / (L − 1.5))."""
-    per_step = config.tokens_per_step()
-    tau = _tau(config.optimizer, per_step, config.seed, corpus_scale)
-    rows = [{"step": s, "tokens": s * per_step, "loss": 1.5 + 3.0 * math.exp(-(s - 1) * per_step / tau)}
-            for s in range(1, config.total_steps() + 1)]
-    rows[-1]["val_loss"] = val_loss
-    record = {"optimizer": config.optimizer, "seed": config.seed, "lr": config.lr, "tokens_per_step": per_step,
-              "log_every": 1, "train_split_tokens": 4_000_000}
-    return Run(name, Path(name), record, rows)
-
-
-def _made_up_study(p: dict) -> dict[str, Run]:
-    """Every planned run, the sweeps' middle learning rate best; the Python runs 1.5× slower than the English."""
-    runs = {}
-    for planned in batch_size.plan(p, {}):
-        config = planned.config
-        grid = p["lrs_smallest"] if config.batch_size == p["batch_sizes"][0] else p["lrs_largest"]
-        best = "-lr" not in planned.name or config.lr == grid[1]
-        runs[planned.name] = _curve_run(planned.name, config, 1.5 if config.corpus == "python" else 1.0,
-                                        2.0 if best else 2.4)
-    return runs
-
-
 def test_the_analysis_recovers_known_token_ratios_and_critical_batches(tmp_path):
-    p = _params(train_tokens=BUDGET, ema_tokens=1)  # no smoothing: the curves are noiseless
-    analysis = batch_size.analyse(Finished(p, _made_up_study(p), tmp_path))
+    p = params(train_tokens=BUDGET, ema_tokens=1)  # no smoothing: the curves are noiseless
+    analysis = batch_size.analyse(Finished(p, made_up_study(p), tmp_path))
     batches = [b * p["seq_len"] for b in p["batch_sizes"]]
     for corpus in ("english", "python"):
         result = analysis.results["corpora"][corpus]
@@ -139,9 +102,9 @@ def test_the_analysis_recovers_known_token_ratios_and_critical_batches(tmp_path)
         scale = 1.5 if corpus == "python" else 1.0
         for i, batch in enumerate(batches):
             seeds = (0, 1, 2) if batch in (256, 2048, 8192) else (0,)
-            expected_ratio = _tau("adamw", batch, 0, scale) / _tau("muon", batch, 0, scale)
+            expected_ratio = tau("adamw", batch, 0, scale) / tau("muon", batch, 0, scale)
             for j, target in enumerate(targets):
-                needed = [_tau(o, batch, s, scale) * math.log(3 / (target - 1.5)) for o in KNEE for s in seeds]
+                needed = [tau(o, batch, s, scale) * math.log(3 / (target - 1.5)) for o in KNEE for s in seeds]
                 cell = result["token_ratio"][i][j]
                 assert (cell is not None) == (max(needed) <= (BUDGET - batch) * (1 + 1e-9)), (corpus, batch, j)
                 if corpus == "english" and j == len(targets) - 1 and batch > 2048:
@@ -160,11 +123,11 @@ def test_the_analysis_recovers_known_token_ratios_and_critical_batches(tmp_path)
 
 
 def test_extra_tokens_are_the_per_seed_differences(tmp_path):
-    p = _params(train_tokens=BUDGET, ema_tokens=1)
-    analysis = batch_size.analyse(Finished(p, _made_up_study(p), tmp_path))
+    p = params(train_tokens=BUDGET, ema_tokens=1)
+    analysis = batch_size.analyse(Finished(p, made_up_study(p), tmp_path))
     result = analysis.results["corpora"]["english"]
     target = result["targets"][0]
-    per_seed = [(_tau("adamw", 256, s, 1.0) - _tau("muon", 256, s, 1.0)) * math.log(3 / (target - 1.5))
+    per_seed = [(tau("adamw", 256, s, 1.0) - tau("muon", 256, s, 1.0)) * math.log(3 / (target - 1.5))
                 for s in (0, 1, 2)]
     cell = result["extra_tokens"][0][0]
     assert cell["mean"] == pytest.approx(np.mean(per_seed), rel=2e-3)

@@ -19,7 +19,7 @@ try:
 except ImportError as e:  # an optional extra
     raise ImportError("muonlab.analysis.batch_size_plots needs matplotlib: pip install 'muonlab[plot]'") from e
 
-__all__ = ["plot_extra_tokens", "plot_loss_curves", "plot_steps_to_loss", "plot_sweeps", "plot_token_ratio"]
+__all__ = ["plot_extra_tokens", "plot_loss_curves", "plot_steps_to_loss", "plot_sweeps", "plot_token_ratio", "shades"]
 
 PAPER_RATIO_BAND = (1 / 0.90, 1 / 0.85)
 """R for "10–15 % fewer tokens" (Essential AI §5): 1/(1 − 0.10) to 1/(1 − 0.15)."""
@@ -27,7 +27,8 @@ _STYLE = {"adamw": "--", "muon": "-"}
 _COLORS = {"adamw": "tab:blue", "muon": "tab:red"}
 
 
-def _shades(n: int, cmap: str = "viridis") -> list:
+def shades(n: int, cmap: str = "viridis") -> list:
+    """``n`` colours along ``cmap`` (its light end cut off, so the last stays visible on white)."""
     from matplotlib import colormaps
 
     return [colormaps[cmap](x) for x in np.linspace(0.0, 0.85, max(n, 1))]
@@ -44,7 +45,7 @@ def _against_batch(tables: Mapping[str, CorpusTokens], values: Mapping[str, list
     fig, axes = new_figure(len(tables), width=6.0, height=4.4)
     for ax, (corpus, table) in zip(axes, tables.items()):
         reference(ax)
-        for j, (target, color) in enumerate(zip(table.targets, _shades(len(table.targets)))):
+        for j, (target, color) in enumerate(zip(table.targets, shades(len(table.targets)))):
             points = [(b, row[j]) for b, row in zip(table.batches, values[corpus]) if row[j] is not None]
             if not points:
                 continue
@@ -85,7 +86,7 @@ def plot_steps_to_loss(tables: Mapping[str, CorpusTokens], fits: Mapping[str, Ma
         ax = fig.add_subplot(len(tables), len(OPTIMIZERS), k + 1)
         table = tables[corpus]
         steps = table.mean_steps(optimizer)
-        for j, (target, color) in enumerate(zip(table.targets, _shades(len(table.targets)))):
+        for j, (target, color) in enumerate(zip(table.targets, shades(len(table.targets)))):
             fit = fits[corpus][optimizer].fits[j]
             label = f"L = {target:.3f}: " + (f"B* = {fit.critical_batch:,.0f}, m = {fit.m:+.2f}" if fit else "no fit")
             reached = np.asarray(table.batches)[np.isfinite(steps[:, j])]
@@ -113,7 +114,7 @@ def plot_loss_curves(tables: Mapping[str, CorpusTokens],
     for ax, (corpus, table) in zip(axes, tables.items()):
         for target in table.targets:
             ax.axhline(target, color="gray", linewidth=0.6, linestyle=":")
-        for i, (batch, color) in enumerate(zip(table.batches, _shades(len(table.batches), "plasma"))):
+        for i, (batch, color) in enumerate(zip(table.batches, shades(len(table.batches), "plasma"))):
             for optimizer in OPTIMIZERS:
                 tokens, loss = curves[corpus][optimizer][i]
                 ax.plot(tokens[tokens > 0], loss[tokens > 0], color=color, linestyle=_STYLE[optimizer], linewidth=0.9,

@@ -19,7 +19,7 @@ import numpy as np
 from ...analysis import batch_size_plots as plots
 from ...analysis.batch_size import OPTIMIZERS, ArmFits, CorpusTokens, corpus_tokens, critical_fits, smoothed_curve
 from ...analysis.runs import Run
-from ..protocol import ClaimCheck, MeanStd, claim_section, epochs, mean_std
+from ..protocol import MIN_SEEDS, ClaimCheck, MeanStd, claim_section, epochs, mean_std
 from ..study import Analysis
 
 __all__ = ["Measured", "batch_size_analysis", "measure"]
@@ -118,7 +118,8 @@ def _fmt(cell: MeanStd, spec: str) -> str:
 def _beyond(table: CorpusTokens) -> str:
     """The batch sizes at which a seed of one optimizer (or both) missed the lowest target."""
     misses = [(b, missed(table, i, len(table.targets) - 1)) for i, b in enumerate(table.batches)]
-    return "; ".join(f"B={b:,}: {who} did not reach it" for b, who in misses if who)
+    return "; ".join(f"B={b:,}: " + ("neither optimizer reached it" if who == "both" else f"{who} did not reach it")
+                     for b, who in misses if who)
 
 
 def _fewer_tokens_claim(table: CorpusTokens, ratio: list[list[Cell]]) -> ClaimCheck:
@@ -194,6 +195,11 @@ def _extra_claim(table: CorpusTokens, extra: list[list[Cell]]) -> ClaimCheck:
     )
 
 
+def _enough_seeds(table: CorpusTokens) -> bool:
+    """Whether some batch size has ``MIN_SEEDS`` seeds (else a direction read off seed means cannot be told)."""
+    return max(len(t) for t in table.tokens["adamw"]) >= MIN_SEEDS
+
+
 def _token_optimal_claim(table: CorpusTokens, fits: Mapping[str, ArmFits]) -> ClaimCheck:
     pairs = [(t, a, m) for t, a, m in zip(table.targets, fits["adamw"].token_optimal, fits["muon"].token_optimal)
              if a is not None and m is not None]
@@ -202,7 +208,7 @@ def _token_optimal_claim(table: CorpusTokens, fits: Mapping[str, ArmFits]) -> Cl
         paper="Muon's token-optimal batch B_tok,L = max {B : T_L(B) ≤ (1 + δ) min T_L} is ≥ AdamW's at most "
               "targets (Essential AI App. D.1, Eq. 6)",
         result=f"{table.corpus}: " + "; ".join(f"L={t:.3f}: AdamW {a:,.0f}, Muon {m:,.0f}" for t, a, m in pairs),
-        agrees=larger > len(pairs) / 2 if pairs else None,
+        agrees=larger > len(pairs) / 2 if pairs and _enough_seeds(table) else None,
         by_how_much=f"Muon's ≥ AdamW's at {larger} of {len(pairs)} targets",
     )
 
@@ -217,7 +223,7 @@ def _slope_claim(table: CorpusTokens, fits: Mapping[str, ArmFits]) -> ClaimCheck
         result=f"{table.corpus}: " + "; ".join(
             f"L={t:.3f}: AdamW B*={a.critical_batch:,.0f}, m={a.m:+.2f}; Muon B*={m.critical_batch:,.0f}, "
             f"m={m.m:+.2f}" for t, a, m in pairs),
-        agrees=flatter > len(pairs) / 2 if pairs else None,
+        agrees=flatter > len(pairs) / 2 if pairs and _enough_seeds(table) else None,
         by_how_much=f"m_AdamW ≥ m_Muon at {flatter} of {len(pairs)} targets; Muon's B* ≥ AdamW's at {later} of "
                     f"{len(pairs)}",
     )
