@@ -132,3 +132,18 @@ def test_extra_tokens_are_the_per_seed_differences(tmp_path):
     cell = result["extra_tokens"][0][0]
     assert cell["mean"] == pytest.approx(np.mean(per_seed), rel=2e-3)
     assert cell["std"] == pytest.approx(np.std(per_seed, ddof=1), rel=0.05)
+
+
+def test_a_muon_that_needs_more_tokens_is_reported_as_disagreeing(tmp_path, monkeypatch):
+    import batch_size_curves
+
+    monkeypatch.setitem(batch_size_curves.SCALE, "adamw", 0.8)  # AdamW needs 0.8× Muon's tokens at every batch
+    monkeypatch.setitem(batch_size_curves.KNEE, "muon", KNEE["adamw"])
+    monkeypatch.setitem(batch_size_curves.SLOPE, "muon", SLOPE["adamw"])
+    p = params(train_tokens=BUDGET, ema_tokens=1)
+    analysis = batch_size.analyse(Finished(p, made_up_study(p), tmp_path))
+    ratio = analysis.results["corpora"]["english"]["token_ratio"][0][-1]
+    assert ratio["mean"] == pytest.approx(0.8, rel=1e-2)
+    agrees = analysis.results["claims_agree"]
+    assert agrees[0] is False and agrees[2] is False  # fewer tokens; extra tokens growing with B
+    assert agrees[-1] is False  # the advantage on both corpora

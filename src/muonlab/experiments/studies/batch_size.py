@@ -15,7 +15,7 @@ DCLM) and on the Python corpus (as the paper compares DCLM with Python):
    ends' best (``interpolated_lr``): every seed at the smallest, the middle and the largest batch,
    the first seed elsewhere (the budget does not allow three seeds at every batch).
 
-Byte tokens keep every run within one epoch (the English corpus holds ≈ 3.9M byte tokens for
+Byte tokens keep every run within one epoch (the English corpus holds ≈ 4.0M byte tokens for
 training), so each step's training loss is on a fresh batch; it is logged at every step, smoothed
 (``muonlab.analysis.batch_size``) and read at several target losses. The analysis
 (``_batch_size_report``) gives the token ratio, the extra tokens, and each optimizer's token-optimal
@@ -39,18 +39,20 @@ WARMUP_FRACTION = 0.05
 
 PRESETS: dict[str, dict[str, Any]] = {
     # 4 layers, d=128 (0.92M parameters), byte tokens, 128-token sequences; batches of 256–8,192 tokens (32×);
-    # 1.18M tokens a run (0.30 epochs of the English corpus): 64 runs, ≈ 75M tokens in all.
+    # 1.18M tokens a run (0.29 epochs of the English corpus's 4.02M training bytes): 64 runs, 75.5M tokens and
+    # 4.6e14 training FLOPs (+ 1.5e14 of Newton–Schulz) in all: ≈ 1.2–1.5 h two at a time on the idle 2-core
+    # machine (≈ 100 GFLOP/s a run, as the demo's 8k tokens/s imply, plus ≈ 30–40 ms a step at the smallest batch).
     "cpu": dict(
         seeds=(0, 1, 2), corpora=("english", "python"), batch_sizes=(2, 4, 8, 16, 32, 64), seq_len=128,
         d_model=128, n_layers=4, head_dim=32, train_tokens=1_179_648, lrs_smallest=(5e-4, 1e-3, 2e-3),
         lrs_largest=(2e-3, 4e-3, 8e-3), weight_decay=0.1, ema_tokens=4096, targets=5, token_optimal_margin=0.03,
         eval_tokens=65_536, compile=False, device="auto",
     ),
-    # One GPU: d=256, 256-token sequences, batches of 2,048–65,536 tokens (32×), 3.1M tokens a run (0.8 epochs
-    # of the English corpus).
+    # One GPU: d=256, 256-token sequences, batches of 2,048–65,536 tokens (32×), 2.6M tokens a run (0.65 epochs
+    # of the English corpus): 32,480 steps in all, sized at ≈ 10 ms a step for ≈ 7 minutes (not yet measured on a GPU).
     "gpu": dict(
         seeds=(0, 1, 2), corpora=("english", "python"), batch_sizes=(8, 16, 32, 64, 128, 256), seq_len=256,
-        d_model=256, n_layers=4, head_dim=64, train_tokens=3_145_728, lrs_smallest=(5e-4, 1e-3, 2e-3),
+        d_model=256, n_layers=4, head_dim=64, train_tokens=2_621_440, lrs_smallest=(5e-4, 1e-3, 2e-3),
         lrs_largest=(2e-3, 4e-3, 8e-3), weight_decay=0.1, ema_tokens=16_384, targets=5, token_optimal_margin=0.03,
         eval_tokens=262_144, compile=False, device="cuda",
     ),

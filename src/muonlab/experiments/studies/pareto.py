@@ -105,10 +105,12 @@ def load_batch_size_study(folder: Path) -> tuple[dict[str, Any], dict[str, Run]]
 
 def _check_model(p: Mapping[str, Any], bs: Mapping[str, Any]) -> None:
     """The timing runs must time the batch-size study's model at its per-device batches."""
-    same = {k: (p[k], bs[k]) for k in ("n_layers", "head_dim", "seq_len") if p[k] != bs[k]}
-    if same or bs["d_model"] not in p["widths"]:
-        raise ValueError(f"pareto times another model than the batch-size runs: differing {same or ''} "
-                         f"(pareto, batch-size); widths={p['widths']} must include its d_model={bs['d_model']}")
+    differing = [f"{k}={p[k]} (batch-size: {bs[k]})" for k in ("n_layers", "head_dim", "seq_len") if p[k] != bs[k]]
+    if bs["d_model"] not in p["widths"]:
+        differing.append(f"widths={p['widths']} must include its d_model={bs['d_model']}")
+    if differing:
+        raise ValueError("pareto times another model than the batch-size runs in "
+                         f"{p['batch_size_runs']}: {'; '.join(differing)}")
     needed = sorted({min(b, p["device_batch"]) for b in bs["batch_sizes"]} - set(p["timing_batches"]))
     if needed:
         raise ValueError(f"timing_batches={p['timing_batches']} lacks the per-device batches {needed} that the "
