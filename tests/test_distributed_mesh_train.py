@@ -19,17 +19,12 @@ from pathlib import Path
 
 import pytest
 
-from conftest import tiny_config_dict
-from torchrun_runs import assert_same_trajectory, metric_rows, torchrun_train
+from torchrun_runs import assert_same_trajectory, metric_rows, run_values, torchrun_train
 
 pytestmark = pytest.mark.distributed
 
-STEPS = 12
-
-
 def _values(corpus: Path, run_dir: Path, **overrides) -> dict:
-    return tiny_config_dict(corpus, run_dir, train_tokens=32 * 4 * STEPS, log_every=1, eval_every=4,
-                            telemetry_every=4, ns_dtype="float32", threads=1, n_heads=2, **overrides)
+    return run_values(corpus, run_dir, n_heads=2, **overrides)
 
 
 

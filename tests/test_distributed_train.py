@@ -19,21 +19,10 @@ from pathlib import Path
 
 import pytest
 
-from conftest import tiny_config_dict
 from distributed_harness import spawn
-from torchrun_runs import assert_same_trajectory, metric_rows, torchrun_train
+from torchrun_runs import assert_same_trajectory, metric_rows, run_values, torchrun_train
 
 pytestmark = pytest.mark.distributed
-
-STEPS = 12
-
-
-
-
-def _run_values(corpus: Path, run_dir: Path, **overrides) -> dict:
-    return tiny_config_dict(corpus, run_dir, train_tokens=32 * 4 * STEPS, log_every=1, eval_every=4,
-                            telemetry_every=4, ns_dtype="float32", threads=1, **overrides)
-
 
 
 
@@ -47,7 +36,7 @@ def single_process_run(tiny_corpus, muonlab_cache_dir, tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("single") / "run"
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("MUONLAB_CACHE", str(muonlab_cache_dir))
-        train(TrainConfig(**_run_values(tiny_corpus, run_dir)))
+        train(TrainConfig(**run_values(tiny_corpus, run_dir)))
     return metric_rows(run_dir)
 
 
@@ -56,7 +45,7 @@ def single_process_run(tiny_corpus, muonlab_cache_dir, tmp_path_factory):
 @pytest.mark.parametrize("mode", ["ddp", "zero1", "fsdp"])
 def test_torchrun_training_matches_one_process(tiny_corpus, muonlab_cache, tmp_path, single_process_run, mode):
     run_dir = tmp_path / mode
-    done = torchrun_train(["-m", "muonlab.cli"], _run_values(tiny_corpus, run_dir, batch_size=2, parallel=mode), 2,
+    done = torchrun_train(["-m", "muonlab.cli"], run_values(tiny_corpus, run_dir, batch_size=2, parallel=mode), 2,
                           timeout=240)
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.count("finished 12 steps") == 1  # rank 0 prints, rank 1 does not
@@ -68,7 +57,7 @@ def test_torchrun_training_matches_one_process(tiny_corpus, muonlab_cache, tmp_p
 def test_a_killed_rank_is_restarted_and_resumes_from_the_last_checkpoint(tiny_corpus, muonlab_cache, tmp_path,
                                                                          single_process_run, monkeypatch):
     run_dir = tmp_path / "faulty"
-    values = _run_values(tiny_corpus, run_dir, batch_size=2, parallel="zero1", checkpoint_every=4)
+    values = run_values(tiny_corpus, run_dir, batch_size=2, parallel="zero1", checkpoint_every=4)
     monkeypatch.setenv("MUONLAB_TEST_KILL_AFTER_STEP", "6")  # rank 1 dies after step 6; the checkpoint is at 4
     done = torchrun_train([str(Path(__file__).parent / "distributed_fault_entry.py")], values, 2, "--max-restarts=1",
                           timeout=240)
@@ -90,7 +79,7 @@ def test_ranks_with_different_training_configs_fail_fast(tiny_corpus, muonlab_ca
     started = time.perf_counter()
     with pytest.raises(Exception) as caught:
         spawn(
-            _train_with_rank_dependent_lr, 2, _run_values(tiny_corpus, tmp_path / "run", batch_size=2, parallel="ddp")
+            _train_with_rank_dependent_lr, 2, run_values(tiny_corpus, tmp_path / "run", batch_size=2, parallel="ddp")
         )
     assert "configs differ across ranks: config lr is 0.003 on rank 0 but 0.001 on rank 1" in str(caught.value)
     assert time.perf_counter() - started < 60

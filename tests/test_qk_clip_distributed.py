@@ -22,9 +22,9 @@ from pathlib import Path
 import pytest
 import torch
 import torch.distributed as dist
-from test_distributed_train import _rows, _run_values, _torchrun
 
 from distributed_harness import full_params, spawn
+from torchrun_runs import metric_rows, run_values, torchrun_train
 
 pytestmark = pytest.mark.distributed
 
@@ -151,7 +151,7 @@ def _assert_same_clipping(result: dict, reference: dict) -> None:
 
 
 def _clip_values(corpus: Path, run_dir: Path, **overrides) -> dict:
-    return _run_values(corpus, run_dir, qk_clip_tau=0.08, **overrides)
+    return run_values(corpus, run_dir, qk_clip_tau=0.08, **overrides)
 
 
 @pytest.fixture(scope="module")
@@ -163,7 +163,7 @@ def single_process_clip_run(tiny_corpus, muonlab_cache_dir, tmp_path_factory):
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("MUONLAB_CACHE", str(muonlab_cache_dir))
         train(TrainConfig(**_clip_values(tiny_corpus, run_dir)))
-    return _rows(run_dir)
+    return metric_rows(run_dir)
 
 
 def _assert_same_clipped_trajectory(rows: list[dict], expected: list[dict]) -> None:
@@ -178,9 +178,10 @@ def _assert_same_clipped_trajectory(rows: list[dict], expected: list[dict]) -> N
 def test_torchrun_training_with_qk_clip_matches_one_process(tiny_corpus, muonlab_cache, tmp_path,
                                                             single_process_clip_run, mode):
     run_dir = tmp_path / mode
-    done = _torchrun(["-m", "muonlab.cli"], _clip_values(tiny_corpus, run_dir, batch_size=2, parallel=mode))
+    done = torchrun_train(["-m", "muonlab.cli"], _clip_values(tiny_corpus, run_dir, batch_size=2, parallel=mode), 2,
+                          timeout=240)
     assert done.returncode == 0, done.stderr[-3000:]
-    _assert_same_clipped_trajectory(_rows(run_dir), single_process_clip_run)
+    _assert_same_clipped_trajectory(metric_rows(run_dir), single_process_clip_run)
     assert json.loads((run_dir / "config.json").read_text())["qk_clip_tau"] == 0.08
 
 
@@ -189,9 +190,10 @@ def test_a_killed_rank_resumes_with_qk_clip_exactly(tiny_corpus, muonlab_cache, 
     run_dir = tmp_path / "faulty"
     values = _clip_values(tiny_corpus, run_dir, batch_size=2, parallel="fsdp", checkpoint_every=4)
     monkeypatch.setenv("MUONLAB_TEST_KILL_AFTER_STEP", "6")  # rank 1 dies after step 6; the checkpoint is at 4
-    done = _torchrun([str(Path(__file__).parent / "distributed_fault_entry.py")], values, "--max-restarts=1")
+    done = torchrun_train([str(Path(__file__).parent / "distributed_fault_entry.py")], values, 2, "--max-restarts=1",
+                          timeout=240)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "(exitcode: 17) local_rank: 1" in done.stderr
-    rows = _rows(run_dir)
+    rows = metric_rows(run_dir)
     assert len({r["step"] for r in rows}) == len(rows), "a step was logged twice"
     _assert_same_clipped_trajectory(rows, single_process_clip_run)

@@ -10,8 +10,18 @@ from pathlib import Path
 
 import pytest
 
+from conftest import tiny_config_dict
+
+STEPS = 12
+"""Steps of the compared runs: evaluations, telemetry and the logged loss every few of them."""
 TIMING_KEYS = {"tokens_per_s", "wall_s", "optim_step_ms"}
 """Metrics that depend on the machine's speed, not on the run's numbers."""
+
+
+def run_values(corpus: Path, run_dir: Path, **overrides) -> dict:
+    """A tiny run of ``STEPS`` steps with fp32 Newton–Schulz, every step logged, on one thread."""
+    return tiny_config_dict(corpus, run_dir, train_tokens=32 * 4 * STEPS, log_every=1, eval_every=4,
+                            telemetry_every=4, ns_dtype="float32", threads=1, **overrides)
 
 
 def train_flags(values: dict) -> list[str]:
