@@ -84,14 +84,20 @@ def test_torchrun_with_expert_parallelism_matches_one_process(tiny_corpus, muonl
     assert config["parallel"] == "mesh" and config["ep"] == 2 and config["tokens_per_step"] == 128
 
 
-def test_a_killed_rank_on_a_mesh_resumes_exactly(tiny_corpus, muonlab_cache, tmp_path, single_process_run,
-                                                 monkeypatch):
+@pytest.mark.parametrize("mesh", ["dp_shard 2 x tp 2, dense", "ep 2 x dp_shard 2, MoE/MLA"])
+def test_a_killed_rank_on_a_mesh_resumes_exactly(tiny_corpus, muonlab_cache, tmp_path, request, monkeypatch, mesh):
     run_dir = tmp_path / "faulty"
-    values = _values(tiny_corpus, run_dir, batch_size=2, dp_shard=2, tp=2, checkpoint_every=4)
+    if mesh.endswith("dense"):
+        values = _values(tiny_corpus, run_dir, batch_size=2, dp_shard=2, tp=2, checkpoint_every=4)
+        expected, keys = request.getfixturevalue("single_process_run"), ("loss", "val_loss")
+    else:
+        values = _values(tiny_corpus, run_dir, model="moe-tiny", batch_size=1, dp_shard=2, ep=2, checkpoint_every=4)
+        expected = request.getfixturevalue("single_process_moe_run")
+        keys = ("loss", "val_loss", *(k for k in expected[-1] if k.startswith("moe/")))
     monkeypatch.setenv("MUONLAB_TEST_KILL_AFTER_STEP", "6")  # rank 1 dies after step 6; the checkpoint is at 4
     done = torchrun_train([str(Path(__file__).parent / "distributed_fault_entry.py")], values, 4, "--max-restarts=1")
     assert done.returncode == 0, done.stderr[-3000:]
     assert "(exitcode: 17) local_rank: 1" in done.stderr
     rows = metric_rows(run_dir)
     assert len({r["step"] for r in rows}) == len(rows), "a step was logged twice"
-    assert_same_trajectory(rows, single_process_run)
+    assert_same_trajectory(rows, expected, keys)

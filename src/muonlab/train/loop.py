@@ -217,7 +217,7 @@ def _run_record(config: TrainConfig, training: Training, runtime: Runtime, comma
         "flops_per_token": model_config.flops_per_token(config.seq_len),
         "tokens_per_step": training.tokens_per_step,
         "total_steps": training.total_steps,
-        "schedule_steps": config.schedule_steps(runtime.world_size),
+        "schedule_steps": config.schedule_steps(runtime.dp_size),
         "dataset": training.data.describe(),
         "train_split_tokens": len(training.data.train_tokens),  # one epoch: reports count the epochs trained
         "device": str(runtime.device),
@@ -374,7 +374,7 @@ def train(config: TrainConfig, command: str | None = None) -> RunSummary:
     checkpoint = latest_checkpoint(run_dir) if config.resume else None
     progress = _resume(checkpoint, training) if checkpoint is not None else Progress()
     start_step = progress.step
-    schedule = _lr_lambda(config, config.schedule_steps(runtime.world_size))  # may outlast total_steps
+    schedule = _lr_lambda(config, config.schedule_steps(runtime.dp_size))  # may outlast total_steps
     scheduler = torch.optim.lr_scheduler.LambdaLR(training.optimizer, schedule,
                                                   last_epoch=start_step - 1)
     if runtime.is_main:
