@@ -92,8 +92,8 @@ def _muon_vs_adamw(sweep: Numbers, targets: list[float]) -> ClaimCheck:
     agrees = True if len(better) == len(targets) else False if worse else None
     return ClaimCheck(
         paper="Table 8: at AdamW's lr and weight decay every Muon setting beats AdamW (3.314–3.543 vs 3.679)",
-        result=f"AdamW {adamw}; Muon lower at {', '.join(f'{r:g}' for r in better) or 'no target'} (separated), "
-               f"higher at {', '.join(f'{r:g}' for r in worse) or 'no target'}",
+        result=f"AdamW {adamw}; Muon lower at {', '.join(f'{r:g}' for r in better) or 'no target'} (separated)"
+               + (f", higher at {', '.join(f'{r:g}' for r in worse)}" if worse else ""),
         agrees=agrees,
         by_how_much="; ".join(f"{r:g} − AdamW = {_gap_text(g)}, {_paired(sweep['adamw'], sweep[f'{r:g}'])}"
                               for r, g in gaps.items()),
