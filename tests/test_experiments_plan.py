@@ -72,7 +72,8 @@ def test_study_checks_its_presets_and_run_names():
         study.planned({"seeds": (0, 0), "tokens": 1280, "lr": 1e-3, "compile": False}, Path("o"), {})
 
 
-def test_every_registered_study_plans_each_preset():
+def test_every_registered_study_plans_each_preset(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # the default output folders (runs/<study>) must not be the checkout's
     studies = all_studies()
     assert "demo" in studies and get_study("demo") is studies["demo"]
     for study in studies.values():
