@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from torchrun_runs import assert_same_trajectory, metric_rows, run_values, torchrun_train
+from torchrun_runs import assert_same_trajectory, metric_rows, run_values, torchrun_train, train_in_process
 
 pytestmark = pytest.mark.distributed
 
@@ -27,34 +27,16 @@ def _values(corpus: Path, run_dir: Path, **overrides) -> dict:
     return run_values(corpus, run_dir, n_heads=2, **overrides)
 
 
-
-
-
-
 @pytest.fixture(scope="module")
 def single_process_run(tiny_corpus, muonlab_cache_dir, tmp_path_factory):
-    from muonlab.train.config import TrainConfig
-    from muonlab.train.loop import train
-
     run_dir = tmp_path_factory.mktemp("single") / "run"
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("MUONLAB_CACHE", str(muonlab_cache_dir))
-        train(TrainConfig(**_values(tiny_corpus, run_dir)))
-    return metric_rows(run_dir)
+    return train_in_process(_values(tiny_corpus, run_dir), muonlab_cache_dir)
 
 
 @pytest.fixture(scope="module")
 def single_process_moe_run(tiny_corpus, muonlab_cache_dir, tmp_path_factory):
-    from muonlab.train.config import TrainConfig
-    from muonlab.train.loop import train
-
     run_dir = tmp_path_factory.mktemp("single-moe") / "run"
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("MUONLAB_CACHE", str(muonlab_cache_dir))
-        train(TrainConfig(**_values(tiny_corpus, run_dir, model="moe-tiny")))
-    return metric_rows(run_dir)
-
-
+    return train_in_process(_values(tiny_corpus, run_dir, model="moe-tiny"), muonlab_cache_dir)
 
 
 @pytest.mark.parametrize("processes, sizes", [(2, {"tp": 2}), (4, {"dp_shard": 2, "tp": 2})])

@@ -20,26 +20,15 @@ from pathlib import Path
 import pytest
 
 from distributed_harness import spawn
-from torchrun_runs import assert_same_trajectory, metric_rows, run_values, torchrun_train
+from torchrun_runs import assert_same_trajectory, metric_rows, run_values, torchrun_train, train_in_process
 
 pytestmark = pytest.mark.distributed
 
 
-
-
-
 @pytest.fixture(scope="module")
 def single_process_run(tiny_corpus, muonlab_cache_dir, tmp_path_factory):
-    from muonlab.train.config import TrainConfig
-    from muonlab.train.loop import train
-
     run_dir = tmp_path_factory.mktemp("single") / "run"
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("MUONLAB_CACHE", str(muonlab_cache_dir))
-        train(TrainConfig(**run_values(tiny_corpus, run_dir)))
-    return metric_rows(run_dir)
-
-
+    return train_in_process(run_values(tiny_corpus, run_dir), muonlab_cache_dir)
 
 
 @pytest.mark.parametrize("mode", ["ddp", "zero1", "fsdp"])

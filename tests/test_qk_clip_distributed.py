@@ -24,7 +24,7 @@ import torch
 import torch.distributed as dist
 
 from distributed_harness import full_params, spawn
-from torchrun_runs import metric_rows, run_values, torchrun_train
+from torchrun_runs import metric_rows, run_values, torchrun_train, train_in_process
 
 pytestmark = pytest.mark.distributed
 
@@ -156,14 +156,8 @@ def _clip_values(corpus: Path, run_dir: Path, **overrides) -> dict:
 
 @pytest.fixture(scope="module")
 def single_process_clip_run(tiny_corpus, muonlab_cache_dir, tmp_path_factory):
-    from muonlab.train.config import TrainConfig
-    from muonlab.train.loop import train
-
     run_dir = tmp_path_factory.mktemp("single-clip") / "run"
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("MUONLAB_CACHE", str(muonlab_cache_dir))
-        train(TrainConfig(**_clip_values(tiny_corpus, run_dir)))
-    return metric_rows(run_dir)
+    return train_in_process(_clip_values(tiny_corpus, run_dir), muonlab_cache_dir)
 
 
 def _assert_same_clipped_trajectory(rows: list[dict], expected: list[dict]) -> None:

@@ -57,3 +57,15 @@ def assert_same_trajectory(rows: list[dict], expected: list[dict], keys=("loss",
         for key in rms_keys:  # whole weights from their shards; every data shard's activations
             assert row[key] == pytest.approx(ref[key], rel=1e-5), (row["step"], key)
         assert row["tokens"] == ref["tokens"]
+
+
+def train_in_process(values: dict, cache_dir: Path) -> list[dict]:
+    """Train ``values`` in this process (the single-process reference) with ``MUONLAB_CACHE=cache_dir``;
+    its metrics rows without the timing keys."""
+    from muonlab.train.config import TrainConfig
+    from muonlab.train.loop import train
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MUONLAB_CACHE", str(cache_dir))
+        train(TrainConfig(**values))
+    return metric_rows(Path(values["run_dir"]))
