@@ -205,3 +205,16 @@ def test_list_names_each_study_with_its_claim_and_cost(tmp_path, monkeypatch, ca
     calibration.calibrate(probe_configs([p.config for p in planned], workers), workers, say=lambda s: None)
     assert main(["experiment", "--list"]) == 0
     assert f"here ({workers} at a time)" in capsys.readouterr().out
+
+
+def test_the_whole_plan_is_costed_from_scratch_when_asked(tmp_path, monkeypatch):
+    from muonlab.experiments import estimate as estimate_module
+
+    planned = [PlannedRun("r", TrainConfig(run_dir=str(tmp_path / "r"), model="tiny", seq_len=32, batch_size=4,
+                                           train_tokens=128 * 10, eval_every=1000, telemetry_every=0))]
+    measured = {probe_key(p, 1): _measurement(1.0) for p in probe_configs([planned[0].config], 1)}
+    monkeypatch.setattr(estimate_module, "steps_done", lambda config: 6)  # as if checkpointed at step 6 of 10
+    left = estimate(planned, 1, measured)
+    whole = estimate(planned, 1, measured, from_scratch=True)
+    assert left.runs[0].tokens_left == 4 * 128 and whole.runs[0].tokens_left == 10 * 128
+    assert whole.wall_s == pytest.approx(1.0 + 10 * 1.0) and left.wall_s < whole.wall_s

@@ -153,7 +153,7 @@ def list_text() -> str:
         workers = default_workers(planned)
         probes = probe_configs(cost_configs(planned), workers)
         cached = cached_measurements([probe_key(p, workers) for p in probes], planned[0].config.device)
-        est = estimate(planned, workers, cached)
+        est = estimate(planned, workers, cached, from_scratch=True)  # the preset's cost, not what is left
         time_text = (f"≈ {format_duration(est.wall_s)} here ({workers} at a time)" if est.wall_s is not None
                      else f"time not measured here yet (muonlab experiment {study.name} --dry-run measures it)")
         blocks.append(f"{study.name}: {study.title}\n  claim: {study.claim}\n  cpu preset: {len(planned)} runs, "

@@ -164,15 +164,18 @@ class Estimate:
         return sum(r.flops for r in self.runs)
 
 
-def estimate(planned: Sequence[PlannedRun], workers: int,
-             measurements: Mapping[str, Measurement] | None = None) -> Estimate:
-    """The cost of ``planned``; seconds from ``measurements`` (by probe key) when they cover every optimizer."""
+def estimate(planned: Sequence[PlannedRun], workers: int, measurements: Mapping[str, Measurement] | None = None,
+             from_scratch: bool = False) -> Estimate:
+    """The cost of ``planned``; seconds from ``measurements`` (by probe key) when they cover every optimizer.
+
+    Only what is left after each run's latest checkpoint counts, unless ``from_scratch`` (the whole plan).
+    """
     costs, durations = [], []
     configs = cost_configs(planned)
     probes = probe_configs(configs, workers)
     for run, config in zip(planned, configs):
         per_step = run_flops_per_step(config)
-        done = steps_done(config)
+        done = 0 if from_scratch else steps_done(config)
         total = config.total_steps()
         points = [(run_flops_per_step(p), measurements[probe_key(p, workers)]) for p in probes
                   if p.optimizer == config.optimizer and measurements and probe_key(p, workers) in measurements]
