@@ -40,9 +40,8 @@ TABLE1_RULES = {"baseline": "min_side", "update-norm": "update_norm", "adjusted-
 PRESETS: dict[str, dict[str, Any]] = {
     # The demo's model (d=160, 4 layers) and data; lr 3e-3, wd 0.1: AdamW's best lr on the demo workload (demo.py),
     # shared by every run as in Table 8. Part (a) SwiGLU (the demo's MLP): 192 steps of 16 × 256 tokens (0.78 epochs
-    # of the English corpus); part (b) GELU [H, 4H]: 128 steps of a 640-step schedule. 27 runs, --workers 2: the
-    # estimator gives 26 min at the demo's ≈ 8k tokens/s per run, 32 min at 6.3k (a --dry-run on a machine loaded
-    # by other jobs measured 5× slower steps; re-run it on a quiet one).
+    # of the English corpus); part (b) GELU [H, 4H]: 128 steps of a 640-step schedule. 27 runs, --workers 2:
+    # 28 min 53 s on a 2-core AMD EPYC (the dry-run said 25 min 31 s).
     "cpu": dict(
         seeds=(0, 1, 2), corpus="english", tokenizer="bpe", vocab_size=4096, model="demo", d_model=160,
         seq_len=256, batch_size=16, lr=3e-3, weight_decay=0.1, rms_targets=(0.05, 0.1, 0.2, 0.4, 0.8),

@@ -38,8 +38,8 @@ from ._weight_decay_claims import (
 )
 
 PRESETS: dict[str, dict[str, Any]] = {
-    # Sized with `--dry-run --workers 2` on the project's 2-core CPU (≈ 32 min estimated for the 12 runs, 20 %
-    # under the 40-minute budget): a 2-layer d=48 model, 55,536 non-embedding parameters, trained on 4.9M byte
+    # 12 runs took 8 min 49 s with --workers 2 on a 2-core AMD EPYC (a dry-run calibrated under heavy load had
+    # said ≈ 32 min; the budget is 40): a 2-layer d=48 model, 55,536 non-embedding parameters, trained on 4.9M byte
     # tokens of the Python corpus (88 per parameter, ≈ 4.4× Chinchilla; 0.42 epochs of its 11.7M training
     # tokens, so no data repeats) in 2,400 steps of 16 × 128. Byte tokens keep the head small (257 × 48).
     # lr 3e-3: AdamW's best of {1e-3, 3e-3, 1e-2} in 800-step probes of this model (seed 0, λ 0.1: final val loss
