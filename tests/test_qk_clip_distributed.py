@@ -96,26 +96,24 @@ def _mesh_cases(rank: int, world: int) -> dict:
     return {case: _clip_case(rank, world, case[0], MESHES[case[1]]) for case in cases}
 
 
-@pytest.fixture(scope="module")
-def results():
+def _single_process(kinds) -> dict:
+    """Each model kind clipped on one process, on one thread (as each spawned rank runs)."""
     before = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        single = {kind: _clip_case(0, 1, kind, "none") for kind in MODELS}
+        return {kind: _clip_case(0, 1, kind, "none") for kind in kinds}
     finally:
         torch.set_num_threads(before)
-    return single, spawn(_all_cases, 2)[0]
+
+
+@pytest.fixture(scope="module")
+def results():
+    return _single_process(MODELS), spawn(_all_cases, 2)[0]
 
 
 @pytest.fixture(scope="module")
 def mesh_results():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        single = {kind: _clip_case(0, 1, kind, "none") for kind in MESH_MODELS}
-    finally:
-        torch.set_num_threads(before)
-    return single, spawn(_mesh_cases, 4)
+    return _single_process(MESH_MODELS), spawn(_mesh_cases, 4)
 
 
 def _relative(a: torch.Tensor, b: torch.Tensor) -> float:
