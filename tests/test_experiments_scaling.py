@@ -85,5 +85,7 @@ def test_the_analysis_recovers_a_known_compute_ratio(tmp_path):
     assert analysis.results["fits"]["adamw"]["b"] == pytest.approx(-0.05, abs=1e-3)
     assert analysis.results["adamw_best_lr"] == [5e-3] * len(p["widths"])
     assert analysis.results["claims_agree"] == [True, True, True, True]
+    own = analysis.results["muon_at_its_own_lr"]  # Muon's loss at C is AdamW's at C / RATIO
+    assert own["muon_lr"] == 5e-3 and own["adamw_compute_multiple"] == pytest.approx(1 / RATIO, rel=1e-2)
     assert analysis.results["svd_entropy"]["muon_higher_fraction"] == 1.0
     assert all(path is not None and path.is_file() for _, path in analysis.figures)
