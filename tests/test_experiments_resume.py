@@ -108,7 +108,7 @@ def test_a_killed_study_continues_and_ends_as_an_uninterrupted_one(tiny_corpus, 
     killed, finishing = json.loads((out / "provenance.json").read_text())["invocations"]
     assert killed["wall_s"] is None and killed["trained"] == names
     assert finishing["wall_s"] > 0 and finishing["trained"] == [n for n in names if n not in done]
-    assert "did not finish" in (out / "report.md").read_text()
+    assert "did not finish (stopped or killed); set out to train adamw-s0" in (out / "report.md").read_text()
 
 
 def test_a_second_study_on_the_same_folder_stops_at_once_and_touches_nothing(tiny_corpus, muonlab_cache, tmp_path,

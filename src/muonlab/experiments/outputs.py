@@ -96,8 +96,9 @@ def _provenance_md(provenance: Mapping[str, Any], out: Path, runs: Mapping[str, 
     folders = ", ".join(f"`{os.path.relpath(run.path, out)}`" for run in runs.values())
     history = [f"  {i}. {p.get('started', '?')}: `{p.get('command')}` at "
                f"`{p.get('git_revision') or 'unknown revision'}`"
-               + (f", {p['wall_s'] / 60:.1f} min" if p.get("wall_s") is not None else ", did not finish")
-               + f"; trained {', '.join(p.get('trained', [])) or 'nothing (all runs were finished)'}"
+               + (f", {p['wall_s'] / 60:.1f} min; trained " if p.get("wall_s") is not None
+                  else ", did not finish (stopped or killed); set out to train ")
+               + (', '.join(p.get('trained', [])) or 'nothing (all runs were finished)')
                for i, p in enumerate(provenance["invocations"], 1)]
     return "\n".join([
         f"```bash\n{last['command']}\n```",
@@ -117,7 +118,8 @@ def write_outputs(study: Study, preset: str, params: Mapping[str, Any], runs: Ma
     """Write ``report.md``, ``results.json`` and ``provenance.json`` into ``out``; return the report's path.
 
     ``invocation``: this command's ``started`` (time stamp), ``command``, ``git_revision``, ``machine``
-    (``provenance.machine()``), ``wall_s`` and ``trained`` (the runs it trained); ``provenance.json``
+    (``provenance.machine()``), ``wall_s`` and ``trained`` (the runs left to train when it started: all of
+    them were trained if it finished, some if it was killed, as ``wall_s`` None records); ``provenance.json``
     keeps every invocation that wrote into ``out``, and ``train_s``, the runs' summed training time
     from their metrics.
     """
