@@ -74,7 +74,7 @@ def plot_lr_sweeps(sweeps: Mapping[str, Mapping[float, float]], path: str | os.P
 
     ``look(label) -> (colour, line style, marker)``. None (nothing written) when no sweep has a point.
     """
-    fig, (ax,) = new_figure(1, width=7.0, height=4.6)
+    fig, (ax,) = new_figure(1, width=8.6, height=4.6)
     drawn = False
     for label, by_lr in sweeps.items():
         points = sorted((lr, loss) for lr, loss in by_lr.items() if loss is not None)
@@ -89,5 +89,6 @@ def plot_lr_sweeps(sweeps: Mapping[str, Mapping[float, float]], path: str | os.P
     if not drawn:
         return None
     ax.set_xscale("log")
-    finish_axes(ax, title, "peak learning rate", "final validation loss (nats/token)")
+    finish_axes(ax, title, "peak learning rate", "final validation loss (nats/token)", legend=False)
+    ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0))  # beside the lines, never over them
     return save_figure(fig, path)

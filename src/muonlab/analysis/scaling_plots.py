@@ -87,6 +87,6 @@ def plot_entropy(entropy: Mapping[str, Any], path: str | os.PathLike) -> Path | 
     share = entropy["muon_higher_fraction"]
     title = "SVD entropy of the final weights (higher = flatter spectrum)"
     if share is not None:
-        title += f"; Muon higher for {share * 100:.0f} % of matrices"
+        title += f"\nMuon higher for {share * 100:.0f} % of matrices"
     finish_axes(ax, title, "matrix group (Moonlight Figure 4)", "mean SVD entropy")
     return save_figure(fig, path)
