@@ -147,3 +147,17 @@ def test_a_muon_that_needs_more_tokens_is_reported_as_disagreeing(tmp_path, monk
     agrees = analysis.results["claims_agree"]
     assert agrees[0] is False and agrees[2] is False  # fewer tokens; extra tokens growing with B
     assert agrees[-1] is False  # the advantage on both corpora
+
+
+def test_token_optimal_batches_both_at_the_smallest_batch_tell_nothing(tmp_path, monkeypatch):
+    import batch_size_curves
+
+    for optimizer in ("adamw", "muon"):  # both knees below the grid: T_L(B) grows from the smallest batch on
+        monkeypatch.setitem(batch_size_curves.KNEE, optimizer, 128)
+    p = params(train_tokens=BUDGET, ema_tokens=1)
+    analysis = batch_size.analyse(Finished(p, made_up_study(p), tmp_path))
+    result = analysis.results["corpora"]["english"]
+    assert {b for o in ("adamw", "muon") for b in result["token_optimal_batch"][o] if b} == {256}
+    agrees = analysis.results["claims_agree"]
+    assert agrees[3] is None and agrees[8] is None  # the token-optimal claim of each corpus: the grid cannot tell
+    assert "have both at 256: the grid cannot tell" in dict(analysis.sections)["Paper claim vs small-scale result"]

@@ -114,14 +114,20 @@ def plot_loss_curves(tables: Mapping[str, CorpusTokens],
     for ax, (corpus, table) in zip(axes, tables.items()):
         for target in table.targets:
             ax.axhline(target, color="gray", linewidth=0.6, linestyle=":")
+        span = table.targets[0] - table.targets[-1]
+        top = table.targets[0] + 1.5 * span
+        first_shown = np.inf  # the fewest tokens at which a curve is inside the plot: the x axis starts there
         for i, (batch, color) in enumerate(zip(table.batches, shades(len(table.batches), "plasma"))):
             for optimizer in OPTIMIZERS:
                 tokens, loss = curves[corpus][optimizer][i]
                 ax.plot(tokens[tokens > 0], loss[tokens > 0], color=color, linestyle=_STYLE[optimizer], linewidth=0.9,
                         label=f"B={batch:,}" if optimizer == "muon" else None)
-        span = table.targets[0] - table.targets[-1]
-        ax.set_ylim(table.targets[-1] - 0.5 * span, table.targets[0] + 1.5 * span)
+                inside = tokens[(tokens > 0) & (loss <= top)]
+                first_shown = min(first_shown, inside.min()) if inside.size else first_shown
+        ax.set_ylim(table.targets[-1] - 0.5 * span, top)
         ax.set_xscale("log")
+        if np.isfinite(first_shown):
+            ax.set_xlim(left=first_shown / 1.5)
         finish_axes(ax, f"{corpus}: smoothed training loss (Muon solid, AdamW dashed)", "tokens trained",
                     "smoothed training loss (nats/byte)")
     return save_figure(fig, path)
