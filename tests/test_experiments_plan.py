@@ -200,7 +200,7 @@ def test_list_names_each_study_with_its_claim_and_cost(tmp_path, monkeypatch, ca
     assert "time not measured here yet (muonlab experiment demo --dry-run measures it)" in out
     # Once this machine has measured the demo's probes, the list shows the estimated time.
     planned = command.plan(demo).runs
-    workers = command.default_workers(planned)
+    workers = command.default_workers(demo, planned)
     monkeypatch.setattr(calibration, "_probe_batch", lambda configs: [_measurement(0.5)] * len(configs))
     calibration.calibrate(probe_configs([p.config for p in planned], workers), workers, say=lambda s: None)
     assert main(["experiment", "--list"]) == 0
@@ -218,3 +218,13 @@ def test_the_whole_plan_is_costed_from_scratch_when_asked(tmp_path, monkeypatch)
     whole = estimate(planned, 1, measured, from_scratch=True)
     assert left.runs[0].tokens_left == 4 * 128 and whole.runs[0].tokens_left == 10 * 128
     assert whole.wall_s == pytest.approx(1.0 + 10 * 1.0) and left.wall_s < whole.wall_s
+
+
+def test_a_study_that_times_steps_trains_one_run_at_a_time_by_default(monkeypatch):
+    import os
+
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)
+    demo, pareto = get_study("demo"), get_study("pareto")
+    assert pareto.times_steps and not demo.times_steps
+    assert command.default_workers(pareto, command.plan(pareto).runs) == 1
+    assert command.default_workers(demo, command.plan(demo).runs) == 2

@@ -105,6 +105,21 @@ def test_resume_after_interrupt_matches_uninterrupted_run(tiny_config, monkeypat
     assert_identical(_optimizer_state(split.run_dir), _optimizer_state(full.run_dir), "optimizer")
 
 
+def test_a_checkpoint_inside_a_logging_interval_resumes_the_same_mean_loss(tiny_config, monkeypatch):
+    """Checkpoint at step 3, rows every 2 steps: the row at step 4 averages steps 3 and 4 after a resume too."""
+    settings = dict(RESUME, checkpoint_every=3)
+    full, split = tiny_config("full", **settings), tiny_config("split", **settings)
+    train(full)
+    real_save = interrupt_after_checkpoint(monkeypatch, 3)
+    with pytest.raises(KeyboardInterrupt):
+        train(split)
+    monkeypatch.setattr(loop, "save_checkpoint", real_save)
+    train(split)
+    full_rows, split_rows = _deterministic(read_metrics(full.run_dir)), _deterministic(read_metrics(split.run_dir))
+    assert [r for r in split_rows if r["step"] == 4] == [r for r in full_rows if r["step"] == 4]
+    assert split_rows == full_rows
+
+
 @pytest.mark.parametrize("model", ["tiny", "moe-tiny"], ids=["dense-mha", "moe-mla"])
 def test_resume_with_qk_clip_matches_uninterrupted_run(tiny_config, monkeypatch, model):
     """QK-Clip keeps no state across steps: a resumed run clips (and logs) exactly as the uninterrupted one."""

@@ -91,7 +91,7 @@ def _cmd_experiment(args: argparse.Namespace) -> int:
     study = get_study(args.name)
     study_plan = command.plan(study, args.preset, Path(args.out) if args.out else None, args.config, args.set or [])
     planned = study_plan.runs
-    workers = args.workers or command.default_workers(planned)
+    workers = args.workers or command.default_workers(study, planned)
     if args.dry_run:
         command.dry_run(study, args.preset, planned, workers)
         return 0

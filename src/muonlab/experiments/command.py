@@ -39,11 +39,14 @@ def default_out(study: Study, preset: str) -> Path:
     return Path("runs") / (study.name if preset == "cpu" else f"{study.name}-{preset}")
 
 
-def default_workers(planned: Sequence[PlannedRun]) -> int:
-    """One run at a time on a GPU; on a CPU one single-threaded run per core (at most one per run)."""
+def default_workers(study: Study, planned: Sequence[PlannedRun]) -> int:
+    """One run at a time on a GPU or for a study that times steps (``Study.times_steps``); on a CPU one
+    single-threaded run per core (at most one per run)."""
     import torch
 
-    if any(p.config.device == "cuda" or (p.config.device == "auto" and torch.cuda.is_available()) for p in planned):
+    on_gpu = any(p.config.device == "cuda" or (p.config.device == "auto" and torch.cuda.is_available())
+                 for p in planned)
+    if study.times_steps or on_gpu:
         return 1
     return max(1, min(os.cpu_count() or 1, len(planned)))
 
@@ -150,7 +153,7 @@ def list_text() -> str:
     blocks = []
     for study in all_studies().values():
         planned = plan(study).runs
-        workers = default_workers(planned)
+        workers = default_workers(study, planned)
         probes = probe_configs(cost_configs(planned), workers)
         cached = cached_measurements([probe_key(p, workers) for p in probes], planned[0].config.device)
         est = estimate(planned, workers, cached, from_scratch=True)  # the preset's cost, not what is left

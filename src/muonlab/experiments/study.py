@@ -17,7 +17,9 @@ A study module under ``muonlab/experiments/studies/`` defines one ``STUDY = Stud
   plans again with the finished runs, until every run is done;
 - ``analyse(finished: Finished) -> Analysis``: reads the run folders (``finished.runs``, loaded by
   ``muonlab.analysis.runs``), writes its PNG plots into ``finished.out`` and returns the numbers
-  for ``results.json`` and the sections of ``report.md``.
+  for ``results.json`` and the sections of ``report.md``;
+- ``times_steps`` (default False): True for a study whose runs measure step times (``pareto``), so
+  they train one at a time unless ``--workers`` says otherwise (a neighbour would slow each step).
 
 Parameters are overridden from a TOML file and then from ``--set key=value`` (``parameters``).
 """
@@ -88,6 +90,7 @@ class Study:
     presets: Mapping[str, Mapping[str, Any]]
     plan: Callable[[Mapping[str, Any], Mapping[str, Run]], list[PlannedRun]]
     analyse: Callable[[Finished], Analysis]
+    times_steps: bool = False
 
     def __post_init__(self) -> None:
         if "cpu" not in self.presets:

@@ -264,10 +264,14 @@ def build_training(config: TrainConfig, runtime: Runtime) -> Training:
                     config.total_steps(runtime.dp_size), config.tokens_per_step(runtime.dp_size))
 
 
-def _resume(checkpoint: Path, training: Training) -> Progress:
-    """Load a checkpoint into the model, optimizer, data loader and global RNGs; return its progress."""
+def _resume(checkpoint: Path, training: Training, interval: Interval) -> Progress:
+    """Load a checkpoint into the model, optimizer, data loader, global RNGs and the logging interval's
+    losses so far (so the first row after a resume averages the same steps as without the stop);
+    return its progress."""
     state = load_checkpoint(checkpoint, training.model, training.optimizer)
     training.loader.load_state_dict(state["loader"])
+    interval.loss_sum.fill_(state.get("interval_loss_sum", 0.0))  # absent from checkpoints of older versions
+    interval.loss_count = state.get("interval_loss_count", 0)
     return Progress(state["step"], state["tokens"], state["wall_s"])
 
 
@@ -326,10 +330,13 @@ def _log_keys(step: int, lr: float, optim_ms: float, progress: Progress, interva
                 **timing)
 
 
-def _save(run_dir: Path, training: Training, progress: Progress, runtime: Runtime, keep: int) -> None:
-    """Checkpoint the run at ``progress.step`` (sharded, every rank writing, when several processes train)."""
+def _save(run_dir: Path, training: Training, progress: Progress, interval: Interval, runtime: Runtime,
+          keep: int) -> None:
+    """Checkpoint the run at ``progress.step`` (sharded, every rank writing, when several processes train),
+    with the logging interval's summed losses so far (averaged over ranks: every rank resumes with it)."""
     save_checkpoint(run_dir, progress.step, training.model, training.optimizer,
-                    {"tokens": progress.tokens, "wall_s": progress.wall_s, "loader": training.loader.state_dict()},
+                    {"tokens": progress.tokens, "wall_s": progress.wall_s, "loader": training.loader.state_dict(),
+                     "interval_loss_sum": runtime.mean(interval.loss_sum), "interval_loss_count": interval.loss_count},
                     keep=keep, sharded=runtime.distributed)
 
 
@@ -372,7 +379,8 @@ def train(config: TrainConfig, command: str | None = None) -> RunSummary:
     training = build_training(config, runtime)  # data, model, optimizer
     total_steps = training.total_steps
     checkpoint = latest_checkpoint(run_dir) if config.resume else None
-    progress = _resume(checkpoint, training) if checkpoint is not None else Progress()
+    interval = Interval(torch.zeros((), device=device))
+    progress = _resume(checkpoint, training, interval) if checkpoint is not None else Progress()
     start_step = progress.step
     schedule = _lr_lambda(config, config.schedule_steps(runtime.dp_size))  # may outlast total_steps
     scheduler = torch.optim.lr_scheduler.LambdaLR(training.optimizer, schedule,
@@ -385,7 +393,7 @@ def train(config: TrainConfig, command: str | None = None) -> RunSummary:
               if runtime.is_main else None)
     bar = tqdm(total=total_steps, initial=start_step, disable=not (config.progress and runtime.is_main),
                desc=run_dir.name, unit="step", dynamic_ncols=True)
-    interval, val_loss = Interval(torch.zeros((), device=device)), math.nan
+    val_loss = math.nan
     training.model.train()
     try:
         for step in range(start_step + 1, total_steps + 1):
@@ -413,7 +421,7 @@ def train(config: TrainConfig, command: str | None = None) -> RunSummary:
             if row and logger is not None:
                 logger.log(step, row)
             if step == total_steps or (config.checkpoint_every and step % config.checkpoint_every == 0):
-                _save(run_dir, training, progress, runtime, config.keep_checkpoints)
+                _save(run_dir, training, progress, interval, runtime, config.keep_checkpoints)
     finally:
         bar.close()
         if logger is not None:

@@ -40,8 +40,8 @@ WARMUP_FRACTION = 0.05
 PRESETS: dict[str, dict[str, Any]] = {
     # 4 layers, d=128 (0.92M parameters), byte tokens, 128-token sequences; batches of 256–8,192 tokens (32×);
     # 1.18M tokens a run (0.29 epochs of the English corpus's 4.02M training bytes): 64 runs, 75.5M tokens and
-    # 4.6e14 training FLOPs (+ 1.5e14 of Newton–Schulz) in all: ≈ 1.2–1.5 h two at a time on the idle 2-core
-    # machine (≈ 100 GFLOP/s a run, as the demo's 8k tokens/s imply, plus ≈ 30–40 ms a step at the smallest batch).
+    # 4.6e14 training FLOPs (+ 1.5e14 of Newton–Schulz) in all: 75 min 41 s two at a time on a 2-core AMD EPYC
+    # (the dry-run said 66 min).
     "cpu": dict(
         seeds=(0, 1, 2), corpora=("english", "python"), batch_sizes=(2, 4, 8, 16, 32, 64), seq_len=128,
         d_model=128, n_layers=4, head_dim=32, train_tokens=1_179_648, lrs_smallest=(5e-4, 1e-3, 2e-3),

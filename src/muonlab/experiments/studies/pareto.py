@@ -17,8 +17,8 @@ and its optimizer step's time) of both optimizers for every width of ``widths`` 
 ``batch-size`` model's width and per-device batches) and the measured Newton–Schulz overhead
 ``(t_opt,Muon − t_opt,AdamW) / t_fwd_bwd`` across widths and batch sizes, against the FLOP count
 of the model's matrices and against 5·d/B. Timing runs are ordinary run folders, so the study plans,
-resumes and costs them like any other; for timings undisturbed by a neighbour run it with
-``--workers 1`` (a few minutes).
+resumes and costs them like any other; they train one at a time (``times_steps``: a neighbour would
+slow each step), a few minutes in all.
 """
 
 from __future__ import annotations
@@ -43,7 +43,8 @@ BYTE_VOCAB = 257
 PRESETS: dict[str, dict[str, Any]] = {
     # The batch-size cpu preset's model (4 layers, heads of 32, 128-token sequences) at d = 64, 128 (its width) and
     # 256; per-device batch 4 sequences (512 tokens), so its 256–8,192-token batches run on 1–16 devices; a 1 GB/s
-    # link (≈ 10 Gb Ethernet between CPU nodes). 24 timing runs of 20 steps.
+    # link (≈ 10 Gb Ethernet between CPU nodes). 24 timing runs of 20 steps, one after another (times_steps: no
+    # run's step time is measured beside another): 2 min 3 s on a 2-core AMD EPYC (the dry-run said 1 min 47 s).
     "cpu": dict(
         batch_size_runs="runs/batch-size", widths=(64, 128, 256), timing_batches=(2, 4, 16, 64), n_layers=4,
         head_dim=32, seq_len=128, timing_steps=20, device_batch=4, link_gb_per_s=1.0, compile=False, device="auto",
@@ -144,4 +145,5 @@ STUDY = Study(
     presets=PRESETS,
     plan=plan,
     analyse=analyse,
+    times_steps=True,
 )
