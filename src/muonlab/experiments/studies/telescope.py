@@ -41,9 +41,9 @@ PRESETS: dict[str, dict[str, Any]] = {
     # Byte tokens of the English corpus, 4 blocks, heads of 32, 491,520 tokens (240 steps of 16 × 128) a run: the
     # family and budget of docs/mup_lr_transfer.json, where muP's best lr stayed at 0.027–0.031 from d = 32 to 128
     # (base 64), hence the centre. Levels 6×6 → 3×3 → 2×2 at d = 32, 64, 128, the final run at d = 256; the
-    # brute-force check is level 0's 6×6 grid at d = 128. 92 runs, 45M tokens; `--dry-run` on the loaded 2-core
-    # machine: 1 h 52 min (two runs side by side; alone, a d=32 run trained at 20k tokens/s and a d=128 one at
-    # 5.7k there). The grid's corner (lr 0.17, λ 0.018) trains without diverging at d = 32 and 128.
+    # brute-force check is level 0's 6×6 grid at d = 128. 92 runs, 45M tokens, --workers 2: 26 min 44 s on a
+    # 2-core AMD EPYC (the dry-run said 26 min 21 s). The grid's corner (lr 0.17, λ 0.018) trains without
+    # diverging at d = 32 and 128.
     "cpu": dict(
         widths=(32, 64, 128), final_width=256, grid_points=6, brute_points=6, lr_center=0.03, wd_center=0.1,
         lr_spacing=2.0, wd_spacing=2.0, search_seed=0, check_seeds=(1, 2, 3), n_layers=4, head_dim=32,
