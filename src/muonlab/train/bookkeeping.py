@@ -46,6 +46,16 @@ class Interval:
         self.time_s += elapsed
         return elapsed
 
+    def state_dict(self, runtime: Runtime) -> dict[str, float | int]:
+        """The losses counted so far (summed, averaged over ranks), for a checkpoint: a resume then logs
+        the same mean for the interval as a run that did not stop. Collective: every rank calls it."""
+        return {"interval_loss_sum": runtime.mean(self.loss_sum), "interval_loss_count": self.loss_count}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore ``state_dict``'s losses (absent from checkpoints of older versions: an empty interval)."""
+        self.loss_sum.fill_(state.get("interval_loss_sum", 0.0))
+        self.loss_count = state.get("interval_loss_count", 0)
+
     def take(self, runtime: Runtime) -> tuple[float, dict[str, float]]:
         """The mean loss of the interval's micro-batches over all ranks, and its timing keys
         (``tokens_per_s``, and ``compile_s`` once); the next interval starts empty."""

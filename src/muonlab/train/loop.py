@@ -270,8 +270,7 @@ def _resume(checkpoint: Path, training: Training, interval: Interval) -> Progres
     return its progress."""
     state = load_checkpoint(checkpoint, training.model, training.optimizer)
     training.loader.load_state_dict(state["loader"])
-    interval.loss_sum.fill_(state.get("interval_loss_sum", 0.0))  # absent from checkpoints of older versions
-    interval.loss_count = state.get("interval_loss_count", 0)
+    interval.load_state_dict(state)
     return Progress(state["step"], state["tokens"], state["wall_s"])
 
 
@@ -336,7 +335,7 @@ def _save(run_dir: Path, training: Training, progress: Progress, interval: Inter
     with the logging interval's summed losses so far (averaged over ranks: every rank resumes with it)."""
     save_checkpoint(run_dir, progress.step, training.model, training.optimizer,
                     {"tokens": progress.tokens, "wall_s": progress.wall_s, "loader": training.loader.state_dict(),
-                     "interval_loss_sum": runtime.mean(interval.loss_sum), "interval_loss_count": interval.loss_count},
+                     **interval.state_dict(runtime)},
                     keep=keep, sharded=runtime.distributed)
 
 

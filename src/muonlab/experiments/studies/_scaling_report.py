@@ -102,11 +102,9 @@ def _ratio_claim(ratio: dict[str, Any]) -> ClaimCheck:
     )
 
 
-def _lr_claim(measured: Measured) -> ClaimCheck:
-    adamw = measured.sweeps[f"AdamW d={measured.muon_sweep_width}"]
+def _lr_claim(measured: Measured, own: Mapping[str, float]) -> ClaimCheck:
     muon = measured.sweeps[f"Muon d={measured.muon_sweep_width}"]
-    best_a = min(adamw, key=lambda lr: adamw[lr])
-    best_m = min(muon, key=lambda lr: muon[lr])
+    best_a, best_m = own["adamw_lr"], own["muon_lr"]
     steps = abs(math.log2(best_m / best_a))
     edge = best_m in (min(muon), max(muon))
     return ClaimCheck(
@@ -198,10 +196,10 @@ def scaling_analysis(measured: Measured, p: Mapping[str, Any], out: Path) -> Ana
     entropy = entropy_comparison(measured)
     largest = len(measured.widths) - 1
     early = {o: early_max_logits(measured.arms[o][largest]) for o in ("adamw", "muon")}
-    checks = [_ratio_claim(ratio), _lr_claim(measured), _entropy_claim(entropy),
+    own = muon_at_its_own_lr(measured, fits["adamw"])
+    checks = [_ratio_claim(ratio), _lr_claim(measured, own), _entropy_claim(entropy),
               _logit_claim(early, measured.widths[largest])]
     mid = len(at) // 2
-    own = muon_at_its_own_lr(measured, fits["adamw"])
     figures = [
         ("Final validation loss against training FLOPs, with the power-law fits",
          scaling_plots.plot_scaling(measured.compute, losses, fits, out / "scaling_law.png")),
