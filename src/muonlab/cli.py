@@ -93,7 +93,7 @@ def _cmd_experiment(args: argparse.Namespace) -> int:
     planned = study_plan.runs
     workers = args.workers or command.default_workers(study, planned)
     if args.dry_run:
-        command.dry_run(study, args.preset, planned, workers)
+        command.dry_run(study, args.preset, study_plan.projected_runs, workers)
         return 0
     from .experiments.lock import StudyBusyError
     from .experiments.runner import RunFailedError

@@ -83,6 +83,14 @@ class StudyPlan:
         """The plan given the runs finished so far (``resolve``)."""
         return self.resolve()[0]
 
+    @property
+    def projected_runs(self) -> list[PlannedRun]:
+        """The plan as it is expected to end (``Study.projected``): what ``--dry-run`` costs. The runs a growing
+        plan has already decided come first, so their checkpoints count as done."""
+        now = self.runs
+        known = {p.name for p in now}
+        return now + [p for p in self.study.projected(self.params, self.out, self.overrides) if p.name not in known]
+
 
 def plan(study: Study, preset: str = "cpu", out: Path | None = None, config_file: str | None = None,
          sets: Sequence[str] = ()) -> StudyPlan:
@@ -152,7 +160,7 @@ def list_text() -> str:
 
     blocks = []
     for study in all_studies().values():
-        planned = plan(study).runs
+        planned = plan(study).projected_runs
         workers = default_workers(study, planned)
         probes = probe_configs(cost_configs(planned), workers)
         cached = cached_measurements([probe_key(p, workers) for p in probes], planned[0].config.device)
@@ -169,10 +177,14 @@ def _analyse(study: Study, params: Mapping[str, Any], planned: Sequence[PlannedR
     return runs, study.analyse(Finished(params, runs, out))
 
 
+def _progress_entry(run: PlannedRun) -> tuple[str, str, int]:
+    return run.name, run.config.run_dir, run.config.total_steps() * run.config.tokens_per_step()
+
+
 def _train_stages(study_plan: StudyPlan, planned: list[PlannedRun], done: dict[str, Run], workers: int,
                   observer: StudyProgress) -> list[PlannedRun]:
     """Train the ready runs (those whose needs are done), plan again with their results, until every
-    run is done; return the final plan."""
+    run is done; return the final plan. A growing plan may add runs; it may not drop or rename one."""
     while True:
         ready = [p for p in planned if p.name not in done and all(n in done for n in p.needs)]
         if not ready:
@@ -180,10 +192,11 @@ def _train_stages(study_plan: StudyPlan, planned: list[PlannedRun], done: dict[s
         run_configs([p.config for p in ready], workers=workers, observer=observer)
         names = [p.name for p in planned]
         planned, done = study_plan.resolve()
-        if [p.name for p in planned] != names:
-            changed = sorted(set(names) ^ {p.name for p in planned})
-            raise ValueError(f"study {study_plan.study.name!r} renamed runs once earlier stages finished "
-                             f"({changed}); a run's name must not depend on the results of the runs it needs")
+        dropped = sorted(set(names) - {p.name for p in planned})
+        if dropped:
+            raise ValueError(f"study {study_plan.study.name!r} dropped or renamed runs once earlier stages finished "
+                             f"({dropped}); a run's name must not depend on the results of the runs it needs")
+        observer.add([_progress_entry(p) for p in planned if p.name not in names])
     waiting = [p.name for p in planned if p.name not in done]
     if waiting:
         raise RuntimeError(f"study {study_plan.study.name!r}: runs {waiting} never became ready")
@@ -218,8 +231,7 @@ def _run_study(study_plan: StudyPlan, workers: int, command: str, console, show_
         if done:
             say(f"{len(done)} of {len(planned)} runs are finished already; they are not run again")
         _prepare_data(configs, say)
-        progress = StudyProgress(study.name, [(p.name, p.config.run_dir, p.config.total_steps()
-                                               * p.config.tokens_per_step()) for p in planned],
+        progress = StudyProgress(study.name, [_progress_entry(p) for p in planned],
                                  done=[p.config.run_dir for p in planned if p.name in done])
         with Monitor(progress, console=console) if show_progress else nullcontext():
             planned = _train_stages(study_plan, planned, done, workers, progress)

@@ -86,6 +86,14 @@ class StudyProgress:
                         for name, run_dir, total in runs}
         self._tails: dict[str, MetricsTail] = {}
 
+    def add(self, runs: Sequence[tuple[str, str, int]]) -> None:
+        """Runs a growing plan added (``(name, run_dir, total_tokens)``, not started); known ones are ignored."""
+        with self._lock:
+            for name, run_dir, total in runs:
+                if run_dir not in self._status:
+                    self._order.append(run_dir)
+                    self._status[run_dir] = RunStatus(name, LEFT, total)
+
     def on_start(self, run_dir: str) -> None:
         """The runner started training ``run_dir`` (from scratch or from its checkpoint)."""
         with self._lock:

@@ -9,17 +9,21 @@ A study module under ``muonlab/experiments/studies/`` defines one ``STUDY = Stud
   maps the names of the runs finished so far to their folders (``muonlab.analysis.runs.Run``); a
   study whose plan is fixed ignores it. A *staged* study plans runs that need others first
   (``PlannedRun.needs``): their configs may depend on those runs' results (the fine-tuning of a
-  pretrained run, the learning rate that won a sweep). The plan always lists every run, so
-  ``--dry-run`` can cost it; until its needs are done, a run's config is provisional (the right
-  model and token budget, placeholder hyperparameters), and its *name* must not depend on
-  ``done`` (name a tuned run ``...-best-s0``, not after its learning rate): the run folders, the
-  progress display and the cost are planned from the names. The machinery runs a stage, then
-  plans again with the finished runs, until every run is done;
+  pretrained run, the learning rate that won a sweep). Either the plan lists every run from the
+  start (so ``--dry-run`` can cost it: until its needs are done, a run's config is provisional —
+  the right model and token budget, placeholder hyperparameters — and its *name* must not depend
+  on ``done``: name a tuned run ``...-best-s0``, not after its learning rate), or it *grows*: runs
+  appear once the results that decide them are in, and ``projected_plan`` says how it is expected
+  to end. The machinery runs a stage, then plans again with the finished runs, until every run is done;
 - ``analyse(finished: Finished) -> Analysis``: reads the run folders (``finished.runs``, loaded by
   ``muonlab.analysis.runs``), writes its PNG plots into ``finished.out`` and returns the numbers
   for ``results.json`` and the sections of ``report.md``;
 - ``times_steps`` (default False): True for a study whose runs measure step times (``pareto``), so
   they train one at a time unless ``--workers`` says otherwise (a neighbour would slow each step).
+- ``projected_plan(params) -> list[PlannedRun]`` (optional): for a study whose plan *grows* as results
+  come in (a bracketed learning-rate sweep adds runs once it knows where its optimum lies), the plan as
+  it is expected to end, which ``--dry-run`` costs. A growing plan never drops or renames a run it has
+  listed; runs it adds list the runs whose results decided them in ``needs``.
 
 Parameters are overridden from a TOML file and then from ``--set key=value`` (``parameters``).
 """
@@ -91,6 +95,7 @@ class Study:
     plan: Callable[[Mapping[str, Any], Mapping[str, Run]], list[PlannedRun]]
     analyse: Callable[[Finished], Analysis]
     times_steps: bool = False
+    projected_plan: Callable[[Mapping[str, Any]], list[PlannedRun]] | None = None
 
     def __post_init__(self) -> None:
         if "cpu" not in self.presets:
@@ -105,7 +110,15 @@ class Study:
                 done: Mapping[str, Run] | None = None) -> list[PlannedRun]:
         """The plan, given the runs ``done`` so far, with each run in ``<out>/<name>``, its progress bar
         off and ``train_overrides`` applied."""
-        runs = self.plan(params, done or {})
+        return self._placed(self.plan(params, done or {}), out, train_overrides)
+
+    def projected(self, params: Mapping[str, Any], out: Path, train_overrides: Mapping[str, Any]) -> list[PlannedRun]:
+        """The plan as it is expected to end (``projected_plan``; the plan from scratch for a study whose plan
+        does not grow), placed like ``planned``."""
+        runs = self.projected_plan(params) if self.projected_plan else self.plan(params, {})
+        return self._placed(runs, out, train_overrides)
+
+    def _placed(self, runs: list[PlannedRun], out: Path, train_overrides: Mapping[str, Any]) -> list[PlannedRun]:
         names = [r.name for r in runs]
         repeated = sorted({n for n in names if names.count(n) > 1})
         if repeated:

@@ -1,0 +1,177 @@
+"""The ``scaling`` study's runs: widths, compute-optimal budgets and batches, and the bracketed lr sweeps.
+
+Each width trains ``tokens_per_param`` tokens per non-embedding parameter, at the batch size Moonlight's
+own fit gives for that compute (App. B, Table 9: ``B(C) = 0.0065202 · C^0.4137915`` tokens, C in FLOPs),
+rounded to whole sequences. Per width, AdamW and Muon each get a bracketed learning-rate sweep
+(``muonlab.analysis.lr_sweep.bracket``: the first seed over the grid, extended past an edge until the best
+is interior, then every seed at the best cell and its neighbours). Once AdamW's sweep at a width is done,
+Muon also trains every seed at each lr AdamW's choice could take (its chosen cell and neighbours): the
+paper's protocol, Muon at AdamW's learning rate, with the choice's uncertainty measurable.
+
+Run names are ``<optimizer>-d<width>-lr<lr>-s<seed>``; a sweep's later runs appear in the plan as the
+earlier ones finish (their names follow from those results), each listing the runs that decided it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from ....analysis.lr_sweep import Bracket, SweepSpec, bracket, grid_value
+from ....analysis.runs import Run
+from ....models import model_config_for
+from ....train.config import TrainConfig
+from ...study import PlannedRun
+
+__all__ = ["OPTIMIZERS", "PRESETS", "batch_size", "brackets", "cells", "model_for", "non_embedding_params",
+           "plan", "projected_plan", "run_name", "train_tokens"]
+
+OPTIMIZERS = ("adamw", "muon")
+BATCH_FIT = (0.0065202, 0.4137915)
+"""Moonlight's compute-optimal batch in tokens, ``B(C) = a · C^b`` (arXiv 2502.16982 App. B, Table 9)."""
+
+PRESETS: dict[str, dict[str, Any]] = {
+    # Byte tokens on the Python corpus (11.7M training bytes, no run repeats data). 4 layers, heads of 8; widths
+    # 24–48 span 10.6× in training FLOPs (0.56M–2.2M tokens a run, 2,168–2,571 steps at 256–1,024-token batches).
+    "cpu": dict(
+        seeds=(0, 1, 2), widths=(24, 32, 40, 48), n_layers=4, head_dim=8, tokens_per_param=20.0, seq_len=256,
+        adamw_lrs=(1.25e-3, 2.5e-3, 5e-3, 1e-2), muon_lrs=(2.5e-3, 5e-3, 1e-2, 2e-2), lr_step=2.0,
+        lr_caps=(1e-4, 0.16), weight_decay=0.1, corpus="python", tokenizer="byte", vocab_size=4096,
+        compile=False, device="auto",
+    ),
+    # One GPU: 8 layers, heads of 64, BPE 8192 on the Python corpus (≈ 3.4M BPE tokens): widths 128–256 need
+    # 20 tokens × 1.6M–6.3M non-embedding parameters = 32M–126M tokens, more than the built-in corpus holds, so
+    # the preset names a user corpus (``--set corpus=<registered name>``) of ≥ 200M tokens.
+    "gpu": dict(
+        seeds=(0, 1, 2), widths=(128, 160, 192, 256), n_layers=8, head_dim=64, tokens_per_param=20.0, seq_len=512,
+        adamw_lrs=(7.5e-4, 1.5e-3, 3e-3, 6e-3), muon_lrs=(1.5e-3, 3e-3, 6e-3, 1.2e-2), lr_step=2.0,
+        lr_caps=(1e-4, 0.1), weight_decay=0.1, corpus="user-corpus", tokenizer="bpe", vocab_size=8192,
+        compile=True, device="cuda",
+    ),
+}
+
+
+def model_for(p: Mapping[str, Any], width: int):
+    """The ``ModelConfig`` of one width (``muonlab.models.model_config_for``)."""
+    vocab = 257 if p["tokenizer"] == "byte" else p["vocab_size"]
+    return model_config_for("demo", vocab, p["seq_len"], d_model=width, n_layers=p["n_layers"],
+                            n_heads=width // p["head_dim"])
+
+
+def non_embedding_params(p: Mapping[str, Any], width: int) -> int:
+    return model_for(p, width).num_params(include_embedding=False)
+
+
+def batch_size(p: Mapping[str, Any], width: int) -> int:
+    """Sequences per batch: Moonlight's ``B(C)`` at this width's budget, in whole sequences (at least 1)."""
+    tokens = p["tokens_per_param"] * non_embedding_params(p, width)
+    compute = model_for(p, width).flops_per_token(p["seq_len"]) * tokens
+    a, b = BATCH_FIT
+    return max(1, round(a * compute**b / p["seq_len"]))
+
+
+def train_tokens(p: Mapping[str, Any], width: int) -> int:
+    """``tokens_per_param`` × non-embedding parameters, rounded to whole steps."""
+    per_step = p["seq_len"] * batch_size(p, width)
+    return max(1, round(p["tokens_per_param"] * non_embedding_params(p, width) / per_step)) * per_step
+
+
+def run_name(optimizer: str, width: int, lr: float, seed: int) -> str:
+    return f"{optimizer}-d{width}-lr{grid_value(lr):g}-s{seed}"
+
+
+def _config(p: Mapping[str, Any], width: int, optimizer: str, lr: float, seed: int) -> TrainConfig:
+    batch = batch_size(p, width)
+    tokens = train_tokens(p, width)
+    steps = tokens // (p["seq_len"] * batch)
+    return TrainConfig(
+        corpus=p["corpus"], tokenizer=p["tokenizer"], vocab_size=p["vocab_size"], model="demo", d_model=width,
+        n_layers=p["n_layers"], n_heads=width // p["head_dim"], seq_len=p["seq_len"], batch_size=batch,
+        train_tokens=tokens, optimizer=optimizer, lr=grid_value(lr), weight_decay=p["weight_decay"],
+        schedule="cosine", warmup_steps=max(1, steps // 20), eval_every=max(1, steps // 8), eval_batches=16,
+        log_every=20, telemetry_every=max(1, steps // 16), spectra_every=steps, checkpoint_every=max(1, steps // 4),
+        compile=p["compile"], device=p["device"], seed=seed,
+    )
+
+
+def _spec(p: Mapping[str, Any], optimizer: str) -> SweepSpec:
+    low, high = p["lr_caps"]
+    return SweepSpec(tuple(p[f"{optimizer}_lrs"]), tuple(p["seeds"]), p["lr_step"], low, high)
+
+
+Losses = Callable[[str, int], Mapping[tuple[float, int], float]]
+"""``losses(optimizer, width) -> {(lr, seed): final validation loss}`` of the finished runs."""
+
+
+def brackets(p: Mapping[str, Any], losses: Losses) -> dict[tuple[str, int], Bracket]:
+    """Each optimizer's sweep state per width, ``{(optimizer, width): Bracket}``."""
+    return {(o, w): bracket(_spec(p, o), losses(o, w)) for w in p["widths"] for o in OPTIMIZERS}
+
+
+def cells(p: Mapping[str, Any], losses: Losses) -> dict[tuple[str, int], list[tuple[float, int]]]:
+    """Every ``(lr, seed)`` to train per optimizer and width, in the order decided: the sweeps' cells, and
+    Muon at every seed of each of AdamW's fully seeded cells once AdamW's sweep at that width is done."""
+    state = brackets(p, losses)
+    out = {key: list(b.cells) for key, b in state.items()}
+    for w in p["widths"]:
+        adamw = state[("adamw", w)]
+        if adamw.complete:
+            extra = [(lr, s) for lr in adamw.full_cells(p["seeds"]) for s in p["seeds"]]
+            out[("muon", w)] += [c for c in extra if c not in out[("muon", w)]]
+    return out
+
+
+def _planned(p: Mapping[str, Any], losses: Losses) -> list[PlannedRun]:
+    """The runs for the cells decided so far. A sweep's first round needs nothing; its later runs need the
+    first round (the results that placed them); Muon's runs at AdamW's lrs need AdamW's runs at that width."""
+    runs: list[PlannedRun] = []
+    per_width, state = cells(p, losses), brackets(p, losses)
+    for w in p["widths"]:
+        adamw_runs = tuple(run_name("adamw", w, lr, s) for lr, s in per_width[("adamw", w)])
+        for o in OPTIMIZERS:
+            first_round = tuple(run_name(o, w, lr, p["seeds"][0]) for lr in p[f"{o}_lrs"])
+            own = set(state[(o, w)].cells)
+            for lr, s in per_width[(o, w)]:
+                name = run_name(o, w, lr, s)
+                needs = () if name in first_round else first_round if (lr, s) in own else adamw_runs
+                runs.append(PlannedRun(name, _config(p, w, o, lr, s), needs))
+    return runs
+
+
+def _losses_from(done: Mapping[str, Run]) -> Losses:
+    def losses(optimizer: str, width: int) -> dict[tuple[float, int], float]:
+        out = {}
+        for run in done.values():
+            c = run.config
+            if c.get("optimizer") == optimizer and c.get("d_model") == width:
+                out[(grid_value(c["lr"]), int(c["seed"]))] = run.final("val_loss")
+        return out
+    return losses
+
+
+def plan(p: Mapping[str, Any], done: Mapping[str, Run]) -> list[PlannedRun]:
+    """The runs decided by the results in ``done`` (see the module docstring)."""
+    return _planned(p, _losses_from(done))
+
+
+def projected_plan(p: Mapping[str, Any]) -> list[PlannedRun]:
+    """The plan as it ends when every sweep's best first-seed cell is its grid's second-highest value and no
+    sweep extends (what ``--dry-run`` costs; an extension adds a run per seed per step)."""
+    def bowl(optimizer: str, width: int) -> dict[tuple[float, int], float]:
+        grid = sorted(p[f"{optimizer}_lrs"])
+        centre = grid[-2]
+        return {(lr, s): abs(lr / centre - 1.0) for lr in _all_lrs(p) for s in p["seeds"]}
+    return _planned(p, bowl)
+
+
+def _all_lrs(p: Mapping[str, Any]) -> list[float]:
+    """Every lr either sweep could reach (both grids with extensions up to the caps), for the projection."""
+    low, high = p["lr_caps"]
+    values = {grid_value(lr) for o in OPTIMIZERS for lr in p[f"{o}_lrs"]}
+    for lr in list(values):
+        up = down = lr
+        while (up := grid_value(up * p["lr_step"])) <= high:
+            values.add(up)
+        while (down := grid_value(down / p["lr_step"])) >= low:
+            values.add(down)
+    return sorted(values)
