@@ -144,6 +144,7 @@ def test_config_mismatch_names_the_fields(tmp_path):
 
 
 def test_corrupt_or_partial_checkpoints(tmp_path):
+    """The formats' own checks (what a checkpoint from before manifests meets: ``verify=False``)."""
     model, opt = make(0)
     good = save_checkpoint(tmp_path, 1, model, opt, {}, keep=5)
     bad = save_checkpoint(tmp_path, 2, model, opt, {}, keep=5)
@@ -151,20 +152,20 @@ def test_corrupt_or_partial_checkpoints(tmp_path):
     weights = bad / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[:100])
     with pytest.raises(CheckpointError, match=r"model.safetensors are corrupt or truncated"):
-        load_checkpoint(bad, model, opt)
+        load_checkpoint(bad, model, opt, verify=False)
 
     weights.write_bytes((good / "model.safetensors").read_bytes())
     (bad / "optimizer.pt").write_bytes(b"PK\x03\x04 not really a zip")
     with pytest.raises(CheckpointError, match=r"optimizer.pt is corrupt or unsafe"):
-        load_checkpoint(bad, model, opt)
+        load_checkpoint(bad, model, opt, verify=False)
 
     (bad / "trainer.json").write_text("{not json")
     with pytest.raises(CheckpointError, match=r"trainer.json is corrupt"):
-        load_checkpoint(bad, model, opt)
+        load_checkpoint(bad, model, opt, verify=False)
 
     (bad / "optimizer.pt").unlink()
     with pytest.raises(CheckpointError, match=r"incomplete or not a checkpoint: missing optimizer.pt"):
-        load_checkpoint(bad, model, opt)
+        load_checkpoint(bad, model, opt, verify=False)
     assert latest_checkpoint(tmp_path) == good  # the pointer names step 2, which is incomplete now
 
 

@@ -10,9 +10,10 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-__all__ = ["CHECKPOINTS_DIR", "LATEST_FILE", "MODEL_FILE", "OPTIMIZER_FILE", "PLAIN_FILES", "SHARDED_FILES",
-           "SHARDED_METADATA", "SHARDED_STATE_DIR", "TRAINER_FILE", "CheckpointError", "checkpoint_dir_name",
-           "is_complete", "latest_checkpoint"]
+__all__ = ["CHECKPOINTS_DIR", "LATEST_FILE", "MANIFEST_FILE", "MODEL_FILE", "OPTIMIZER_FILE", "PLAIN_FILES",
+           "SHARDED_FILES", "SHARDED_METADATA", "SHARDED_STATE_DIR", "TRAINER_FILE", "CheckpointError",
+           "CorruptCheckpointError", "checkpoint_dir_name", "checkpoints_newest_first", "is_complete",
+           "latest_checkpoint"]
 
 CHECKPOINTS_DIR = "checkpoints"
 TRAINER_FILE = "trainer.json"
@@ -23,16 +24,21 @@ PLAIN_FILES = (MODEL_FILE, OPTIMIZER_FILE, TRAINER_FILE)
 SHARDED_METADATA = f"{SHARDED_STATE_DIR}/.metadata"  # DCP writes it last
 SHARDED_FILES = (TRAINER_FILE, SHARDED_METADATA)
 LATEST_FILE = "latest"
+MANIFEST_FILE = "manifest.json"  # a checksum per file, written last (muonlab.rundir.checkpoint.manifest)
 
 
 class CheckpointError(ValueError):
     """A checkpoint that is missing, incomplete, corrupt, or saved for a different model."""
 
 
+class CorruptCheckpointError(CheckpointError):
+    """A checkpoint whose files are damaged (manifest mismatch, unreadable, non-finite weights): resuming
+    skips it in favour of an older good one, where a :class:`CheckpointError` of another kind stops."""
+
+
 def checkpoint_dir_name(step: int) -> str:
     """The directory name of the checkpoint taken after ``step`` optimizer steps."""
     return f"step_{step:08d}"
-
 
 
 def _step_of(path: Path) -> int | None:
@@ -58,17 +64,33 @@ def _complete_checkpoints(ckpt_root: Path) -> list[Path]:
     return [p for _, p in sorted(found)]
 
 
+def _pointed(ckpt_root: Path) -> Path | None:
+    """The complete checkpoint the ``latest`` pointer names, or None. The pointer may only hold a bare
+    ``step_N`` name: a path (``../elsewhere/step_N``, ``/abs/step_N``) names nothing inside the folder."""
+    try:
+        name = (ckpt_root / LATEST_FILE).read_text().strip()
+    except (OSError, UnicodeDecodeError):
+        return None
+    candidate = ckpt_root / name
+    if "/" in name or "\\" in name or _step_of(candidate) is None or not is_complete(candidate):
+        return None
+    return candidate
+
+
+def checkpoints_newest_first(run_dir: str | os.PathLike) -> list[Path]:
+    """The run's complete checkpoint directories, the one ``latest`` names first, then by step, newest first."""
+    ckpt_root = Path(run_dir) / CHECKPOINTS_DIR
+    ordered = _complete_checkpoints(ckpt_root)[::-1]
+    pointed = _pointed(ckpt_root)
+    return [pointed, *[p for p in ordered if p != pointed]] if pointed is not None else ordered
+
+
 def latest_checkpoint(run_dir: str | os.PathLike) -> Path | None:
     """The newest complete checkpoint directory of a run, or None if there is none.
 
-    Trusts the ``latest`` pointer when it names a complete checkpoint, otherwise takes the highest
-    complete ``step_*`` directory. Temp directories of interrupted saves are ignored.
+    Trusts the ``latest`` pointer when it names a complete checkpoint inside the folder, otherwise
+    takes the highest complete ``step_*`` directory. Temp directories of interrupted saves are
+    ignored. Whether its files are intact is for the loader to check (its manifest).
     """
-    ckpt_root = Path(run_dir) / CHECKPOINTS_DIR
-    pointer = ckpt_root / LATEST_FILE
-    if pointer.is_file():
-        candidate = ckpt_root / pointer.read_text().strip()
-        if _step_of(candidate) is not None and is_complete(candidate):
-            return candidate
-    complete = _complete_checkpoints(ckpt_root)
-    return complete[-1] if complete else None
+    newest = checkpoints_newest_first(run_dir)
+    return newest[0] if newest else None

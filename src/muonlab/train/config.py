@@ -48,6 +48,8 @@ class TrainConfig:
     # where
     run_dir: str = _f("runs/default", "run folder: config.json, metrics.jsonl, checkpoints/ go here")
     resume: bool = _f(True, "continue from the run folder's latest checkpoint when there is one")
+    allow_new_data: bool = _f(False, "on resume, continue although the corpus's content changed since the checkpoint "
+                              "(its fingerprint is checked; without this the run stops, naming the corpus)")
     # task and data
     task: str = _f("pretrain", "'pretrain' (next-token loss on every token of corpus) or 'sft' (fine-tune init_from "
                    "on corpus's conversations with the chat template, loss on the responses only)", TASKS)
@@ -138,6 +140,8 @@ class TrainConfig:
     tensorboard: bool = _f(False, "also log to TensorBoard (needs the tensorboard extra)")
 
     def __post_init__(self) -> None:
+        if not isinstance(self.run_dir, str) or not self.run_dir.strip():
+            raise ConfigError(f"run_dir={self.run_dir!r} names no folder; give a new folder, or one muonlab created")
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
             choices = f.metadata.get("choices")
@@ -216,7 +220,7 @@ def _convert(name: str, value: Any, type_name: str) -> Any:
                 raise ValueError
             return lowered in ("true", "1", "yes")
         if type_name == "int":
-            return int(float(value)) if "e" in value.lower() else int(value)
+            return _check_type(name, float(value), type_name) if "e" in value.lower() else int(value)
         if type_name == "float":
             return _check_type(name, float(value), type_name)
     except ValueError:
@@ -230,8 +234,10 @@ def _check_type(name: str, value: Any, type_name: str) -> Any:
         if not isinstance(value, bool):
             raise bad
     elif type_name == "int":
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or value != int(value):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
             raise bad
+        if value != int(value):
+            raise ConfigError(f"{name}={value!r} is not a whole number; give an integer such as {int(value)}")
         value = int(value)
     elif type_name == "float":
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):

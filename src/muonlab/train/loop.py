@@ -43,16 +43,19 @@ from ..data import Dataset, TokenLoader
 from ..data.sft import SFTData
 from ..models import IGNORE_INDEX, ModelConfig, Transformer, model_config_for, mup
 from ..optim import Muon, NonFiniteGradientError, QKClip, param_groups
-from ..parallel import TELEMETRY_STATISTICS_ATTR, Runtime, init_runtime, parallelize, sum_step_statistics
+from ..parallel import TELEMETRY_STATISTICS_ATTR, Runtime, parallelize, sum_step_statistics
 from ..rundir import MetricsLogger, write_config
-from ..rundir.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from ..rundir.checkpoint import checkpoint_dir_name, save_checkpoint
+from ..rundir.finished import clear_finished, write_finished
 from ..spectra import svd_entropies
 from .bookkeeping import Interval, Progress
 from .config import TrainConfig
 from .init_source import read_init_source
 from .inputs import build_data
-from .run_folder import check_run_folder
+from .resume import checkpoint_trainer_state, resume_run
+from .run_folder import check_run_folder, hold_run_folder
 from .schedules import make_lr_lambda
+from .start import start_runtime
 from .weight_telemetry import take_output_rms, track_output_rms, weight_rms
 
 __all__ = [
@@ -205,8 +208,11 @@ def evaluate(model: torch.nn.Module, data: Dataset | SFTData, config: TrainConfi
     return world * (runtime.mean(total) if runtime is not None else total) / batches
 
 
-def _run_record(config: TrainConfig, training: Training, runtime: Runtime, command: str | None) -> dict[str, Any]:
-    """What ``config.json`` holds: the config, the resolved model and its counts, the data, the machine."""
+def _run_record(config: TrainConfig, training: Training, runtime: Runtime, command: str | None,
+                resumes: list[dict[str, Any]]) -> dict[str, Any]:
+    """What ``config.json`` holds: the config, the resolved model and its counts, the data, the machine,
+    and one entry per resume (its step and checkpoint, the process count then and at the save, the
+    damaged checkpoints it skipped)."""
     model_config = training.model_config
     return {
         **config.to_dict(),
@@ -224,20 +230,8 @@ def _run_record(config: TrainConfig, training: Training, runtime: Runtime, comma
         "torch": torch.__version__,
         "world_size": runtime.world_size,
         "command": command,
+        "resumes": resumes,
     }
-
-
-def _start_runtime(config: TrainConfig) -> Runtime:
-    """Join the process group (under torchrun), check that every rank got the same config, set threads."""
-    mesh_shape = {"dp_shard": config.dp_shard, "ep": config.ep, "tp": config.tp} if config.parallel == "mesh" else None
-    runtime = init_runtime(config.parallel, config.device, mesh_shape=mesh_shape)
-    runtime.require_same(config.to_dict(), "config")  # ranks launched with different settings stop here
-    if runtime.distributed and runtime.mode in ("fsdp", "mesh") and config.spectra_every:
-        raise ValueError("spectra_every needs whole weight matrices, which FSDP2 shards across ranks; use "
-                         "parallel='ddp' or 'zero1' for SVD-entropy logging, or spectra_every=0")
-    if config.threads:
-        torch.set_num_threads(config.threads)
-    return runtime
 
 
 def build_training(config: TrainConfig, runtime: Runtime) -> Training:
@@ -262,16 +256,6 @@ def build_training(config: TrainConfig, runtime: Runtime) -> Training:
     forward = torch.compile(forward) if config.compile else forward
     return Training(data, loader, model_config, model, forward, build_optimizer(model, config),
                     config.total_steps(runtime.dp_size), config.tokens_per_step(runtime.dp_size))
-
-
-def _resume(checkpoint: Path, training: Training, interval: Interval) -> Progress:
-    """Load a checkpoint into the model, optimizer, data loader, global RNGs and the logging interval's
-    losses so far (so the first row after a resume averages the same steps as without the stop);
-    return its progress."""
-    state = load_checkpoint(checkpoint, training.model, training.optimizer)
-    training.loader.load_state_dict(state["loader"])
-    interval.load_state_dict(state)
-    return Progress(state["step"], state["tokens"], state["wall_s"])
 
 
 def _train_step(step: int, config: TrainConfig, training: Training, runtime: Runtime, interval: Interval,
@@ -329,14 +313,16 @@ def _log_keys(step: int, lr: float, optim_ms: float, progress: Progress, interva
                 **timing)
 
 
-def _save(run_dir: Path, training: Training, progress: Progress, interval: Interval, runtime: Runtime,
-          keep: int) -> None:
+def _save(run_dir: Path, config: TrainConfig, training: Training, progress: Progress, interval: Interval,
+          runtime: Runtime) -> None:
     """Checkpoint the run at ``progress.step`` (sharded, every rank writing, when several processes train),
-    with the logging interval's summed losses so far (averaged over ranks: every rank resumes with it)."""
+    with the logging interval's summed losses so far (averaged over ranks: every rank resumes with it) and
+    what a resume is checked against (``resume.checkpoint_trainer_state``)."""
     save_checkpoint(run_dir, progress.step, training.model, training.optimizer,
                     {"tokens": progress.tokens, "wall_s": progress.wall_s, "loader": training.loader.state_dict(),
-                     **interval.state_dict(runtime)},
-                    keep=keep, sharded=runtime.distributed)
+                     **interval.state_dict(runtime),
+                     **checkpoint_trainer_state(config, training.data, runtime.dp_size)},
+                    keep=config.keep_checkpoints, sharded=runtime.distributed)
 
 
 def _telemetry_keys(step: int, config: TrainConfig, training: Training, runtime: Runtime, measure: bool,
@@ -359,34 +345,14 @@ def _telemetry_keys(step: int, config: TrainConfig, training: Training, runtime:
     return keys
 
 
-def train(config: TrainConfig, command: str | None = None) -> RunSummary:
-    """Train one model as ``config`` says, in ``config.run_dir``; resume if a checkpoint exists.
+def _train_steps(config: TrainConfig, training: Training, runtime: Runtime, progress: Progress, interval: Interval,
+                 run_dir: Path) -> float:
+    """Train from ``progress.step`` to the last step: log, evaluate and checkpoint as ``config`` says.
 
-    A run folder that holds another run (``run_folder.check_run_folder``) stops the run before any
-    work. Under ``torchrun`` with ``config.parallel`` set, every process runs this function: rank r
-    takes the r-th ``batch_size`` slice of each global batch, the model is wrapped by
-    ``muonlab.parallel.parallelize``, rank 0 alone writes the config, metrics and progress
-    (losses averaged over ranks), and checkpoints are sharded (any world size can resume them).
-    """
-    previous = check_run_folder(config)  # before any work: a folder holding another run stops here
-    if command is None and previous is not None:
-        command = previous.get("command")
-    runtime = _start_runtime(config)
-    device, run_dir = runtime.device, Path(config.run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    seed_everything(config.seed)
-    training = build_training(config, runtime)  # data, model, optimizer
-    total_steps = training.total_steps
-    checkpoint = latest_checkpoint(run_dir) if config.resume else None
-    interval = Interval(torch.zeros((), device=device))
-    progress = _resume(checkpoint, training, interval) if checkpoint is not None else Progress()
-    start_step = progress.step
+    Returns the last validation loss (NaN when no step was left to train)."""
+    total_steps, start_step = training.total_steps, progress.step
     schedule = _lr_lambda(config, config.schedule_steps(runtime.dp_size))  # may outlast total_steps
-    scheduler = torch.optim.lr_scheduler.LambdaLR(training.optimizer, schedule,
-                                                  last_epoch=start_step - 1)
-    if runtime.is_main:
-        write_config(run_dir, _run_record(config, training, runtime, command))
-
+    scheduler = torch.optim.lr_scheduler.LambdaLR(training.optimizer, schedule, last_epoch=start_step - 1)
     # From step 0 too: rows of an attempt killed before its first checkpoint are dropped, not repeated.
     logger = (MetricsLogger(run_dir, resume_step=start_step, tensorboard=config.tensorboard)
               if runtime.is_main else None)
@@ -415,21 +381,63 @@ def train(config: TrainConfig, command: str | None = None) -> RunSummary:
                     bar.set_postfix(loss=f"{row['loss']:.3f}", tok_s=f"{row['tokens_per_s']:,.0f}")
             row.update(_telemetry_keys(step, config, training, runtime, measure, log_now))
             if step % config.eval_every == 0 or step == total_steps:
-                val_loss = evaluate(training.model, training.data, config, device, runtime)  # eager: no second graph
+                val_loss = evaluate(training.model, training.data, config, runtime.device, runtime)  # eager
                 row.update(val_loss=val_loss, tokens=progress.tokens, wall_s=progress.wall_s)
             if row and logger is not None:
                 logger.log(step, row)
             if step == total_steps or (config.checkpoint_every and step % config.checkpoint_every == 0):
-                _save(run_dir, training, progress, interval, runtime, config.keep_checkpoints)
+                _save(run_dir, config, training, progress, interval, runtime)
     finally:
         bar.close()
         if logger is not None:
             logger.close()
-    if start_step >= total_steps and math.isnan(val_loss):
-        val_loss = evaluate(training.model, training.data, config, device, runtime)  # eager: no second graph
+    return val_loss
+
+
+def _train_in(run_dir: Path, config: TrainConfig, previous: dict[str, Any] | None, command: str | None
+              ) -> RunSummary:
+    """``train`` once the run folder is claimed and locked: build, resume, train, record that it finished."""
+    runtime = start_runtime(config)
+    seed_everything(config.seed)
+    training = build_training(config, runtime)  # data, model, optimizer
+    total_steps = training.total_steps
+    interval = Interval(torch.zeros((), device=runtime.device))
+    progress, resumed = (resume_run(run_dir, config, training, runtime, interval, previous) if config.resume
+                         else (Progress(), None))
+    if runtime.is_main:
+        resumes = [*(previous or {}).get("resumes", []), *([resumed] if resumed else [])]
+        write_config(run_dir, _run_record(config, training, runtime, command, resumes))
+        if progress.step < total_steps:
+            clear_finished(run_dir)  # it trains again (e.g. from an older checkpoint): not finished until the end
+    val_loss = _train_steps(config, training, runtime, progress, interval, run_dir)
+    if math.isnan(val_loss):
+        val_loss = evaluate(training.model, training.data, config, runtime.device, runtime)  # eager: no second graph
+    if runtime.is_main:
+        write_finished(run_dir, progress.step, total_steps, progress.tokens, checkpoint_dir_name(progress.step),
+                       val_loss)
     # Release the wrappers that hold the process group (DDP's reducer, the optimizer's async
     # collectives) before leaving it, so no communication thread outlives the group.
-    del training, scheduler
+    del training
     runtime.shutdown()
     tokens, wall_s = progress.tokens, progress.wall_s
     return RunSummary(run_dir, total_steps, tokens, val_loss, tokens / wall_s if wall_s else 0.0, wall_s)
+
+
+def train(config: TrainConfig, command: str | None = None) -> RunSummary:
+    """Train one model as ``config`` says, in ``config.run_dir``; resume if a checkpoint exists.
+
+    A folder that is not muonlab's to write, or that holds another run (``run_folder.check_run_folder``),
+    stops the run before any work; so does another process writing it (the folder's writer lock,
+    held for the whole run). Resuming starts from the newest intact checkpoint, only with the
+    config and data it was saved with (``resume.resume_run``); a run that reaches its last step
+    records so in ``finished.json`` (:mod:`muonlab.rundir.finished`). Under ``torchrun`` with
+    ``config.parallel`` set, every process runs this function: rank r takes the r-th
+    ``batch_size`` slice of each global batch, the model is wrapped by
+    ``muonlab.parallel.parallelize``, rank 0 alone writes the config, metrics and progress
+    (losses averaged over ranks), and checkpoints are sharded (any world size can resume them).
+    """
+    previous = check_run_folder(config)  # before any work: a folder holding another run stops here
+    if command is None and previous is not None:
+        command = previous.get("command")
+    with hold_run_folder(config, command or "muonlab.train.train") as run_dir:
+        return _train_in(run_dir, config, previous, command)

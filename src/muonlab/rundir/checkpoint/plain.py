@@ -27,7 +27,9 @@ from .store import (
     OPTIMIZER_FILE,
     PLAIN_FILES,
     CheckpointError,
+    CorruptCheckpointError,
     finish_load,
+    first_nonfinite,
     multi_process,
     read_trainer_record,
     write_checkpoint,
@@ -86,13 +88,16 @@ def load_plain_checkpoint(
         detail = " ".join(str(e).split())
         raise CheckpointError(f"checkpoint weights {path / MODEL_FILE} do not fit the model: {detail}") from None
     except Exception as e:  # safetensors raises its own error type for a truncated or garbled file
-        raise CheckpointError(f"checkpoint weights {path / MODEL_FILE} are corrupt or truncated: {e}") from None
+        raise CorruptCheckpointError(f"checkpoint weights {path / MODEL_FILE} are corrupt or truncated: {e}") from None
+    bad = first_nonfinite(model)
+    if bad is not None:
+        raise CorruptCheckpointError(f"checkpoint weights {path / MODEL_FILE} hold NaN/inf ({bad})")
 
     if optimizer is not None:
         try:
             optimizer_state = torch.load(path / OPTIMIZER_FILE, map_location="cpu", weights_only=True)
         except Exception as e:  # truncated zip, or an object weights_only refuses to unpickle
-            raise CheckpointError(f"checkpoint file {path / OPTIMIZER_FILE} is corrupt or unsafe: {e}") from None
+            raise CorruptCheckpointError(f"checkpoint file {path / OPTIMIZER_FILE} is corrupt or unsafe: {e}") from None
         try:
             optimizer.load_state_dict(optimizer_state)
         except (ValueError, KeyError) as e:

@@ -33,7 +33,9 @@ from .store import (
     SHARDED_FILES,
     SHARDED_STATE_DIR,
     CheckpointError,
+    CorruptCheckpointError,
     finish_load,
+    first_nonfinite,
     multi_process,
     read_trainer_record,
     write_checkpoint,
@@ -111,14 +113,14 @@ def load_sharded_checkpoint(
     try:
         available = set(dcp.FileSystemReader(state_dir).read_metadata().state_dict_metadata)
     except Exception as e:
-        raise CheckpointError(f"checkpoint metadata {state_dir}/.metadata is corrupt: {e}") from None
+        raise CorruptCheckpointError(f"checkpoint metadata {state_dir}/.metadata is corrupt: {e}") from None
 
     def read(template: dict[str, torch.Tensor]) -> None:
         try:
             with _quiet_single_process():
                 dcp.load(template, checkpoint_id=state_dir, no_dist=not multi_process())
         except Exception as e:  # DCP wraps per-rank failures (shape mismatch, truncated file) in its own type
-            raise CheckpointError(f"checkpoint {path} could not be read into this model and optimizer: "
+            raise CorruptCheckpointError(f"checkpoint {path} could not be read into this model and optimizer: "
                                   f"{' '.join(str(e).split())[:500]}") from None
 
     module = unwrap(model)
@@ -128,6 +130,9 @@ def load_sharded_checkpoint(
         raise CheckpointError(f"checkpoint {path} does not fit the model: it lacks {', '.join(missing[:5])}")
     read(weights)
     module.load_state_dict({k.removeprefix("model/"): v for k, v in weights.items()})
+    bad = first_nonfinite(model)
+    if bad is not None:
+        raise CorruptCheckpointError(f"checkpoint {path} holds NaN/inf weights ({bad})")
     if optimizer is not None:
         if record.get("optimizer") is None:
             raise CheckpointError(f"checkpoint {path} holds no optimizer state")

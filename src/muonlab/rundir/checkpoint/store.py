@@ -41,6 +41,7 @@ from ...parallel import unwrap
 from ..layout import (
     CHECKPOINTS_DIR,
     LATEST_FILE,
+    MANIFEST_FILE,
     MODEL_FILE,
     OPTIMIZER_FILE,
     PLAIN_FILES,
@@ -49,19 +50,23 @@ from ..layout import (
     SHARDED_STATE_DIR,
     TRAINER_FILE,
     CheckpointError,
+    CorruptCheckpointError,
     _complete_checkpoints,
     checkpoint_dir_name,
     is_complete,
     latest_checkpoint,
 )
+from .manifest import manifest_problem, write_manifest
 from .rng import capture_rng_state, restore_rng_state
 
 __all__ = ["CHECKPOINTS_DIR", "FORMAT_VERSION", "LATEST_FILE", "MODEL_FILE", "OPTIMIZER_FILE", "PLAIN_FILES",
            "RESERVED_KEYS", "SHARDED_FILES", "SHARDED_METADATA", "SHARDED_STATE_DIR", "TRAINER_FILE",
-           "CheckpointError", "checkpoint_dir_name", "checkpoint_step", "finish_load", "from_rank0", "is_complete",
-           "latest_checkpoint", "model_config_dict", "multi_process", "read_trainer_record", "write_checkpoint"]
+           "CheckpointError", "CorruptCheckpointError", "checkpoint_problem", "checkpoint_record", "checkpoint_step",
+           "finish_load", "first_nonfinite", "from_rank0", "is_complete", "latest_checkpoint", "model_config_dict",
+           "multi_process", "read_trainer_record", "write_checkpoint"]
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+READABLE_FORMATS = (1, 2)  # 1: before manifests (loaded unverified)
 RESERVED_KEYS = ("format", "rng", "model_config", "optimizer", "world_size")
 _FORMAT_FIELDS = ("format", "optimizer", "world_size")  # kept in trainer.json, not returned by a load
 
@@ -150,9 +155,24 @@ def _write_latest(ckpt_root: Path, name: str) -> None:
     os.replace(tmp, ckpt_root / LATEST_FILE)
 
 
-def _failure(e: OSError, target: Path, previous: list[Path]) -> tuple[int, str]:
+def _failure(e: BaseException, target: Path, previous: list[Path]) -> tuple[int, str]:
+    """``(errno, sentence)`` for a failed save: what could not be written, why, and what was kept."""
     kept = f"the previous checkpoint {previous[-1]} is kept" if previous else "there is no previous checkpoint"
-    return e.errno or errno.EIO, f"could not write checkpoint {target} ({e.strerror or e}); {kept}"
+    if isinstance(e, OSError):
+        code, reason = e.errno or errno.EIO, e.strerror or str(e)
+    else:  # torch and safetensors report a full disk as their own error types
+        code, reason = errno.EIO, " ".join(str(e).split())[:300] or type(e).__name__
+    return code, f"could not write checkpoint {target} ({reason}); {kept}"
+
+
+def _first_error(error: tuple[int, str] | None) -> tuple[int, str] | None:
+    """The first rank's error, on every rank (a collective under :func:`multi_process`): one rank's failed
+    write must stop every rank from publishing."""
+    if not multi_process():
+        return error
+    errors: list = [None] * dist.get_world_size()
+    dist.all_gather_object(errors, error)
+    return next((e for e in errors if e is not None), None)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -184,6 +204,36 @@ def _trainer_json(step: int, model: torch.nn.Module, trainer_state: dict[str, An
         ) from None
 
 
+def _prepare(ckpt_root: Path, tmp: Path) -> list[Path]:
+    """Rank 0, before writing: the folder exists, dead saves' temp dirs are gone, ``tmp`` is created;
+    returns the complete checkpoints already there."""
+    ckpt_root.mkdir(parents=True, exist_ok=True)
+    _remove_stale_temp_dirs(ckpt_root)
+    previous = _complete_checkpoints(ckpt_root)
+    tmp.mkdir()
+    return previous
+
+
+def _write_files(tmp: Path, writers: Sequence[tuple[str, Writer]]) -> tuple[Path, BaseException | None]:
+    """Run every writer into ``tmp``; returns the path being written and the exception it raised (or None)."""
+    target = tmp
+    try:
+        for file_name, write in writers:
+            target = tmp / file_name
+            write(target)
+    except Exception as e:  # any type: torch and safetensors raise their own on a full disk
+        return target, e
+    return target, None
+
+
+def _seal_and_publish(tmp: Path, final: Path, trainer_json: str) -> None:
+    """Rank 0: add ``trainer.json`` and the manifest (last), rename into place and point ``latest`` at it."""
+    (tmp / TRAINER_FILE).write_text(trainer_json)
+    write_manifest(tmp)
+    _publish(tmp, final)
+    _write_latest(final.parent, final.name)
+
+
 def write_checkpoint(
     run_dir: str | os.PathLike,
     step: int,
@@ -197,13 +247,16 @@ def write_checkpoint(
 
     ``writers``: ``(name, write)`` pairs; ``write(path)`` creates ``name`` inside the temp
     directory (a file, or a directory such as DCP's ``state/``). Under :func:`multi_process`
-    this is a collective: every rank runs every writer, rank 0 adds ``trainer.json``, publishes
-    and prunes, and every rank raises rank 0's error. ``format_fields`` go into ``trainer.json``
-    beside the caller's ``trainer_state`` (see ``RESERVED_KEYS``). Only the newest ``keep``
-    checkpoints are kept; the one just written is never deleted; re-saving a step replaces it.
+    this is a collective: every rank runs every writer, rank 0 adds ``trainer.json`` and the
+    manifest, publishes and prunes once every rank's writes succeeded, and every rank raises the
+    first rank's error. ``format_fields`` go into ``trainer.json`` beside the caller's
+    ``trainer_state`` (see ``RESERVED_KEYS``). Only the newest ``keep`` checkpoints are kept; the
+    one just written is never deleted; re-saving a step replaces it.
 
-    On a write error (e.g. ``ENOSPC``, disk full) the partial checkpoint is removed, the previous
-    checkpoint is left as it was, and an ``OSError`` with the same errno names the failed path.
+    On any failure while writing (``ENOSPC``, or torch's and safetensors' own errors for a full
+    disk) the partial checkpoint is removed, the previous checkpoint is left as it was, and an
+    ``OSError`` (``EIO`` when the cause was not an ``OSError``) names the failed path. An
+    interrupt (``KeyboardInterrupt``) removes the partial checkpoint too and is re-raised.
     """
     if keep < 1:
         raise ValueError(f"keep must be >= 1 (the number of checkpoints to keep), got {keep}")
@@ -214,36 +267,27 @@ def write_checkpoint(
     final, tmp = ckpt_root / name, ckpt_root / f".tmp-{name}-{os.getpid()}"
     previous: list[Path] = []
     error, cause = None, None
-    if rank0:
-        try:
-            ckpt_root.mkdir(parents=True, exist_ok=True)
-            _remove_stale_temp_dirs(ckpt_root)
-            previous = _complete_checkpoints(ckpt_root)
-            tmp.mkdir()
-        except OSError as e:
-            error, cause = _failure(e, tmp, previous), e
-    tmp, error = from_rank0((tmp, error))
-    if error is None:
-        target = tmp
-        try:
-            for file_name, write in writers:
-                target = tmp / file_name
-                write(target)
-            if rank0:
-                target = tmp / TRAINER_FILE
-                target.write_text(trainer_json)
-                for file_name in [n for n, _ in writers] + [TRAINER_FILE]:
-                    target = tmp / file_name
-                    if target.is_file():  # a format's directory (DCP) syncs its own files
-                        _fsync_file(target)
-                target = final
-                _publish(tmp, final)
-                target = ckpt_root / LATEST_FILE
-                _write_latest(ckpt_root, name)
-        except OSError as e:
-            if rank0:
-                shutil.rmtree(tmp, ignore_errors=True)
-            error, cause = _failure(e, target, previous), e
+    try:
+        if rank0:
+            try:
+                previous = _prepare(ckpt_root, tmp)
+            except OSError as e:
+                error, cause = _failure(e, tmp, previous), e
+        tmp, error = from_rank0((tmp, error))
+        if error is None:
+            target, cause = _write_files(tmp, writers)
+            error = _first_error(None if cause is None else _failure(cause, target, previous))
+        if error is None and rank0:
+            try:
+                _seal_and_publish(tmp, final, trainer_json)
+            except Exception as e:
+                error, cause = _failure(e, final, previous), e
+    except BaseException:
+        if rank0:
+            shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if rank0 and error is not None:
+        shutil.rmtree(tmp, ignore_errors=True)
     if rank0 and error is None:
         complete = _complete_checkpoints(ckpt_root)
         for old in [p for p in complete if p != final][: max(0, len(complete) - keep)]:
@@ -270,13 +314,62 @@ def _read_record(path: Path) -> dict[str, Any]:
     try:
         record = json.loads((path / TRAINER_FILE).read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise CheckpointError(f"checkpoint file {path / TRAINER_FILE} is corrupt: {e}") from None
-    valid = isinstance(record, dict) and record.get("format") == FORMAT_VERSION and isinstance(record.get("step"), int)
+        raise CorruptCheckpointError(f"checkpoint file {path / TRAINER_FILE} is corrupt: {e}") from None
+    except OSError as e:
+        raise CorruptCheckpointError(f"checkpoint file {path / TRAINER_FILE} cannot be read: {e.strerror}") from None
+    valid = (isinstance(record, dict) and record.get("format") in READABLE_FORMATS
+             and isinstance(record.get("step"), int))
     if not valid:
-        raise CheckpointError(
-            f"checkpoint file {path / TRAINER_FILE} is not a muonlab checkpoint of format {FORMAT_VERSION}"
-        )
+        raise CorruptCheckpointError(f"checkpoint file {path / TRAINER_FILE} is not a muonlab checkpoint of "
+                                     f"format {' or '.join(map(str, READABLE_FORMATS))}")
     return record
+
+
+def checkpoint_problem(path: str | os.PathLike) -> str | None:
+    """None when the checkpoint at ``path`` is intact, else a phrase saying what is damaged: a file that
+    does not match its manifest, a missing manifest (format 2 writes one last), an unreadable ``trainer.json``.
+    Checkpoints of format 1 predate manifests and are taken as they are."""
+    path = Path(path)
+    if (path / MANIFEST_FILE).exists():
+        problem = manifest_problem(path)
+        if problem is not None:
+            return problem
+    try:
+        record = _read_record(path)
+    except CorruptCheckpointError as err:
+        return str(err)
+    if record["format"] >= 2 and not (path / MANIFEST_FILE).exists():
+        return f"it has no {MANIFEST_FILE} (a checkpoint of format {record['format']} is sealed with one)"
+    return None
+
+
+def checkpoint_record(path: str | os.PathLike) -> dict[str, Any]:
+    """The ``trainer.json`` record of the checkpoint at ``path`` (``CorruptCheckpointError`` if unreadable)."""
+    return _read_record(Path(path))
+
+
+def first_nonfinite(model: torch.nn.Module) -> str | None:
+    """The name of the first parameter or buffer of ``model`` holding NaN or inf (None if all are finite).
+
+    Checks this rank's part of each tensor; under :func:`multi_process` a collective, so every rank
+    agrees (a rank whose own part is finite answers ``"a tensor on another rank"``)."""
+    bad = None
+    for name, tensor in unwrap(model).state_dict().items():
+        local = tensor._local_tensor if hasattr(tensor, "_local_tensor") else tensor
+        if local.is_floating_point() and not bool(torch.isfinite(local).all()):
+            bad = name
+            break
+    if multi_process():
+        flag = torch.tensor([0 if bad is None else 1], device=_device_of(model))
+        dist.all_reduce(flag)
+        if flag.item() and bad is None:
+            bad = "a tensor on another rank"
+    return bad
+
+
+def _device_of(model: torch.nn.Module) -> torch.device:
+    """Where a collective about ``model`` runs: CUDA for NCCL, else the CPU."""
+    return torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
 
 
 def checkpoint_step(path: str | os.PathLike) -> int:
