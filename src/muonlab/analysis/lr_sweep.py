@@ -23,8 +23,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["Bracket", "SweepSpec", "at_edge", "bracket", "cell_means", "choose", "grid_value",
-           "selection_bootstrap"]
+__all__ = ["Bracket", "SweepSpec", "Transfer", "at_edge", "bracket", "cell_means", "choose", "grid_value",
+           "reused_cells", "selection_bootstrap", "transfer"]
 
 PENDING, INTERIOR, AT_CAP = "pending", "interior", "at the cap"
 
@@ -128,6 +128,35 @@ def bracket(spec: SweepSpec, losses: Mapping[tuple[float, int], float]) -> Brack
         full = {lr: [losses[(lr, s)] for s in seeds] for lr in grid if all((lr, s) in asked for s in seeds)}
         if choose(full) == centre:
             return Bracket(tuple(grid), tuple(asked), centre, AT_CAP if at_edge(grid, centre) else INTERIOR)
+
+
+def reused_cells(source: Bracket, seeds: Sequence[int]) -> list[tuple[float, int]]:
+    """Every seed at each of a finished sweep's fully seeded lrs (none while it is pending): what another
+    optimizer trains to be measured at ``source``'s choice *and* at every lr that choice could have been, so a
+    bootstrap that re-selects ``source``'s lr always finds the other optimizer's cell there."""
+    if not source.complete:
+        return []
+    return [(lr, s) for lr in source.full_cells(seeds) for s in seeds]
+
+
+@dataclass(frozen=True)
+class Transfer:
+    """One optimizer's lr reused by another: the source's chosen lr and loss, the target's loss at that lr, and
+    the target's own chosen lr and loss (all from cell means)."""
+
+    source_lr: float
+    source_loss: float
+    target_at_source_lr: float
+    target_lr: float
+    target_loss: float
+
+
+def transfer(source: Mapping[float, float], target: Mapping[float, float]) -> Transfer:
+    """``Transfer`` from cell means ``{lr: mean loss}``: each optimizer ``choose``s its own best; the target's
+    loss at the source's lr is NaN when the target has no cell there."""
+    source_lr = choose({lr: [v] for lr, v in source.items()})
+    target_lr = choose({lr: [v] for lr, v in target.items()})
+    return Transfer(source_lr, source[source_lr], target.get(source_lr, float("nan")), target_lr, target[target_lr])
 
 
 def cell_means(cells: Mapping[float, Mapping[int, float]], seeds: Sequence[int]) -> dict[float, float]:

@@ -49,7 +49,7 @@ def initial_entropies(p: Mapping[str, Any], width: int, seed: int) -> dict[str, 
     from ....spectra import svd_entropies
 
     torch.manual_seed(seed)
-    return {f"svd_entropy/{k}": v for k, v in svd_entropies(Transformer(scaling_plan.model_for(p, width))).items()}
+    return svd_entropies(Transformer(scaling_plan.model_for(p, width)))
 
 
 def _arm_runs(m: Measured, ch: Mapping[str, Any], width_index: int, arm: str) -> dict[int, Run]:

@@ -14,19 +14,19 @@ earlier ones finish (their names follow from those results), each listing the ru
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
-from ....analysis.lr_sweep import Bracket, SweepSpec, bracket, grid_value
+from ....analysis.lr_sweep import SweepSpec, grid_value
 from ....analysis.runs import Run
 from ....models import model_config_for
 from ....train.config import TrainConfig
 from ...study import PlannedRun
+from ...sweeps import OPTIMIZERS, PairedSweeps
 
-__all__ = ["OPTIMIZERS", "PRESETS", "batch_size", "brackets", "cells", "model_for", "non_embedding_params",
-           "plan", "projected_plan", "run_name", "train_tokens"]
+__all__ = ["PRESETS", "batch_size", "model_for", "non_embedding_params", "plan", "projected_plan", "run_name",
+           "sweeps", "train_tokens"]
 
-OPTIMIZERS = ("adamw", "muon")
 BATCH_FIT = (0.0065202, 0.4137915)
 """Moonlight's compute-optimal batch in tokens, ``B(C) = a · C^b`` (arXiv 2502.16982 App. B, Table 9)."""
 
@@ -94,84 +94,23 @@ def _config(p: Mapping[str, Any], width: int, optimizer: str, lr: float, seed: i
     )
 
 
-def _spec(p: Mapping[str, Any], optimizer: str) -> SweepSpec:
+def sweeps(p: Mapping[str, Any]) -> PairedSweeps:
+    """Both optimizers' bracketed sweeps at every width (``muonlab.experiments.sweeps``)."""
     low, high = p["lr_caps"]
-    return SweepSpec(tuple(p[f"{optimizer}_lrs"]), tuple(p["seeds"]), p["lr_step"], low, high)
-
-
-Losses = Callable[[str, int], Mapping[tuple[float, int], float]]
-"""``losses(optimizer, width) -> {(lr, seed): final validation loss}`` of the finished runs."""
-
-
-def brackets(p: Mapping[str, Any], losses: Losses) -> dict[tuple[str, int], Bracket]:
-    """Each optimizer's sweep state per width, ``{(optimizer, width): Bracket}``."""
-    return {(o, w): bracket(_spec(p, o), losses(o, w)) for w in p["widths"] for o in OPTIMIZERS}
-
-
-def cells(p: Mapping[str, Any], losses: Losses) -> dict[tuple[str, int], list[tuple[float, int]]]:
-    """Every ``(lr, seed)`` to train per optimizer and width, in the order decided: the sweeps' cells, and
-    Muon at every seed of each of AdamW's fully seeded cells once AdamW's sweep at that width is done."""
-    state = brackets(p, losses)
-    out = {key: list(b.cells) for key, b in state.items()}
-    for w in p["widths"]:
-        adamw = state[("adamw", w)]
-        if adamw.complete:
-            extra = [(lr, s) for lr in adamw.full_cells(p["seeds"]) for s in p["seeds"]]
-            out[("muon", w)] += [c for c in extra if c not in out[("muon", w)]]
-    return out
-
-
-def _planned(p: Mapping[str, Any], losses: Losses) -> list[PlannedRun]:
-    """The runs for the cells decided so far. A sweep's first round needs nothing; its later runs need the
-    first round (the results that placed them); Muon's runs at AdamW's lrs need AdamW's runs at that width."""
-    runs: list[PlannedRun] = []
-    per_width, state = cells(p, losses), brackets(p, losses)
-    for w in p["widths"]:
-        adamw_runs = tuple(run_name("adamw", w, lr, s) for lr, s in per_width[("adamw", w)])
-        for o in OPTIMIZERS:
-            first_round = tuple(run_name(o, w, lr, p["seeds"][0]) for lr in p[f"{o}_lrs"])
-            own = set(state[(o, w)].cells)
-            for lr, s in per_width[(o, w)]:
-                name = run_name(o, w, lr, s)
-                needs = () if name in first_round else first_round if (lr, s) in own else adamw_runs
-                runs.append(PlannedRun(name, _config(p, w, o, lr, s), needs))
-    return runs
-
-
-def _losses_from(done: Mapping[str, Run]) -> Losses:
-    def losses(optimizer: str, width: int) -> dict[tuple[float, int], float]:
-        out = {}
-        for run in done.values():
-            c = run.config
-            if c.get("optimizer") == optimizer and c.get("d_model") == width:
-                out[(grid_value(c["lr"]), int(c["seed"]))] = run.final("val_loss")
-        return out
-    return losses
+    specs = {o: SweepSpec(tuple(p[f"{o}_lrs"]), tuple(p["seeds"]), p["lr_step"], low, high) for o in OPTIMIZERS}
+    return PairedSweeps(
+        groups=tuple(p["widths"]), specs=specs,
+        name=lambda o, w, lr, s: run_name(o, w, lr, s),
+        config=lambda o, w, lr, s: _config(p, w, o, lr, s),
+        group_of=lambda run: run.config.get("d_model"),
+    )
 
 
 def plan(p: Mapping[str, Any], done: Mapping[str, Run]) -> list[PlannedRun]:
     """The runs decided by the results in ``done`` (see the module docstring)."""
-    return _planned(p, _losses_from(done))
+    return sweeps(p).planned(done)
 
 
 def projected_plan(p: Mapping[str, Any]) -> list[PlannedRun]:
-    """The plan as it ends when every sweep's best first-seed cell is its grid's second-highest value and no
-    sweep extends (what ``--dry-run`` costs; an extension adds a run per seed per step)."""
-    def bowl(optimizer: str, width: int) -> dict[tuple[float, int], float]:
-        grid = sorted(p[f"{optimizer}_lrs"])
-        centre = grid[-2]
-        return {(lr, s): abs(lr / centre - 1.0) for lr in _all_lrs(p) for s in p["seeds"]}
-    return _planned(p, bowl)
-
-
-def _all_lrs(p: Mapping[str, Any]) -> list[float]:
-    """Every lr either sweep could reach (both grids with extensions up to the caps), for the projection."""
-    low, high = p["lr_caps"]
-    values = {grid_value(lr) for o in OPTIMIZERS for lr in p[f"{o}_lrs"]}
-    for lr in list(values):
-        up = down = lr
-        while (up := grid_value(up * p["lr_step"])) <= high:
-            values.add(up)
-        while (down := grid_value(down / p["lr_step"])) >= low:
-            values.add(down)
-    return sorted(values)
+    """The plan as it ends when no sweep extends (``PairedSweeps.projected``)."""
+    return sweeps(p).projected()

@@ -17,11 +17,12 @@ from typing import Any
 import numpy as np
 
 from ....analysis.fits import equal_loss_compute_ratio, fit_power_law
-from ....analysis.lr_sweep import Bracket, at_edge, choose, grid_value, selection_bootstrap
+from ....analysis.lr_sweep import Bracket, at_edge, choose, grid_value, selection_bootstrap, transfer
 from ....analysis.paired import paired_difference
 from ....analysis.runs import Run
 from ...protocol import ClaimCheck, claim_section
 from ...study import Analysis, Finished
+from ...sweeps import OPTIMIZERS, cells_from
 from . import plan as scaling_plan
 from . import plots
 from .diagnostics import entropy_comparison, logit_comparison
@@ -53,17 +54,11 @@ class Measured:
 
 def measure(p: Mapping[str, Any], runs: Mapping[str, Run]) -> Measured:
     """Cells, sweep states and budgets from the finished runs."""
-    cells: dict[tuple[str, int], Cells] = {(o, w): {} for o in scaling_plan.OPTIMIZERS for w in p["widths"]}
-    by_cell = {}
-    for run in runs.values():
-        c = run.config
-        key = (c["optimizer"], c["d_model"], grid_value(c["lr"]), int(c["seed"]))
-        cells[key[:2]].setdefault(key[2], {})[key[3]] = run.final("val_loss")
-        by_cell[key] = run
-
-    def losses(o: str, w: int) -> dict[tuple[float, int], float]:
-        return {(lr, s): v for lr, by_seed in cells[(o, w)].items() for s, v in by_seed.items()}
-
+    plan = scaling_plan.sweeps(p)
+    cells = {(o, w): {} for o in OPTIMIZERS for w in p["widths"]} | cells_from(runs.values(), plan.group_of)
+    by_cell = {(r.config["optimizer"], r.config["d_model"], grid_value(r.config["lr"]), int(r.config["seed"])): r
+               for r in runs.values()}
+    losses = {k: {(lr, s): v for lr, by_seed in c.items() for s, v in by_seed.items()} for k, c in cells.items()}
     widths = list(p["widths"])
     batch = [scaling_plan.batch_size(p, w) * p["seq_len"] for w in widths]
     tokens = [scaling_plan.train_tokens(p, w) for w in widths]
@@ -72,28 +67,21 @@ def measure(p: Mapping[str, Any], runs: Mapping[str, Run]) -> Measured:
         compute=[float(scaling_plan.model_for(p, w).flops_per_token(p["seq_len"]) * t) for w, t in zip(widths, tokens)],
         params=[scaling_plan.non_embedding_params(p, w) for w in widths], tokens=tokens, batch_tokens=batch,
         steps=[t // b for t, b in zip(tokens, batch)], seeds=list(p["seeds"]), cells=cells,
-        sweeps=scaling_plan.brackets(p, losses), runs=by_cell)
-
-
-def _chosen(means: Mapping[str, Mapping[float, float]]) -> tuple[float, float, float, float]:
-    """``(AdamW's lr, AdamW's loss, Muon's loss at AdamW's lr, Muon's loss at its own best lr)`` from cell means."""
-    adamw, muon = means["adamw"], means["muon"]
-    lr = choose({k: [v] for k, v in adamw.items()})
-    return lr, adamw[lr], muon.get(lr, np.nan), min(muon.values())
+        sweeps=plan.brackets(losses), runs=by_cell)
 
 
 def _statistic(compute: Sequence[float], at: np.ndarray):
     """The bootstrap's statistic: the compute ratio of Muon at AdamW's lr and at its own, at ``at``, then the
     per-width loss gaps Muon − AdamW of both."""
     def statistic(groups: list[dict[str, dict[float, float]]]) -> np.ndarray:
-        chosen = [_chosen(g) for g in groups]
-        adamw = fit_power_law(compute, [c[1] for c in chosen])
-        shared = [c[2] for c in chosen]
+        chosen = [transfer(g["adamw"], g["muon"]) for g in groups]
+        adamw = fit_power_law(compute, [c.source_loss for c in chosen])
+        shared = [c.target_at_source_lr for c in chosen]
         if not np.isfinite(shared).all():
             return np.full(2 * len(at) + 2 * len(groups), np.nan)
         ratio_shared = equal_loss_compute_ratio(fit_power_law(compute, shared), adamw, at)
-        ratio_own = equal_loss_compute_ratio(fit_power_law(compute, [c[3] for c in chosen]), adamw, at)
-        gaps = [c[2] - c[1] for c in chosen] + [c[3] - c[1] for c in chosen]
+        ratio_own = equal_loss_compute_ratio(fit_power_law(compute, [c.target_loss for c in chosen]), adamw, at)
+        gaps = [c.target_at_source_lr - c.source_loss for c in chosen] + [c.target_loss - c.source_loss for c in chosen]
         return np.concatenate([ratio_shared, ratio_own, gaps])
     return statistic
 
@@ -105,7 +93,7 @@ def _interval(point: np.ndarray, low: np.ndarray, high: np.ndarray, i: int) -> d
 def ratio_results(m: Measured, samples: int = 2000) -> dict[str, Any]:
     """Compute ratios and loss gaps with their selection-aware 95 % intervals, and the chosen lrs."""
     at = np.geomspace(min(m.compute), max(m.compute), COMPUTE_LEVELS)
-    groups = [{o: m.cells[(o, w)] for o in scaling_plan.OPTIMIZERS} for w in m.widths]
+    groups = [{o: m.cells[(o, w)] for o in OPTIMIZERS} for w in m.widths]
     point, low, high = selection_bootstrap(groups, m.seeds, _statistic(m.compute, at), samples=samples)
     k, n = len(at), len(m.widths)
     out: dict[str, Any] = {"at": at.tolist()}
