@@ -90,3 +90,17 @@ def test_a_map_where_muon_always_needs_its_own_lr_disagrees(tmp_path):
     analysis = report.analyse(Finished(p, _done(p, losses), tmp_path))
     assert analysis.results["claims_agree"] == [False]
     assert analysis.results["rule"]["min_steps"] is None
+
+
+def test_the_gpu_preset_asks_for_a_corpus_and_its_embeddings_are_smaller_than_the_rest():
+    from muonlab.models import model_config_for
+    from muonlab.train.config import ConfigError
+
+    p = dict(transfer_plan.PRESETS["gpu"])
+    with pytest.raises(ConfigError, match="--set corpus="):
+        transfer_plan.plan(p, {})
+    for width in p["widths"]:
+        model = model_config_for("demo", p["vocab_size"], p["seq_len"], d_model=width, n_layers=p["n_layers"],
+                                 n_heads=width // p["head_dim"])
+        hidden = model.num_params(include_embedding=False)
+        assert model.num_params() - hidden < hidden

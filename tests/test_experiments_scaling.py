@@ -104,3 +104,77 @@ def test_a_run_s_learning_rate_is_the_grid_value_its_name_shows():
         assert run.name == scaling.run_name(run.optimizer, run.config["d_model"], run.config["lr"], run.config["seed"])
         assert run.config["lr"] == grid_value(run.config["lr"])
     assert any(r.config["lr"] == pytest.approx(3.125e-4) for r in done.values())
+
+
+RATIO = 0.5  # at its own optimum, Muon reaches AdamW's loss with half the compute in the made-up runs
+
+
+def _made_up_study(p: dict, lr_penalty: float = 0.05) -> dict[str, Run]:
+    """Runs whose final losses are known: AdamW at its optimum 2.5e-3 follows L(C) = 5·C^-0.05, Muon at its
+    optimum 1e-2 follows L(C / RATIO); off the optimum both lose ``lr_penalty``·log2(lr / optimum)²."""
+    import math
+
+    def compute(w):
+        return scaling.model_for(p, w).flops_per_token(p["seq_len"]) * scaling.train_tokens(p, w)
+
+    def loss(o, w, lr, s):
+        best, c = (2.5e-3, compute(w)) if o == "adamw" else (1e-2, compute(w) / RATIO)
+        return 5.0 * c**-0.05 + lr_penalty * math.log2(lr / best) ** 2 + 1e-4 * (s - 1)
+
+    done = _done(p, loss)
+    for run in done.values():
+        muon = run.optimizer == "muon"
+        run.rows = [{"step": 4, "max_logit/layer0": 6.0 if muon else 3.0, "max_logit/layer1": 5.0 if muon else 2.0},
+                    {**run.rows[0], "step": 100, "svd_entropy/layers.0.attn.wq.weight": 0.9 if muon else 0.8,
+                     "svd_entropy/layers.0.attn.wk.weight": 0.9 if muon else 0.8,
+                     "svd_entropy/layers.0.mlp.w_up.weight": 0.95 if muon else 0.85}]
+    return done
+
+
+def test_the_analysis_recovers_the_known_compute_ratio_at_muon_s_own_lr_and_the_choices(tmp_path):
+    from muonlab.experiments.study import Finished
+
+    p = _params()
+    analysis = get_study("scaling").analyse(Finished(p, _made_up_study(p), tmp_path))
+    r = analysis.results
+    for row in r["choices"]["per_width"]:
+        assert row["adamw"]["lr"] == 2.5e-3 and row["muon"]["lr"] == 1e-2
+        assert row["adamw"]["status"] == row["muon"]["status"] == "interior"
+    own = r["compute_ratio"]["ratio_at_own_lr"]
+    shared = r["compute_ratio"]["ratio_at_adamw_lr"]
+    assert len(own) >= 3
+    for point in own:
+        assert point["point"] == pytest.approx(RATIO, rel=1e-3)
+        assert point["low"] <= point["point"] <= point["high"]
+    # two doublings below its optimum, Muon loses 0.05·4 = 0.2 nats: far more compute than at its own lr
+    assert all(s["point"] > o["point"] for s, o in zip(shared, own))
+    gaps = r["choices"]["per_width"][0]["muon_own_minus_muon_at_adamw_lr"]
+    assert gaps["mean"] == pytest.approx(-0.2, abs=1e-9) and gaps["separated"]
+    agrees = dict(zip(["ratio_shared", "ratio_own", "lr", "entropy", "logit"], r["claims_agree"]))
+    assert agrees["ratio_own"] is True and agrees["lr"] is False and agrees["logit"] is True
+    assert agrees["entropy"] is True and r["svd_entropy"]["groups"]["AttnQO"]["initial"] > 0.5
+    for _, path in analysis.figures:
+        assert path is None or path.stat().st_size > 0
+
+
+def test_a_ratio_claim_says_cannot_tell_when_the_interval_covers_parity():
+    from muonlab.experiments.studies.scaling.report import _ratio_claim
+
+    ratio = {"at": [1.0, 2.0, 3.0], "x": [{"point": 0.9, "low": 0.7, "high": 1.2}] * 3}
+    assert _ratio_claim("x", ratio, "label").agrees is None
+    ratio["x"] = [{"point": 1.3, "low": 1.1, "high": 1.6}] * 3
+    assert _ratio_claim("x", ratio, "label").agrees is False
+    ratio["x"] = [{"point": 0.5, "low": 0.4, "high": 0.6}] * 3
+    assert _ratio_claim("x", ratio, "label").agrees is True
+
+
+def test_the_gpu_preset_asks_for_a_corpus_and_its_embeddings_are_smaller_than_the_rest():
+    from muonlab.train.config import ConfigError
+
+    p = dict(scaling.PRESETS["gpu"])
+    with pytest.raises(ConfigError, match="--set corpus="):
+        scaling.plan(p, {})
+    for width in p["widths"]:
+        model = scaling.model_for(p, width)
+        hidden = model.num_params(include_embedding=False)
+        assert model.num_params() - hidden < hidden

@@ -39,7 +39,7 @@ from typing import Any
 from ..analysis.runs import Run
 from ..train.config import ConfigError, TrainConfig
 
-__all__ = ["Analysis", "Finished", "PlannedRun", "Study"]
+__all__ = ["Analysis", "Finished", "PlannedRun", "Study", "require_corpus"]
 
 
 @dataclass(frozen=True)
@@ -135,6 +135,14 @@ class Study:
                 needs = tuple(dict.fromkeys((*needs, run.config.init_from)))
             placed.append(PlannedRun(run.name, run.config.replace(**fields), needs))
         return placed
+
+
+def require_corpus(params: Mapping[str, Any], study: str) -> None:
+    """Stop with one sentence when a preset leaves ``corpus`` empty: its token budget needs a corpus larger than
+    the built-in ones, which the user names."""
+    if not params.get("corpus"):
+        raise ConfigError(f"study {study!r}: this preset trains more tokens than the built-in corpora hold; name "
+                          "yours with --set corpus=<a .txt/.jsonl/.parquet file, a folder, a glob or hf:NAME>")
 
 
 def parse_value(key: str, text: str, default: Any) -> Any:

@@ -15,7 +15,7 @@ from typing import Any
 from ....analysis.lr_sweep import SweepSpec, grid_value
 from ....analysis.runs import Run
 from ....train.config import TrainConfig
-from ...study import PlannedRun
+from ...study import PlannedRun, require_corpus
 from ...sweeps import OPTIMIZERS, PairedSweeps
 
 __all__ = ["PRESETS", "groups", "plan", "projected_plan", "run_name", "steps", "sweeps"]
@@ -30,15 +30,16 @@ PRESETS: dict[str, dict[str, Any]] = {
         lr_caps=(1e-4, 0.16), weight_decay=0.1, corpus="python", tokenizer="byte", vocab_size=4096,
         compile=False, device="auto",
     ),
-    # One GPU: 8 layers, heads of 64, widths 256 and 512 (6.3M and 25M non-embedding parameters), 2^28 tokens
-    # (268M) a run at 16, 64 and 256 sequences of 1,024 tokens (16,384, 4,096 and 1,024 steps). The built-in
-    # corpora hold a few million tokens: the preset names a user corpus (``--set corpus=<registered name>``) of
-    # ≥ 270M tokens, so no run repeats data.
+    # One GPU: 8 layers, heads of 64, BPE 4096, widths 256 and 512 (6.3M and 25M non-embedding parameters against
+    # 2.1M and 4.2M in the embedding and head), 2^28 tokens (268M) a run at 16, 64 and 256 sequences of 1,024
+    # tokens (16,384, 4,096 and 1,024 steps). The built-in corpora hold a few million tokens: the preset asks for a
+    # corpus (``--set corpus=<file, folder, glob or hf:NAME>``) of ≥ 270M tokens, so no run repeats data. Sized by
+    # FLOPs only (no GPU measured it yet).
     "gpu": dict(
         seeds=(0, 1, 2), widths=(256, 512), batch_sizes=(16, 64, 256), train_tokens=268_435_456, n_layers=8,
         head_dim=64, seq_len=1024, adamw_lrs=(7.5e-4, 1.5e-3, 3e-3, 6e-3), muon_lrs=(1.5e-3, 3e-3, 6e-3, 1.2e-2),
-        lr_step=2.0, lr_caps=(1e-4, 0.1), weight_decay=0.1, corpus="user-corpus", tokenizer="bpe",
-        vocab_size=16384, compile=True, device="cuda",
+        lr_step=2.0, lr_caps=(1e-4, 0.1), weight_decay=0.1, corpus="", tokenizer="bpe",
+        vocab_size=4096, compile=True, device="cuda",
     ),
 }
 
@@ -61,6 +62,7 @@ def run_name(optimizer: str, group: Group, lr: float, seed: int) -> str:
 
 
 def _config(p: Mapping[str, Any], optimizer: str, group: Group, lr: float, seed: int) -> TrainConfig:
+    require_corpus(p, "lr-transfer")
     width, batch = group
     n = steps(p, batch)
     return TrainConfig(

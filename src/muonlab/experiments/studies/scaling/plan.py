@@ -21,7 +21,7 @@ from ....analysis.lr_sweep import SweepSpec, grid_value
 from ....analysis.runs import Run
 from ....models import model_config_for
 from ....train.config import TrainConfig
-from ...study import PlannedRun
+from ...study import PlannedRun, require_corpus
 from ...sweeps import OPTIMIZERS, PairedSweeps
 
 __all__ = ["PRESETS", "batch_size", "model_for", "non_embedding_params", "plan", "projected_plan", "run_name",
@@ -39,13 +39,14 @@ PRESETS: dict[str, dict[str, Any]] = {
         lr_caps=(1e-4, 0.16), weight_decay=0.1, corpus="python", tokenizer="byte", vocab_size=4096,
         compile=False, device="auto",
     ),
-    # One GPU: 8 layers, heads of 64, BPE 8192 on the Python corpus (≈ 3.4M BPE tokens): widths 128–256 need
-    # 20 tokens × 1.6M–6.3M non-embedding parameters = 32M–126M tokens, more than the built-in corpus holds, so
-    # the preset names a user corpus (``--set corpus=<registered name>``) of ≥ 200M tokens.
+    # One GPU: 8 layers, heads of 64, BPE 4096; widths 192–384 (3.5M–14M non-embedding parameters against
+    # 1.6M–3.1M in the embedding and head) span ≈ 16× in FLOPs and need 71M–283M tokens a run (≈ 15B over the 88
+    # projected runs): more than the built-in corpora hold, so the preset asks for a corpus (``--set corpus=<file,
+    # folder, glob or hf:NAME>``) of ≥ 300M tokens, read at most once per run. Sized by FLOPs only (no GPU here).
     "gpu": dict(
-        seeds=(0, 1, 2), widths=(128, 160, 192, 256), n_layers=8, head_dim=64, tokens_per_param=20.0, seq_len=512,
+        seeds=(0, 1, 2), widths=(192, 256, 320, 384), n_layers=8, head_dim=64, tokens_per_param=20.0, seq_len=512,
         adamw_lrs=(7.5e-4, 1.5e-3, 3e-3, 6e-3), muon_lrs=(1.5e-3, 3e-3, 6e-3, 1.2e-2), lr_step=2.0,
-        lr_caps=(1e-4, 0.1), weight_decay=0.1, corpus="user-corpus", tokenizer="bpe", vocab_size=8192,
+        lr_caps=(1e-4, 0.1), weight_decay=0.1, corpus="", tokenizer="bpe", vocab_size=4096,
         compile=True, device="cuda",
     ),
 }
@@ -81,6 +82,7 @@ def run_name(optimizer: str, width: int, lr: float, seed: int) -> str:
 
 
 def _config(p: Mapping[str, Any], width: int, optimizer: str, lr: float, seed: int) -> TrainConfig:
+    require_corpus(p, "scaling")
     batch = batch_size(p, width)
     tokens = train_tokens(p, width)
     steps = tokens // (p["seq_len"] * batch)
