@@ -104,3 +104,9 @@ def test_the_gpu_preset_asks_for_a_corpus_and_its_embeddings_are_smaller_than_th
                                  n_heads=width // p["head_dim"])
         hidden = model.num_params(include_embedding=False)
         assert model.num_params() - hidden < hidden
+
+
+def test_every_group_is_validated_on_the_same_number_of_tokens():
+    p = _params()
+    held_out = {r.config.eval_batches * r.config.batch_size * r.config.seq_len for r in transfer_plan.projected_plan(p)}
+    assert held_out == {p["eval_tokens"]}

@@ -178,3 +178,10 @@ def test_the_gpu_preset_asks_for_a_corpus_and_its_embeddings_are_smaller_than_th
         model = scaling.model_for(p, width)
         hidden = model.num_params(include_embedding=False)
         assert model.num_params() - hidden < hidden
+
+
+def test_every_width_is_validated_on_the_same_number_of_tokens_to_within_a_batch():
+    p = _params()
+    for r in scaling.projected_plan(p):
+        batch_tokens = r.config.batch_size * r.config.seq_len
+        assert abs(r.config.eval_batches * batch_tokens - p["eval_tokens"]) < batch_tokens

@@ -28,7 +28,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         seeds=(0, 1, 2), widths=(24, 48), batch_sizes=(1, 4, 16), train_tokens=1_048_576, n_layers=4, head_dim=8,
         seq_len=256, adamw_lrs=(1.25e-3, 2.5e-3, 5e-3, 1e-2), muon_lrs=(2.5e-3, 5e-3, 1e-2, 2e-2), lr_step=2.0,
         lr_caps=(1e-4, 0.16), weight_decay=0.1, corpus="python", tokenizer="byte", vocab_size=4096,
-        compile=False, device="auto",
+        eval_tokens=65_536, compile=False, device="auto",
     ),
     # One GPU: 8 layers, heads of 64, BPE 4096, widths 256 and 512 (6.3M and 25M non-embedding parameters against
     # 2.1M and 4.2M in the embedding and head), 2^28 tokens (268M) a run at 16, 64 and 256 sequences of 1,024
@@ -39,7 +39,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         seeds=(0, 1, 2), widths=(256, 512), batch_sizes=(16, 64, 256), train_tokens=268_435_456, n_layers=8,
         head_dim=64, seq_len=1024, adamw_lrs=(7.5e-4, 1.5e-3, 3e-3, 6e-3), muon_lrs=(1.5e-3, 3e-3, 6e-3, 1.2e-2),
         lr_step=2.0, lr_caps=(1e-4, 0.1), weight_decay=0.1, corpus="", tokenizer="bpe",
-        vocab_size=4096, compile=True, device="cuda",
+        vocab_size=4096, eval_tokens=1_048_576, compile=True, device="cuda",
     ),
 }
 
@@ -69,7 +69,8 @@ def _config(p: Mapping[str, Any], optimizer: str, group: Group, lr: float, seed:
         corpus=p["corpus"], tokenizer=p["tokenizer"], vocab_size=p["vocab_size"], model="demo", d_model=width,
         n_layers=p["n_layers"], n_heads=width // p["head_dim"], seq_len=p["seq_len"], batch_size=batch,
         train_tokens=n * p["seq_len"] * batch, optimizer=optimizer, lr=grid_value(lr), weight_decay=p["weight_decay"],
-        schedule="cosine", warmup_steps=max(1, n // 20), eval_every=max(1, n // 8), eval_batches=16,
+        schedule="cosine", warmup_steps=max(1, n // 20), eval_every=max(1, n // 4),
+        eval_batches=max(1, round(p["eval_tokens"] / (batch * p["seq_len"]))),
         log_every=max(1, min(20, n // 50)), telemetry_every=0, checkpoint_every=max(1, n // 4), compile=p["compile"],
         device=p["device"], seed=seed,
     )

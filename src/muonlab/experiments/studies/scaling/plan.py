@@ -37,7 +37,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         seeds=(0, 1, 2), widths=(24, 32, 40, 48), n_layers=4, head_dim=8, tokens_per_param=20.0, seq_len=256,
         adamw_lrs=(1.25e-3, 2.5e-3, 5e-3, 1e-2), muon_lrs=(2.5e-3, 5e-3, 1e-2, 2e-2), lr_step=2.0,
         lr_caps=(1e-4, 0.16), weight_decay=0.1, corpus="python", tokenizer="byte", vocab_size=4096,
-        compile=False, device="auto",
+        eval_tokens=65_536, compile=False, device="auto",
     ),
     # One GPU: 8 layers, heads of 64, BPE 4096; widths 192–384 (3.5M–14M non-embedding parameters against
     # 1.6M–3.1M in the embedding and head) span ≈ 16× in FLOPs and need 71M–283M tokens a run (≈ 15B over the 88
@@ -47,7 +47,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         seeds=(0, 1, 2), widths=(192, 256, 320, 384), n_layers=8, head_dim=64, tokens_per_param=20.0, seq_len=512,
         adamw_lrs=(7.5e-4, 1.5e-3, 3e-3, 6e-3), muon_lrs=(1.5e-3, 3e-3, 6e-3, 1.2e-2), lr_step=2.0,
         lr_caps=(1e-4, 0.1), weight_decay=0.1, corpus="", tokenizer="bpe", vocab_size=4096,
-        compile=True, device="cuda",
+        eval_tokens=1_048_576, compile=True, device="cuda",
     ),
 }
 
@@ -77,6 +77,11 @@ def train_tokens(p: Mapping[str, Any], width: int) -> int:
     return max(1, round(p["tokens_per_param"] * non_embedding_params(p, width) / per_step)) * per_step
 
 
+def eval_batches(p: Mapping[str, Any], batch: int) -> int:
+    """Validation batches of ``batch`` sequences that hold ``eval_tokens`` tokens (the same slice for every width)."""
+    return max(1, round(p["eval_tokens"] / (batch * p["seq_len"])))
+
+
 def run_name(optimizer: str, width: int, lr: float, seed: int) -> str:
     return f"{optimizer}-d{width}-lr{grid_value(lr):g}-s{seed}"
 
@@ -90,8 +95,9 @@ def _config(p: Mapping[str, Any], width: int, optimizer: str, lr: float, seed: i
         corpus=p["corpus"], tokenizer=p["tokenizer"], vocab_size=p["vocab_size"], model="demo", d_model=width,
         n_layers=p["n_layers"], n_heads=width // p["head_dim"], seq_len=p["seq_len"], batch_size=batch,
         train_tokens=tokens, optimizer=optimizer, lr=grid_value(lr), weight_decay=p["weight_decay"],
-        schedule="cosine", warmup_steps=max(1, steps // 20), eval_every=max(1, steps // 8), eval_batches=16,
-        log_every=20, telemetry_every=max(1, steps // 16), spectra_every=steps, checkpoint_every=max(1, steps // 4),
+        schedule="cosine", warmup_steps=max(1, steps // 20), eval_every=max(1, steps // 4),
+        eval_batches=eval_batches(p, batch), log_every=20, telemetry_every=max(1, steps // 16), spectra_every=steps,
+        checkpoint_every=max(1, steps // 4),
         compile=p["compile"], device=p["device"], seed=seed,
     )
 
