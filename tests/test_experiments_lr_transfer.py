@@ -62,8 +62,8 @@ def test_the_map_recovers_the_known_optimal_lrs_and_the_rule_its_step_threshold(
             assert row["penalty"]["point"] == pytest.approx(0.02 * 4)  # two doublings below its optimum
             assert row["paired_penalty"]["separated"]
     rule = analysis.results["rule"]
-    assert rule["min_steps"] == 1024
-    assert "1,024 steps" in analysis.sections[0][1]
+    assert rule["min_steps"] == 2048
+    assert "2,048 steps" in analysis.sections[0][1]
     assert analysis.results["claims_agree"] == [None]  # carries over at many steps, not at few
 
 

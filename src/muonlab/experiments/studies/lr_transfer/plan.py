@@ -22,10 +22,10 @@ __all__ = ["PRESETS", "groups", "plan", "projected_plan", "run_name", "steps", "
 
 PRESETS: dict[str, dict[str, Any]] = {
     # Byte tokens on the Python corpus (11.7M training bytes; no run repeats data). 4 layers, heads of 8, widths
-    # 24 and 48 (28k and 111k non-embedding parameters); 2^20 tokens a run at 1, 4 and 16 sequences of 256 tokens:
-    # 4,096, 1,024 and 256 steps. Not yet measured end to end.
+    # 24 and 48 (28k and 111k non-embedding parameters); 2^19 tokens a run (19 and 4.7 tokens per parameter) at
+    # 1, 4 and 16 sequences of 256 tokens: 2,048, 512 and 128 steps. Not yet measured end to end.
     "cpu": dict(
-        seeds=(0, 1, 2), widths=(24, 48), batch_sizes=(1, 4, 16), train_tokens=1_048_576, n_layers=4, head_dim=8,
+        seeds=(0, 1, 2), widths=(24, 48), batch_sizes=(1, 4, 16), train_tokens=524_288, n_layers=4, head_dim=8,
         seq_len=256, adamw_lrs=(1.25e-3, 2.5e-3, 5e-3, 1e-2), muon_lrs=(2.5e-3, 5e-3, 1e-2, 2e-2), lr_step=2.0,
         lr_caps=(1e-4, 0.16), weight_decay=0.1, corpus="python", tokenizer="byte", vocab_size=4096,
         eval_tokens=65_536, compile=False, device="auto",
