@@ -12,11 +12,13 @@ import torch
 from muonlab.analysis.runs import Run
 from muonlab.experiments.protocol import (
     ClaimCheck,
-    Gap,
     MeanStd,
+    by_seed,
     claim_section,
+    combined_verdict,
     epochs,
     mean_std,
+    paired,
     paired_by_seed,
     protocol_section,
     tokens_to_reach,
@@ -37,15 +39,21 @@ def test_mean_std_is_the_sample_std():
         mean_std([1.0, float("nan")])
 
 
-def test_a_gap_separates_only_beyond_the_larger_spread_with_three_seeds():
-    adamw, muon = MeanStd(4.0, 0.01, 3), MeanStd(3.9, 0.02, 3)
-    gap = Gap(adamw, muon)
-    assert gap.difference == pytest.approx(-0.1) and gap.spread == 0.02 and gap.in_spreads == pytest.approx(5)
-    assert gap.separated
-    assert not Gap(adamw, MeanStd(3.99, 0.02, 3)).separated  # 0.01 < 0.02
-    assert not Gap(MeanStd(4.0, 0.01, 2), MeanStd(3.9, 0.02, 2)).separated  # two seeds are not enough
-    one_seed = Gap(MeanStd(4.0, None, 1), muon)
-    assert one_seed.spread is None and one_seed.in_spreads is None and not one_seed.separated
+def test_a_paired_verdict_reads_the_per_seed_differences_not_the_spreads():
+    # Arms whose seed-to-seed spread (≈ 0.1) dwarfs the gap (0.01) but whose every seed moves the same way.
+    a = {0: 4.0, 1: 4.1, 2: 4.2}
+    b = {0: 4.011, 1: 4.109, 2: 4.21}
+    d = paired(a, b)
+    assert d.mean == pytest.approx(0.01, abs=1e-9) and d.separated and d.verdict(+1) is True
+    assert paired(a, {0: 4.02, 1: 4.09, 2: 4.21}).verdict(+1) is None  # signs disagree: cannot tell
+    assert paired({0: 1.0}, {1: 1.0}) is None  # no seed in common
+
+
+def test_combined_verdicts():
+    assert combined_verdict([True, True]) is True
+    assert combined_verdict([True, None]) is None
+    assert combined_verdict([True, False, None]) is False
+    assert combined_verdict([]) is None
 
 
 def _run(name: str, optimizer: str, seed: int, final: float, tokens: int = 500, **config) -> Run:
@@ -124,3 +132,9 @@ def test_a_seed_sets_initialisation_and_data_order_and_both_optimizers_share_the
     matrices = [k for k, v in adamw[0].items() if v.dim() == 2]
     assert matrices and all(not torch.equal(adamw[0][k], other[0][k]) for k in matrices)
     assert not torch.equal(adamw[1], other[1])
+
+
+def test_by_seed_maps_each_run_to_its_seed():
+    runs = [_run("a0", "adamw", 0, 4.0), _run("a2", "adamw", 2, 3.5)]
+    assert by_seed(runs) == {0: 4.0, 2: 3.5}
+    assert by_seed(runs, lambda r: None if r.name == "a0" else 1.0) == {2: 1.0}

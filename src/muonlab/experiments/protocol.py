@@ -4,9 +4,10 @@
   built) *and* the data order (``TokenLoader`` shuffles each epoch with ``(seed, epoch)``), so one
   seed number changes both; runs that differ only in the optimizer and share a seed start from the
   same weights and see the same batches in the same order (``paired_by_seed`` checks that the
-  configs allow nothing else). A claimed difference needs ``MIN_SEEDS`` seeds per arm.
-- **Spread.** mean ± sample standard deviation over seeds (``mean_std``); a gap counts as a
-  separation only when it exceeds the larger of the two spreads (``Gap``).
+  configs allow nothing else). A claimed difference needs ``analysis.paired.MIN_SEEDS`` seeds.
+- **Verdicts.** paired over seeds (``muonlab.analysis.paired``): the mean of the per-seed differences
+  with its 95 % t interval; two arms are *separated* when the interval excludes 0 (``paired``,
+  ``combined_verdict``). Each arm's mean ± sample std (``mean_std``) is shown beside it, unpaired.
 - **Validation.** a fixed held-out slice: the documents the split seed 0 assigns to validation,
   and the first ``eval_batches`` batches of them, the same at every evaluation and in every run.
 - **Epochs.** tokens trained / tokens in the training split (``epochs``): the built-in English
@@ -22,15 +23,15 @@ from __future__ import annotations
 
 import math
 import statistics
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
+from ..analysis.paired import MIN_SEEDS, PairedDifference, paired_difference
 from ..analysis.runs import NOT_HYPERPARAMETERS, Run, config_key
 
-__all__ = ["MIN_SEEDS", "ClaimCheck", "Gap", "MeanStd", "claim_section", "epochs", "mean_std", "paired_by_seed",
-           "protocol_section", "tokens_to_reach"]
+__all__ = ["ClaimCheck", "MeanStd", "by_seed", "claim_section", "combined_verdict", "epochs", "mean_std", "paired",
+           "paired_by_seed", "protocol_section", "tokens_to_reach"]
 
-MIN_SEEDS = 3
 # Config keys that may differ between the two runs of a seed pair: the optimizer and where the run lives.
 _PAIR_MAY_DIFFER = frozenset({"optimizer", "run_dir", "command", "resume", "progress", "threads"})
 
@@ -60,7 +61,7 @@ def mean_std(values: Iterable[float]) -> MeanStd:
 
 @dataclass(frozen=True)
 class Gap:
-    """``b − a`` of two arms, against the larger seed-to-seed std of the two."""
+    """Transitional: the unpaired rule of the studies not yet on ``paired`` (removed once none uses it)."""
 
     a: MeanStd
     b: MeanStd
@@ -71,19 +72,41 @@ class Gap:
 
     @property
     def spread(self) -> float | None:
-        """The larger of the two stds; None when either arm has a single seed (spread unknown)."""
         return None if self.a.std is None or self.b.std is None else max(self.a.std, self.b.std)
 
     @property
     def in_spreads(self) -> float | None:
-        """|difference| / spread: how many seed-to-seed stds the gap is (None if unknown or spread 0)."""
         return abs(self.difference) / self.spread if self.spread else None
 
     @property
     def separated(self) -> bool:
-        """Whether the gap exceeds the spread, with at least ``MIN_SEEDS`` seeds per arm."""
         return (min(self.a.n, self.b.n) >= MIN_SEEDS and self.spread is not None
                 and abs(self.difference) > self.spread)
+
+
+def by_seed(runs: Iterable[Run], value: Callable[[Run], float | None] | None = None) -> dict[int, float]:
+    """``{seed: value(run)}`` (default: the final validation loss), leaving out runs whose value is None."""
+    get = value or (lambda r: r.final("val_loss"))
+    out = {}
+    for run in runs:
+        v = get(run)
+        if v is not None:
+            out[int(run.config["seed"])] = float(v)
+    return out
+
+
+def paired(a: Mapping[int, float], b: Mapping[int, float]) -> PairedDifference | None:
+    """``b − a`` paired over the seeds both arms have (``analysis.paired.paired_difference``); None when they
+    share no seed."""
+    return paired_difference(a, b) if set(a) & set(b) else None
+
+
+def combined_verdict(verdicts: Sequence[bool | None]) -> bool | None:
+    """Several paired verdicts read as one: ``False`` when any is False (separated the wrong way), ``True`` when
+    there is at least one and all are True, else ``None`` (cannot tell)."""
+    if any(v is False for v in verdicts):
+        return False
+    return True if verdicts and all(v is True for v in verdicts) else None
 
 
 def epochs(run: Run) -> float | None:
@@ -144,8 +167,9 @@ def protocol_section(runs: Sequence[Run]) -> str:
         f"- Seeds: {', '.join(map(str, seeds))} ({len(seeds)}; a claimed difference needs ≥ {MIN_SEEDS}). "
         "The seed sets the initialisation and the data order; within a seed the optimizers start from the "
         "same weights and see the same batches in the same order.",
-        f"- Spread: mean ± sample std over seeds; a gap separates two arms only if it exceeds the larger std "
-        f"with ≥ {MIN_SEEDS} seeds each.",
+        "- Verdicts: paired over seeds: the mean of the per-seed differences with its 95 % t interval; two arms "
+        f"are separated when the interval excludes 0 (≥ {MIN_SEEDS} seeds). Each arm's mean ± sample std over "
+        "seeds is shown beside it (unpaired).",
         f"- Validation: a fixed held-out slice ({val_tokens:,} tokens: {first.get('eval_batches')} batches of "
         f"the documents held out with split seed 0), the same at every evaluation and in every run.",
         f"- Data: {first.get('corpus')} corpus, {first.get('tokenizer')} tokens"
