@@ -18,7 +18,7 @@ import safetensors.torch
 from muonlab.cli import main
 from muonlab.experiments import command
 from muonlab.experiments.registry import get_study
-from muonlab.experiments.studies._update_rms_claims import sweep_checks, table1_checks
+from muonlab.experiments.studies.update_rms.claims import sweep_checks, table1_checks
 from muonlab.rundir import read_config, read_metrics
 from muonlab.rundir.checkpoint import latest_checkpoint
 
@@ -56,7 +56,9 @@ def _ms(values):
 
 
 def _variant(losses, query=(0.01, 0.011, 0.012), mlp=(0.02, 0.021, 0.022), kinds=("mlp.w_up",)):
-    return {"final_val_loss": _ms(losses), "final_val_loss_by_seed": {str(i): v for i, v in enumerate(losses)},
+    by_seed = {key: {str(i): v for i, v in enumerate(values)}
+               for key, values in (("final_val_loss", losses), ("weight_rms_query", query), ("weight_rms_mlp", mlp))}
+    return {"final_val_loss": _ms(losses), "final_val_loss_by_seed": by_seed["final_val_loss"], "by_seed": by_seed,
             "weight_rms": {"attn.wq": _ms(query), **{k: _ms(mlp) for k in kinds}}, "weight_rms_mlp": _ms(mlp),
             "update_rms_hidden": _ms([0.25, 0.26, 0.27]), "update_rms_adamw": _ms([0.3, 0.3, 0.3])}
 
@@ -85,8 +87,21 @@ def test_the_u_shape_check_agrees_only_when_the_middle_targets_win(best, agrees)
 
 def test_the_u_shape_check_cannot_tell_within_the_spread():
     sweep = _sweep("0.4")
-    sweep["0.8"]["final_val_loss"] = _ms([2.9, 3.1, 3.3])  # mean 3.1 but std 0.2 covers 0.4's 3.0
+    sweep["0.8"] = _variant([2.9, 3.1, 3.3])  # 0.8 − 0.4 per seed: −0.09, +0.10, +0.29: the interval spans 0
     assert sweep_checks(sweep)[0].agrees is None
+
+
+def test_a_small_difference_in_every_seed_is_separated_though_the_spreads_overlap():
+    # The issue's case: Adjusted LR worse than Baseline by ≈ 0.0135 in each of 3 seeds whose losses spread by 0.1.
+    table1 = _table1(2.812, 2.789, 2.789)
+    table1["baseline"] = _variant([2.70, 2.80, 2.90], mlp=(0.025, 0.025, 0.025), query=(0.035, 0.035, 0.035),
+                                  kinds=("mlp.w_in", "mlp.w_out"))
+    table1["adjusted-lr"] = _variant([2.7135, 2.812, 2.915], mlp=(0.049, 0.049, 0.049), query=(0.035, 0.035, 0.035),
+                                     kinds=("mlp.w_in", "mlp.w_out"))
+    loss = table1_checks(table1)[0]
+    assert loss.agrees is False  # separated the wrong way: Adjusted LR higher in 3 of 3 seeds
+    # per seed +0.0135, +0.012, +0.015: sd 0.0015, half-width 4.303 · 0.0015 / √3 = 0.0037
+    assert "Adjusted LR − Baseline = +0.0135 nats (95 % CI +0.0098 to +0.0172" in loss.by_how_much
 
 
 def _table1(base_loss, norm_loss, adjusted_loss, query=(0.035, 0.049, 0.0349), mlp=(0.025, 0.050, 0.049)):

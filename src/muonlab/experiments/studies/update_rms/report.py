@@ -1,23 +1,8 @@
-"""``update-rms``: Moonlight's update-RMS studies — the target-RMS sweep (Table 8) and the shape rules (Table 1).
-
-Moonlight (arXiv 2502.16982 §2.2) scales Muon's orthogonalized update to a target RMS of 0.2, the
-typical RMS of an AdamW update, so that AdamW's learning rate and weight decay carry over. Two of
-its ablations check that choice, and this study repeats both at small scale, several seeds each
-(the seed sets initialisation and data order; within a seed every variant gets the same ones):
-
-- **Part (a), Table 8 (App. A)**: Muon with target update RMS r ∈ {0.05, 0.1, 0.2, 0.4, 0.8}
-  (``scale="moonlight"``: r·sqrt(max(A, B))) at one shared lr and weight decay, plus AdamW at the
-  same lr and weight decay. Paper: validation loss is U-shaped in r, best at 0.2–0.4; the weight
-  RMS grows with r; every setting beats AdamW.
-- **Part (b), Table 1 (§3.1)**: a model with a plain 2-layer GELU MLP (matrices [4H, H] and
-  [H, 4H]), three rules at r = 0.2, each stopped at ``table1_fraction`` (20 %) of its lr schedule:
-  Baseline 0.2·√H (``min_side``), Update Norm 0.2·O/RMS(O) (``update_norm``), Adjusted LR
-  0.2·sqrt(max(A, B)) (``moonlight``). Paper: both shape-aware rules beat the Baseline (2.789 vs
-  2.812); their MLP weight RMS is ≈ 2× the Baseline's; the query weight RMS is unchanged by
-  Adjusted LR and larger under Update Norm.
+"""The ``update-rms`` study's numbers per run and per variant, its tables and report sections.
 
 Weight RMS per matrix type is read from each run's final checkpoint; the update RMS is the runs'
-``update_rms/muon`` and ``update_rms/adamw`` telemetry, its median after warmup.
+``update_rms/muon`` and ``update_rms/adamw`` telemetry, its median after warmup. Each quantity a claim
+reads is kept per seed too (``by_seed``), so the claims (``claims``) are paired over seeds.
 """
 
 from __future__ import annotations
@@ -26,74 +11,15 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict
 from typing import Any
 
-from ...analysis import update_rms_plots as plots
-from ...analysis.runs import Run
-from ...analysis.weights import checkpoint_model, weight_rms, weight_rms_by_type
-from ...train.config import TrainConfig
-from ..protocol import MeanStd, mean_std
-from ..study import Analysis, Finished, PlannedRun, Study
-from ._update_rms_claims import TABLE1_LABELS, claim_text, sweep_checks, table1_checks
+from ....analysis.runs import Run
+from ....analysis.weights import checkpoint_model, weight_rms, weight_rms_by_type
+from ...protocol import MeanStd, mean_std
+from ...study import Analysis, Finished
+from . import plots
+from .claims import TABLE1_LABELS, claim_text, sweep_checks, table1_checks
+from .plan import TABLE1_RULES, table1_schedule_tokens
 
-TABLE1_RULES = {"baseline": "min_side", "update-norm": "update_norm", "adjusted-lr": "moonlight"}
-"""Table 1's three variants and the scale rule (``muonlab.optim.scaling``) that is each."""
-
-PRESETS: dict[str, dict[str, Any]] = {
-    # The demo's model (d=160, 4 layers) and data; lr 3e-3, wd 0.1: AdamW's best lr on the demo workload (demo.py),
-    # shared by every run as in Table 8. Part (a) SwiGLU (the demo's MLP): 192 steps of 16 × 256 tokens (0.78 epochs
-    # of the English corpus); part (b) GELU [H, 4H]: 128 steps of a 640-step schedule. 27 runs, --workers 2:
-    # 28 min 53 s on a 2-core AMD EPYC (the dry-run said 25 min 31 s).
-    "cpu": dict(
-        seeds=(0, 1, 2), corpus="english", tokenizer="bpe", vocab_size=4096, model="demo", d_model=160,
-        seq_len=256, batch_size=16, lr=3e-3, weight_decay=0.1, rms_targets=(0.05, 0.1, 0.2, 0.4, 0.8),
-        sweep_tokens=786_432, table1_tokens=524_288, table1_fraction=0.2, telemetry_every=8, compile=False,
-        device="auto",
-    ),
-    # One GPU (H100/H200), not run yet: the demo model at its own width (d=256) on the Python corpus, 16k-token
-    # steps, 100 steps a sweep run and 50 of a 250-step schedule for Table 1; eager (compiling 27 short runs costs
-    # more than it saves). Sized by hand at ~15 s a run, mostly process start-up: ~7 min, plus the tokenizer once.
-    "gpu": dict(
-        seeds=(0, 1, 2), corpus="python", tokenizer="bpe", vocab_size=8192, model="demo", d_model=0,
-        seq_len=512, batch_size=32, lr=3e-3, weight_decay=0.1, rms_targets=(0.05, 0.1, 0.2, 0.4, 0.8),
-        sweep_tokens=1_638_400, table1_tokens=819_200, table1_fraction=0.2, telemetry_every=10, compile=False,
-        device="cuda",
-    ),
-}
-
-
-def _base(p: Mapping[str, Any], train_tokens: int, schedule_tokens: int, mlp: str) -> TrainConfig:
-    """The shared config: cosine schedule with 5 % warmup (of the schedule), 6 evaluations, 3 checkpoints."""
-    tokens_per_step = p["seq_len"] * p["batch_size"]
-    steps, schedule_steps = train_tokens // tokens_per_step, max(train_tokens, schedule_tokens) // tokens_per_step
-    return TrainConfig(
-        corpus=p["corpus"], tokenizer=p["tokenizer"], vocab_size=p["vocab_size"], model=p["model"],
-        d_model=p["d_model"], mlp=mlp, seq_len=p["seq_len"], batch_size=p["batch_size"], train_tokens=train_tokens,
-        schedule_tokens=schedule_tokens, lr=p["lr"], weight_decay=p["weight_decay"], schedule="cosine",
-        warmup_steps=max(1, schedule_steps // 20), eval_every=max(1, steps // 6), eval_batches=8,
-        log_every=max(1, min(10, steps // 20)), telemetry_every=p["telemetry_every"],
-        checkpoint_every=max(1, steps // 3), compile=p["compile"], device=p["device"],
-    )
-
-
-def table1_schedule_tokens(p: Mapping[str, Any]) -> int:
-    """The lr schedule of part (b): ``table1_tokens`` is ``table1_fraction`` of it."""
-    if not 0 < p["table1_fraction"] <= 1:
-        raise ValueError(f"table1_fraction must lie in (0, 1], got {p['table1_fraction']}")
-    return round(p["table1_tokens"] / p["table1_fraction"])
-
-
-def plan(p: Mapping[str, Any], done: Mapping[str, Run]) -> list[PlannedRun]:
-    """Per seed: ``sweep-adamw-s<seed>``, ``sweep-rms<r>-s<seed>`` for each target r (part a), then
-    ``table1-<variant>-s<seed>`` for baseline, update-norm and adjusted-lr (part b)."""
-    sweep = _base(p, p["sweep_tokens"], 0, "swiglu")
-    table1 = _base(p, p["table1_tokens"], table1_schedule_tokens(p), "gelu")
-    runs = []
-    for seed in p["seeds"]:
-        runs.append(PlannedRun(f"sweep-adamw-s{seed}", sweep.replace(optimizer="adamw", seed=seed)))
-        runs += [PlannedRun(f"sweep-rms{r:g}-s{seed}", sweep.replace(optimizer="muon", update_rms=r, seed=seed))
-                 for r in p["rms_targets"]]
-        runs += [PlannedRun(f"table1-{variant}-s{seed}", table1.replace(optimizer="muon", scale=rule, seed=seed))
-                 for variant, rule in TABLE1_RULES.items()]
-    return runs
+__all__ = ["analyse", "run_numbers", "variant_numbers"]
 
 
 # ---- per run
@@ -144,6 +70,10 @@ def run_numbers(run: Run) -> dict[str, Any]:
 
 # ---- per variant
 
+BY_SEED = {"final_val_loss": lambda n: n["final_val_loss"], "weight_rms_mlp": lambda n: n["weight_rms_mlp"],
+           "weight_rms_query": lambda n: n["weight_rms_by_type"].get("attn.wq")}
+"""The per-run numbers a claim pairs over seeds, kept per seed in ``variant_numbers(...)["by_seed"]``."""
+
 
 def _stat(per_run: Sequence[Mapping[str, Any]], key: str, kind: str | None = None) -> dict[str, Any] | None:
     """``asdict(mean_std)`` over the runs of ``key`` (of ``weight_rms_by_type[kind]`` with ``kind``); None if absent."""
@@ -155,7 +85,9 @@ def _stat(per_run: Sequence[Mapping[str, Any]], key: str, kind: str | None = Non
 def variant_numbers(per_run: Sequence[Mapping[str, Any]], names: Sequence[str]) -> dict[str, Any]:
     """Mean ± std over a variant's seeds of every per-run number; weight RMS for every matrix type."""
     kinds = list(dict.fromkeys(k for n in per_run for k in n["weight_rms_by_type"]))
-    out = {"runs": list(names), "final_val_loss_by_seed": {str(n["seed"]): n["final_val_loss"] for n in per_run}}
+    out = {"runs": list(names), "final_val_loss_by_seed": {str(n["seed"]): n["final_val_loss"] for n in per_run},
+           "by_seed": {key: {str(n["seed"]): get(n) for n in per_run if get(n) is not None}
+                       for key, get in BY_SEED.items()}}
     for key in ("final_val_loss", "final_train_loss", "update_rms_muon", "update_rms_adamw", "update_rms_hidden",
                 "weight_rms_mlp"):
         out[key] = _stat(per_run, key)
@@ -282,16 +214,3 @@ def analyse(finished: Finished) -> Analysis:
         ("Paper claims vs small-scale result", claim_text(checks)),
     ]
     return Analysis(results=results, sections=sections, figures=figures, summary=summary)
-
-
-STUDY = Study(
-    name="update-rms",
-    title="muonlab update-rms: Muon's target update RMS (Moonlight Table 8) and shape-aware scaling (Table 1)",
-    claim="Moonlight (arXiv 2502.16982 §2.2, App. A Table 8, §3.1 Table 1): a target update RMS of 0.2–0.4 trains best "
-          "(val loss 3.325/3.314 vs 3.503 at 0.05 and 3.543 at 0.8, AdamW 3.679), and scaling by the matrix shape "
-          "(0.2·sqrt(max(A, B)) or 0.2·O/RMS(O)) beats 0.2·√H for every matrix (2.789 vs 2.812), doubling the "
-          "MLP weight RMS.",
-    presets=PRESETS,
-    plan=plan,
-    analyse=analyse,
-)

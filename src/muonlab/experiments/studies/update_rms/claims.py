@@ -1,9 +1,11 @@
-"""The ``update-rms`` study's paper claims, checked against its numbers (``studies/update_rms.py``).
+"""The ``update-rms`` study's paper claims, checked against its numbers (``report.variant_numbers``).
 
-Each check takes the study's per-variant numbers (``asdict(MeanStd)`` per quantity) and returns a
-``ClaimCheck``: the paper's claim with its number, what came out, whether the direction agrees, by
-how much. A difference counts only when it exceeds the larger seed-to-seed std with ≥ 3 seeds per
-arm (``protocol.Gap``); otherwise the check says "cannot tell". Thresholds fixed before any run:
+Each check takes the study's per-variant numbers (``asdict(MeanStd)`` per quantity, and ``by_seed``
+values) and returns a ``ClaimCheck``: the paper's claim with its number, what came out, whether the
+direction agrees, by how much. Every variant of a seed starts from the same weights and sees the same
+batches, so a difference is paired over seeds (``muonlab.analysis.paired``): it counts only when the 95 %
+t interval of the per-seed differences excludes 0 with ≥ 3 seeds; otherwise the check says "cannot tell".
+The report shows the interval and, beside it, each arm's unpaired mean ± std. Thresholds fixed before any run:
 
 - ``SAME_WITHIN``: "Adjusted LR leaves the query weight RMS as it is" holds within ±10 % (paper: −2.5 %);
 - ``ADAMW_RMS_RANGE``: AdamW's measured update RMS "around 0.2 to 0.4" counts as 0.15–0.4 (PAPERS.md §5.1 M2).
@@ -14,7 +16,8 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from ..protocol import ClaimCheck, Gap, MeanStd, claim_section, mean_std
+from ....analysis.paired import PairedDifference
+from ...protocol import ClaimCheck, MeanStd, claim_section, combined_verdict, paired
 
 __all__ = ["ADAMW_RMS_RANGE", "SAME_WITHIN", "TABLE1_LABELS", "claim_text", "sweep_checks", "table1_checks"]
 
@@ -29,22 +32,17 @@ def _ms(numbers: Mapping[str, Any] | None) -> MeanStd | None:
     return MeanStd(**numbers) if numbers else None
 
 
-def _gap_text(gap: Gap, unit: str = "nats") -> str:
-    spread = (f" ({gap.in_spreads:.1f}× the larger seed std {gap.spread:.4f}; "
-              f"{'separated' if gap.separated else 'within the spread'})" if gap.spread else " (spread unknown)")
-    return f"{gap.difference:+.4f} {unit}{spread}"
+def _difference(a: Mapping[str, Any], b: Mapping[str, Any], key: str = "final_val_loss") -> PairedDifference | None:
+    """``b − a`` of ``key`` paired over the seeds both variants ran (None when they share none)."""
+    return paired({int(s): v for s, v in a["by_seed"][key].items()}, {int(s): v for s, v in b["by_seed"][key].items()})
 
 
-def _paired(a: Mapping[str, Any], b: Mapping[str, Any]) -> str:
-    """Per seed, b − a of the final validation loss (the seeds both variants ran), as text."""
-    seeds = [s for s in a["final_val_loss_by_seed"] if s in b["final_val_loss_by_seed"]]
-    diffs = [b["final_val_loss_by_seed"][s] - a["final_val_loss_by_seed"][s] for s in seeds]
-    return f"per seed {mean_std(diffs)}" if diffs else "no seed in common"
+def _text(d: PairedDifference | None, unit: str = "nats") -> str:
+    return d.text(unit) if d is not None else "no seed in common"
 
 
-def _lower(gap: Gap) -> bool | None:
-    """Whether arm b is lower than arm a, when the gap separates them; None when it does not."""
-    return gap.difference < 0 if gap.separated else None
+def _verdict(d: PairedDifference | None, expected_sign: int) -> bool | None:
+    return d.verdict(expected_sign) if d is not None else None
 
 
 def _u_shape(sweep: Numbers, targets: list[float]) -> ClaimCheck:
@@ -52,51 +50,52 @@ def _u_shape(sweep: Numbers, targets: list[float]) -> ClaimCheck:
     best = min(targets, key=lambda r: loss[r].mean)
     middle = [r for r in targets if r in (0.2, 0.4)]
     extremes = [r for r in (min(targets), max(targets)) if r != best]
-    gaps = {r: Gap(loss[best], loss[r]) for r in extremes}
-    if best in middle:
-        agrees = True if all(g.separated for g in gaps.values()) else None
-    else:
-        agrees = False if middle and all(Gap(loss[best], loss[r]).separated for r in middle) else None
+    others = extremes if best in middle else middle
+    diffs = {r: _difference(sweep[f"{best:g}"], sweep[f"{r:g}"]) for r in others}
+    if best in middle:  # the extremes must be separated above the best
+        agrees = combined_verdict([_verdict(d, +1) for d in diffs.values()])
+    else:  # the best is outside 0.2–0.4: the claim fails when 0.2 and 0.4 are both separated above it
+        agrees = False if middle and all(_verdict(d, +1) for d in diffs.values()) else None
     return ClaimCheck(
         paper="Table 8: validation loss is U-shaped in the target update RMS, best at 0.2–0.4 (3.325, 3.314), "
               "worse at 0.05 (3.503, +0.189 over 0.4) and 0.8 (3.543, +0.229)",
         result="final val loss " + ", ".join(f"{r:g}: {loss[r]}" for r in targets) + f"; lowest at {best:g}",
         agrees=agrees,
-        by_how_much="; ".join(f"{r:g} − {best:g} = {_gap_text(g)}" for r, g in gaps.items())
-        + ("" if best in middle else "; " + "; ".join(f"{r:g} − {best:g} = {_gap_text(Gap(loss[best], loss[r]))}"
-                                                       for r in middle)),
+        by_how_much="; ".join(f"{r:g} − {best:g} = {_text(d)}" for r, d in diffs.items()),
     )
 
 
 def _weight_growth(sweep: Numbers, targets: list[float]) -> ClaimCheck:
-    kinds = {"query (attn.wq)": lambda n: n["weight_rms"].get("attn.wq"), "MLP (mean)": lambda n: n["weight_rms_mlp"]}
-    means = {kind: [_ms(get(sweep[f"{r:g}"])) for r in targets] for kind, get in kinds.items()}
-    rising = {kind: all(a.mean < b.mean for a, b in zip(ms, ms[1:])) for kind, ms in means.items()}
-    enough = all(m.n >= 3 for ms in means.values() for m in ms)
+    kinds = {"query (attn.wq)": "weight_rms_query", "MLP (mean)": "weight_rms_mlp"}
+    means = {kind: [_ms(sweep[f"{r:g}"]["weight_rms"].get("attn.wq") if key == "weight_rms_query"
+                        else sweep[f"{r:g}"]["weight_rms_mlp"]) for r in targets] for kind, key in kinds.items()}
+    steps = {kind: [_difference(sweep[f"{a:g}"], sweep[f"{b:g}"], key) for a, b in zip(targets, targets[1:])]
+             for kind, key in kinds.items()}
+    verdicts = {kind: combined_verdict([_verdict(d, +1) for d in ds]) for kind, ds in steps.items()}
     lo, hi = targets[0], targets[-1]
+    word = {True: "rises at every step (each separated)", False: "falls at some step (separated)",
+            None: "not separated at every step"}
     return ClaimCheck(
         paper="Table 8: weight RMS rises with the target update RMS (AttnQ 5.74e-3 → 7.23e-2, MLP 8.01e-3 → 8.73e-2 "
               "from 0.05 to 0.8: 12.6× and 10.9×)",
         result="; ".join(f"{kind}: " + " → ".join(f"{m.mean:.2e}" for m in ms) for kind, ms in means.items()),
-        agrees=all(rising.values()) if enough else None,
-        by_how_much="; ".join(f"{kind} {'rises at every step' if rising[kind] else 'does not rise at every step'}, "
-                              f"{ms[-1].mean / ms[0].mean:.1f}× from {lo:g} to {hi:g}" for kind, ms in means.items()),
+        agrees=combined_verdict(list(verdicts.values())),
+        by_how_much="; ".join(f"{kind} {word[verdicts[kind]]}, {ms[-1].mean / ms[0].mean:.1f}× from {lo:g} to {hi:g}"
+                              for kind, ms in means.items()),
     )
 
 
 def _muon_vs_adamw(sweep: Numbers, targets: list[float]) -> ClaimCheck:
     adamw = _ms(sweep["adamw"]["final_val_loss"])
-    gaps = {r: Gap(adamw, _ms(sweep[f"{r:g}"]["final_val_loss"])) for r in targets}
-    better = [r for r, g in gaps.items() if g.separated and g.difference < 0]
-    worse = [r for r, g in gaps.items() if g.separated and g.difference > 0]
-    agrees = True if len(better) == len(targets) else False if worse else None
+    diffs = {r: _difference(sweep["adamw"], sweep[f"{r:g}"]) for r in targets}
+    better = [r for r, d in diffs.items() if _verdict(d, -1) is True]
+    worse = [r for r, d in diffs.items() if _verdict(d, -1) is False]
     return ClaimCheck(
         paper="Table 8: at AdamW's lr and weight decay every Muon setting beats AdamW (3.314–3.543 vs 3.679)",
         result=f"AdamW {adamw}; Muon lower at {', '.join(f'{r:g}' for r in better) or 'no target'} (separated)"
                + (f", higher at {', '.join(f'{r:g}' for r in worse)}" if worse else ""),
-        agrees=agrees,
-        by_how_much="; ".join(f"{r:g} − AdamW = {_gap_text(g)}, {_paired(sweep['adamw'], sweep[f'{r:g}'])}"
-                              for r, g in gaps.items()),
+        agrees=combined_verdict([_verdict(d, -1) for d in diffs.values()]),
+        by_how_much="; ".join(f"{r:g} − AdamW = {_text(d)}" for r, d in diffs.items()),
     )
 
 
@@ -124,53 +123,49 @@ def sweep_checks(sweep: Numbers) -> list[ClaimCheck]:
 
 
 def _table1_loss(t: Numbers) -> ClaimCheck:
-    base = _ms(t["baseline"]["final_val_loss"])
-    gaps = {v: Gap(base, _ms(t[v]["final_val_loss"])) for v in ("update-norm", "adjusted-lr")}
-    verdicts = [_lower(g) for g in gaps.values()]
+    diffs = {v: _difference(t["baseline"], t[v]) for v in ("update-norm", "adjusted-lr")}
     return ClaimCheck(
         paper="Table 1: Update Norm and Adjusted LR both beat the Baseline 0.2·√H (val loss 2.789 and 2.789 vs "
               "2.812: −0.023 nats)",
         result="final val loss " + ", ".join(f"{TABLE1_LABELS[v]} {_ms(t[v]['final_val_loss'])}" for v in t),
-        agrees=False if False in verdicts else True if all(verdicts) else None,
-        by_how_much="; ".join(f"{TABLE1_LABELS[v]} − Baseline = {_gap_text(g)}, {_paired(t['baseline'], t[v])}"
-                              for v, g in gaps.items()),
+        agrees=combined_verdict([_verdict(d, -1) for d in diffs.values()]),
+        by_how_much="; ".join(f"{TABLE1_LABELS[v]} − Baseline = {_text(d)}" for v, d in diffs.items()),
     )
 
 
 def _table1_mlp(t: Numbers) -> ClaimCheck:
-    base = _ms(t["baseline"]["weight_rms_mlp"])
-    gaps = {v: Gap(base, _ms(t[v]["weight_rms_mlp"])) for v in ("update-norm", "adjusted-lr")}
-    verdicts = [None if not g.separated else g.difference > 0 for g in gaps.values()]
+    diffs = {v: _difference(t["baseline"], t[v], "weight_rms_mlp") for v in ("update-norm", "adjusted-lr")}
     per_kind = "; ".join(
         f"{TABLE1_LABELS[v]} / Baseline: " + ", ".join(
             f"{k.removeprefix('mlp.')} {t[v]['weight_rms'][k]['mean'] / t['baseline']['weight_rms'][k]['mean']:.2f}×"
-            for k in t["baseline"]["weight_rms"] if k.startswith("mlp.")) for v in gaps)
+            for k in t["baseline"]["weight_rms"] if k.startswith("mlp.")) for v in diffs)
     return ClaimCheck(
         paper="Table 1: the MLP weight RMS roughly doubles under Update Norm and Adjusted LR (5.01e-2 and 4.89e-2 vs "
               "2.52e-2: 1.99× and 1.94×; sqrt(4H)/√H = 2)",
         result="MLP weight RMS (mean of w_in, w_out) " + ", ".join(
             f"{TABLE1_LABELS[v]} {_ms(t[v]['weight_rms_mlp']).mean:.3e}" for v in t),
-        agrees=False if False in verdicts else True if all(verdicts) else None,
-        by_how_much=per_kind,
+        agrees=combined_verdict([_verdict(d, +1) for d in diffs.values()]),
+        by_how_much=per_kind + "; paired − Baseline: " + "; ".join(f"{TABLE1_LABELS[v]} {_text(d, '')}"
+                                                                   for v, d in diffs.items()),
     )
 
 
 def _table1_query(t: Numbers) -> ClaimCheck:
     base, norm, adjusted = (_ms(t[v]["weight_rms"]["attn.wq"]) for v in ("baseline", "update-norm", "adjusted-lr"))
-    larger = Gap(base, norm)
+    larger = _difference(t["baseline"], t["update-norm"], "weight_rms_query")
+    moved = _difference(t["baseline"], t["adjusted-lr"], "weight_rms_query")
     same = abs(adjusted.mean / base.mean - 1) <= SAME_WITHIN
-    moved = Gap(base, adjusted)
-    norm_ok = None if not larger.separated else larger.difference > 0
-    adjusted_ok = True if same else (False if moved.separated else None)
-    agrees = False if False in (norm_ok, adjusted_ok) else True if norm_ok and adjusted_ok else None
+    norm_ok = _verdict(larger, +1)
+    adjusted_ok = True if same else (False if moved is not None and moved.separated else None)
     return ClaimCheck(
         paper="Table 1: query weight RMS [H,H] — Adjusted LR ≈ Baseline (3.496e-2 vs 3.586e-2, −2.5 %), Update Norm "
               "larger (4.918e-2, 1.37×)",
         result=f"query weight RMS Baseline {base.mean:.3e}, Update Norm {norm.mean:.3e}, "
                f"Adjusted LR {adjusted.mean:.3e}",
-        agrees=agrees,
-        by_how_much=f"Update Norm / Baseline {norm.mean / base.mean:.2f}× ({_gap_text(larger, 'RMS')}); Adjusted LR / "
-                    f"Baseline {adjusted.mean / base.mean:.2f}× (≈ means within ±{100 * SAME_WITHIN:.0f} %)",
+        agrees=combined_verdict([norm_ok, adjusted_ok]),
+        by_how_much=f"Update Norm / Baseline {norm.mean / base.mean:.2f}× (paired {_text(larger, '')}); Adjusted LR / "
+                    f"Baseline {adjusted.mean / base.mean:.2f}× (≈ means within ±{100 * SAME_WITHIN:.0f} %; paired "
+                    f"{_text(moved, '')})",
     )
 
 
@@ -183,6 +178,8 @@ def table1_checks(table1: Numbers) -> list[ClaimCheck]:
 
 def claim_text(checks: Sequence[ClaimCheck]) -> str:
     """The claims table, with what "agrees" means here."""
-    note = ("A difference counts only when it exceeds the larger seed-to-seed std with ≥ 3 seeds per arm; otherwise "
-            "the direction is \"cannot tell\". Magnitudes at this scale are not expected to match the paper's.")
+    note = ("A difference is paired over seeds (every variant of a seed shares its initialisation and data order): it "
+            "counts only when the 95 % t interval of the per-seed differences excludes 0 with ≥ 3 seeds; otherwise "
+            "the direction is \"cannot tell\". Each difference is given as mean (interval, per-seed signs; unpaired "
+            "means ± std beside). Magnitudes at this scale are not expected to match the paper's.")
     return f"{note}\n\n{claim_section(checks)}" if checks else "No claim could be checked (variants missing)."
