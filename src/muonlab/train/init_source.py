@@ -4,7 +4,8 @@ Two kinds of folder, told apart by their ``config.json``:
 
 - a muonlab run folder (its ``config.json`` has a ``model_config``): the model of its latest
   checkpoint (weights only: a fresh optimizer and schedule start) and the tokenizer it trained with,
-  rebuilt from its data settings (:func:`run_tokenizer`);
+  rebuilt from its data settings (:func:`run_tokenizer`); an unfinished run is used with a warning
+  naming the step it stopped at;
 - a Hugging Face model folder (Llama or DeepSeek-V3, e.g. from ``muonlab export``), read by
   :func:`muonlab.integrations.hf_import.read_hf_folder` (needs transformers).
 
@@ -13,6 +14,7 @@ Either way the source gives ``model_config``, ``tokenizer`` and ``load_into(mode
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -23,6 +25,7 @@ from ..data import DataError, Tokenizer, prepare_dataset
 from ..models import ModelConfig
 from ..rundir import read_config
 from ..rundir.checkpoint import latest_checkpoint, load_checkpoint
+from ..rundir.finished import unfinished_reason
 
 if TYPE_CHECKING:
     from ..integrations.hf_import import HFModelFolder
@@ -77,6 +80,9 @@ def _run_folder_source(path: Path, record: dict[str, Any], seq_len: int | None) 
     if seq_len is not None and seq_len > config.max_seq_len:
         raise InitFromError(f"seq_len={seq_len} exceeds the max_seq_len={config.max_seq_len} of the model in {path}; "
                             f"use seq_len <= {config.max_seq_len}")
+    unfinished = unfinished_reason(path)
+    if unfinished is not None:  # a legitimate start (an intermediate checkpoint), but never a silent one
+        warnings.warn(f"init_from: {unfinished}; starting from its checkpoint {checkpoint.name}", stacklevel=3)
     return RunFolderSource(path, config, run_tokenizer(record), checkpoint)
 
 

@@ -108,7 +108,7 @@ def load_checkpoint(
     ``model_config``. With ``restore_rng`` (the default) the global RNGs are restored too, so
     call this after building the model and optimizer and right before training resumes. Pass
     ``optimizer=None`` to load only the weights (evaluation, fine-tuning). A sharded checkpoint
-    loads at any world size; a plain one on one process.
+    loads at any world size; so does a plain one written by :class:`muonlab.optim.Muon` (:mod:`.reshard`).
 
     With ``verify`` (the default) every file is first checked against the checkpoint's manifest (by
     rank 0 under several processes). Raises ``CorruptCheckpointError`` if a file does not match, is

@@ -22,6 +22,7 @@ import safetensors.torch
 import torch
 
 from ...parallel import unwrap
+from .reshard import load_plain_on_group
 from .store import (
     MODEL_FILE,
     OPTIMIZER_FILE,
@@ -69,12 +70,10 @@ def load_plain_checkpoint(
 ) -> dict[str, Any]:
     """Load a plain checkpoint into ``model`` (and ``optimizer``); returns the trainer state.
 
-    See ``load_checkpoint``; a plain checkpoint loads on one process only.
+    See ``load_checkpoint``. Under several processes every rank keeps its part of each tensor
+    (:mod:`.reshard`), so a one-process run continues on any number of processes.
     """
     path = Path(path)
-    if multi_process():
-        raise CheckpointError(f"checkpoint {path} was written by a single process; resume it with one process "
-                              "(multi-process runs write and resume sharded checkpoints)")
     missing = [f for f in PLAIN_FILES if not (path / f).is_file()]
     if missing:
         raise CheckpointError(
@@ -82,6 +81,9 @@ def load_plain_checkpoint(
             f"(a checkpoint directory holds {', '.join(PLAIN_FILES)})"
         )
     record = read_trainer_record(path, model)
+    if multi_process():  # a one-process run continued on several: every rank keeps its part
+        load_plain_on_group(path, model, optimizer)
+        return finish_load(record, restore_rng)
     try:
         safetensors.torch.load_model(unwrap(model), str(path / MODEL_FILE), strict=True)
     except RuntimeError as e:  # missing/unexpected keys or shape mismatch

@@ -61,9 +61,9 @@ from .rng import capture_rng_state, restore_rng_state
 
 __all__ = ["CHECKPOINTS_DIR", "FORMAT_VERSION", "LATEST_FILE", "MODEL_FILE", "OPTIMIZER_FILE", "PLAIN_FILES",
            "RESERVED_KEYS", "SHARDED_FILES", "SHARDED_METADATA", "SHARDED_STATE_DIR", "TRAINER_FILE",
-           "CheckpointError", "CorruptCheckpointError", "checkpoint_problem", "checkpoint_record", "checkpoint_step",
-           "finish_load", "first_nonfinite", "from_rank0", "is_complete", "latest_checkpoint", "model_config_dict",
-           "multi_process", "read_trainer_record", "write_checkpoint"]
+           "CheckpointError", "CheckpointWriteError", "CorruptCheckpointError", "checkpoint_problem",
+           "checkpoint_record", "checkpoint_step", "finish_load", "first_nonfinite", "from_rank0", "is_complete",
+           "latest_checkpoint", "model_config_dict", "multi_process", "read_trainer_record", "write_checkpoint"]
 
 FORMAT_VERSION = 2
 READABLE_FORMATS = (1, 2)  # 1: before manifests (loaded unverified)
@@ -153,6 +153,14 @@ def _write_latest(ckpt_root: Path, name: str) -> None:
     tmp.write_text(name + "\n")
     _fsync_file(tmp)
     os.replace(tmp, ckpt_root / LATEST_FILE)
+
+
+class CheckpointWriteError(OSError):
+    """A checkpoint could not be written (``errno`` is the cause's, ``EIO`` for a non-OS error); its text is
+    one sentence: what could not be written, why, and which checkpoint was kept."""
+
+    def __str__(self) -> str:
+        return str(self.strerror)
 
 
 def _failure(e: BaseException, target: Path, previous: list[Path]) -> tuple[int, str]:
@@ -294,7 +302,7 @@ def write_checkpoint(
             shutil.rmtree(old, ignore_errors=True)
     error = from_rank0(error)
     if error is not None:
-        raise OSError(*error) from cause
+        raise CheckpointWriteError(*error) from cause
     return final
 
 
