@@ -71,6 +71,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
+    if args.seeds < 1:
+        raise ValueError(f"--seeds {args.seeds} trains no run; give at least 1 seed per optimizer")
     sets = [f"seeds={','.join(map(str, range(args.seeds)))}", f"model={args.model}"]
     sets += ["compile=false"] if args.no_compile else []
     sets += [f"train_tokens={args.tokens}"] if args.tokens else []
@@ -88,6 +90,9 @@ def _cmd_experiment(args: argparse.Namespace) -> int:
         return 0
     if not args.name:
         raise ValueError("name a study (muonlab experiment --list shows them)")
+    if args.workers < 0:
+        raise ValueError(f"--workers {args.workers} is negative; give the number of runs to train side by side "
+                         "(0: the default for this machine)")
     study = get_study(args.name)
     study_plan = command.plan(study, args.preset, Path(args.out) if args.out else None, args.config, args.set or [])
     planned = study_plan.runs
@@ -106,19 +111,33 @@ def _cmd_experiment(args: argparse.Namespace) -> int:
     return 0
 
 
+def _claim_output(args: argparse.Namespace, kind: str) -> Path:
+    """The output folder of ``report``/``analyze``, claimed (never a folder of files muonlab did not write),
+    after refusing unfinished runs unless ``--allow-unfinished`` (then each is named on stderr)."""
+    from .rundir.outputs import output_folder, unfinished_runs
+
+    for reason in unfinished_runs(args.runs, args.allow_unfinished, "--allow-unfinished"):
+        print(f"muonlab {args.command}: warning: {reason}; its numbers are those of that step", file=sys.stderr)
+    return output_folder(args.out, args.runs, kind)
+
+
 def _cmd_report(args: argparse.Namespace) -> int:
     from .analysis.report import write_report
+    from .rundir.ownership import folder_lock
 
-    out = args.out or str(Path(args.runs[0]).parent)
-    print(f"report: {write_report(args.runs, out, title=args.title)}")
+    out = _claim_output(args, "report")
+    with folder_lock(out, shlex.join(["muonlab", *args.argv])):
+        print(f"report: {write_report(args.runs, out, title=args.title)}")
     return 0
 
 
 def _cmd_analyze_spectra(args: argparse.Namespace) -> int:
     from .analysis.spectra_report import write_spectra_report
+    from .rundir.ownership import folder_lock
 
-    out = args.out or str(Path(args.runs[0]).parent)
-    report = write_spectra_report(args.runs, out)
+    out = _claim_output(args, "spectra")
+    with folder_lock(out, shlex.join(["muonlab", *args.argv])):
+        report = write_spectra_report(args.runs, out)
     print(report.read_text(), end="")
     print(f"spectra report: {report}")
     return 0
@@ -195,7 +214,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     report = sub.add_parser("report", help="rebuild a report (report.md + plots) from run folders")
     report.add_argument("runs", nargs="+", help="run folders")
-    report.add_argument("--out", help="output folder (default: the first run's parent)")
+    report.add_argument("--out", help="a new (or empty) folder, or one an earlier report wrote (default: "
+                        "report/ beside the first run)")
+    report.add_argument("--allow-unfinished", action="store_true",
+                        help="report unfinished runs too, as they are (named on stderr)")
     report.add_argument("--title", default="Muon vs AdamW")
     report.set_defaults(func=_cmd_report)
 
@@ -205,7 +227,10 @@ def build_parser() -> argparse.ArgumentParser:
         "spectra", help="Muon vs AdamW SVD entropy per matrix type (Moonlight §3.4): spectra.md + spectra.png",
         description="Compare two runs' SVD entropies (logged with --spectra_every, or from their final checkpoints).")
     spectra.add_argument("runs", nargs=2, metavar="RUN", help="two run folders, e.g. the Muon run and the AdamW run")
-    spectra.add_argument("--out", help="output folder (default: the first run's parent)")
+    spectra.add_argument("--out", help="a new (or empty) folder, or one an earlier spectra analysis wrote "
+                         "(default: spectra/ beside the first run)")
+    spectra.add_argument("--allow-unfinished", action="store_true",
+                         help="analyse unfinished runs too, as they are (named on stderr)")
     spectra.set_defaults(func=_cmd_analyze_spectra)
 
     export = sub.add_parser("export", help="write a run's latest checkpoint as a Hugging Face model folder",
@@ -231,6 +256,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except (ValueError, OSError, FloatingPointError) as err:
+        if isinstance(err, OSError) and err.filename:  # a raw OS error: one sentence, not "[Errno 28] ..."
+            from .rundir.ownership import describe_os_error
+
+            err = describe_os_error(err)
         print(f"muonlab {args.command}: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
