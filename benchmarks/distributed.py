@@ -44,6 +44,7 @@ Checked against targets (printed PASS/FAIL):
     python benchmarks/distributed.py --worlds 1 2 --steps 4 --model tiny
     python benchmarks/distributed.py --worlds 1 4 --modes fsdp tp=4 dp_shard=2,tp=2
     python benchmarks/distributed.py --worlds 1 4 --modes ep=2,dp_shard=2 ep=4 --model moe-tiny --no-naive
+    python benchmarks/distributed.py --worlds 1 2 --modes tp=2 --per-head   # per-head blocks' bytes beside whole
 """
 
 from __future__ import annotations
@@ -209,7 +210,7 @@ def install_ns_counter(counter: Counter) -> None:
 
 
 def _optimizers(model, name: str, lr: float = 3e-3):
-    groups = param_groups(model)
+    groups = param_groups(model, orthogonalize="per_head" if name == "muon/per_head" else "matrix")
     if name == "torch.optim.Muon":
         muon = [p for g in groups if g["algorithm"] == "muon" for p in g["params"]]
         rest = [p for g in groups if g["algorithm"] != "muon" for p in g["params"]]
@@ -329,7 +330,8 @@ def worker(rank: int, world: int, port: int, args, out_dir: str) -> None:
     fits = [m for m in args.modes if "=" not in m or math.prod(int(kv.split("=")[1]) for kv in m.split(",")) == world]
     modes = ["none"] if world == 1 else fits  # a mesh runs on the world size its dims multiply to
     for mode in modes:
-        for optimizer in ("muon", "adamw") + (("torch.optim.Muon",) if mode == "fsdp" and args.naive else ()):
+        for optimizer in (("muon", "adamw") + (("muon/per_head",) if args.per_head else ())
+                          + (("torch.optim.Muon",) if mode == "fsdp" and args.naive else ())):
             results.append(run_config(rank, world, mode, optimizer, args, counter))
     torch.save(results, Path(out_dir) / f"rank{rank}.pt")
     if world > 1:
@@ -429,6 +431,8 @@ def main() -> int:
     parser.add_argument("--steps", type=int, default=6, help="measured steps per configuration")
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--no-naive", dest="naive", action="store_false", help="skip torch.optim.Muon on DTensors")
+    parser.add_argument("--per-head", dest="per_head", action="store_true",
+                        help="also Muon with per-head blocks (muon/per_head), beside whole matrices")
     parser.add_argument("--json", help="also write the raw per-rank results here")
     args = parser.parse_args()
     results = [r for world in args.worlds for r in measure(world, args)]

@@ -7,6 +7,13 @@ machine noise hits both alike, and the median of each is reported with their rat
 Matrix sets:
   gpt2   12 × [2304×768 (fused QKV), 768×768, 3072×768, 768×3072]   (GPT-2 small's hidden matrices)
   d256   4 × [256×256 ×4, 704×256 ×2, 256×704]                     (muonlab's 4-layer d=256 "demo" model)
+  1.3b   24 × [6144×2048 (fused QKV), 2048×2048, 8192×2048, 2048×8192] (a GPT-3-XL-sized model, 16 heads
+         of 128; a GPU set: one CPU step takes minutes)
+
+``--variants`` times, in the same interleaved loop, plain Moonlight Muon against each refinement
+(cautious weight decay, NorMuon, per-head blocks — 64-row heads of the fused QKV, 64-column heads of
+the attention output — and all three) and prints each one's step time as a ratio to plain Muon's,
+side by side, with per-head's Newton–Schulz FLOPs against whole-matrix's.
 
 Also printed: the bf16 matmul peak measured on this machine, the Newton–Schulz GFLOP/s achieved
 (FLOPs actually executed, from ``ns_flops``), and the optimizer-state bytes per algorithm.
@@ -18,6 +25,7 @@ torch.optim.Muon's per-matrix ones mostly do not).
 
     python benchmarks/optim_step.py                 # both sets, CPU
     python benchmarks/optim_step.py --device cuda   # on a GPU
+    python benchmarks/optim_step.py --sets gpt2 --variants   # the refinements' overheads, side by side
 """
 
 from __future__ import annotations
@@ -37,6 +45,19 @@ from muonlab.optim.newton_schulz import choose_method, get_coefficient_set
 SETS = {
     "gpt2": [(2304, 768), (768, 768), (3072, 768), (768, 3072)] * 12,
     "d256": [(256, 256)] * 16 + [(704, 256), (704, 256), (256, 704)] * 4,
+    "1.3b": [(6144, 2048), (2048, 2048), (8192, 2048), (2048, 8192)] * 24,
+}
+HEADS = {  # per-head blocks of each set's attention matrices: fused QKV rows, output-projection columns
+    "gpt2": {(2304, 768): {"blocks": 36}, (768, 768): {"col_blocks": 12}},
+    "d256": {(256, 256): {"blocks": 4}},
+    "1.3b": {(6144, 2048): {"blocks": 48}, (2048, 2048): {"col_blocks": 16}},
+}
+VARIANTS = {
+    "moonlight": ({}, False),
+    "+cautious": ({"cautious_wd": True}, False),
+    "+normuon": ({"normuon": True}, False),
+    "+per_head": ({}, True),
+    "all three": ({"cautious_wd": True, "normuon": True}, True),
 }
 
 
@@ -118,11 +139,64 @@ def bench_set(name: str, device: torch.device, repeats: int, peak: float) -> flo
     return t_ours / t_torch
 
 
+def _groups(name: str, params, per_head: bool) -> list[dict]:
+    """One Muon group per matrix shape, with that shape's per-head blocks when asked."""
+    groups: dict[tuple, dict] = {}
+    for p in params:
+        shape = tuple(p.shape)
+        blocks = HEADS[name].get(shape, {}) if per_head else {}
+        groups.setdefault(shape, {"params": [], "algorithm": "muon", **blocks})["params"].append(p)
+    return list(groups.values())
+
+
+def _block_ns_flops(name: str, per_head: bool, steps: int = 5) -> int:
+    from muonlab.optim.blocks import parse_blocks
+
+    cset, total = get_coefficient_set("jordan"), 0
+    for shape in SETS[name]:
+        spec = HEADS[name].get(shape, {}) if per_head else {}
+        for _, _, r, c in parse_blocks(*shape, spec.get("blocks", 1), spec.get("col_blocks", 1)).grid():
+            m, n = sorted((r[1] - r[0], c[1] - c[0]))
+            total += ns_flops(m, n, steps, choose_method("auto", m, n, steps, torch.bfloat16, cset), cset)
+    return total
+
+
+def bench_variants(name: str, device: torch.device, repeats: int) -> dict[str, float]:
+    """Step time of each refinement against plain Moonlight Muon, interleaved; returns the ratios."""
+    opts = {}
+    for label, (options, per_head) in VARIANTS.items():
+        params = make_params(SETS[name], device)
+        opts[label] = Muon(_groups(name, params, per_head), lr=1e-3, weight_decay=0.1, **options)
+    times: dict[str, list[float]] = {label: [] for label in opts}
+    for i in range(repeats + 1):
+        for label, opt in opts.items():
+            sync(device)
+            t = time.perf_counter()
+            opt.step()
+            sync(device)
+            if i > 0:
+                times[label].append(time.perf_counter() - t)
+    base = statistics.median(times["moonlight"])
+    print(f"\n[{name}] variants, {repeats} interleaved steps, median step time and ratio to plain Moonlight Muon "
+          "(per-step pairs: median, range):")
+    ratios = {}
+    for label, ts in times.items():
+        pairs = sorted(t / b for t, b in zip(ts, times["moonlight"]))
+        ratios[label] = statistics.median(ts) / base
+        print(f"  {label:10s} {statistics.median(ts) * 1e3:9.1f} ms   x{ratios[label]:.3f}   "
+              f"pairs {statistics.median(pairs):.3f} ({pairs[0]:.3f}-{pairs[-1]:.3f})")
+    whole, heads = _block_ns_flops(name, False), _block_ns_flops(name, True)
+    print(f"  Newton-Schulz FLOPs: whole matrices {whole / 1e9:.1f} GFLOP, per-head {heads / 1e9:.1f} GFLOP "
+          f"(x{heads / whole:.3f}); measured step-time ratio per-head / whole x{ratios['+per_head']:.3f}")
+    return ratios
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--sets", nargs="+", default=list(SETS), choices=list(SETS))
+    parser.add_argument("--sets", nargs="+", default=["gpt2", "d256"], choices=list(SETS))
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--variants", action="store_true", help="also time the refinements against plain Muon")
     args = parser.parse_args()
     ensure_fast_allocator([os.path.abspath(__file__), *sys.argv[1:]])
     device = torch.device(args.device)
@@ -131,6 +205,8 @@ def main() -> None:
           f"allocator {os.environ.get('MUONLAB_ALLOCATOR', 'default')}, measured bf16 matmul peak {peak:.0f} GFLOP/s")
     for name in args.sets:
         bench_set(name, device, args.repeats, peak)
+        if args.variants:
+            bench_variants(name, device, args.repeats)
 
 
 if __name__ == "__main__":

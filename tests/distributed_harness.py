@@ -63,6 +63,7 @@ class InOut(nn.Module):
 class Block(nn.Module):
     def __init__(self) -> None:
         super().__init__()
+        self.n_heads = HEADS  # per-head Muon reads the heads of wq, wk, wv (rows) and wo (columns) here
         self.attn_norm, self.mlp_norm, self.mix_norm = nn.RMSNorm(D), nn.RMSNorm(D), nn.RMSNorm(D)
         self.wq, self.wk, self.wv, self.wo = (nn.Linear(D, D, bias=False) for _ in range(4))
         self.w_up = InOut(D, FFN)
@@ -152,7 +153,8 @@ def full_state(optimizer) -> dict[str, torch.Tensor]:
 
 def train_case(rank: int, world: int, mode: str, steps: int, per_rank: int, ns_dtype=torch.float32,
                start: int = 0, save_dir: str | None = None, save_at: int | None = None,
-               load_dir: str | None = None, wrong: bool = False, muon_only: bool = False) -> dict:
+               load_dir: str | None = None, wrong: bool = False, muon_only: bool = False,
+               options: dict | None = None, orthogonalize: str = "matrix") -> dict:
     """Train ``HarnessModel`` for ``steps`` steps (global batch ``world · per_rank``) under ``mode``.
 
     Returns the initial and final parameters, this rank's optimizer state and the loss per step
@@ -170,8 +172,9 @@ def train_case(rank: int, world: int, mode: str, steps: int, per_rank: int, ns_d
         _use_local_shard_newton_schulz()
     model = HarnessModel(seed=0)
     forward = parallelize(model, mode)
-    groups = [g for g in param_groups(model, split_fused=True) if g["algorithm"] == "muon" or not muon_only]
-    optimizer = Muon(groups, lr=0.02, weight_decay=0.1, ns_dtype=ns_dtype, max_grad_norm=1.0)
+    groups = [g for g in param_groups(model, split_fused=True, orthogonalize=orthogonalize)
+              if g["algorithm"] == "muon" or not muon_only]
+    optimizer = Muon(groups, lr=0.02, weight_decay=0.1, ns_dtype=ns_dtype, max_grad_norm=1.0, **(options or {}))
     if load_dir is not None:
         start = load_sharded_checkpoint(load_dir, model, optimizer, restore_rng=False)["step"]
     initial = full_params(model)

@@ -50,14 +50,15 @@ def misfit_error(rank: int, world: int, kind: str = "dense", sizes: dict | None 
 
 def mesh_case(rank: int, world: int, sizes: dict, steps: int, tp_mode: str = "exact", nonfinite: str = "raise",
               nan_at: int | None = None, measure_at: int = 1, n_kv_heads: int = 4, save_dir: str | None = None,
-              save_at: int | None = None, load_dir: str | None = None, kind: str = "dense", wrong: bool = False
-              ) -> dict:
+              save_at: int | None = None, load_dir: str | None = None, kind: str = "dense", wrong: bool = False,
+              options: dict | None = None, orthogonalize: str = "matrix") -> dict:
     """Train ``mesh_model(n_kv_heads, kind)`` for ``steps`` steps on the mesh ``sizes`` (e.g. ``{"dp_shard": 2,
     "tp": 2}``; empty on one process) with fp32 Newton–Schulz; after each step the MoE balance bias moves
     by the load summed over the data-parallel ranks. ``nan_at``: at that step the last rank's local
     gradient of ``POISONED`` gets a NaN. ``save_dir``/``save_at``: write a DCP checkpoint after step
     ``save_at``; ``load_dir``: start from one. ``wrong``: Newton–Schulz on each rank's own block of
     every sharded matrix (deliberately wrong; patches the engine for the rest of the process).
+    ``options``: more ``Muon`` keywords (e.g. ``normuon=True``); ``orthogonalize``: ``param_groups``'.
     Returns initial and final parameters (and balance biases), this rank's optimizer state, the
     losses, the telemetry of step ``measure_at`` (the optimizer's, and the model's routing
     statistics over all steps) and the skipped-step count."""
@@ -81,8 +82,9 @@ def mesh_case(rank: int, world: int, sizes: dict, steps: int, tp_mode: str = "ex
         mesh = init_mesh("cpu", **sizes)
         parallelize(model, mesh)
         dp_rank, dp, dp_group = data_parallel_rank(mesh), data_parallel_size(mesh), data_parallel_group(mesh)
-    optimizer = Muon(param_groups(model), lr=0.02, weight_decay=0.1, ns_dtype=torch.float32, max_grad_norm=1.0,
-                     tp_mode=tp_mode, nonfinite=nonfinite)
+    optimizer = Muon(param_groups(model, orthogonalize=orthogonalize), lr=0.02, weight_decay=0.1,
+                     ns_dtype=torch.float32, max_grad_norm=1.0, tp_mode=tp_mode, nonfinite=nonfinite,
+                     **(options or {}))
     start = load_sharded_checkpoint(load_dir, model, optimizer, restore_rng=False)["step"] if load_dir else 0
     initial = {**full_params(model), **_balance_biases(model)}
     per_rank = GLOBAL_BATCH // dp

@@ -146,9 +146,11 @@ def test_mesh_units_take_a_replica_once_and_return_it_to_every_holder():
 
 
 def test_blockwise_regions_orthogonalize_each_tensor_parallel_block_as_its_own_matrix():
+    from muonlab.optim.blocks import Blocks
     from muonlab.optim.engines import BucketKey
 
-    key = BucketKey(9, 6, 5, "jordan", torch.float32, "standard", 1e-7, torch.float32, torch.float32)
+    key = BucketKey(9, 6, 5, "jordan", torch.float32, "standard", 1e-7, torch.float32, torch.float32, False,
+                    Blocks.whole(9, 6))
     m = MatrixParam(0, key, 1, 9, 6, 1.0)
     pieces = _mesh_pieces(9, 6, 2, 2, 1)  # row-wise TP: column blocks of 3, FSDP rows 5 + 4
     tp_blocks = [Block((0, 9), (0, 3)), Block((0, 9), (3, 6))] * 2

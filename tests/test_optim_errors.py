@@ -28,9 +28,16 @@ def muon_params():
         (dict(ns_dtype="int8"), r"unknown ns_dtype 'int8'.*bfloat16"),
         (dict(nonfinite="ignore"), r"unknown nonfinite policy 'ignore'.*skip"),
         (dict(ns_steps=0), r"ns_steps must be a positive integer, got 0"),
-        (dict(momentum=1.0), r"momentum must lie in \[0, 1\), got 1.0"),
-        (dict(lr=-1.0), r"lr must be >= 0, got -1.0"),
-        (dict(weight_decay=-0.1), r"weight_decay must be >= 0, got -0.1"),
+        (dict(momentum=1.0), r"momentum must be a finite number in \[0, 1\), got 1.0"),
+        (dict(lr=-1.0), r"lr must be a finite number in \[0, inf\), got -1.0"),
+        (dict(lr=float("inf")), r"lr must be a finite number in \[0, inf\), got inf"),
+        (dict(lr=float("nan")), r"lr must be a finite number in \[0, inf\), got nan"),
+        (dict(lr=torch.tensor(0.01)), r"lr must be a finite number .*a tensor learning rate is not supported"),
+        (dict(weight_decay=-0.1), r"weight_decay must be a finite number in \[0, inf\), got -0.1"),
+        (dict(weight_decay=float("inf")), r"weight_decay must be a finite number in \[0, inf\), got inf"),
+        (dict(momentum=float("nan")), r"momentum must be a finite number in \[0, 1\), got nan"),
+        (dict(nesterov="yes"), r"nesterov must be True or False, got 'yes'"),
+        (dict(eps=0.0), r"eps must be a finite number in \(0, inf\), got 0.0"),
     ],
 )
 def test_bad_muon_options_are_named(kwargs, pattern):
@@ -44,7 +51,7 @@ def test_bad_option_in_one_group_is_named_with_the_group():
 
 
 def test_bad_adamw_betas_are_named():
-    with pytest.raises(ValueError, match=r"betas must lie in \[0, 1\)"):
+    with pytest.raises(ValueError, match=r"AdamW beta2 must be a finite number in \[0, 1\), got 1.0"):
         Muon([nn.Parameter(torch.zeros(3))], algorithm="adamw", adamw_betas=(0.9, 1.0))
 
 
@@ -196,3 +203,39 @@ def test_complex_gradient_is_refused_and_changes_nothing():
         opt.step()
     assert_unchanged(params, opt, snap)
     assert torch.equal(c.detach(), torch.zeros(5, dtype=torch.complex64))
+
+
+def test_a_refused_group_leaves_the_optimizer_as_it_was():
+    optimizer = Muon(muon_params(), algorithm="muon")
+    groups = len(optimizer.param_groups)
+    with pytest.raises(ValueError, match="parameter group 1: lr must be a finite number"):
+        optimizer.add_param_group({"params": muon_params(), "lr": float("inf")})
+    assert len(optimizer.param_groups) == groups
+
+
+def test_an_empty_matrix_is_skipped():
+    empty, full = nn.Parameter(torch.zeros(0, 4)), nn.Parameter(torch.ones(4, 4))
+    optimizer = Muon([empty, full], algorithm="muon", lr=0.1)
+    empty.grad, full.grad = torch.zeros(0, 4), torch.randn(4, 4)
+    optimizer.step()
+    assert not torch.equal(full.detach(), torch.ones(4, 4)) and empty.shape == (0, 4)
+
+
+def test_another_optimizers_state_dict_is_refused_and_changes_nothing():
+    params = muon_params()
+    optimizer = Muon(params, algorithm="muon", lr=0.1)
+    for p in params:
+        p.grad = torch.randn_like(p)
+    optimizer.step()
+    before = {k: v.clone() for k, v in optimizer.state[params[0]].items()}
+    adamw = torch.optim.AdamW(params, lr=0.1)
+    adamw.step()
+    with pytest.raises(ValueError, match="parameter group 0 holds .* of algorithm None in the state dict"):
+        optimizer.load_state_dict(adamw.state_dict())
+    saved = optimizer.state_dict()
+    saved["state"][0]["exp_avg"] = torch.zeros(1)
+    with pytest.raises(ValueError, match=r"has state \['exp_avg'\] in the state dict.*another optimizer"):
+        optimizer.load_state_dict(saved)
+    assert optimizer.param_groups[0]["lr"] == 0.1
+    assert all(torch.equal(v, optimizer.state[params[0]][k]) for k, v in before.items())
+    optimizer.step()  # still works

@@ -16,7 +16,9 @@ Weight decay: ``args.weight_decay`` applies to every parameter, norm gains and b
 as in Moonlight (App. D found decaying the gains crucial) and :func:`param_groups`; the Trainer's
 own AdamW exempts biases and norms, which ``role_overrides={"bias": {"weight_decay": 0.0},
 "norm": {"weight_decay": 0.0}}`` reproduces. Keyword arguments reach :class:`Muon` (e.g.
-``momentum``, ``scale``, ``ns_dtype``).
+``momentum``, ``scale``, ``ns_dtype``, and the refinements ``normuon=True``, ``cautious_wd=True``);
+``orthogonalize="per_head"`` orthogonalizes each attention head's block on its own (read from the
+model's attention modules and config, :mod:`muonlab.optim.heads`).
 """
 
 from __future__ import annotations
@@ -31,17 +33,18 @@ __all__ = ["muon_trainer_optimizers"]
 
 
 def muon_trainer_optimizers(model: nn.Module, args: Any, *, role_overrides: dict[str, dict[str, Any]] | None = None,
-                            split_fused: bool = False, **muon_kwargs: Any) -> tuple[Muon, None]:
+                            split_fused: bool = False, orthogonalize: str = "matrix",
+                            **muon_kwargs: Any) -> tuple[Muon, None]:
     """The ``optimizers=`` pair for ``transformers.Trainer``: ``(Muon for model, None)``; see the module docstring.
 
     Args:
         model: the model the Trainer trains (any ``nn.Module``; Hugging Face layers route by themselves).
         args: the Trainer's ``TrainingArguments``.
-        role_overrides, split_fused: as :func:`muonlab.optim.param_groups`.
+        role_overrides, split_fused, orthogonalize: as :func:`muonlab.optim.param_groups`.
         muon_kwargs: further :class:`~muonlab.optim.Muon` options; they override the values taken from ``args``.
     """
     options = dict(lr=args.learning_rate, weight_decay=args.weight_decay,
                    adamw_betas=(args.adam_beta1, args.adam_beta2), adamw_eps=args.adam_epsilon)
     options.update(muon_kwargs)
-    groups = param_groups(model, role_overrides=role_overrides, split_fused=split_fused)
+    groups = param_groups(model, role_overrides=role_overrides, split_fused=split_fused, orthogonalize=orthogonalize)
     return Muon(groups, **options), None

@@ -34,27 +34,13 @@ import torch
 
 from .engines import build_engine
 from .gradients import NONFINITE_POLICIES, NonFiniteGradientError, NonFinitePolicy
-from .newton_schulz import NS_METHODS, get_coefficient_set
 from .qk_clip import QKClip
-from .scaling import DEFAULT_UPDATE_RMS, SCALE_RULES, check_update_rms, logical_matrix_shape
+from .scaling import DEFAULT_UPDATE_RMS
 from .state import momentum_dtype
 from .telemetry import UpdateTelemetry
+from .validation import ALGORITHMS, as_dtype, check_group, check_loadable, check_number
 
 __all__ = ["ALGORITHMS", "NONFINITE_POLICIES", "Muon", "NonFiniteGradientError"]
-
-ALGORITHMS = ("muon", "adamw")
-TP_MODES = ("exact", "blockwise")
-_NS_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32, "float64": torch.float64}
-
-
-def _as_dtype(value) -> torch.dtype:
-    if isinstance(value, torch.dtype):
-        return value
-    try:
-        return _NS_DTYPES[str(value).removeprefix("torch.")]
-    except KeyError:
-        raise ValueError(f"unknown ns_dtype {value!r}; valid: {sorted(_NS_DTYPES)}") from None
-
 
 class Muon(torch.optim.Optimizer):
     """Muon with decoupled weight decay and AdamW-matched update RMS (Moonlight), plus AdamW.
@@ -99,6 +85,20 @@ class Muon(torch.optim.Optimizer):
             e.g. a column-wise q projection gets an orthogonal update per group of heads; the
             scale ``s`` still uses the whole matrix's shape). Matters only for DTensors sharded
             on a mesh dim named ``tp``.
+        normuon: NorMuon (Li et al., arXiv 2510.05491): after Newton–Schulz, each row of each
+            orthogonalized block is divided by the root of its running second moment ``v``
+            (``normuon_beta2``, ``normuon_eps``), and the block rescaled to an orthogonal matrix's
+            Frobenius norm, so the scale rule keeps the update RMS (``update_rule.normuon_``). State:
+            ``normuon_v``, one fp32 value per row per matrix. The momentum stays muonlab's
+            (``μM + G``, Nesterov by default): Newton–Schulz removes the paper's ``1 − β₁``.
+        cautious_wd: cautious weight decay (Chen et al., arXiv 2510.12402): decay only the
+            coordinates where the update and the weight have the same sign,
+            ``W ← W − lr·(U + λ·𝟙(U⊙W ≥ 0)⊙W)``; for Muon and AdamW groups alike.
+
+    A Muon group may also say how its matrices are cut into blocks that are orthogonalized, normalized
+    and scaled each on its own (per-head Muon; :mod:`muonlab.optim.blocks`): ``"blocks"`` (row blocks of
+    the logical ``[out, in]`` matrix: ``n`` equal ones, or a list of sizes) and ``"col_blocks"``;
+    ``param_groups(model, orthogonalize="per_head")`` sets them from the model's heads.
 
     Distributed training needs no other code: the parameters say how they are parallelized
     (FSDP2 DTensors, or replicated parameters marked by ``muonlab.parallel.parallelize``) and
@@ -128,10 +128,13 @@ class Muon(torch.optim.Optimizer):
         max_grad_norm: float = 0.0,
         qk_clip: QKClip | None = None,
         tp_mode: str = "exact",
+        normuon: bool = False,
+        normuon_beta2: float = 0.95,
+        normuon_eps: float = 1e-8,
+        cautious_wd: bool = False,
     ) -> None:
         policy = NonFinitePolicy(nonfinite)
-        if not max_grad_norm >= 0.0:
-            raise ValueError(f"max_grad_norm must be >= 0 (0 disables clipping), got {max_grad_norm}")
+        check_number("Muon", "max_grad_norm (0 disables clipping)", max_grad_norm, 0.0)
         defaults = dict(
             lr=lr,
             weight_decay=weight_decay,
@@ -139,7 +142,7 @@ class Muon(torch.optim.Optimizer):
             nesterov=nesterov,
             ns_steps=ns_steps,
             ns_coefficients=ns_coefficients,
-            ns_dtype=_as_dtype(ns_dtype),
+            ns_dtype=as_dtype(ns_dtype),
             ns_method=ns_method,
             scale=scale,
             update_rms=update_rms,
@@ -148,6 +151,10 @@ class Muon(torch.optim.Optimizer):
             ns_eps=eps,
             algorithm=algorithm,
             tp_mode=tp_mode,
+            normuon=normuon,
+            normuon_beta2=normuon_beta2,
+            normuon_eps=normuon_eps,
+            cautious_wd=cautious_wd,
         )
         self._policy = policy
         self.max_grad_norm = float(max_grad_norm)
@@ -188,71 +195,15 @@ class Muon(torch.optim.Optimizer):
         super().add_param_group(param_group)
         group = self.param_groups[-1]
         index = len(self.param_groups) - 1
-        algorithm = group["algorithm"]
-        if algorithm not in ALGORITHMS:
-            hint = "" if algorithm is not None else " (pass algorithm=... or use muonlab.optim.param_groups(model))"
-            raise ValueError(
-                f"parameter group {index} has algorithm {algorithm!r}; valid: {list(ALGORITHMS)}{hint}"
-            )
-        names = group.get("names")
-        if names is not None and len(names) != len(group["params"]):
-            raise ValueError(f"parameter group {index} has {len(names)} names for {len(group['params'])} params")
-        if not 0.0 <= group["lr"]:
-            raise ValueError(f"parameter group {index}: lr must be >= 0, got {group['lr']}")
-        if not 0.0 <= group["weight_decay"]:
-            raise ValueError(f"parameter group {index}: weight_decay must be >= 0, got {group['weight_decay']}")
-        if algorithm == "adamw":
-            b1, b2 = group["betas"]
-            if not (0.0 <= b1 < 1.0 and 0.0 <= b2 < 1.0):
-                raise ValueError(f"parameter group {index}: AdamW betas must lie in [0, 1), got {group['betas']}")
-            return
-        group["ns_dtype"] = _as_dtype(group["ns_dtype"])
-        if group["scale"] not in SCALE_RULES:
-            raise ValueError(f"parameter group {index}: unknown scale rule {group['scale']!r}; "
-                             f"valid: {sorted(SCALE_RULES)}")
         try:
-            check_update_rms(group["scale"], group["update_rms"])
-        except ValueError as err:
-            raise ValueError(f"parameter group {index}: {err}") from None
-        if group["ns_method"] not in NS_METHODS:
-            raise ValueError(f"parameter group {index}: unknown ns_method {group['ns_method']!r}; "
-                             f"valid: {list(NS_METHODS)}")
-        cset = get_coefficient_set(group["ns_coefficients"])
-        if group["ns_method"] != "svd" and group["ns_dtype"] not in cset.safe_dtypes:
-            raise ValueError(
-                f"parameter group {index}: coefficient set {cset.name!r} is not numerically safe in "
-                f"{group['ns_dtype']}; use one of {[str(d) for d in cset.safe_dtypes]}"
-            )
-        cset.schedule(group["ns_steps"])
-        if group["tp_mode"] not in TP_MODES:
-            raise ValueError(f"parameter group {index}: unknown tp_mode {group['tp_mode']!r}; valid: {list(TP_MODES)}")
-        if not 0.0 <= group["momentum"] < 1.0:
-            raise ValueError(f"parameter group {index}: momentum must lie in [0, 1), got {group['momentum']}")
-        if not isinstance(group.get("transposed", False), bool):
-            raise ValueError(f"parameter group {index}: transposed must be True or False, got {group['transposed']!r}")
-        for i, p in enumerate(group["params"]):
-            if p.ndim < 2:
-                raise ValueError(
-                    f"parameter {self._name(group, i)} of shape {tuple(p.shape)} is in a Muon group, but "
-                    "Muon updates matrices only (2-D, 3-D expert stacks, or conv weights); route "
-                    "1-D parameters (norms, biases) to an 'adamw' group"
-                )
-            if p.is_complex():
-                raise ValueError(f"parameter {self._name(group, i)} is complex; Muon supports real parameters only")
-            try:
-                logical_matrix_shape(tuple(p.shape), group.get("role") != "hidden", group.get("transposed", False),
-                                     group.get("blocks", 1))
-            except ValueError as err:
-                raise ValueError(f"parameter group {index}, parameter {self._name(group, i)}: {err}") from None
-
-    @staticmethod
-    def _name(group: dict[str, Any], i: int) -> str:
-        names = group.get("names")
-        return repr(names[i]) if names else f"#{i} of shape {tuple(group['params'][i].shape)}"
+            check_group(group, index)
+        except ValueError:
+            self.param_groups.pop()  # a refused group leaves the optimizer as it was
+            raise
 
     def _current_engine(self):
         """The engine for the current parameter groups (rebuilt on one process after add_param_group)."""
-        if len(self._engine.slots) != sum(len(g["params"]) for g in self.param_groups):
+        if len(self._engine.slots) != sum(p.numel() > 0 for g in self.param_groups for p in g["params"]):
             self._engine = build_engine(self, self._policy)
         return self._engine
 
@@ -265,7 +216,10 @@ class Muon(torch.optim.Optimizer):
         ``s·Õ`` resp. ``m̂/(sqrt(v̂)+ε)`` over parameters), ``update_rms/<name>`` per named
         parameter, ``ns_orthogonality_residual`` (``‖ÕÕᵀ − I‖_F / sqrt(m)`` on the unscaled
         Newton–Schulz output of one matrix per shape), and ``update_spectral_norm/max`` (largest
-        spectral norm of ``s·Õ`` on those samples). Measurement costs a few reductions and one
+        spectral norm of ``s·Õ`` on those samples). With the refinements: ``update_rms_block/min`` and
+        ``/max`` (each block's update RMS), ``normuon/row_norm_cv/before`` and ``/after`` (spread of the
+        row norms around NorMuon) and ``cautious/decayed_fraction/muon`` and ``/adamw``
+        (:mod:`muonlab.optim.telemetry`). Measurement costs a few reductions and one
         small SVD per shape, so it is off unless requested.
         """
         self._measure = True
@@ -308,18 +262,21 @@ class Muon(torch.optim.Optimizer):
             raise ValueError("a ZeRO-1 Muon's state is partitioned across ranks; load it with "
                              "muonlab.rundir.checkpoint's load_checkpoint (sharded, through load_checkpoint_state)")
         state_dict = dict(state_dict)
+        check_loadable(state_dict, self.param_groups)  # before anything changes
         self._policy.skipped_steps = int(state_dict.pop("skipped_steps", 0))
-        # torch casts floating state to each parameter's dtype; momentum must stay fp32 (or
-        # wider) for low-precision parameters, so keep the saved buffers and restore them after.
+        # torch casts floating state to each parameter's dtype; momentum and NorMuon's row state must
+        # stay fp32 (or wider) for low-precision parameters, so keep the saved buffers and restore them after.
         saved_ids = [i for g in state_dict["param_groups"] for i in g["params"]]
-        momenta = {i: s["momentum_buffer"] for i, s in state_dict["state"].items() if "momentum_buffer" in s}
+        kept = {i: {f: s[f] for f in ("momentum_buffer", "normuon_v") if f in s}
+                for i, s in state_dict["state"].items()}
         super().load_state_dict(state_dict)
         params = [p for g in self.param_groups for p in g["params"]]
         for saved_id, p in zip(saved_ids, params):
-            if saved_id in momenta:
-                self.state[p]["momentum_buffer"] = momenta[saved_id].to(device=p.device, dtype=momentum_dtype(p.dtype))
+            for field, value in kept.get(saved_id, {}).items():
+                dtype = momentum_dtype(p.dtype) if field == "momentum_buffer" else torch.float32
+                self.state[p][field] = value.to(device=p.device, dtype=dtype)
         for group in self.param_groups:
-            group["ns_dtype"] = _as_dtype(group["ns_dtype"])
+            group["ns_dtype"] = as_dtype(group["ns_dtype"])
             group.setdefault("update_rms", self.defaults["update_rms"])  # a state dict from before update_rms
 
     # ------------------------------------------------------------------ sharded checkpoints
@@ -329,7 +286,8 @@ class Muon(torch.optim.Optimizer):
 
         Tensors have the parameter's logical shape: plain (one process, DDP; identical on every
         rank), DTensors (FSDP2), or, under ZeRO-1, whole tensors assembled on one rank per
-        parameter (a collective). Fields: ``momentum_buffer`` (Muon); ``exp_avg``, ``exp_avg_sq``,
+        parameter (a collective). Fields: ``momentum_buffer`` and, with NorMuon, ``normuon_v`` (Muon;
+        a plain tensor ``[matrices, column blocks · out]``, equal on every rank); ``exp_avg``, ``exp_avg_sq``,
         ``step`` (AdamW). Group hyperparameters are in :meth:`checkpoint_metadata`.
         """
         return self._current_engine().checkpoint_state()
@@ -373,7 +331,7 @@ class Muon(torch.optim.Optimizer):
             for key, value in entry.items():
                 if key in ("size", "names") or (key == "ns_coefficients" and not isinstance(group[key], str)):
                     continue
-                group[key] = _as_dtype(value) if key == "ns_dtype" else tuple(value) if key == "betas" else value
+                group[key] = as_dtype(value) if key == "ns_dtype" else tuple(value) if key == "betas" else value
         self._policy.skipped_steps = int(metadata.get("skipped_steps", 0))
 
     def state_bytes(self) -> int:

@@ -48,9 +48,11 @@ from typing import Any
 import torch
 from torch import nn
 
+from .blocks import parse_blocks
+from .heads import head_blocks
 from .scaling import SCALE_RULES, logical_matrix_shape, update_scale
 
-__all__ = ["ROLE_ALGORITHM", "RoutedParam", "param_groups", "route_parameters", "routing_table"]
+__all__ = ["ORTHOGONALIZE", "ROLE_ALGORITHM", "RoutedParam", "param_groups", "route_parameters", "routing_table"]
 
 ROLE_ALGORITHM = {
     "hidden": "muon",
@@ -64,7 +66,8 @@ ROLE_ALGORITHM = {
 }
 DEFAULT_HEAD_NAMES = ("lm_head", "output", "head", "embed_out", "classifier")
 _NORM_TYPES = (nn.LayerNorm, nn.GroupNorm, nn.RMSNorm, nn.modules.batchnorm._NormBase)
-_LAYOUT_KEYS = ("transposed", "fused")
+_LAYOUT_KEYS = ("transposed", "fused", "heads", "col_heads")
+ORTHOGONALIZE = ("matrix", "per_head")
 
 
 @dataclass
@@ -73,7 +76,8 @@ class RoutedParam:
 
     Layout (Muon roles only): ``transposed`` — stored ``[in, out]``; ``fused`` — the output rows
     hold this many equal projections, concatenated, or ``interleaved`` row by row (which
-    ``split_fused`` cannot split).
+    ``split_fused`` cannot split); ``heads``, ``col_heads`` — its per-head row and column blocks
+    (:mod:`muonlab.optim.heads`; used with ``orthogonalize="per_head"``).
     """
 
     name: str
@@ -83,6 +87,8 @@ class RoutedParam:
     transposed: bool = False
     fused: int = 1
     interleaved: bool = False
+    heads: Any = 1
+    col_heads: Any = 1
 
     @property
     def algorithm(self) -> str:
@@ -210,11 +216,14 @@ def route_parameters(model: nn.Module, head_names: Iterable[str] = DEFAULT_HEAD_
                 raise _unroutable(full_name, param, module, param_name)
             seen = routed.get(id(param))
             if seen is None:
-                layout = (False, 1, False)
+                layout, heads = (False, 1, False), (1, 1)
                 if ROLE_ALGORITHM[role] == "muon":
                     parent = modules.get(module_name.rpartition(".")[0]) if module_name else None
                     layout = _layout_of(module, parent, module_name, param_name, param)
-                routed[id(param)] = RoutedParam(full_name, param, role, (), *layout)
+                    if role == "hidden":
+                        heads = head_blocks(module, parent, module_name, param_name,
+                                            _declared(module, "muon_layouts", param_name))
+                routed[id(param)] = RoutedParam(full_name, param, role, (), *layout, *heads)
                 order.append(id(param))
             elif full_name != seen.name and full_name not in seen.aliases:
                 if ROLE_ALGORITHM[role] != seen.algorithm:
@@ -227,20 +236,29 @@ def route_parameters(model: nn.Module, head_names: Iterable[str] = DEFAULT_HEAD_
     return [routed[i] for i in order]
 
 
-def _blocks(rp: RoutedParam, split_fused: bool) -> int:
-    """How many matrices each stored matrix of ``rp`` is orthogonalized as (checked against its shape)."""
+def _blocks(rp: RoutedParam, split_fused: bool, orthogonalize: str = "matrix") -> tuple[Any, Any]:
+    """``(row blocks, column blocks)`` each stored matrix of ``rp`` is orthogonalized as (checked
+    against its shape): per head with ``orthogonalize="per_head"`` where it has heads, else its
+    fused projections with ``split_fused``, else whole. Lists become tuples (a group key)."""
     if rp.algorithm != "muon":
-        return 1
-    blocks = rp.fused if split_fused else 1
-    if blocks > 1 and rp.interleaved:
-        raise ValueError(f"split_fused cannot split {rp.name!r}: its {rp.fused} fused projections are interleaved "
-                         "row by row (is_concatenated=False); use split_fused=False for this model")
+        return 1, 1
+    rows, cols = (rp.heads, rp.col_heads) if orthogonalize == "per_head" else (1, 1)
+    if (rows, cols) == (1, 1):
+        rows = rp.fused if split_fused else 1
+        if rows != 1 and rp.interleaved:
+            raise ValueError(f"split_fused cannot split {rp.name!r}: its {rp.fused} fused projections are "
+                             "interleaved row by row (is_concatenated=False); use split_fused=False for this model")
     try:
-        logical_matrix_shape(tuple(rp.param.shape), rp.stacked, rp.transposed, blocks)
+        parse_blocks(*logical_matrix_shape(tuple(rp.param.shape), rp.stacked, rp.transposed), rows, cols)
     except ValueError as err:
         raise ValueError(f"parameter {rp.name!r} of shape {tuple(rp.param.shape)} cannot be laid out as declared: "
                          f"{err}") from None
-    return blocks
+    return tuple(rows) if isinstance(rows, list) else rows, tuple(cols) if isinstance(cols, list) else cols
+
+
+def _block_note(rows: Any, cols: Any) -> list[str]:
+    count = lambda spec: spec if isinstance(spec, int) else len(spec)  # noqa: E731
+    return ([f"{count(rows)} blocks"] if rows != 1 else []) + ([f"{count(cols)} column blocks"] if cols != 1 else [])
 
 
 def param_groups(
@@ -249,53 +267,62 @@ def param_groups(
     role_overrides: dict[str, dict[str, Any]] | None = None,
     head_names: Iterable[str] = DEFAULT_HEAD_NAMES,
     split_fused: bool = False,
+    orthogonalize: str = "matrix",
     print_table: bool = False,
 ) -> list[dict[str, Any]]:
     """Parameter groups for :class:`muonlab.optim.Muon`, one per role (and Muon layout) present in ``model``.
 
     Every group carries ``algorithm``, ``role``, ``params`` and ``names``; groups of matrices stored
     ``[in, out]`` carry ``transposed=True`` and, with ``split_fused``, groups of fused projections
-    ``blocks=n`` (see the module docstring). Optimizer defaults (lr, weight decay, …) apply unless
-    ``role_overrides`` sets them per role, e.g. ``{"norm": {"weight_decay": 0.0}}``. By default
-    weight decay applies to every parameter, RMSNorm gains included, as Moonlight does (its App. D
-    found decaying the gains crucial).
+    ``blocks=n`` (see the module docstring). ``orthogonalize="per_head"`` orthogonalizes each
+    attention head's block of the q/k/v (row blocks) and output (column blocks) projections on its
+    own (:mod:`muonlab.optim.heads`; ``"matrix"``, the default, keeps whole matrices as the paper).
+    Optimizer defaults (lr, weight decay, …) apply unless ``role_overrides`` sets them per role,
+    e.g. ``{"norm": {"weight_decay": 0.0}}``. By default weight decay applies to every parameter,
+    RMSNorm gains included, as Moonlight does (its App. D found decaying the gains crucial).
     """
+    if orthogonalize not in ORTHOGONALIZE:
+        raise ValueError(f"orthogonalize={orthogonalize!r} is not one of {list(ORTHOGONALIZE)}")
     role_overrides = dict(role_overrides or {})
     unknown = sorted(set(role_overrides) - set(ROLE_ALGORITHM))
     if unknown:
         raise ValueError(f"role_overrides names unknown roles {unknown}; valid roles: {sorted(ROLE_ALGORITHM)}")
     routed = route_parameters(model, head_names)
     if print_table:
-        print(routing_table(routed, split_fused=split_fused))
-    groups: dict[tuple[str, bool, int], dict[str, Any]] = {}
+        print(routing_table(routed, split_fused=split_fused, orthogonalize=orthogonalize))
+    groups: dict[tuple, dict[str, Any]] = {}
     for rp in routed:
-        blocks = _blocks(rp, split_fused)
-        group = groups.get((rp.role, rp.transposed, blocks))
-        if group is None:
+        rows, cols = _blocks(rp, split_fused, orthogonalize)
+        key = (rp.role, rp.transposed, rows, cols)
+        if key not in groups:
             layout = {"transposed": True} if rp.transposed else {}
-            layout.update({"blocks": blocks} if blocks > 1 else {})
-            group = groups[(rp.role, rp.transposed, blocks)] = {
-                "algorithm": rp.algorithm, "role": rp.role, "params": [], "names": [], **layout,
-                **role_overrides.get(rp.role, {})}
-        group["params"].append(rp.param)
-        group["names"].append(rp.name)
+            layout.update({"blocks": list(rows) if isinstance(rows, tuple) else rows} if rows != 1 else {})
+            layout.update({"col_blocks": list(cols) if isinstance(cols, tuple) else cols} if cols != 1 else {})
+            groups[key] = {"algorithm": rp.algorithm, "role": rp.role, "params": [], "names": [], **layout,
+                           **role_overrides.get(rp.role, {})}
+        groups[key]["params"].append(rp.param)
+        groups[key]["names"].append(rp.name)
     order = list(ROLE_ALGORITHM)
     return [groups[key] for key in sorted(groups, key=lambda key: order.index(key[0]))]
 
 
 def routing_table(model_or_routed: nn.Module | list[RoutedParam], scale: str = "moonlight",
-                  split_fused: bool = False) -> str:
-    """A plain-text table: name, shape, role (with its layout), algorithm, and Muon's update-scale factor."""
+                  split_fused: bool = False, orthogonalize: str = "matrix") -> str:
+    """A plain-text table: name, shape, role (with its layout), algorithm, and Muon's update-scale
+    factor (one per distinct block shape)."""
     routed = model_or_routed if isinstance(model_or_routed, list) else route_parameters(model_or_routed)
     rows = [("parameter", "shape", "role", "algorithm", f"scale ({scale})")]
     for rp in routed:
         name = rp.name + (f" (= {', '.join(rp.aliases)})" if rp.aliases else "")
-        blocks = _blocks(rp, split_fused)
-        notes = (["transposed"] if rp.transposed else []) + ([f"{blocks} blocks"] if blocks > 1 else [])
+        block_rows, block_cols = _blocks(rp, split_fused, orthogonalize)
+        notes = (["transposed"] if rp.transposed else []) + _block_note(block_rows, block_cols)
         role = rp.role + (f" ({', '.join(notes)})" if notes else "")
         factor = "-"
         if rp.algorithm == "muon":
-            factor = f"{update_scale(scale, tuple(rp.param.shape), rp.stacked, rp.transposed, blocks):.3f}"
+            update_scale(scale, tuple(rp.param.shape), rp.stacked, rp.transposed)  # checks the rule's name
+            shape = logical_matrix_shape(tuple(rp.param.shape), rp.stacked, rp.transposed)
+            shapes = parse_blocks(*shape, block_rows, block_cols).shapes()
+            factor = "/".join(f"{SCALE_RULES[scale](*s):.3f}" for s in shapes)
             factor += "·O/RMS(O)" if SCALE_RULES[scale].normalizes else ""
         rows.append((name, "x".join(map(str, rp.param.shape)) or "scalar", role, rp.algorithm, factor))
     widths = [max(len(r[c]) for r in rows) for c in range(len(rows[0]))]

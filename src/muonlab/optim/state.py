@@ -4,6 +4,8 @@
 algorithm  fields                                       dtype
 =========  ===========================================  ==========================================
 muon       ``momentum_buffer``                          fp32, or wider (fp64 parameters keep fp64)
+muon       ``normuon_v`` (NorMuon only; one value per   fp32, whole on every rank
+           row of each block, ``Engine.row_state``)
 adamw      ``exp_avg``, ``exp_avg_sq``, ``step``        the parameter's; ``step`` a 0-d fp32 count
 =========  ===========================================  ==========================================
 

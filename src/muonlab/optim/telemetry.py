@@ -8,7 +8,11 @@ on whole matrices where they exist (on their owner rank).
 Keys of :meth:`UpdateTelemetry.result` (see ``Muon.measure_next_step``): ``update_rms/muon`` and
 ``update_rms/adamw`` (mean over parameters of each parameter's update RMS), ``update_rms/<name>``
 for named parameters, ``ns_orthogonality_residual`` (mean over samples) and
-``update_spectral_norm/max`` (max over samples).
+``update_spectral_norm/max`` (max over samples). With the refinements: ``update_rms_block/min`` and
+``/max`` (over every orthogonalized block measured; per named parameter ``update_rms_block/<name>/min``,
+``/max``), ``normuon/row_norm_cv/before`` and ``/after`` (the coefficient of variation, std/mean, of the
+row norms of the orthogonalized update before and after NorMuon, mean over sampled blocks), and
+``cautious/decayed_fraction/muon`` and ``/adamw`` (the fraction of coordinates decayed).
 """
 
 from __future__ import annotations
@@ -28,6 +32,9 @@ class UpdateTelemetry:
         self.sums: dict[tuple[str, Hashable], list] = {}  # (algorithm, param id) -> [name, sumsq, count]
         self.residuals: list[float] = []
         self.spectral: list[float] = []
+        self.blocks: dict[str | None, list[float]] = {}  # parameter name -> [min, max] block update RMS
+        self.spread: dict[str, list[float]] = {}  # "before" / "after" NorMuon -> row-norm CVs
+        self.decayed: dict[str, list[int]] = {}  # algorithm -> [coordinates decayed, coordinates]
 
     def add(
         self, algorithm: str, param_id: Hashable, name: str | None, update: torch.Tensor, scale: float = 1.0
@@ -36,6 +43,23 @@ class UpdateTelemetry:
         entry = self.sums.setdefault((algorithm, param_id), [name, 0.0, 0])
         entry[1] += scale * scale * float(update.double().pow(2).sum())
         entry[2] += update.numel()
+
+    def add_blocks(self, name: str | None, blocks: torch.Tensor, scale: float = 1.0) -> None:
+        """Record the update RMS of each block of a batch ``[N, r, c]`` (times ``scale``)."""
+        rms = (blocks.double().pow(2).mean(dim=(-2, -1)).sqrt() * scale).tolist()
+        entry = self.blocks.setdefault(name, [math.inf, 0.0])
+        entry[0], entry[1] = min(entry[0], *rms), max(entry[1], *rms)
+
+    def add_row_spread(self, when: str, blocks: torch.Tensor) -> None:
+        """Record the coefficient of variation of the row norms of the first block of ``blocks``."""
+        norms = blocks[0].double().norm(dim=-1)
+        self.spread.setdefault(when, []).append(float(norms.std(correction=0) / norms.mean().clamp_min(1e-30)))
+
+    def add_decayed(self, algorithm: str, mask: torch.Tensor) -> None:
+        """Record a cautious-decay mask: how many of its coordinates were decayed."""
+        entry = self.decayed.setdefault(algorithm, [0, 0])
+        entry[0] += int(mask.sum())
+        entry[1] += mask.numel()
 
     def add_sample(self, matrix: torch.Tensor, scale: float) -> None:
         """Record one unscaled Newton–Schulz output ``[rows, cols]`` and its update scale."""
@@ -50,18 +74,24 @@ class UpdateTelemetry:
             entry[2] += count
         self.residuals += other.residuals
         self.spectral += other.spectral
+        for name, (low, high) in other.blocks.items():
+            entry = self.blocks.setdefault(name, [math.inf, 0.0])
+            entry[0], entry[1] = min(entry[0], low), max(entry[1], high)
+        for when, values in other.spread.items():
+            self.spread.setdefault(when, []).extend(values)
+        for algorithm, (hit, total) in other.decayed.items():
+            entry = self.decayed.setdefault(algorithm, [0, 0])
+            entry[0] += hit
+            entry[1] += total
 
     def gather(self, group) -> None:
         """Merge every rank's records into this one (all ranks end with the same totals)."""
         import torch.distributed as dist
 
-        mine = (self.sums, self.residuals, self.spectral)
         everyone: list = [None] * dist.get_world_size(group)
-        dist.all_gather_object(everyone, mine, group=group)
-        self.sums, self.residuals, self.spectral = {}, [], []
-        for sums, residuals, spectral in everyone:
-            other = UpdateTelemetry()
-            other.sums, other.residuals, other.spectral = sums, residuals, spectral
+        dist.all_gather_object(everyone, self, group=group)
+        self.__init__()
+        for other in everyone:
             self.merge(other)
 
     def result(self) -> dict[str, float]:
@@ -77,6 +107,16 @@ class UpdateTelemetry:
         if self.residuals:
             out["ns_orthogonality_residual"] = sum(self.residuals) / len(self.residuals)
             out["update_spectral_norm/max"] = max(self.spectral)
+        for name, (low, high) in self.blocks.items():
+            if name is not None:
+                out[f"update_rms_block/{name}/min"], out[f"update_rms_block/{name}/max"] = low, high
+        if self.blocks:
+            out["update_rms_block/min"] = min(low for low, _ in self.blocks.values())
+            out["update_rms_block/max"] = max(high for _, high in self.blocks.values())
+        for when, values in self.spread.items():
+            out[f"normuon/row_norm_cv/{when}"] = sum(values) / len(values)
+        for algorithm, (hit, total) in self.decayed.items():
+            out[f"cautious/decayed_fraction/{algorithm}"] = hit / total if total else 0.0
         return out
 
 

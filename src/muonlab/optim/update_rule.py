@@ -12,6 +12,15 @@ Muon (Moonlight, arXiv 2502.16982, Eq. 1, footnote 1 and Eq. 4)::
     W ← W − lr · (s · Õ + λ · W)          decoupled_update_
     (scale="update_norm": Õ ← Õ / RMS(Õ) per logical matrix first, unit_rms_)
 
+Refinements, per parameter group (``Muon``'s ``normuon``, ``cautious_wd``, blocks)::
+
+    NorMuon (arXiv 2510.05491, Algorithm 1), on each orthogonalized block Õ [m, n]:
+        v ← β₂ v + (1 − β₂) mean_cols(Õ ⊙ Õ),  Ô = Õ ⊘ (sqrt(v) + ε),  Õ ← Ô · sqrt(min(m, n)) / ‖Ô‖_F
+                                               normuon_ (then s·Õ = 0.2·sqrt(mn)/‖Ô‖_F · Ô under "moonlight")
+    cautious weight decay (arXiv 2510.12402, Algorithm 1), with U the scaled update:
+        W ← W − lr · (U + λ · 𝟙(U ⊙ W ≥ 0) ⊙ W)   cautious_mask, decoupled_update_(mask=...)
+    per-block scale (muonlab.optim.blocks): each block scaled by its own shape, holder_scale
+
 AdamW (Loshchilov & Hutter, in ``torch.optim.AdamW``'s foreach arithmetic order)::
 
     m ← β₁ m + (1 − β₁) g,  v ← β₂ v + (1 − β₂) g²,  W ← W (1 − lr λ) − lr · m̂ / (sqrt(v̂) + ε)
@@ -19,9 +28,14 @@ AdamW (Loshchilov & Hutter, in ``torch.optim.AdamW``'s foreach arithmetic order)
 
 from __future__ import annotations
 
+import math
+
 import torch
 
-__all__ = ["adamw_", "decoupled_update_", "exchange_dtypes", "momentum_", "newton_schulz_input_", "unit_rms_"]
+from .scaling import SCALE_RULES
+
+__all__ = ["adamw_", "cautious_mask", "decoupled_update_", "exchange_dtypes", "holder_scale", "momentum_",
+           "newton_schulz_input_", "normuon_", "unit_rms_"]
 
 
 def momentum_(buf: torch.Tensor, grad: torch.Tensor, momentum: float) -> None:
@@ -48,36 +62,80 @@ def unit_rms_(matrices: torch.Tensor) -> None:
     matrices.copy_(wide / rms)
 
 
+def normuon_(O: torch.Tensor, v: torch.Tensor, beta2: float, eps: float) -> None:
+    """NorMuon's row normalization of a batch of orthogonalized blocks ``O`` ``[N, m, n]`` in place,
+    with its per-row second moment ``v`` ``[N, m]`` (fp32, updated in place). Li et al., arXiv
+    2510.05491, Algorithm 1::
+
+        v ← β₂ v + (1 − β₂) · mean_cols(O ⊙ O)
+        Ô = O ⊘ (sqrt(v) + ε)
+        O ← Ô · sqrt(min(m, n)) / ‖Ô‖_F
+
+    The last line gives ``Ô`` the Frobenius norm of an exact semi-orthogonal ``[m, n]`` matrix, so
+    that the scale rule then acts as on any orthogonalized update: under ``"moonlight"``,
+    ``s·O = 0.2·sqrt(m·n)/‖Ô‖_F · Ô``, the paper's ``η̂ / η`` exactly (update RMS 0.2). The
+    arithmetic is in at least fp32; ``O`` receives the result in its own dtype."""
+    wide = O.to(torch.promote_types(O.dtype, torch.float32))
+    v.mul_(beta2).add_(wide.pow(2).mean(dim=-1).to(v.dtype), alpha=1.0 - beta2)
+    wide = wide / (v.sqrt().to(wide.dtype).unsqueeze(-1) + eps)
+    norm = wide.pow(2).sum(dim=(-2, -1), keepdim=True).sqrt().clamp_min(torch.finfo(torch.float32).tiny)
+    O.copy_(wide * (math.sqrt(min(O.shape[-2], O.shape[-1])) / norm))
+
+
+def cautious_mask(update: torch.Tensor, param: torch.Tensor) -> torch.Tensor:
+    """Cautious weight decay's mask ``𝟙(U ⊙ W ≥ 0)`` (Chen et al., arXiv 2510.12402, Algorithm 1):
+    decay only where the update and the weight agree in sign. Element-wise, so exact on any piece;
+    ``update`` may be the unscaled ``Õ`` (a positive scale does not change a sign)."""
+    return (update * param) >= 0
+
+
+def holder_scale(key, group: dict) -> float:
+    """The scale ``s`` the holders multiply a unit's result by: ``s`` of its blocks' one shape under
+    the group's rule, or 1 where blocks differ in shape (the owner folded each block's ``s`` in)."""
+    shape = key.blocks.uniform
+    return 1.0 if shape is None else SCALE_RULES[group["scale"]](*shape, group["update_rms"])
+
+
 def decoupled_update_(param: torch.Tensor, update: torch.Tensor, lr: float, weight_decay: float,
-                      scale: float) -> None:
-    """``W ← W·(1 − lr·λ) − lr·s·Õ`` in place (``update`` has ``param``'s shape, any float dtype)."""
+                      scale: float, mask: torch.Tensor | None = None) -> None:
+    """``W ← W·(1 − lr·λ) − lr·s·Õ`` in place (``update`` has ``param``'s shape, any float dtype);
+    with ``mask`` (cautious decay), ``W ← W − lr·λ·(mask ⊙ W) − lr·s·Õ``."""
     if weight_decay != 0.0:
-        param.mul_(1.0 - lr * weight_decay)
+        if mask is None:
+            param.mul_(1.0 - lr * weight_decay)
+        else:
+            param.sub_(param * mask, alpha=lr * weight_decay)
     param.add_(update, alpha=-lr * scale)
 
 
 def adamw_(params: list[torch.Tensor], grads: list[torch.Tensor], exp_avgs: list[torch.Tensor],
            exp_avg_sqs: list[torch.Tensor], steps: list[torch.Tensor], *, beta1: float, beta2: float,
-           lr: float, weight_decay: float, eps: float, want_updates: bool = False) -> list[torch.Tensor] | None:
-    """One AdamW step in place; with ``want_updates``, also the lr-free updates ``m̂ / (sqrt(v̂) + ε)``."""
+           lr: float, weight_decay: float, eps: float, want_updates: bool = False, cautious: bool = False
+           ) -> tuple[list[torch.Tensor] | None, list[torch.Tensor] | None]:
+    """One AdamW step in place; returns ``(updates, masks)``: with ``want_updates`` the lr-free updates
+    ``m̂ / (sqrt(v̂) + ε)``; with ``cautious`` the decay masks ``𝟙(u ⊙ W ≥ 0)`` (cautious weight decay,
+    arXiv 2510.12402: ``W ← W − lr·(u + λ·mask ⊙ W)``)."""
     torch._foreach_add_(steps, 1.0)
     torch._foreach_lerp_(exp_avgs, grads, 1.0 - beta1)
     torch._foreach_mul_(exp_avg_sqs, beta2)
     torch._foreach_addcmul_(exp_avg_sqs, grads, grads, 1.0 - beta2)
-    if weight_decay != 0.0:
-        torch._foreach_mul_(params, 1.0 - lr * weight_decay)
     step_counts = [float(s) for s in steps]
     bias1 = [1.0 - beta1**t for t in step_counts]
     bias2_sqrt = [(1.0 - beta2**t) ** 0.5 for t in step_counts]
     denom = torch._foreach_sqrt(exp_avg_sqs)
     torch._foreach_div_(denom, bias2_sqrt)
     torch._foreach_add_(denom, eps)
-    updates = None
-    if want_updates:
+    updates = masks = None
+    if want_updates or cautious:
         updates = torch._foreach_div(exp_avgs, denom)
         torch._foreach_div_(updates, bias1)
+    if weight_decay != 0.0 and cautious:
+        masks = [cautious_mask(u, p) for u, p in zip(updates, params)]
+        torch._foreach_sub_(params, torch._foreach_mul(params, masks), alpha=lr * weight_decay)
+    elif weight_decay != 0.0:
+        torch._foreach_mul_(params, 1.0 - lr * weight_decay)
     torch._foreach_addcdiv_(params, exp_avgs, denom, [-lr / b for b in bias1])
-    return updates
+    return updates, masks
 
 
 def exchange_dtypes(ns_dtype: torch.dtype, method: str, momentum_dtype: torch.dtype) -> tuple[torch.dtype, torch.dtype]:

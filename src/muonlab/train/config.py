@@ -105,6 +105,14 @@ class TrainConfig:
     grad_clip: float = _f(1.0, "clip the global norm of the raw gradient to this (0: off)")
     qk_clip_tau: float = _f(0.0, "QK-Clip threshold τ (Kimi K2: 100): after each step, rescale the query/key weights "
                             "of every attention head whose max logit exceeded τ (0: off)")
+    orthogonalize: str = _f("matrix", "Muon on whole matrices ('matrix', as the paper) or on each attention head's "
+                            "block of the q/k/v (rows) and output (columns) projections ('per_head': Kimi K3 §2.5, "
+                            "GLM-5's Muon Split)", ("matrix", "per_head"))
+    normuon: bool = _f(False, "NorMuon (arXiv 2510.05491): divide each row of the orthogonalized update by its running "
+                       "second moment, then rescale to the update RMS")
+    normuon_beta2: float = _f(0.95, "NorMuon's second-moment decay β2, in [0, 1)")
+    cautious_wd: bool = _f(False, "cautious weight decay (arXiv 2510.12402): decay only the coordinates where the "
+                           "update and the weight have the same sign (Muon and AdamW groups)")
     # schedule
     schedule: str = _f("cosine", "learning-rate schedule after warmup ('linear': decay to final_lr_ratio)", SCHEDULES)
     warmup_steps: int = _f(50, "linear warmup steps")
@@ -165,6 +173,8 @@ class TrainConfig:
             raise ConfigError(f"schedule_tokens={self.schedule_tokens} is shorter than train_tokens="
                               f"{self.train_tokens}; a run may stop early on a longer schedule, not outlast it "
                               "(0: the schedule is train_tokens long)")
+        if not 0.0 <= self.normuon_beta2 < 1.0:
+            raise ConfigError(f"normuon_beta2 must lie in [0, 1), got {self.normuon_beta2}")
         if not self.update_rms > 0:
             raise ConfigError(f"update_rms must be > 0, got {self.update_rms}")
         if self.scale not in TARGET_RMS_RULES and self.update_rms != 0.2:

@@ -132,7 +132,7 @@ def build_optimizer(model: torch.nn.Module, config: TrainConfig) -> Muon:
     overrides = mup.lr_overrides(model.config, config.lr) if isinstance(model, Transformer) else {}
     if not config.decay_norms:
         overrides.setdefault("norm", {})["weight_decay"] = 0.0
-    groups = param_groups(model, role_overrides=overrides)
+    groups = param_groups(model, role_overrides=overrides, orthogonalize=config.orthogonalize)
     if config.optimizer == "adamw":
         for group in groups:
             group["algorithm"] = "adamw"
@@ -150,6 +150,9 @@ def build_optimizer(model: torch.nn.Module, config: TrainConfig) -> Muon:
         adamw_betas=(config.beta1, config.beta2),
         adamw_eps=config.adam_eps,
         max_grad_norm=config.grad_clip,  # clipped inside the step, where ZeRO-1/FSDP hold the reduced gradient
+        normuon=config.normuon,
+        normuon_beta2=config.normuon_beta2,
+        cautious_wd=config.cautious_wd,
         qk_clip=QKClip(model, tau=config.qk_clip_tau or None),
     )
 

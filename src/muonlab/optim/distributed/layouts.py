@@ -54,10 +54,12 @@ class MatrixParam:
 
 @dataclass(frozen=True)
 class UnitOf:
-    """Which matrices of which parameter a unit holds: ``param`` matrices ``[first, first + batch)``."""
+    """Which matrices of which parameter a unit holds: ``param`` matrices ``[first, first + batch)``;
+    ``origin``: the stored (row, column) where the unit's region starts (``(0, 0)``: whole matrices)."""
 
     param: int
     first: int
+    origin: tuple[int, int] = (0, 0)
 
 
 def _only(rank: int, world_size: int, n: int) -> tuple[tuple[int, int], ...]:

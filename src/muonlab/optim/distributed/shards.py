@@ -18,8 +18,9 @@ placements: it is read off the boxes.
   holds it, else the lowest rank), and every holder gets its block of the result back. Owners are
   balanced by Newton–Schulz cost with :func:`~.owners.lpt_assign`, so each matrix is
   orthogonalized exactly once, on one rank;
-- with ``regions`` narrower than the matrix (``tp_mode="blockwise"``: the tensor-parallel blocks,
-  Megatron-LM's approximation) each region is a unit of its own shape;
+- with ``regions`` narrower than the matrix each region is a unit of its own shape (its key's
+  ``region``): a union of whole per-head blocks orthogonalized where it lies (exact), or under
+  ``tp_mode="blockwise"`` a tensor-parallel block (Megatron-LM's approximation);
 - an expert stack ``[E, A, B]`` must be split on E only; each run of experts is orthogonalized on
   one rank that holds it whole (no communication) and sent only to other holders (replicas).
 """
@@ -176,7 +177,7 @@ def sharded_units(mats: Sequence[MatrixParam], held: Sequence[Sequence[Block | R
         for r in holders:
             outputs[r] = _relative(pieces[r], region)
         rows, cols = region.rows[1] - region.rows[0], region.cols[1] - region.cols[0]
-        key = m.key if (rows, cols) == (m.rows, m.cols) else m.key._replace(rows=rows, cols=cols)
+        key = m.key if (rows, cols) == (m.rows, m.cols) else m.key.region(region.rows, region.cols)
         units.append(Unit(key, 1, rows, cols, owner, tuple(inputs), tuple(outputs)))
-        where.append(UnitOf(m.index, 0))
+        where.append(UnitOf(m.index, 0, (region.rows[0], region.cols[0])))
     return units, where

@@ -78,7 +78,8 @@ def build_engine(optimizer, policy: NonFinitePolicy) -> Engine:
 
 
 _SIGNATURE_KEYS = ("algorithm", "lr", "weight_decay", "momentum", "nesterov", "ns_steps", "ns_coefficients",
-                   "ns_dtype", "ns_method", "scale", "update_rms", "betas", "eps", "ns_eps", "role", "tp_mode")
+                   "ns_dtype", "ns_method", "scale", "update_rms", "betas", "eps", "ns_eps", "role", "tp_mode",
+                   "transposed", "blocks", "col_blocks", "normuon", "normuon_beta2", "normuon_eps", "cautious_wd")
 
 
 def signature(optimizer, policy: NonFinitePolicy) -> list[tuple[str, Any]]:

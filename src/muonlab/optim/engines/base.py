@@ -17,21 +17,32 @@ Glossary of the planning records (defined in :mod:`muonlab.optim.distributed`):
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Hashable, Iterable
+from collections.abc import Callable, Hashable
 from typing import Any, NamedTuple
 
 import torch
 
+from ..blocks import Blocks, parse_blocks
 from ..distributed.layouts import MatrixParam, UnitOf
 from ..distributed.owners import OwnerCompute, Unit
 from ..gradients import NonFinitePolicy
 from ..newton_schulz import choose_method, get_coefficient_set, ns_flops, orthogonalize
-from ..scaling import SCALE_RULES, block_shape, stored_matrix_shape
+from ..scaling import SCALE_RULES, stored_matrix_shape
 from ..state import FIELDS, momentum_dtype, new_state
 from ..telemetry import UpdateTelemetry
-from ..update_rule import adamw_, decoupled_update_, exchange_dtypes, unit_rms_
+from ..update_rule import (
+    adamw_,
+    cautious_mask,
+    decoupled_update_,
+    exchange_dtypes,
+    holder_scale,
+    momentum_,
+    newton_schulz_input_,
+    normuon_,
+    unit_rms_,
+)
 
-__all__ = ["BucketKey", "Engine", "ParamSlot"]
+__all__ = ["BucketKey", "Engine", "ParamSlot", "Placement"]
 
 
 class ParamSlot(NamedTuple):
@@ -54,9 +65,8 @@ class BucketKey(NamedTuple):
     """Everything that makes two matrices' Newton–Schulz calls one batched call.
 
     ``rows``, ``cols`` are the stored matrix (how pieces travel between ranks); ``transposed`` and
-    ``blocks`` say how the owner turns it into the logical matrices it orthogonalizes
-    (:func:`~muonlab.optim.scaling.block_shape`): each stored ``[rows, cols]`` becomes ``blocks``
-    matrices of :attr:`logical_shape`.
+    ``blocks`` say how the owner turns it into the matrices it orthogonalizes: the logical matrix
+    ``[out, in]`` (the stored one, or its transpose), cut into the grid of :class:`Blocks`.
     """
 
     rows: int
@@ -68,38 +78,72 @@ class BucketKey(NamedTuple):
     eps: float
     in_dtype: torch.dtype  # of the Newton–Schulz input (and of pieces sent to the owner)
     out_dtype: torch.dtype  # of the results (and of pieces sent back)
-    transposed: bool = False
-    blocks: int = 1
+    transposed: bool
+    blocks: Blocks
 
     @property
     def logical_shape(self) -> tuple[int, int]:
-        """``[out, in]`` of each matrix orthogonalized (one block of a fused projection)."""
-        return block_shape(self.rows, self.cols, self.transposed, self.blocks)
+        """``[out, in]`` of the logical matrix (before it is cut into blocks)."""
+        return (self.cols, self.rows) if self.transposed else (self.rows, self.cols)
 
     @property
     def cost(self) -> int:
         """Relative size, to run the largest buckets first."""
-        rows, cols = self.logical_shape
-        return self.blocks * min(rows, cols) ** 2 * max(rows, cols)
+        return sum(min(r[1] - r[0], c[1] - c[0]) ** 2 * max(r[1] - r[0], c[1] - c[0])
+                   for _, _, r, c in self.blocks.grid())
+
+    def restrict(self, rows: tuple[int, int], cols: tuple[int, int]) -> BucketKey | None:
+        """The key of the stored region ``rows × cols`` orthogonalized where it lies, if it is a union
+        of whole blocks of a plain (not transposed) matrix; else None."""
+        blocks = None if self.transposed else self.blocks.restrict(rows, cols)
+        if blocks is None:
+            return None
+        return self._replace(rows=rows[1] - rows[0], cols=cols[1] - cols[0], blocks=blocks)
+
+    def region(self, rows: tuple[int, int], cols: tuple[int, int]) -> BucketKey:
+        """The key of the stored region ``rows × cols``: its whole blocks (:meth:`restrict`), or, for a
+        region that cuts a block (``tp_mode="blockwise"``'s approximation), the region as one block."""
+        exact = self.restrict(rows, cols)
+        if exact is not None:
+            return exact
+        return self._replace(rows=rows[1] - rows[0], cols=cols[1] - cols[0],
+                             blocks=Blocks.whole(rows[1] - rows[0], cols[1] - cols[0]))
 
     def to_logical(self, batch: torch.Tensor) -> torch.Tensor:
-        """A stored batch ``[N, rows, cols]`` as the ``[N·blocks, *logical_shape]`` matrices to orthogonalize."""
-        if self.transposed:
-            batch = batch.mT.contiguous()
-        return batch.reshape(-1, *self.logical_shape)
+        """A stored batch ``[N, rows, cols]`` as the logical matrices ``[N, out, in]``."""
+        return batch.mT.contiguous() if self.transposed else batch
 
     def to_stored(self, logical: torch.Tensor) -> torch.Tensor:
-        """The inverse of :meth:`to_logical`: ``[N·blocks, *logical_shape]`` back to ``[N, rows, cols]``."""
-        rows, cols = (self.cols, self.rows) if self.transposed else (self.rows, self.cols)
-        batch = logical.reshape(-1, rows, cols)
-        return batch.mT.contiguous() if self.transposed else batch
+        """The inverse of :meth:`to_logical`."""
+        return logical.mT.contiguous() if self.transposed else logical
+
+
+class Placement(NamedTuple):
+    """Where one step's Muon pieces live on this rank — all an engine tells :meth:`Engine.muon_step`.
+
+    ``units``/``where``/``executor``: the owner-compute plan (:mod:`muonlab.optim.distributed`);
+    ``momenta``: ``(parameter, gradient piece, momentum piece)`` for every piece this rank holds;
+    ``inputs(u)``: ``(gradient, momentum)`` pieces that are this rank's input region of unit ``u``;
+    ``target(u)``: the parameter piece that receives this rank's output region of unit ``u``.
+    """
+
+    units: list
+    where: list
+    executor: OwnerCompute
+    momenta: list[tuple[int, torch.Tensor, torch.Tensor]]
+    inputs: Callable[[int], tuple[torch.Tensor, torch.Tensor]]
+    target: Callable[[int], torch.Tensor]
+    device: torch.device
 
 
 def param_slots(optimizer) -> list[ParamSlot]:
+    """Every parameter the optimizer updates; empty ones (no element) have nothing to update and are skipped."""
     slots = []
     for g, group in enumerate(optimizer.param_groups):
         names = group.get("names")
         for i, p in enumerate(group["params"]):
+            if p.numel() == 0:
+                continue
             slots.append(ParamSlot(g, i, p, group["algorithm"], names[i] if names else f"group{g}.param{i}",
                                    names[i] if names else None))
     return slots
@@ -128,6 +172,7 @@ class Engine:
         self.index = {id(s.param): k for k, s in enumerate(self.slots)}
         self.by_name = {s.name: k for k, s in enumerate(self.slots)}
         self._plans: dict[Hashable, Any] = {}
+        self._row_plan: Placement | None = None  # the plan whose owners hold the current NorMuon rows
 
     def group(self, k: int) -> dict[str, Any]:
         """The current parameter group of parameter k."""
@@ -140,14 +185,19 @@ class Engine:
         slot = self.slots[k]
         group, shape = self.group(k), tuple(slot.param.shape)
         rows, cols = stored_matrix_shape(shape, stacked=group.get("role") != "hidden")
+        transposed = bool(group.get("transposed", False))
+        out_features, in_features = (cols, rows) if transposed else (rows, cols)
+        blocks = parse_blocks(out_features, in_features, group.get("blocks", 1), group.get("col_blocks", 1))
         dtype, method = group["ns_dtype"], group["ns_method"]
         in_dtype, out_dtype = exchange_dtypes(dtype, method, momentum_dtype(slot.param.dtype))
         key = BucketKey(rows, cols, group["ns_steps"], str(group["ns_coefficients"]), dtype, method, group["ns_eps"],
-                        in_dtype, out_dtype, bool(group.get("transposed", False)), group.get("blocks", 1))
-        m, n = sorted(key.logical_shape)
+                        in_dtype, out_dtype, transposed, blocks)
         cset = get_coefficient_set(group["ns_coefficients"])
-        chosen = choose_method(method, m, n, group["ns_steps"], dtype, cset)
-        cost = key.blocks * ns_flops(m, n, group["ns_steps"], chosen if chosen != "svd" else "standard", cset)
+        cost = 0
+        for _, _, r, c in blocks.grid():
+            m, n = sorted((r[1] - r[0], c[1] - c[0]))
+            chosen = choose_method(method, m, n, group["ns_steps"], dtype, cset)
+            cost += ns_flops(m, n, group["ns_steps"], chosen if chosen != "svd" else "standard", cset)
         return MatrixParam(k, key, math.prod(shape) // (rows * cols), rows, cols, float(cost))
 
     def cached(self, signature: Hashable, build: Callable[[], Any]) -> Any:
@@ -160,56 +210,167 @@ class Engine:
         return OwnerCompute(units, self.rank, self.world_size, self.process_group,
                             dtypes=lambda key: (key.in_dtype, key.out_dtype), order=lambda key: -key.cost)
 
-    # ---- the Muon update: Newton–Schulz on owners, then the decoupled update on every holder
+    # ---- the Muon step
 
-    def orthogonalizer(self, units: list[Unit], where: list[UnitOf], telemetry: UpdateTelemetry | None):
-        """The owner's batch function: Newton–Schulz of a bucket's batch (on its logical matrices,
-        ``BucketKey.to_logical``); under a normalizing scale rule (``"update_norm"``) each logical
-        matrix divided by its RMS; plus telemetry on whole results."""
+    def muon_step(self, place: Placement, telemetry: UpdateTelemetry | None) -> None:
+        """One Muon step of every matrix this rank holds a piece of, in the papers' order::
 
-        def run(key: BucketKey, owned: list[int], batch: torch.Tensor) -> torch.Tensor:
+            M ← μM + G                                   momentum_            (every holder, its pieces)
+            X = G + μM (Nesterov) or M                   newton_schulz_input_ (sent to the owner)
+            O_b = NS(X_b) for each block b               orthogonalize        (owner: whole blocks)
+            O_b ← NorMuon(O_b, v_b)                      normuon_             (owner, if normuon)
+            O_b ← O_b / RMS(O_b)                         unit_rms_            (owner, scale="update_norm")
+            U_b = s(shape of b) · O_b                    scale_rule           (owner if blocks differ in shape)
+            W ← W − lr·(U + λ·𝟙(U⊙W ≥ 0)⊙W)              decoupled_update_    (every holder; mask if cautious_wd)
+
+        ``place`` (the engine) says only where the pieces, owners and state are; the math is the
+        pure functions of :mod:`muonlab.optim.update_rule`, the same on every engine and mesh.
+        """
+        units, where = place.units, place.where
+        for k, grad, buf in place.momenta:
+            momentum_(buf, grad, self.group(k)["momentum"])
+        self.sync_row_state(place)
+
+        def write_input(u: int, out: torch.Tensor) -> None:
+            group = self.group(where[u].param)
+            grad, buf = place.inputs(u)
+            newton_schulz_input_(out.view(grad.shape), grad, buf, group["momentum"], group["nesterov"])
+
+        def on_owner(key: BucketKey, owned: list[int], batch: torch.Tensor) -> torch.Tensor:
             group = self.group(where[owned[0]].param)
-            out = orthogonalize(key.to_logical(batch), group["ns_coefficients"], key.steps, key.dtype, key.eps,
-                                key.method)
-            offset = 0
-            for position, u in enumerate(owned):
-                O = out[offset : offset + units[u].batch * key.blocks]
-                offset += units[u].batch * key.blocks
-                k = where[u].param
-                settings = self.group(k)
-                rule = SCALE_RULES[settings["scale"]]
-                s = rule(*key.logical_shape, settings["update_rms"])
-                if telemetry is not None and position == 0:  # before normalizing: O₀'s update is (s / RMS(O₀))·O₀
-                    rms = float(O[0].double().pow(2).mean().sqrt()) if rule.normalizes else 1.0
-                    telemetry.add_sample(O[0], s / max(rms, 1e-30))
-                if rule.normalizes:
-                    unit_rms_(O)
-                if telemetry is not None:
-                    telemetry.add("muon", k, self.slots[k].label, O, s)
-            return key.to_stored(out)
+            parts = [orthogonalize(x, group["ns_coefficients"], key.steps, key.dtype, key.eps, key.method)
+                     for x in key.blocks.split(key.to_logical(batch))]
+            first = 0
+            for u in owned:
+                self.post_orthogonalize(key, u, place, [p[first * n : (first + units[u].batch) * n]
+                                                         for p, n in zip(parts, self.blocks_per_shape(key))],
+                                        telemetry, sample=u == owned[0])
+                first += units[u].batch
+            return key.to_stored(key.blocks.merge(parts, batch.shape[0]))
 
-        return run
+        def apply(results: dict[int, torch.Tensor]) -> None:
+            for u, piece in results.items():
+                k, target = where[u].param, place.target(u)
+                group, update = self.group(k), piece.view(target.shape)
+                mask = cautious_mask(update, target) if group.get("cautious_wd") else None
+                if telemetry is not None and mask is not None:
+                    telemetry.add_decayed("muon", mask)
+                decoupled_update_(target, update, group["lr"], group["weight_decay"],
+                                  holder_scale(units[u].key, group), mask)
 
-    def apply_muon(self, targets: Iterable[tuple[int, torch.Tensor, torch.Tensor]],
-                   mats: dict[int, MatrixParam]) -> None:
-        """``W ← W(1 − lr·λ) − lr·s·Õ`` for each ``(parameter k, W or a piece of it, Õ of that piece)``."""
-        for k, target, update in targets:
-            group, m = self.group(k), mats[k]
-            scale = SCALE_RULES[group["scale"]](*m.key.logical_shape, group["update_rms"])
-            decoupled_update_(target, update, group["lr"], group["weight_decay"], scale)
+        place.executor.run(write_input, on_owner, apply, place.device)
+
+    @staticmethod
+    def blocks_per_shape(key: BucketKey) -> list[int]:
+        """How many blocks of each distinct shape one matrix of ``key`` has (``Blocks.split`` order)."""
+        grid = [(r[1] - r[0], c[1] - c[0]) for _, _, r, c in key.blocks.grid()]
+        return [grid.count(shape) for shape in key.blocks.shapes()]
+
+    def post_orthogonalize(self, key: BucketKey, u: int, place: Placement, parts: list[torch.Tensor],
+                           telemetry: UpdateTelemetry | None, sample: bool) -> None:
+        """On the owner, unit ``u``'s orthogonalized blocks (one batch per block shape, in place):
+        NorMuon's row normalization, the RMS normalization of ``scale="update_norm"``, and each
+        block's own scale where the blocks' shapes differ; telemetry on the results (``sample``:
+        also the Newton–Schulz quality of its first block, one per bucket and owner)."""
+        k, group = place.where[u].param, self.group(place.where[u].param)
+        rule = SCALE_RULES[group["scale"]]
+        folded = key.blocks.uniform is None
+        index = self.row_index(key, place.where[u]) if group.get("normuon") else None
+        for p, O in enumerate(parts):
+            s = rule(*O.shape[-2:], group["update_rms"])
+            if telemetry is not None and p == 0 and sample:  # before normalizing: the update is (s / RMS(O₀))·O₀
+                rms = float(O[0].double().pow(2).mean().sqrt()) if rule.normalizes else 1.0
+                telemetry.add_sample(O[0], s / max(rms, 1e-30))
+            if telemetry is not None and p == 0 and index is not None:
+                telemetry.add_row_spread("before", O)
+            if index is not None:
+                first, batch = place.where[u].first, place.units[u].batch
+                state = self.row_state(k)[first : first + batch]
+                rows = state[:, index[p]].reshape(O.shape[0], O.shape[1])
+                normuon_(O, rows, group["normuon_beta2"], group["normuon_eps"])
+                state[:, index[p]] = rows.view(batch, *index[p].shape)
+                if telemetry is not None and p == 0:
+                    telemetry.add_row_spread("after", O)
+            if rule.normalizes:
+                unit_rms_(O)
+            if folded:
+                O.mul_(s)
+            if telemetry is not None:
+                telemetry.add("muon", k, self.slots[k].label, O, 1.0 if folded else s)
+                if key.blocks.count > 1:
+                    telemetry.add_blocks(self.slots[k].label, O, 1.0 if folded else s)
+
+    def row_index(self, key: BucketKey, unit_of: UnitOf) -> list[torch.Tensor]:
+        """Where the rows of each block shape of a unit lie in its parameter's NorMuon row state."""
+        k, (row0, col0) = unit_of.param, unit_of.origin
+        signature = ("rows", k, key, row0, col0)
+        if signature not in self._plans:
+            whole = self.matrix_param(k).key.blocks
+            self._plans[signature] = key.blocks.row_index(row0, whole.col_block_of(col0), whole.shape[0])
+        return self._plans[signature]
+
+    # ---- NorMuon's row state: one vector per matrix, updated by the matrix's owner
+
+    def row_state(self, k: int) -> torch.Tensor:
+        """Parameter k's NorMuon second moment ``[matrices, column blocks · out]`` (fp32), held whole
+        on every rank; each step only the owner of a matrix updates its rows (:meth:`sync_row_state`)."""
+        state = self.opt.state[self.slots[k].param]
+        if "normuon_v" not in state:
+            state["normuon_v"] = self.new_row_state(k)
+        return state["normuon_v"]
+
+    def new_row_state(self, k: int) -> torch.Tensor:
+        m = self.matrix_param(k)
+        return torch.zeros(m.batch, len(m.key.blocks.cols) * m.key.blocks.shape[0], dtype=torch.float32,
+                           device=_local(self.slots[k].param).device)
+
+    def row_states(self) -> dict[int, torch.Tensor]:
+        """Every NorMuon row state that exists, by parameter."""
+        return {k: self.opt.state[s.param]["normuon_v"] for k, s in enumerate(self.slots)
+                if "normuon_v" in self.opt.state.get(s.param, {})}
+
+    def sync_row_state(self, place: Placement | None) -> None:
+        """Make every rank's NorMuon row states equal before the owners change (a new plan) or a
+        checkpoint (``place=None``): each row from the rank that owned it under the last plan,
+        rows nobody owned from this rank (they are already equal). One small all-reduce."""
+        last = self._row_plan
+        if place is not None:
+            if last is not None and place.executor is last.executor:
+                return
+            self._row_plan = place
+        states = self.row_states()
+        if self.world_size == 1 or last is None or not states:
+            return
+        mine = {k: torch.zeros_like(v) for k, v in states.items()}
+        for unit, unit_of in zip(last.units, last.where):
+            if unit.owner == self.rank and unit_of.param in mine and self.group(unit_of.param).get("normuon"):
+                index = torch.cat([i.reshape(-1) for i in self.row_index(unit.key, unit_of)])
+                mine[unit_of.param][unit_of.first : unit_of.first + unit.batch, index] = 1.0
+        flat = torch.cat([torch.cat([(v * mine[k]).reshape(-1), mine[k].reshape(-1)]) for k, v in states.items()])
+        import torch.distributed as dist
+
+        dist.all_reduce(flat, group=self.process_group)
+        offset = 0
+        for v in states.values():
+            n = v.numel()
+            owned, total = flat[offset : offset + n], flat[offset + n : offset + 2 * n]
+            v.copy_(torch.where(total.view(v.shape) > 0, owned.view(v.shape), v))
+            offset += 2 * n
 
     # ---- AdamW on whatever this engine holds of each parameter
 
     def adamw(self, group: dict[str, Any], ks: list[int], params: list[torch.Tensor], grads: list[torch.Tensor],
               states: list[dict[str, torch.Tensor]], telemetry: UpdateTelemetry | None) -> None:
         """One AdamW step of ``group`` on ``params`` (whole parameters or pieces) of parameters ``ks``."""
-        updates = adamw_(params, grads, [s["exp_avg"] for s in states], [s["exp_avg_sq"] for s in states],
-                         [s["step"] for s in states], beta1=group["betas"][0], beta2=group["betas"][1],
-                         lr=group["lr"], weight_decay=group["weight_decay"], eps=group["eps"],
-                         want_updates=telemetry is not None)
+        updates, masks = adamw_(params, grads, [s["exp_avg"] for s in states], [s["exp_avg_sq"] for s in states],
+                                [s["step"] for s in states], beta1=group["betas"][0], beta2=group["betas"][1],
+                                lr=group["lr"], weight_decay=group["weight_decay"], eps=group["eps"],
+                                want_updates=telemetry is not None, cautious=bool(group.get("cautious_wd")))
         if telemetry is not None:
             for k, u in zip(ks, updates):
                 telemetry.add("adamw", k, self.slots[k].label, u)
+            for mask in masks or []:
+                telemetry.add_decayed("adamw", mask)
 
     def describe(self, k: int) -> str:
         """Parameter k for an error message (any k: an index past the end names no parameter)."""
@@ -231,6 +392,7 @@ class Engine:
 
     def checkpoint_state(self) -> dict[str, torch.Tensor]:
         """Per-parameter state tensors to save, keyed ``"<name>/<field>"``, at logical shape."""
+        self.sync_row_state(None)
         out = {}
         for slot in self.slots:
             for field, value in self.opt.state.get(slot.param, {}).items():
@@ -241,6 +403,19 @@ class Engine:
     def load_checkpoint_state(self, available: set[str], read: Callable[[dict[str, torch.Tensor]], None]) -> None:
         """Fill the state from a checkpoint: ``read(template)`` fills the given tensors in place."""
         raise NotImplementedError
+
+    def row_state_template(self, available: set[str]) -> dict[str, torch.Tensor]:
+        """Tensors for the NorMuon row states a checkpoint holds (whole, on every rank)."""
+        return {f"{s.name}/normuon_v": self.new_row_state(k) for k, s in enumerate(self.slots)
+                if s.algorithm == "muon" and f"{s.name}/normuon_v" in available}
+
+    def restore_row_state(self, template: dict[str, torch.Tensor]) -> None:
+        """Keep the row states ``read`` filled into :meth:`row_state_template`'s tensors."""
+        for key, value in template.items():
+            name, field = key.rsplit("/", 1)
+            if field == "normuon_v":
+                self.opt.state[self.slots[self.by_name[name]].param]["normuon_v"] = value
+        self._row_plan = None  # every rank now holds the same rows
 
     def state_bytes(self) -> int:
         """Bytes of optimizer state held by this rank."""

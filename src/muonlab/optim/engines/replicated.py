@@ -15,16 +15,13 @@ any optimizer under DDP. The Muon step:
 
 from __future__ import annotations
 
-from collections import defaultdict
-
 import torch
 
 from ..distributed.layouts import replicated_units
 from ..gradients import check_and_clip_whole
 from ..state import FIELDS, new_state
 from ..telemetry import UpdateTelemetry
-from ..update_rule import momentum_, newton_schulz_input_
-from .base import Engine
+from .base import Engine, Placement
 
 __all__ = ["ReplicatedEngine"]
 
@@ -53,33 +50,21 @@ class ReplicatedEngine(Engine):
             p = self.slots[k].param
             bufs[k] = self.state_of(k, p.shape)["momentum_buffer"]
             grads[k] = p.grad if p.grad.dtype == bufs[k].dtype else p.grad.to(bufs[k].dtype)
-            momentum_(bufs[k], grads[k], self.group(k)["momentum"])
 
-        def write_input(u: int, out: torch.Tensor) -> None:
-            w, unit = where[u], units[u]
-            m, group = mats[w.param], self.group(w.param)
-            rows = slice(w.first, w.first + unit.batch)
-            newton_schulz_input_(
-                out.view(unit.batch, m.rows, m.cols),
-                grads[w.param].reshape(m.batch, m.rows, m.cols)[rows],
-                bufs[w.param].view(m.batch, m.rows, m.cols)[rows],
-                group["momentum"],
-                group["nesterov"],
-            )
+        def matrices(k: int, t: torch.Tensor, u: int) -> torch.Tensor:  # unit u's matrices of a whole tensor
+            m = mats[k]
+            return t.view(m.batch, m.rows, m.cols)[where[u].first : where[u].first + units[u].batch]
 
-        def apply(results: dict[int, torch.Tensor]) -> None:  # one bucket: every piece of its parameters
-            parts: dict[int, list] = defaultdict(list)
-            for u, piece in results.items():
-                parts[where[u].param].append((where[u].first, piece))
-            targets = []
-            for k, found in parts.items():
-                pieces = [t for _, t in sorted(found, key=lambda x: x[0])]
-                p = self.slots[k].param
-                targets.append((k, p, (pieces[0] if len(pieces) == 1 else torch.cat(pieces)).view(p.shape)))
-            self.apply_muon(targets, mats)
+        def inputs(u: int) -> tuple[torch.Tensor, torch.Tensor]:
+            k = where[u].param
+            return matrices(k, grads[k].reshape(bufs[k].shape), u), matrices(k, bufs[k], u)
+
+        def target(u: int) -> torch.Tensor:
+            return matrices(where[u].param, self.slots[where[u].param].param, u)
 
         device = next(iter(bufs.values())).device
-        executor.run(write_input, self.orthogonalizer(units, where, telemetry), apply, device)
+        momenta = [(k, grads[k], bufs[k]) for k in ks]
+        self.muon_step(Placement(units, where, executor, momenta, inputs, target, device), telemetry)
 
     def _plan(self, mats):
         units, where = replicated_units(mats, self.world_size)
@@ -101,7 +86,9 @@ class ReplicatedEngine(Engine):
                 key = f"{slot.name}/{field}"
                 if key in available:
                     template[key] = new_state(field, slot.param.shape, slot.param.dtype, slot.param.device)
-        read(template)
+        rows = self.row_state_template(available)
+        read({**template, **rows})
+        self.restore_row_state(rows)
         for key, value in template.items():
             name, field = key.rsplit("/", 1)
             self.opt.state[self.slots[self.by_name[name]].param][field] = value

@@ -24,8 +24,7 @@ from ..distributed.owners import Block
 from ..gradients import check_and_clip_pieces
 from ..state import FIELDS
 from ..telemetry import UpdateTelemetry
-from ..update_rule import momentum_, newton_schulz_input_
-from .base import Engine, _local
+from .base import Engine, Placement, _local
 
 __all__ = ["TP_DIMS", "ShardedEngine", "sharded_group"]
 
@@ -68,8 +67,11 @@ class ShardedEngine(Engine):
         super().__init__(optimizer, policy, sharded_group(optimizer))
         blockwise = [s.algorithm == "muon" and self.group(k).get("tp_mode", "exact") == "blockwise"
                      for k, s in enumerate(self.slots)]
+        blocked = [s.algorithm == "muon" and self.matrix_param(k).key.blocks.count > 1
+                   for k, s in enumerate(self.slots)]
         self.boxes, tp_blocks = planning.gather_boxes([s.param for s in self.slots],
-                                                      [TP_DIMS if b else None for b in blockwise], self.process_group)
+                                                      [TP_DIMS if b or c else None for b, c in zip(blockwise, blocked)],
+                                                      self.process_group)
         self.primary = {}  # parameter -> whether this rank counts its piece (the lowest rank holding that box)
         self.held, self.regions = {}, {}  # Muon parameter -> per rank: its piece, the region it is orthogonalized in
         for k, slot in enumerate(self.slots):
@@ -91,14 +93,32 @@ class ShardedEngine(Engine):
         try:
             self.held[k] = [planning.held_piece(shape, box, stacked) for box in self.boxes[k]]
             self.regions[k] = [whole] * self.world_size  # a stack's experts are whole already
-            if blockwise and not stacked:
+            if not stacked and m.key.blocks.count > 1:
+                self.regions[k] = self._block_regions(m.key, self.held[k], tp_blocks, whole, shape)
+            if blockwise and not stacked and self.regions[k] == [whole] * self.world_size:
                 self.regions[k] = [planning.held_piece(shape, box, False) for box in tp_blocks]
                 split = any(region != whole for region in self.regions[k])
-                if split and (group.get("blocks", 1) != 1 or group.get("transposed", False)):
-                    raise ValueError("tp_mode='blockwise' splits only plain [out, in] matrices, not fused or "
-                                     "transposed ones")
+                if split and (m.key.blocks.count != 1 or group.get("transposed", False)):
+                    raise ValueError("tp_mode='blockwise' splits only plain [out, in] matrices whose tensor-parallel "
+                                     "blocks hold whole blocks (heads), not fused or transposed ones")
+                if split and group.get("normuon"):
+                    raise ValueError("NorMuon needs whole rows of whole blocks; tp_mode='blockwise' cuts them here "
+                                     "(use tp_mode='exact')")
         except ValueError as err:
             raise ValueError(f"parameter {slot.name!r}: {err}") from None
+
+    @staticmethod
+    def _block_regions(key, held, tp_blocks, whole: Block, shape) -> list[Block]:
+        """Where a matrix cut into blocks (per head) is orthogonalized: on each rank's own piece if
+        every piece is a union of whole blocks (no communication), else in its tensor-parallel block
+        if those are (a gather over the other mesh dims only), else whole."""
+        if all(p is None or key.restrict(p.rows, p.cols) is not None for p in held):
+            return [whole if p is None else p for p in held]
+        if tp_blocks[0] is not None:
+            regions = [planning.held_piece(shape, box, False) for box in tp_blocks]
+            if all(r is not None and key.restrict(r.rows, r.cols) is not None for r in regions):
+                return regions
+        return [whole] * len(held)
 
     def _sharded_state(self, k: int) -> dict:
         p = self.slots[k].param
@@ -133,34 +153,27 @@ class ShardedEngine(Engine):
                         self.adamw(group, js, [_local(self.slots[k].param) for k in js], [grads[k] for k in js],
                                    states, measured)
                 continue
-            for k in ks:
-                momentum_(_local(self._sharded_state(k)["momentum_buffer"]), grads[k], group["momentum"])
             muon += ks
         if muon:
-            self._orthogonalize_and_apply(muon, grads, telemetry, device)
+            self._muon(muon, grads, telemetry, device)
         if telemetry is not None:
             telemetry.gather(self.process_group)
 
-    def _orthogonalize_and_apply(self, ks: list[int], grads: dict, telemetry, device) -> None:
+    def _muon(self, ks: list[int], grads: dict, telemetry, device) -> None:
         mats = {k: self.matrix_param(k) for k in ks}
         units, where, executor = self.cached(tuple(mats.values()), lambda: self._plan(list(mats.values())))
+        bufs = {k: _local(self._sharded_state(k)["momentum_buffer"]) for k in ks}
 
-        def write_input(u: int, out: torch.Tensor) -> None:
-            k, group = where[u].param, self.group(where[u].param)
-            buf = _local(self.opt.state[self.slots[k].param]["momentum_buffer"])
-            newton_schulz_input_(out, self._piece(k, grads[k], u, units, where).reshape(-1),
-                                 self._piece(k, buf, u, units, where).reshape(-1), group["momentum"],
-                                 group["nesterov"])
+        def inputs(u: int) -> tuple[torch.Tensor, torch.Tensor]:
+            k = where[u].param
+            return self._piece(k, grads[k], u, units, where), self._piece(k, bufs[k], u, units, where)
 
-        def apply(results: dict[int, torch.Tensor]) -> None:  # one bucket: this rank's pieces of its parameters
-            targets = []
-            for u, piece in results.items():
-                k = where[u].param
-                target = self._piece(k, _local(self.slots[k].param), u, units, where)
-                targets.append((k, target, piece.view(target.shape)))
-            self.apply_muon(targets, mats)
+        def target(u: int) -> torch.Tensor:
+            k = where[u].param
+            return self._piece(k, _local(self.slots[k].param), u, units, where)
 
-        executor.run(write_input, self.orthogonalizer(units, where, telemetry), apply, device)
+        momenta = [(k, grads[k], bufs[k]) for k in ks]
+        self.muon_step(Placement(units, where, executor, momenta, inputs, target, device), telemetry)
 
     def _plan(self, mats):
         # Looked up at call time, so a test can swap in a deliberately wrong plan.
@@ -184,4 +197,6 @@ class ShardedEngine(Engine):
             if all(f"{slot.name}/{f}" in available for f in fields):
                 state = self._sharded_state(k)
                 template.update({f"{slot.name}/{f}": state[f] for f in fields})
-        read(template)
+        rows = self.row_state_template(available)
+        read({**template, **rows})
+        self.restore_row_state(rows)

@@ -24,8 +24,7 @@ from ..distributed.layouts import Zero1Layout
 from ..gradients import check_and_clip_pieces
 from ..state import FIELDS, momentum_dtype, new_state
 from ..telemetry import UpdateTelemetry
-from ..update_rule import momentum_, newton_schulz_input_
-from .base import Engine
+from .base import Engine, Placement
 
 __all__ = ["Zero1Engine"]
 
@@ -97,10 +96,8 @@ class Zero1Engine(Engine):
                 self.adamw(group, [self.pieces[j].segment.param for j in js], [view[j] for j in js],
                            [grad_of[j] for j in js], [self._piece_state(j) for j in js], telemetry)
                 continue
-            for j in js:
-                momentum_(self._piece_state(j)["momentum_buffer"], grad_of[j], group["momentum"])
             muon += js
-        self._orthogonalize_and_apply(present, muon, grad_of, view, telemetry)
+        self._muon(present, muon, grad_of, view, telemetry)
         self.has_state |= present
         flat_params = torch.empty(W * C, dtype=self.dtype, device=self.device)
         all_gather_flat(flat_params, chunk, self.process_group)
@@ -120,8 +117,7 @@ class Zero1Engine(Engine):
         reduce_scatter_sum(chunk_grad, flat_grad, self.process_group)
         return chunk_grad.div_(W)
 
-    def _orthogonalize_and_apply(self, present: set[int], js: list[int], grad_of: dict, view: dict,
-                                 telemetry) -> None:
+    def _muon(self, present: set[int], js: list[int], grad_of: dict, view: dict, telemetry) -> None:
         active = tuple(u for u, w in enumerate(self.layout.where) if w.param in present)
         if not active:
             return
@@ -130,18 +126,10 @@ class Zero1Engine(Engine):
         where = [self.layout.where[u] for u in active]
         position = {u: i for i, u in enumerate(active)}
         local = {position[self.pieces[j].segment.unit]: j for j in js}
-
-        def write_input(u: int, out: torch.Tensor) -> None:
-            j = local[u]
-            group = self.group(self.pieces[j].segment.param)
-            newton_schulz_input_(out, grad_of[j], self.state[j]["momentum_buffer"], group["momentum"],
-                                 group["nesterov"])
-
-        def apply(results: dict[int, torch.Tensor]) -> None:  # one bucket: this rank's pieces of its matrices
-            self.apply_muon([(self.pieces[local[u]].segment.param, view[local[u]], piece)
-                             for u, piece in results.items()], self.mats)
-
-        executor.run(write_input, self.orthogonalizer(units, where, telemetry), apply, self.device)
+        momenta = [(self.pieces[j].segment.param, grad_of[j], self._piece_state(j)["momentum_buffer"]) for j in js]
+        self.muon_step(Placement(units, where, executor, momenta,
+                                 lambda u: (grad_of[local[u]], self.state[local[u]]["momentum_buffer"]),
+                                 lambda u: view[local[u]], self.device), telemetry)
 
     # ---- checkpoints: each parameter's state assembled on one rank, loadable at any world size
 
@@ -160,6 +148,9 @@ class Zero1Engine(Engine):
         out: dict[str, torch.Tensor] = {}
         saved = sorted(self.has_state)
         owners = {k: self._save_owner(k) for k in saved}
+        self.sync_row_state(None)
+        out.update({f"{self.slots[k].name}/normuon_v": v for k, v in self.row_states().items()
+                    if owners.get(k) == self.rank})
         for algorithm, field in (("muon", "momentum_buffer"), ("adamw", "exp_avg"), ("adamw", "exp_avg_sq")):
             ks = [k for k in saved if self.slots[k].algorithm == algorithm]
             full = self._assemble(ks, owners, field)
@@ -206,7 +197,9 @@ class Zero1Engine(Engine):
             if all(f"{slot.name}/{f}" in available for f in fields):
                 template.update({f"{slot.name}/{f}": new_state(f, slot.param.shape, slot.param.dtype, self.device)
                                  for f in fields})
-        read(template)
+        rows = self.row_state_template(available)
+        read({**template, **rows})
+        self.restore_row_state(rows)
         for j, piece in enumerate(self.pieces):
             slot = self.slots[piece.segment.param]
             fields = FIELDS[slot.algorithm]
@@ -227,4 +220,5 @@ class Zero1Engine(Engine):
 
     def state_bytes(self) -> int:
         return (sum(t.numel() * t.element_size() for s in self.state.values() for f, t in s.items() if f != "step")
-                + sum(t.numel() * t.element_size() for t in self.steps.values()))
+                + sum(t.numel() * t.element_size() for t in self.steps.values())
+                + sum(v.numel() * v.element_size() for v in self.row_states().values()))
