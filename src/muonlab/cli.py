@@ -15,59 +15,17 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import os
 import shlex
 import sys
+import warnings
 from pathlib import Path
 
 from .allocator import ensure_fast_allocator
+from .console import in_launch, say_once
+from .train_command import add_train_parser, fold_bool_values
 
 __all__ = ["main"]
-
-
-def _train_parser(sub, name: str, summary: str, base: dict) -> argparse.ArgumentParser:
-    """``muonlab NAME``: one training run whose defaults are TrainConfig's updated by ``base``."""
-    from .train.config import TrainConfig
-
-    parser = sub.add_parser(name, help=summary, description=f"{summary}. Values come from the defaults, then "
-                            "--config, then flags.")
-    parser.add_argument("--config", help="a JSON or TOML file of config keys")
-    parser.set_defaults(func=_cmd_train, base=base)
-    defaults = {**TrainConfig().to_dict(), **base}
-    for f in dataclasses.fields(TrainConfig):
-        choices = f.metadata.get("choices")
-        help_text = f"{f.metadata['help']} (default: {defaults[f.name]!r})"
-        parser.add_argument(f"--{f.name}", dest=f.name, default=None, metavar=f.type.upper(),
-                            choices=[str(c) for c in choices] if choices else None, help=help_text)
-    return parser
-
-
-def _cmd_train(args: argparse.Namespace) -> int:
-    from .train.config import TrainConfig, load_config_file
-    from .train.run_folder import check_run_folder
-
-    values = {**args.base, **(load_config_file(args.config) if args.config else {})}
-    fields = {f.name for f in dataclasses.fields(TrainConfig)}
-    values.update({k: v for k, v in vars(args).items() if k in fields and v is not None})
-    config = TrainConfig.from_dict(values)
-    check_run_folder(config)  # a folder holding another run stops here, before torch is even imported
-    from .train.loop import train
-
-    summary = train(config, command=shlex.join(["muonlab", *args.argv]))
-    if os.environ.get("RANK", "0") == "0":  # under torchrun, one summary line rather than one per process
-        print(
-            f"finished {summary.steps} steps, {summary.tokens:,} tokens; final val loss {summary.final_val_loss:.4f}; "
-            f"{summary.tokens_per_s:,.0f} tokens/s; run folder {summary.run_dir}"
-        )
-    if config.parallel != "none":
-        # Everything is written and the process group is destroyed; skip interpreter teardown,
-        # where torch's gloo threads occasionally abort ("terminate called without an active
-        # exception", seen in about 1 of 10 torchrun test runs on torch 2.13).
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(0)
-    return 0
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
@@ -144,7 +102,7 @@ def _cmd_analyze_spectra(args: argparse.Namespace) -> int:
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
-    from .integrations.hf_export import export_run
+    from .export import export_run
 
     out, difference = export_run(args.run, args.out)
     print(f"exported {args.run} to {out} (logits agree with the run's to {difference:.1e}); load it with "
@@ -156,7 +114,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
 def _cmd_presets(args: argparse.Namespace) -> int:
     from .models import describe_presets
 
-    print(describe_presets(vocab_size=args.vocab_size, max_seq_len=args.seq_len))
+    print(describe_presets(vocab_size=args.vocab_size, max_seq_len=args.seq_len, tie_embeddings=args.tie_embeddings))
     return 0
 
 
@@ -208,9 +166,10 @@ def build_parser() -> argparse.ArgumentParser:
     demo.set_defaults(func=_cmd_demo)
 
     _experiment_parser(sub)
-    _train_parser(sub, "train", "train one model; every TrainConfig field is a --flag", {})
-    _train_parser(sub, "sft", "fine-tune a run or model folder (--init_from) on conversations, loss on the responses "
-                  f"only: muonlab train with {', '.join(f'{k}={v!r}' for k, v in SFT_DEFAULTS.items())}", SFT_DEFAULTS)
+    add_train_parser(sub, "train", "train one model; every TrainConfig field is a --flag", {})
+    add_train_parser(sub, "sft", "fine-tune a run or model folder (--init_from) on conversations, loss on the "
+                     f"responses only: muonlab train with {', '.join(f'{k}={v!r}' for k, v in SFT_DEFAULTS.items())}",
+                     SFT_DEFAULTS)
 
     report = sub.add_parser("report", help="rebuild a report (report.md + plots) from run folders")
     report.add_argument("runs", nargs="+", help="run folders")
@@ -240,30 +199,58 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--out", required=True, help="a new (or empty) folder to write")
     export.set_defaults(func=_cmd_export)
 
-    presets = sub.add_parser("presets", help="list model presets and their parameter counts")
-    presets.add_argument("--vocab-size", type=int, default=4096)
-    presets.add_argument("--seq-len", type=int, default=256)
+    presets = sub.add_parser("presets", help="list model presets and their parameter counts",
+                             description="Parameter counts as `muonlab train --model NAME` builds the model: "
+                             "untied LM head unless --tie_embeddings.")
+    presets.add_argument("--vocab-size", type=int, default=4096, help="vocabulary size (default: 4096, train's BPE)")
+    presets.add_argument("--seq-len", type=int, default=256, help="sequence length (default: 256)")
+    presets.add_argument("--tie_embeddings", action=argparse.BooleanOptionalAction, default=False,
+                         help="count the LM head tied to the embedding, as `train --tie_embeddings` (default: untied)")
     presets.set_defaults(func=_cmd_presets)
     return parser
+
+
+def _show_warnings(command: str) -> None:
+    """muonlab's own warnings as ``muonlab COMMAND: warning: ...`` lines; under torchrun, each text once."""
+    show = getattr(warnings.showwarning, "muonlab_original", warnings.showwarning)  # installed once per process
+
+    def show_warning(message, category, filename, lineno, file=None, line=None):
+        if "muonlab" in Path(filename).parts:
+            say_once(f"muonlab {command}: warning: {message}", file=file)
+        elif in_launch():
+            say_once(warnings.formatwarning(message, category, filename, lineno, line).rstrip("\n"), file=file)
+        else:
+            show(message, category, filename, lineno, file, line)
+
+    show_warning.muonlab_original = show
+    warnings.showwarning = show_warning
 
 
 def main(argv: list[str] | None = None) -> int:
     if argv is None:
         ensure_fast_allocator(["-m", "muonlab.cli", *sys.argv[1:]])
         argv = sys.argv[1:]
-    args = build_parser().parse_args(argv)
+    args = build_parser().parse_args(fold_bool_values(argv) if argv[:1] in (["train"], ["sft"]) else argv)
     args.argv = list(argv)
+    _show_warnings(args.command)
     try:
-        return args.func(args)
+        rc = args.func(args)
+        sys.stdout.flush()  # here, so a closed pipe (muonlab presets | head) is caught below
+        return rc
+    except BrokenPipeError:
+        # The reader stopped reading: as for any Unix command, no traceback; stdout goes nowhere from
+        # now on so the interpreter's own final flush stays silent too.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141  # 128 + SIGPIPE, what a shell reports for a command killed by a broken pipe
     except (ValueError, OSError, FloatingPointError) as err:
         if isinstance(err, OSError) and err.filename:  # a raw OS error: one sentence, not "[Errno 28] ..."
             from .rundir.ownership import describe_os_error
 
             err = describe_os_error(err)
-        print(f"muonlab {args.command}: error: {err}", file=sys.stderr)
+        say_once(f"muonlab {args.command}: error: {err}")  # under torchrun: once, not once per process
         return 2
     except KeyboardInterrupt:
-        print(f"muonlab {args.command}: interrupted; finished checkpoints are kept", file=sys.stderr)
+        say_once(f"muonlab {args.command}: interrupted; finished checkpoints are kept")
         return 130
 
 

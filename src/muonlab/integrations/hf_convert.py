@@ -64,7 +64,7 @@ def hf_config(cfg: ModelConfig, eos_token_id: int) -> tuple[str, dict[str, Any]]
                   max_position_embeddings=cfg.max_seq_len, rms_norm_eps=cfg.norm_eps,
                   tie_word_embeddings=cfg.tie_embeddings, initializer_range=cfg.init_std, attention_bias=False,
                   rope_parameters={"rope_type": "default", "rope_theta": cfg.rope_theta},
-                  bos_token_id=None, eos_token_id=eos_token_id, pad_token_id=None)
+                  bos_token_id=None, eos_token_id=eos_token_id, pad_token_id=eos_token_id)  # pad: as the tokenizer's
     if cfg.attention == "mha":
         return "llama", dict(common, num_key_value_heads=cfg.n_kv_heads, head_dim=cfg.head_dim, mlp_bias=False)
     moe = (dict(n_routed_experts=cfg.n_routed_experts, n_shared_experts=cfg.n_shared_experts,

@@ -4,8 +4,11 @@ Export (:func:`write_tokenizer`): a BPE tokenizer is already a ``tokenizers`` BP
 it is; the byte tokenizer becomes a byte-level BPE without merges whose token for byte ``b`` has
 id ``b`` (GPT-2's printable stand-in characters, :func:`byte_chars`) and ``<|endoftext|>`` id 256,
 so every text encodes to its UTF-8 bytes, as muonlab's ``ByteTokenizer`` does. ``tokenizer_config.json``
-names the end-of-text token as ``eos_token`` and sets ``split_special_tokens``: as in muonlab,
-text that contains ``"<|endoftext|>"`` is encoded as plain text, never as the end-of-text id.
+names the end-of-text token as ``eos_token`` and as ``pad_token`` (muonlab's vocabularies have no
+padding token of their own; padding is masked out by the attention mask, so which id pads does not
+matter), pads on the left so batched ``generate()`` continues each prompt from its last token, and
+sets ``split_special_tokens``: as in muonlab, text that contains ``"<|endoftext|>"`` is encoded as
+plain text, never as the end-of-text id.
 
 Import (:class:`FolderTokenizer`): any folder's ``tokenizer.json`` used through ``tokenizers``,
 with the model's ``eos_token_id`` as the end-of-text id that separates documents.
@@ -94,8 +97,8 @@ def write_tokenizer(tokenizer: Tokenizer, folder: Path, max_length: int, chat_te
     else:
         raise HFFormatError(f"a {type(tokenizer).__name__} cannot be written as a Hugging Face tokenizer; "
                             "muonlab exports its byte and BPE tokenizers")
-    config = {"tokenizer_class": "PreTrainedTokenizerFast", "eos_token": eos, "model_max_length": max_length,
-              "split_special_tokens": True, "clean_up_tokenization_spaces": False}
+    config = {"tokenizer_class": "PreTrainedTokenizerFast", "eos_token": eos, "pad_token": eos, "padding_side": "left",
+              "model_max_length": max_length, "split_special_tokens": True, "clean_up_tokenization_spaces": False}
     if chat_template is not None:
         config["chat_template"] = chat_template
     (folder / "tokenizer_config.json").write_text(json.dumps(config, indent=2) + "\n")

@@ -166,21 +166,23 @@ def list_moe_presets() -> list[str]:
     return list(_MOE_PRESETS)
 
 
-def describe_presets(vocab_size: int = 50257, max_seq_len: int = 1024) -> str:
-    """A text table of the presets with their shapes and parameter counts at ``vocab_size``."""
+def describe_presets(vocab_size: int = 50257, max_seq_len: int = 1024, tie_embeddings: bool = False) -> str:
+    """A text table of the presets with their shapes and parameter counts at ``vocab_size``, each model as
+    ``muonlab train --model NAME`` builds it (:func:`model_config_for`: an untied head unless ``tie_embeddings``)."""
+    head = "tied head" if tie_embeddings else "untied head as in `muonlab train`; --tie_embeddings for tied"
     lines = [f"{'preset':<11} {'layers':>6} {'d_model':>7} {'heads':>5} {'ffn':>5} {'params':>9} {'non-emb':>9}"]
     for name in _PRESETS:
-        c = preset(name, vocab_size, max_seq_len)
+        c = model_config_for(name, vocab_size, max_seq_len, tie_embeddings=tie_embeddings)
         lines.append(
             f"{name:<11} {c.n_layers:>6} {c.d_model:>7} {c.n_heads:>5} {c.ffn_hidden:>5} "
             f"{_human(c.num_params()):>9} {_human(c.num_non_embedding_params()):>9}"
         )
-    lines.append(f"(vocab {vocab_size}, tied head; any integer depth also works: d_model = 64 * depth)")
+    lines.append(f"(vocab {vocab_size}, {head}; any integer depth also works: d_model = 64 * depth)")
     lines.append("")
     lines.append(f"{'MoE preset':<11} {'layers':>6} {'d_model':>7} {'heads':>5} {'experts':>9} {'f_e':>5} "
                  f"{'params':>9} {'active':>9} {'non-emb':>9} {'active':>9}")
     for name in _MOE_PRESETS:
-        c = preset(name, vocab_size, max_seq_len)
+        c = model_config_for(name, vocab_size, max_seq_len, tie_embeddings=tie_embeddings)
         experts = f"{c.n_routed_experts}+{c.n_shared_experts}/k{c.top_k}"
         lines.append(
             f"{name:<11} {c.n_layers:>6} {c.d_model:>7} {c.n_heads:>5} {experts:>9} {c.expert_ffn_hidden:>5} "

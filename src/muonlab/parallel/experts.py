@@ -33,6 +33,10 @@ from ..models.moe import compute_dtype, grouped_expert_ffn
 
 __all__ = ["ExpertParallel", "all_to_all", "gather_experts"]
 
+# torch 2.13 renamed the tensor collectives (the old names warn); torch 2.9-2.12 have only the old ones.
+_ALL_GATHER = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
+_REDUCE_SCATTER = getattr(dist, "reduce_scatter_single", None) or dist.reduce_scatter_tensor
+
 
 class _AllToAll(torch.autograd.Function):
     @staticmethod
@@ -63,7 +67,7 @@ class _GatherExperts(torch.autograd.Function):
         if group is None:
             return local.clone()
         out = local.new_empty((dist.get_world_size(group) * local.shape[0], *local.shape[1:]))
-        dist.all_gather_into_tensor(out, local.contiguous(), group=group)
+        _ALL_GATHER(out, local.contiguous(), group=group)
         return out
 
     @staticmethod
@@ -71,7 +75,7 @@ class _GatherExperts(torch.autograd.Function):
         if ctx.group is None:
             return grad * ctx.scale, None, None
         local = grad.new_empty((grad.shape[0] // dist.get_world_size(ctx.group), *grad.shape[1:]))
-        dist.reduce_scatter_tensor(local, grad.contiguous(), group=ctx.group)
+        _REDUCE_SCATTER(local, grad.contiguous(), group=ctx.group)
         return local * ctx.scale, None, None
 
 

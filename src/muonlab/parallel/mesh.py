@@ -35,6 +35,7 @@ rank fails with one sentence before any communication (:func:`check_model_fits`)
 from __future__ import annotations
 
 import math
+import os
 
 import torch.distributed as dist
 from torch import nn
@@ -57,6 +58,11 @@ def init_mesh(device_type: str, dp_shard: int = 1, tp: int = 1, ep: int = 1):
     """The ``(dp_shard, ep, tp)`` device mesh over every process; their product must be the world size."""
     sizes = {"dp_shard": dp_shard, "ep": ep, "tp": tp}
     world = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+    launched = int(os.environ.get("WORLD_SIZE", "1"))
+    if world == 1 and launched > 1:
+        raise ValueError(f"this is one of {launched} processes (WORLD_SIZE) but it has not joined their process group; "
+                         "call muonlab.parallel.init_runtime('mesh', mesh_shape=...) (or "
+                         "torch.distributed.init_process_group()) before init_mesh")
     if any(n < 1 for n in sizes.values()) or math.prod(sizes.values()) != world:
         raise ValueError(f"mesh {sizes} needs dp_shard × ep × tp = {math.prod(sizes.values())} processes but "
                          f"{world} are running; choose sizes ≥ 1 whose product is the world size")

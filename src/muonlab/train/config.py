@@ -78,9 +78,12 @@ class TrainConfig:
                         "starts fresh")
     # batch and length
     seq_len: int = _f(256, "tokens per sequence")
-    batch_size: int = _f(16, "sequences per micro-batch per process")
-    grad_accum: int = _f(1, "micro-batches per optimizer step")
-    train_tokens: int = _f(1_500_000, "training budget in tokens (sets the number of steps)")
+    batch_size: int = _f(16, "sequences per micro-batch per data shard: per process under ddp, zero1 and fsdp; the "
+                         "tensor-parallel ranks of one shard (parallel='mesh', tp > 1) read the same batch; one step "
+                         "trains seq_len × batch_size × grad_accum × data shards tokens")
+    grad_accum: int = _f(1, "micro-batches per optimizer step, per data shard")
+    train_tokens: int = _f(1_500_000, "training budget in tokens over all processes (global; sets the number of "
+                           "steps)")
     # optimizer
     optimizer: str = _f(
         "muon", "'muon' (Muon on hidden matrices + AdamW elsewhere) or 'adamw' (AdamW everywhere)", OPTIMIZERS

@@ -29,6 +29,7 @@ from __future__ import annotations
 import math
 import random
 import time
+import warnings
 from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -54,7 +55,7 @@ from .init_source import read_init_source
 from .inputs import build_data
 from .resume import checkpoint_trainer_state, resume_run
 from .run_folder import check_run_folder, hold_run_folder
-from .schedules import make_lr_lambda
+from .schedules import make_lr_lambda, shortened_warmup, warmup_notice
 from .start import start_runtime
 from .weight_telemetry import take_output_rms, track_output_rms, weight_rms
 
@@ -158,8 +159,11 @@ def build_optimizer(model: torch.nn.Module, config: TrainConfig) -> Muon:
 
 
 def _lr_lambda(config: TrainConfig, schedule_steps: int):
-    """The lr multiplier per step of a ``schedule_steps``-step schedule (``TrainConfig.schedule_steps``)."""
-    warmup = min(config.warmup_steps, max(0, schedule_steps - 1))
+    """The lr multiplier per step of a ``schedule_steps``-step schedule (``TrainConfig.schedule_steps``);
+    a warmup as long as the schedule is shortened to end one step before it, with a warning."""
+    warmup = shortened_warmup(config.warmup_steps, schedule_steps)
+    if warmup != config.warmup_steps:
+        warnings.warn(warmup_notice(config.warmup_steps, schedule_steps), stacklevel=2)
     if config.schedule == "cosine":
         return make_lr_lambda("warmup_cosine", warmup_steps=warmup, total_steps=schedule_steps,
                               final_ratio=config.final_lr_ratio)

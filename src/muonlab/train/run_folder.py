@@ -29,7 +29,7 @@ from typing import Any
 
 from ..rundir import holds_run, read_config
 from ..rundir.layout import CheckpointError
-from ..rundir.ownership import check_folder, claim_folder, folder_lock
+from ..rundir.ownership import LOCK_FILE, MARKER_FILE, check_folder, claim_folder, folder_lock
 from .config import TrainConfig
 
 __all__ = ["BATCH_FIELDS", "RESUME_MAY_CHANGE", "RunFolderError", "check_run_folder", "checkpoint_difference",
@@ -145,11 +145,46 @@ def hold_run_folder(config: TrainConfig, holder: str) -> Iterator[Path]:
     """Claim ``config.run_dir`` (create it with muonlab's marker) and hold its writer lock for the block.
 
     Only rank 0 of a torchrun launch (``RANK``) claims and locks: it writes everything but the
-    checkpoint shards. Raises ``FolderError`` / ``FolderBusyError`` before anything is written.
+    checkpoint shards. Raises ``FolderError`` / ``FolderBusyError`` before anything is written. A run
+    that fails before writing anything leaves no folder behind: the folders this call created are
+    removed again when they hold nothing but muonlab's marker and lock.
     """
     if os.environ.get("RANK", "0") != "0":
         yield Path(config.run_dir)
         return
+    created = _first_missing(Path(config.run_dir))
     run_dir = claim_folder(config.run_dir, "run", "run_dir")
-    with folder_lock(run_dir, holder):
-        yield run_dir
+    try:
+        with folder_lock(run_dir, holder):
+            yield run_dir
+    except BaseException:
+        if created is not None:
+            _remove_unused(run_dir, created)
+        raise
+
+
+def _first_missing(folder: Path) -> Path | None:
+    """The outermost of ``folder`` and its parents that does not exist yet (None when ``folder`` exists)."""
+    missing = None
+    for path in (folder.absolute(), *folder.absolute().parents):
+        if path.exists():
+            return missing
+        missing = path
+    return missing
+
+
+def _remove_unused(run_dir: Path, top: Path) -> None:
+    """Remove ``run_dir`` and its parents up to ``top`` while they hold nothing but muonlab's marker and lock."""
+    path = run_dir.absolute()
+    try:
+        if set(os.listdir(path)) - {MARKER_FILE, LOCK_FILE}:
+            return
+        for name in (MARKER_FILE, LOCK_FILE):
+            (path / name).unlink(missing_ok=True)
+        while True:
+            path.rmdir()
+            if path == top:
+                return
+            path = path.parent
+    except OSError:
+        return  # a folder something else wrote into meanwhile stays as it is

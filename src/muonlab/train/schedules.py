@@ -19,6 +19,20 @@ import math
 from collections.abc import Callable
 
 
+def shortened_warmup(warmup_steps: int, schedule_steps: int) -> int:
+    """The warmup a ``schedule_steps``-step run uses: ``warmup_steps``, or ``schedule_steps - 1`` when that is
+    shorter (a warmup may not outlast the schedule; :func:`warmup_notice` says so)."""
+    return min(warmup_steps, max(0, schedule_steps - 1))
+
+
+def warmup_notice(warmup_steps: int, schedule_steps: int) -> str:
+    """The one-sentence notice of a shortened warmup (see :func:`shortened_warmup`)."""
+    warmup = shortened_warmup(warmup_steps, schedule_steps)
+    return (f"warmup_steps={warmup_steps} is not shorter than the run's {schedule_steps}-step schedule, so warmup "
+            f"takes {warmup} steps and the run ends at its peak lr without decay; set warmup_steps well below "
+            f"{schedule_steps} (e.g. {max(1, schedule_steps // 10)}) for a warmup and a decay")
+
+
 def _check(warmup_steps: int, total_steps: int | None = None, final_ratio: float | None = None) -> None:
     if warmup_steps < 0:
         raise ValueError(f"warmup_steps must be >= 0, got {warmup_steps}")

@@ -1,15 +1,17 @@
 """``muonlab export RUN_DIR --out DIR``: a run's latest checkpoint as a Hugging Face model folder.
 
 The folder holds ``config.json`` (Llama for dense models, DeepSeek-V3 for MLA and MoE models — see
-:mod:`.hf_convert`), ``model.safetensors`` (fp32, as trained) and the run's tokenizer
-(:mod:`.hf_tokenizer`; a fine-tuned run's carries muonlab's chat template, :mod:`muonlab.data.chat`),
+:mod:`muonlab.integrations.hf_convert`), ``model.safetensors`` (fp32, as trained) and the run's tokenizer
+(:mod:`muonlab.integrations.hf_tokenizer`; a fine-tuned run's carries muonlab's chat template,
+:mod:`muonlab.data.chat`), every file readable as the rest of the user's files are (the umask decides),
 so ``AutoModelForCausalLM.from_pretrained(DIR)`` and ``AutoTokenizer.from_pretrained(DIR)`` load it
 and ``muonlab train --init_from DIR`` continues from it.
 
 Before anything is written the exported model is run on a check sequence next to the run's own
 model; the logits must agree to fp32 rounding. Everything is written into a temporary sibling of
 ``DIR`` that is renamed at the end, so a failed export leaves nothing behind, and an existing
-non-empty ``DIR`` is never touched.
+non-empty ``DIR`` is never touched. The command lives beside the CLI: it reads a run folder
+(:func:`muonlab.load_run`) and writes a Hugging Face folder, so ``integrations`` needs nothing from ``train``.
 """
 
 from __future__ import annotations
@@ -20,14 +22,13 @@ from pathlib import Path
 
 import torch
 
-from ..data.chat import CHAT_TEMPLATE
-from ..models import ModelConfig, Transformer
-from ..rundir import read_config
-from ..rundir.checkpoint import latest_checkpoint, load_checkpoint
-from ..train.init_source import run_tokenizer
-from .hf_convert import HFFormatError, check_exportable, hf_config, to_hf_state
-from .hf_import import require_transformers
-from .hf_tokenizer import write_tokenizer
+from .data.chat import CHAT_TEMPLATE
+from .integrations.hf_convert import HFFormatError, check_exportable, hf_config, to_hf_state
+from .integrations.hf_import import require_transformers
+from .integrations.hf_tokenizer import write_tokenizer
+from .loading import LoadedRun, load_run
+from .models import Transformer
+from .rundir import read_config
 
 __all__ = ["export_run"]
 
@@ -35,18 +36,16 @@ CHECK_TOLERANCE = 1e-4
 """Largest |Δ logit| allowed between the run's model and the export, relative to max(1, max |logit|)."""
 
 
-def _run_model(run_dir: Path) -> tuple[dict, Transformer]:
-    record = read_config(run_dir)
+def _run_model(run_dir: Path) -> LoadedRun:
+    try:
+        record = read_config(run_dir)
+    except FileNotFoundError:
+        raise HFFormatError(f"{run_dir} is not a run folder: it has no config.json") from None
     if "model_config" not in record:
         raise HFFormatError(f"{run_dir}/config.json has no model_config; it was not written by muonlab train")
-    cfg = ModelConfig.from_dict(record["model_config"])
-    check_exportable(cfg)
-    checkpoint = latest_checkpoint(run_dir)
-    if checkpoint is None:
-        raise HFFormatError(f"{run_dir} has no complete checkpoint to export yet")
-    model = Transformer(cfg)
-    load_checkpoint(checkpoint, model, None, restore_rng=False)
-    return record, model.eval()
+    run = load_run(run_dir)
+    check_exportable(run.model.config)
+    return run
 
 
 @torch.no_grad()
@@ -62,6 +61,16 @@ def _check_logits(model: Transformer, hf_model: torch.nn.Module) -> float:
     return difference
 
 
+def _readable_like_other_outputs(folder: Path) -> None:
+    """Give the export's files the mode any file this process creates gets (0666 less the umask): the
+    temporary folder and some writers (safetensors) create them readable by the owner alone."""
+    umask = os.umask(0)
+    os.umask(umask)
+    folder.chmod(0o777 & ~umask)
+    for path in folder.rglob("*"):
+        path.chmod((0o777 if path.is_dir() else 0o666) & ~umask)
+
+
 def export_run(run_dir: str | os.PathLike, out: str | os.PathLike) -> tuple[Path, float]:
     """Export the latest checkpoint of ``run_dir`` to the new folder ``out``; returns ``out`` and the
     logit difference of the check (see the module docstring)."""
@@ -69,8 +78,8 @@ def export_run(run_dir: str | os.PathLike, out: str | os.PathLike) -> tuple[Path
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise HFFormatError(f"{out} already exists and is not an empty folder; choose a new --out (nothing was "
                             "written)")
-    record, model = _run_model(run_dir)
-    tokenizer = run_tokenizer(record)
+    run = _run_model(run_dir)
+    model, tokenizer = run.model, run.tokenizer
     transformers = require_transformers()
     model_type, kwargs = hf_config(model.config, tokenizer.eot_id)
     hf_model = transformers.AutoModelForCausalLM.from_config(transformers.AutoConfig.for_model(model_type, **kwargs),
@@ -81,7 +90,8 @@ def export_run(run_dir: str | os.PathLike, out: str | os.PathLike) -> tuple[Path
     try:
         hf_model.save_pretrained(tmp)
         write_tokenizer(tokenizer, tmp, model.config.max_seq_len,
-                        chat_template=CHAT_TEMPLATE if record.get("task") == "sft" else None)
+                        chat_template=CHAT_TEMPLATE if run.record.get("task") == "sft" else None)
+        _readable_like_other_outputs(tmp)
         if out.exists():
             out.rmdir()
         os.replace(tmp, out)
