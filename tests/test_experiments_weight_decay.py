@@ -8,6 +8,7 @@ metrics.jsonl, never through the study's own helpers.
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -16,28 +17,28 @@ from muonlab.analysis.runs import Run
 from muonlab.cli import main
 from muonlab.experiments import command
 from muonlab.experiments.registry import get_study
-from muonlab.experiments.studies._weight_decay_claims import decay_exponent
+from muonlab.experiments.studies.weight_decay.claims import decay_exponent
+from muonlab.experiments.studies.weight_decay.plan import plan
 from muonlab.experiments.study import Finished
 from muonlab.rundir import read_metrics
 
 STEPS, TELEMETRY = 12, 4
-ARMS = ("adamw", "muon-nowd", "muon-wd", "muon-wd-nonorm")
+ARMS = ("adamw", "muon-nowd", "muon-wd", "muon-wd-norms")
+GRID = (0.025, 0.05, 0.1, 0.2)
 
 
-def test_the_study_plans_four_arms_per_seed_that_differ_only_where_they_should(tmp_path):
+def test_the_study_plans_the_arms_and_the_first_round_of_the_lambda_sweep(tmp_path):
     study = get_study("weight-decay")
-    planned = command.plan(study, "cpu", tmp_path, sets=["seeds=3,4", "weight_decay=0.05", "adamw_lr=0.004"]).runs
-    assert [p.name for p in planned] == [f"{arm}-s{seed}" for seed in (3, 4) for arm in ARMS]
+    planned = command.plan(study, "cpu", tmp_path, sets=["seeds=3,4", "adamw_weight_decay=0.05",
+                                                         "adamw_lr=0.004"]).runs
+    assert [p.name for p in planned] == ["adamw-s3", "muon-nowd-s3", "adamw-s4", "muon-nowd-s4",
+                                         *(f"muon-wd{wd:g}-s3" for wd in GRID)]
     by_name = {p.name: p.config for p in planned}
-    assert [(c.optimizer, c.lr, c.weight_decay, c.decay_norms) for c in list(by_name.values())[:4]] == [
-        ("adamw", 0.004, 0.05, True), ("muon", 0.003, 0.0, True), ("muon", 0.003, 0.05, True),
-        ("muon", 0.003, 0.05, False)]
-    for seed in (3, 4):
-        configs = [by_name[f"{arm}-s{seed}"].to_dict() for arm in ARMS]
-        differing = {k for c in configs for k in c if c[k] != configs[1][k]}
-        assert differing == {"optimizer", "lr", "weight_decay", "decay_norms", "run_dir"}
-        assert all(c["seed"] == seed for c in configs)
-    config = by_name["muon-wd-s3"]
+    assert [(c.optimizer, c.lr, c.weight_decay, c.decay_norms) for c in list(by_name.values())[:2]] == [
+        ("adamw", 0.004, 0.05, False), ("muon", 0.003, 0.0, False)]
+    assert [(c.weight_decay, c.decay_norms) for n, c in by_name.items() if n.startswith("muon-wd")] == [
+        (wd, False) for wd in GRID]  # the gains are not decayed by default
+    config = by_name["muon-wd0.1-s3"]
     assert config.tokenizer == "byte" and config.corpus == "python" and config.telemetry_every == 50
     assert config.total_steps() == 2400 and config.eval_every == 100 and config.schedule == "cosine"
 
@@ -61,8 +62,8 @@ def _curves(arm: str, seed: int, t: int) -> dict[str, float]:
     wd_loss = 2.0 + 1.0 / (1.0 + t / 10) + noise
     loss = {"muon-nowd": wd_loss + 0.05 * t / TOTAL - 0.03, "adamw": wd_loss + 0.1}.get(arm, wd_loss)
     growth = 1 + t / 50 if arm in ("muon-nowd", "adamw") else 1 + min(t, 50) / 50
-    output = growth * (1.2 if arm == "muon-wd-nonorm" else 1.0) * (1 + noise)
-    gain = 1.0 if arm in ("muon-nowd", "muon-wd-nonorm") else 0.9
+    output = growth * (1.2 if arm == "muon-wd" else 1.0) * (1 + noise)
+    gain = 1.0 if arm in ("muon-nowd", "muon-wd") else 0.9
     logits = (3.0, 1.0) if arm == "adamw" else (2.0, 4.0)
     return {"step": t, "tokens": 1000 * t, "val_loss": loss, "weight_rms/layers.*.attn.wq.weight": 0.02 * growth,
             "weight_rms/layers.*.mlp.w_up.weight": 0.03 * growth, "weight_rms/layers.*.attn_norm.weight": gain,
@@ -71,56 +72,63 @@ def _curves(arm: str, seed: int, t: int) -> dict[str, float]:
 
 
 def _synthetic_runs(seeds=(0, 1, 2)) -> dict[str, Run]:
-    changes = {"adamw": ("adamw", 0.1, True), "muon-nowd": ("muon", 0.0, True), "muon-wd": ("muon", 0.1, True),
-               "muon-wd-nonorm": ("muon", 0.1, False)}
-    runs = {}
-    for seed in seeds:
-        for arm, (optimizer, wd, decay_norms) in changes.items():
-            config = {"optimizer": optimizer, "weight_decay": wd, "decay_norms": decay_norms, "seed": seed,
-                      "total_steps": TOTAL, "train_split_tokens": 400_000}
-            runs[f"{arm}-s{seed}"] = Run(f"{arm}-s{seed}", Path("."), config,
-                                         [_curves(arm, seed, t) for t in STEPS_LOGGED])
+    """Every run the plan asks for, grown to the end: the λ sweep's final losses a bowl around λ = 0.05 (so the
+    sweep chooses 0.05, interior); the arms' curves from ``_curves`` (the chosen λ's runs are the ``muon-wd`` arm;
+    ``muon-wd-norms`` decays the gains too)."""
+    params = {**get_study("weight-decay").presets["cpu"], "seeds": seeds}
+    runs: dict[str, Run] = {}
+    while new := [r for r in plan(params, runs) if r.name not in runs]:
+        for r in new:
+            c = r.config
+            arm = ("adamw" if c.optimizer == "adamw" else "muon-nowd" if c.weight_decay == 0
+                   else "muon-wd-norms" if c.decay_norms else "muon-wd")
+            rows = [_curves(arm, c.seed, t) for t in STEPS_LOGGED]
+            if arm == "muon-wd" and c.weight_decay != 0.05:  # another cell of the sweep: worse by a bowl
+                rows[-1] = {**rows[-1], "val_loss": rows[-1]["val_loss"] + 0.01 * abs(math.log2(c.weight_decay / 0.05))}
+            config = {"optimizer": c.optimizer, "weight_decay": c.weight_decay, "decay_norms": c.decay_norms,
+                      "seed": c.seed, "total_steps": TOTAL, "train_split_tokens": 400_000}
+            runs[r.name] = Run(r.name, Path("."), config, rows)
     return runs
 
 
-def _analyse(runs: dict[str, Run], out: Path):
+def _analyse(runs: dict[str, Run], out: Path, seeds=(0, 1, 2)):
     study = get_study("weight-decay")
-    return study.analyse(Finished(dict(study.presets["cpu"]), runs, out))
+    return study.analyse(Finished({**study.presets["cpu"], "seeds": seeds}, runs, out))
 
 
 def test_the_claims_on_synthetic_runs_with_known_answers(tmp_path):
     analysis = _analyse(_synthetic_runs(), tmp_path)
+    assert analysis.results["lambda"]["chosen"] == 0.05 and analysis.results["lambda"]["status"] == "interior"
     assert [c["agrees"] for c in analysis.results["claims"]] == [True, True, True, True, True]
     early, final, rms, norms, logits = analysis.results["claims"]
-    assert "step 40 (36 %" in early["result"] and "-0.0100 nats" in early["by_how_much"]  # 0.05·0.4 − 0.03
-    assert "paired per seed -0.0100 ± 0.0000 (3 seeds)" in early["by_how_much"]
-    assert "+0.0200 nats" in final["by_how_much"] and "ahead from step 70" in final["by_how_much"]
-    assert "in 3 of 3 quantities" in rms["result"] and "the other way in 0" in rms["result"]
-    assert "+50.0 % vs +0.0 %, ends 1.500× (holds)" in rms["by_how_much"]  # 3/2 − 1 and 2/2 − 1
-    assert "2 of 2 blocks" in norms["result"]
-    assert "Muon ≥ AdamW in 1 of 2 layers" in logits["result"]
+    assert "step 40 (36 %" in early["result"]
+    assert "-0.0100 nats (95 % CI -0.0100 to -0.0100, paired over 3 seeds" in early["by_how_much"]  # 0.05·0.4 − 0.03
+    assert "no wd − wd = +0.0200 nats" in final["by_how_much"]
+    assert "in 3 of 3 quantities" in rms["result"] and "separated the other way in 0" in rms["result"]
+    assert "attn.wq.weight: growth no wd − wd +0.5000" in rms["by_how_much"]  # 3/2 − 1 and 2/2 − 1
+    assert "decayed − not decayed = -0.80" in norms["by_how_much"]  # 2 · 2 · (1 − 1.2) · (1 + 0.001 s)
+    assert "Muon − AdamW = +1.2000" in logits["by_how_much"]  # 4 · 1.2 − 3 · 1.2 over steps ≤ 20
     arms = analysis.results["arms"]
     assert arms["muon-nowd"]["final_val_loss"]["mean"] == pytest.approx(2.0 + 1 / 11 + 0.001 + 0.02)
     assert arms["muon-wd"]["rms"]["output_rms/max"]["late_growth"]["mean"] == pytest.approx(0.0, abs=1e-12)
     assert arms["muon-nowd"]["rms"]["output_rms/max"]["late_growth"]["mean"] == pytest.approx(3 / 2 - 1)
     assert arms["adamw"]["early_max_logit"]["layer0"]["mean"] == pytest.approx(3.0 * 1.2)  # steps ≤ 20
-    difference = analysis.results["muon_nowd_minus_wd"]
-    assert difference["final"]["mean"] == pytest.approx(0.02) and difference["final"]["std"] == pytest.approx(0.0)
-    assert difference["largest_vanilla_lead"] == {"step": 0, "mean": pytest.approx(-0.03), "std": pytest.approx(0)}
     for _, path in analysis.figures:
         assert path is not None and path.stat().st_size > 0
 
 
 def test_reversed_curves_make_the_claims_disagree_and_two_seeds_cannot_tell(tmp_path):
     runs = _synthetic_runs()
-    for name, run in runs.items():  # swap the two Muon arms' losses and RMS: weight decay now loses and grows
-        if name.startswith("muon-nowd"):
-            other = runs[name.replace("nowd", "wd")]
-            run.rows, other.rows = other.rows, run.rows
+    for seed in (0, 1, 2):  # swap the two Muon arms' losses and RMS: weight decay now loses and grows
+        nowd, wd = runs[f"muon-nowd-s{seed}"], runs[f"muon-wd0.05-s{seed}"]
+        final_wd = wd.rows[-1]["val_loss"]
+        nowd.rows, wd.rows = wd.rows, nowd.rows
+        wd.rows[-1] = {**wd.rows[-1], "val_loss": min(wd.rows[-1]["val_loss"], final_wd)}  # 0.05 stays the choice
     early, final, rms, *_ = _analyse(runs, tmp_path / "reversed").results["claims"]
-    assert (early["agrees"], final["agrees"], rms["agrees"]) == (False, False, False)
-    two = {n: r for n, r in _synthetic_runs().items() if not n.endswith("-s2")}
-    assert {c["agrees"] for c in _analyse(two, tmp_path / "two").results["claims"]} == {None}
+    assert (early["agrees"], rms["agrees"]) == (False, False)
+    assert final["agrees"] is None  # its final loss was set equal to vanilla's to keep the sweep's choice
+    two = _synthetic_runs(seeds=(0, 1))
+    assert {c["agrees"] for c in _analyse(two, tmp_path / "two", seeds=(0, 1)).results["claims"]} == {None}
 
 
 @pytest.mark.parametrize("lr, expected", [
@@ -139,7 +147,8 @@ def test_decay_exponent_is_lambda_times_the_sum_of_the_lr_over_steps(lr, expecte
 
 def _sets(corpus: Path) -> list[str]:
     return [f"corpus={corpus}", "tokenizer=byte", "model=tiny", "d_model=32", "n_layers=2", "n_heads=1",
-            "seq_len=32", "batch_size=4", f"train_tokens={32 * 4 * STEPS}", "seeds=0,1,2", "evaluations=4",
+            "seq_len=32", "batch_size=4", f"train_tokens={32 * 4 * STEPS}", "seeds=0,1", "evaluations=4",
+            "wd_grid=0.05,0.1,0.2", "wd_caps=0.05,0.2",
             f"telemetry_every={TELEMETRY}", "compile=false", "device=cpu", "train.dtype=fp32", "train.threads=1"]
 
 
@@ -149,21 +158,23 @@ def test_the_analysis_runs_on_tiny_finished_runs(tiny_corpus, muonlab_cache, tmp
     assert main([*args, *(a for s in _sets(tiny_corpus) for a in ("--set", s))]) == 0
     results = json.loads((out / "results.json").read_text())["results"]
     assert list(results["arms"]) == list(ARMS)
-    rows = {(arm, seed): read_metrics(out / f"{arm}-s{seed}") for arm in ARMS for seed in (0, 1, 2)}
+    wd = results["lambda"]["chosen"]
+    folders = {"adamw": "adamw-s{}", "muon-nowd": "muon-nowd-s{}", "muon-wd": f"muon-wd{wd:g}-s{{}}",
+               "muon-wd-norms": f"muon-wd{wd:g}-norms-s{{}}"}
+    rows = {(arm, seed): read_metrics(out / folders[arm].format(seed)) for arm in ARMS for seed in (0, 1)}
     for (arm, seed), rs in rows.items():
         assert [r["step"] for r in rs if "output_rms/max" in r] == [1, 4, 8, 12], (arm, seed)
     key = "weight_rms/layers.*.attn.wq.weight"
     for arm in ARMS:
-        finals = [rows[arm, s][-1][key] for s in (0, 1, 2)]
-        assert results["arms"][arm]["rms"][key]["final"]["mean"] == pytest.approx(sum(finals) / 3, rel=1e-12)
-        losses = [rows[arm, s][-1]["val_loss"] for s in (0, 1, 2)]
-        assert results["arms"][arm]["final_val_loss"]["mean"] == pytest.approx(sum(losses) / 3, rel=1e-12)
-    paired = [rows["muon-nowd", s][-1]["val_loss"] - rows["muon-wd", s][-1]["val_loss"] for s in (0, 1, 2)]
-    assert results["muon_nowd_minus_wd"]["final"]["mean"] == pytest.approx(sum(paired) / 3, rel=1e-9, abs=1e-12)
-    early = [max(r["max_logit/layer1"] for r in rows["adamw", s] if "max_logit/layer1" in r and r["step"] <= 2.4)
-             for s in (0, 1, 2)]
-    assert results["arms"]["adamw"]["early_max_logit"]["layer1"]["mean"] == pytest.approx(sum(early) / 3)
-    assert len(results["claims"]) == 5
+        finals = [rows[arm, s][-1][key] for s in (0, 1)]
+        assert results["arms"][arm]["rms"][key]["final"]["mean"] == pytest.approx(sum(finals) / 2, rel=1e-12)
+        losses = [rows[arm, s][-1]["val_loss"] for s in (0, 1)]
+        assert results["arms"][arm]["final_val_loss"]["mean"] == pytest.approx(sum(losses) / 2, rel=1e-12)
+    sweep = {float(n.split("muon-wd")[1].split("-s")[0]): read_metrics(out / n)[-1]["val_loss"]
+             for n in (p.name for p in out.iterdir()) if n.startswith("muon-wd") and "norms" not in n
+             and n.endswith("-s0")}
+    assert wd == min(sweep, key=sweep.get) or results["lambda"]["status"] != "pending"
+    assert len(results["claims"]) == 5 and {c["agrees"] for c in results["claims"]} == {None}  # two seeds
     report = (out / "report.md").read_text()
     for png in ("val_loss.png", "weight_rms.png", "norm_rms.png", "output_rms.png", "max_logit.png"):
         assert (out / png).stat().st_size > 0 and f"]({png})" in report

@@ -1,10 +1,11 @@
 """Plots of the ``weight-decay`` study (Moonlight, arXiv 2502.16982 Figure 2 and App. D), by arm.
 
 An *arm* is a group of runs that differ only in the seed: ``arm_of`` names it from the run's config
-(``adamw``; ``muon-nowd`` for Muon with weight_decay 0; ``muon-wd``; ``muon-wd-nonorm`` for Muon with
-weight decay but not on the norm gains, ``decay_norms`` false). Curves are the mean over the arm's
-seeds at the steps every one of its runs logged, with a shaded mean ± sample std band
-(``qk_clip_plots.band``); a difference of two arms is taken per seed first (same initialisation and
+(``adamw``; ``muon-nowd`` for Muon with weight_decay 0; ``muon-wd`` for Muon with weight decay on the
+matrices but not on the norm gains, ``decay_norms`` false, the default arm; ``muon-wd-norms`` with the
+gains decayed too). The report passes only the arms' runs (the λ sweep's other cells are not an arm).
+Curves are the mean over the arm's seeds at the steps every one of its runs logged, with a shaded mean ± sample std band
+(``muonlab.analysis.logits.band``); a difference of two arms is taken per seed first (same initialisation and
 data order), then averaged.
 """
 
@@ -16,24 +17,24 @@ from pathlib import Path
 
 import numpy as np
 
-from muonlab.analysis.figures import finish_axes, new_figure, save_figure
-from muonlab.analysis.qk_clip_plots import band, draw_bands, layer_count
-from muonlab.analysis.runs import Run
+from ....analysis.figures import finish_axes, new_figure, save_figure
+from ....analysis.logits import band, draw_bands, layer_count
+from ....analysis.runs import Run
 
 try:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 except ImportError as e:  # an optional extra
-    raise ImportError("muonlab.analysis.weight_decay_plots needs matplotlib: pip install 'muonlab[plot]'") from e
+    raise ImportError("the weight-decay study's plots need matplotlib: pip install 'muonlab[plot]'") from e
 
 __all__ = ["ARMS", "ARM_COLORS", "ARM_LABELS", "MATRICES", "arm_of", "group_by_arm", "matrix_types", "norm_types",
-           "output_layers", "paired_difference", "plot_max_logits", "plot_output_rms", "plot_val_loss",
+           "output_layers", "paired_curves", "plot_max_logits", "plot_output_rms", "plot_val_loss",
            "plot_weight_rms"]
 
-ARMS = ("adamw", "muon-nowd", "muon-wd", "muon-wd-nonorm")
-ARM_LABELS = {"adamw": "AdamW (wd)", "muon-nowd": "Muon (no wd)", "muon-wd": "Muon (wd)",
-              "muon-wd-nonorm": "Muon (wd, not on norm gains)"}
-ARM_COLORS = {"adamw": "tab:blue", "muon-nowd": "tab:red", "muon-wd": "tab:green", "muon-wd-nonorm": "tab:purple"}
+ARMS = ("adamw", "muon-nowd", "muon-wd", "muon-wd-norms")
+ARM_LABELS = {"adamw": "AdamW (wd)", "muon-nowd": "Muon (no wd)", "muon-wd": "Muon (wd at the chosen λ)",
+              "muon-wd-norms": "Muon (wd, on norm gains too)"}
+ARM_COLORS = {"adamw": "tab:blue", "muon-nowd": "tab:red", "muon-wd": "tab:green", "muon-wd-norms": "tab:purple"}
 MATRICES = ("attn.wq", "attn.wo", "mlp.w_up", "mlp.w_down", "mlp.w_in", "mlp.w_out", "attn.wq_nope", "attn.wkv_down")
 """Hidden matrices whose weight RMS the study shows, in order of preference (dense SwiGLU, GELU MLP, MLA)."""
 
@@ -44,7 +45,7 @@ def arm_of(run: Run) -> str:
         return run.optimizer
     if float(run.config.get("weight_decay", 0.0)) == 0.0:
         return "muon-nowd"
-    return "muon-wd" if run.config.get("decay_norms", True) else "muon-wd-nonorm"
+    return "muon-wd-norms" if run.config.get("decay_norms", True) else "muon-wd"
 
 
 def group_by_arm(runs: Sequence[Run]) -> dict[str, list[Run]]:
@@ -83,7 +84,7 @@ def _by_step(run: Run, key: str) -> dict[int, float]:
     return dict(zip(steps.tolist(), values.tolist()))
 
 
-def paired_difference(a: Sequence[Run], b: Sequence[Run], key: str):
+def paired_curves(a: Sequence[Run], b: Sequence[Run], key: str):
     """``(steps, mean, std, per_seed)`` of ``key``(b) − ``key``(a) per seed, at the steps every run logged.
 
     Runs are paired by ``config["seed"]``; seeds missing from either side are left out. ``std`` is
@@ -116,7 +117,7 @@ def plot_val_loss(runs: Sequence[Run], path: str | os.PathLike, zoom_from: float
         lows.append(y.min())
     loss_ax.set_ylim(min(lows) - 0.02, max(tops) + 0.02)
     finish_axes(loss_ax, "Validation loss", "optimizer step", "validation loss (nats/token), mean ± std")
-    got = paired_difference(groups.get("muon-wd", []), groups.get("muon-nowd", []), "val_loss")
+    got = paired_curves(groups.get("muon-wd", []), groups.get("muon-nowd", []), "val_loss")
     if got is not None:
         steps, mean, std, per_seed = got
         diff_ax.plot(steps, mean, color="black", marker="o", markersize=2, linewidth=1.2,
