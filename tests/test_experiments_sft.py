@@ -1,74 +1,78 @@
-"""The ``sft`` study's plan (stages, init_from, the tuned learning rate) and its analysis on made-up run folders."""
+"""The ``sft`` study: its plan (bases of matched loss, each cell's bracketed fine-tuning lr sweep) and its paired
+verdicts on made-up run folders with known answers (yes, no and cannot tell)."""
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 from muonlab.analysis.runs import Run
 from muonlab.experiments.registry import get_study
-from muonlab.experiments.studies import sft
+from muonlab.experiments.studies.sft.plan import PRESETS, plan, sweep_name
+from muonlab.experiments.studies.sft.report import analyse, claims
+from muonlab.experiments.study import Finished
 
-SETS = {"seeds": (0, 1, 2), "sft_lrs": (1e-4, 1e-3, 1e-2)}
-
-
-def _params() -> dict:
-    return {**sft.PRESETS["cpu"], **SETS}
+P = {**PRESETS["cpu"], "seeds": (0, 1, 2)}
 
 
-def _run(name: str, val_loss: float, optimizer: str = "adamw", seed: int = 0) -> Run:
-    rows = [{"step": 10, "val_loss": val_loss + 1.0, "tokens": 100.0},
-            {"step": 20, "val_loss": val_loss, "tokens": 200.0}]
-    return Run(name, Path(name), {"optimizer": optimizer, "seed": seed, "model": "demo"}, rows)
-
-
-def test_the_plan_pretrains_sweeps_with_the_first_seed_then_tunes_the_others_at_the_best_lr(tmp_path):
-    study = get_study("sft")
-    params = _params()
-    first = study.planned(params, tmp_path, {})
-    names = [p.name for p in first]
-    assert names[:6] == ["pre-adamw-s0", "pre-muon-s0", "pre-adamw-s1", "pre-muon-s1", "pre-adamw-s2", "pre-muon-s2"]
-    assert len(first) == 6 + 4 * 3 + 4 * 2
+def test_the_plan_pretrains_adamw_longer_and_sweeps_each_cell_from_its_first_seed(tmp_path):
+    first = get_study("sft").planned(P, tmp_path, {})
     by_name = {p.name: p for p in first}
+    assert [p.name for p in first][:6] == ["pre-adamw-s0", "pre-muon-s0", "pre-adamw-s1", "pre-muon-s1",
+                                          "pre-adamw-s2", "pre-muon-s2"]
+    assert by_name["pre-adamw-s0"].config.train_tokens == 2 * by_name["pre-muon-s0"].config.train_tokens
+    assert len(first) == 6 + 4 * 3  # before any result: each cell's first round only
     sweep = by_name["sft-muon-adamw-lr0.001-s0"]
     assert sweep.config.task == "sft" and sweep.config.optimizer == "adamw" and sweep.config.lr == 1e-3
     assert sweep.config.init_from == str(tmp_path / "pre-muon-s0") and sweep.needs == ("pre-muon-s0",)
     assert sweep.config.schedule == "linear" and sweep.config.final_lr_ratio == 0.0 and sweep.config.warmup_steps == 0
-    tuned = by_name["sft-muon-adamw-best-s2"]
-    assert tuned.config.init_from == str(tmp_path / "pre-muon-s2") and tuned.config.seed == 2
-    assert set(tuned.needs) == {"sft-muon-adamw-lr0.0001-s0", "sft-muon-adamw-lr0.001-s0", "sft-muon-adamw-lr0.01-s0",
-                                "pre-muon-s2"}
-    assert tuned.config.lr == 1e-3  # provisional: the sweep's middle value
-
-    losses = {1e-4: 3.0, 1e-3: 2.5, 1e-2: 2.1}  # the largest lr wins this cell's sweep
-    done = {sft.sweep_name("muon", "adamw", lr, 0): _run("x", v) for lr, v in losses.items()}
-    again = {p.name: p for p in study.planned(params, tmp_path, {}, done)}
-    assert [p for p in again] == names  # names do not depend on results
-    assert again["sft-muon-adamw-best-s2"].config.lr == 1e-2
-    assert again["sft-adamw-adamw-best-s2"].config.lr == 1e-3  # that cell's sweep is not done: still provisional
 
 
-def test_the_analysis_compares_the_cells_at_their_best_learning_rates(tmp_path):
-    params = {**_params(), "seeds": (0, 1, 2)}
-    # Muon/Muon lowest by far at its best lr (1e-2); other cells best at 1e-3.
+def _run(name: str, loss: float, optimizer: str, seed: int) -> Run:
+    rows = [{"step": 10, "val_loss": loss + 1.0, "tokens": 100.0}, {"step": 20, "val_loss": loss, "tokens": 200.0}]
+    return Run(name, Path(name), {"optimizer": optimizer, "seed": seed, "model": "demo", "lr": 0.0}, rows)
+
+
+def _grown(cell_loss, best_lr=3e-3) -> dict[str, Run]:
+    """Every run the plan asks for, to the end: bases at 3.5 (AdamW 3.5 + 0.001); a cell's loss at lr
+    ``cell_loss(cell, seed)`` + 0.05 · |log3(lr / best_lr)|."""
+    runs: dict[str, Run] = {}
+    while new := [r for r in plan(P, runs) if r.name not in runs]:
+        for r in new:
+            c = r.config
+            if r.name.startswith("pre-"):
+                runs[r.name] = _run(r.name, 3.5 + (0.001 if c.optimizer == "adamw" else 0.0) + 0.01 * c.seed,
+                                    c.optimizer, c.seed)
+                continue
+            cell = tuple(r.name.split("-")[1:3])
+            loss = cell_loss(cell, c.seed) + 0.05 * abs(math.log(c.lr / best_lr, 3))
+            runs[r.name] = Run(r.name, Path(r.name), {"optimizer": c.optimizer, "seed": c.seed, "lr": c.lr,
+                                                      "model": "demo"}, _run(r.name, loss, c.optimizer, c.seed).rows)
+    return runs
+
+
+def test_the_analysis_pairs_the_cells_at_their_chosen_lrs(tmp_path):
     base = {("adamw", "adamw"): 3.0, ("adamw", "muon"): 3.02, ("muon", "adamw"): 2.9, ("muon", "muon"): 2.5}
-    runs = {}
-    for seed, offset in zip((0, 1, 2), (-0.01, 0.0, 0.01)):
-        runs[sft.pretrain_name("adamw", seed)] = _run(sft.pretrain_name("adamw", seed), 4.0 + offset, seed=seed)
-        runs[sft.pretrain_name("muon", seed)] = _run(sft.pretrain_name("muon", seed), 3.8 + offset, "muon", seed)
-    for (pre, tune), loss in base.items():
-        best = 1e-2 if (pre, tune) == ("muon", "muon") else 1e-3
-        for lr in params["sft_lrs"]:
-            name = sft.sweep_name(pre, tune, lr, 0)
-            runs[name] = _run(name, loss - 0.01 + (0.0 if lr == best else 0.5), tune)
-        for seed, offset in ((1, 0.0), (2, 0.01)):
-            runs[sft.best_name(pre, tune, seed)] = _run(sft.best_name(pre, tune, seed), loss + offset, tune, seed)
-    from muonlab.experiments.study import Finished
-
-    analysis = sft.analyse(Finished(params, runs, tmp_path))
+    runs = _grown(lambda cell, seed: base[cell] + 0.01 * seed)
+    assert sweep_name("muon", "muon", 3e-3, 2) in runs and sweep_name("muon", "muon", 1e-2, 2) in runs
+    analysis = analyse(Finished(P, runs, tmp_path))
     cells = analysis.results["cells"]
-    assert cells["muon->muon"]["lr"] == 1e-2 and cells["adamw->adamw"]["lr"] == 1e-3
-    assert abs(cells["muon->muon"]["mean"] - 2.5) < 1e-9 and abs(cells["adamw->muon"]["mean"] - 3.02) < 1e-9
-    assert analysis.results["best_cell"] == "muon->muon"
-    # Claim 1 holds (separated); claim 2: AdamW-pretrained Muon SFT is 0.02 worse, no advantage -> agrees.
+    assert cells["muon->muon"]["lr"] == 3e-3 and cells["muon->muon"]["status"] == "interior"
+    assert cells["adamw->muon"]["by_seed"] == {"0": 3.02, "1": 3.03, "2": 3.04}
+    # Muon/Muon 0.4 below the best other cell in every seed: yes. Mismatched: Muon SFT 0.02 worse in every seed,
+    # interval [+0.02, +0.02] above −0.02: no advantage, agrees.
     assert analysis.results["claims_agree"] == [True, True]
+    assert "AdamW base (2× Muon's tokens) − Muon base = +0.0010" in dict(analysis.sections)["Headline"]
     assert all(path is not None and path.is_file() for _, path in analysis.figures)
+
+
+def test_the_claims_can_say_no_and_cannot_tell():
+    seeds = (0, 1, 2)
+    no = {("adamw", "adamw"): {s: 3.0 + 0.1 * s for s in seeds}, ("adamw", "muon"): {s: 2.9 + 0.1 * s for s in seeds},
+          ("muon", "adamw"): {s: 2.8 + 0.1 * s for s in seeds}, ("muon", "muon"): {s: 2.85 + 0.1 * s for s in seeds}}
+    # Muon/Muon 0.05 above muon→adamw in every seed; Muon SFT 0.1 below AdamW SFT on the AdamW base: an advantage.
+    assert [c.agrees for c in claims(no)] == [False, False]
+    mixed = dict(no)
+    mixed[("muon", "muon")] = {0: 2.7, 1: 3.0, 2: 2.95}  # −0.1, +0.1, −0.05 against muon→adamw
+    mixed[("adamw", "muon")] = {0: 3.05, 1: 3.0, 2: 3.25}  # +0.05, −0.1, +0.05: interval far below −0.02
+    assert [c.agrees for c in claims(mixed)] == [None, None]

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
-from muonlab.analysis.figures import band_of, finish_axes, new_figure, plot_lr_sweeps, save_figure
-from muonlab.analysis.runs import Run
+from ....analysis.figures import band_of, finish_axes, new_figure, plot_lr_sweeps, save_figure
+from ....analysis.runs import Run
 
 __all__ = ["plot_cells", "plot_curves", "plot_sweep"]
 
