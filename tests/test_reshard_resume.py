@@ -73,9 +73,10 @@ def test_one_process_killed_then_two_finish_the_run(tiny_corpus, muonlab_cache, 
 
 def test_another_global_batch_is_refused_naming_the_batch_size_that_fits(tiny_corpus, muonlab_cache, tmp_path):
     run_dir = tmp_path / "run"
-    train_in_process(run_values(tiny_corpus, run_dir, train_tokens=32 * 4 * 2), muonlab_cache)
+    short = {**run_values(tiny_corpus, run_dir), "train_tokens": 32 * 4 * 2}
+    train_in_process(short, muonlab_cache)
     before = {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file()}
-    done = _one_process(run_values(tiny_corpus, run_dir, train_tokens=32 * 4 * 2, batch_size=2))
+    done = _one_process({**short, "batch_size": 2})
     assert done.returncode == 2
     assert ("the global batch is 128 tokens per step there but 64 now (batch_size=4 keeps it at 1 data-parallel "
             "processes)") in done.stderr
