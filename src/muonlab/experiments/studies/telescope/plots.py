@@ -15,11 +15,11 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from matplotlib.ticker import FixedFormatter, FixedLocator, NullLocator
 
-from muonlab.analysis.figures import finish_axes, new_figure, save_figure
+from ....analysis.figures import finish_axes, new_figure, save_figure
 
 if TYPE_CHECKING:
-    from muonlab.analysis.fits import SaturatingPowerLaw
-    from muonlab.experiments.telescoping import Level
+    from ....analysis.fits import SaturatingPowerLaw
+    from ...telescoping import Level
 
 __all__ = ["plot_brute", "plot_ledger", "plot_levels", "plot_minima"]
 

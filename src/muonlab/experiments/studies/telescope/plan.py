@@ -1,38 +1,24 @@
-"""``telescope``: Essential AI's telescoping search over (learning rate, weight decay) (arXiv 2505.02222 §3.3–3.4).
-
-Algorithm 1 of the paper, with muP (so the hyperparameters transfer across widths) and Muon, on
-one small Llama-style family whose width grows by adding heads of a fixed width
-(``muonlab.experiments.telescoping`` plans the grids):
-
-1. level 0 (stage 0): a full ``grid_points × grid_points`` grid of (lr, λ) at the base width
-   ``widths[0]``, log-spaced by ``lr_spacing`` and ``wd_spacing`` around ``(lr_center, wd_center)``;
-2. level k (stage k): at width ``widths[k]`` (twice the last), ``grid_points · 2^(−k)`` points per
-   hyperparameter (4× fewer runs, each ≈ 4× dearer), the mesh halved in log space, centred on level
-   k − 1's best point; it needs every run of level k − 1;
-3. the final run at ``final_width`` at the last level's best point (the telescoped choice).
-
-The check (stage 0, independent of the telescope): a brute-force ``brute_points × brute_points`` grid
-at the top calibration width ``widths[-1]`` over level 0's box. Seed noise: the telescoped choice and
-the brute-force optimum are each trained again at the top calibration width with the fresh seeds
-``check_seeds`` (the search runs all use ``search_seed``). Every run has the same tokens, batch,
-sequence length and depth; only the width and (lr, λ) differ.
-
-Run names carry the level, the width and the grid index (``L1-d64-i0-j2-s0``: lr index 0, λ index
-2), never a hyperparameter value: until level k − 1 is done, level k's grid is provisional (centred
-on level k − 1's own centre).
-"""
+"""The ``telescope`` study's runs: the levels, the brute-force check, the seed-noise checks and the final run
+(the study's docstring has the algorithm)."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from typing import Any
 
-from ...analysis.runs import Run
-from ...train.config import ConfigError, TrainConfig
-from ..estimate import run_flops_per_step
-from ..study import Analysis, Finished, PlannedRun, Study
-from ..telescoping import Level, best_point, grid_indices, plan_level, spanning_grid
-from ._telescope_report import Search, final_loss, telescope_analysis
+from ....analysis.runs import Run
+from ....train.config import ConfigError, TrainConfig
+from ...estimate import run_flops_per_step
+from ...study import PlannedRun
+from ...telescoping import Level, best_point, grid_indices, plan_level, spanning_grid
+
+
+def final_loss(run: Run) -> float:
+    """The run's final validation loss (NaN if it logged none)."""
+    loss = run.final("val_loss")
+    return math.nan if loss is None else loss
+
 
 HPARAMS = ("lr", "weight_decay")
 """The searched hyperparameters, in grid-index order (``i`` indexes lr, ``j`` weight decay)."""
@@ -175,33 +161,3 @@ def plan(p: Mapping[str, Any], done: Mapping[str, Run]) -> list[PlannedRun]:
     best = brute_best(p, done) or provisional
     runs += [PlannedRun(check_name("brute", p, s), config(p, top, best, s), tuple(brute)) for s in p["check_seeds"]]
     return runs
-
-
-def analyse(finished: Finished) -> Analysis:
-    """Per-level grids, the brute-force check, the seed-noise comparison, the ledger and the L(d) fit."""
-    p, runs = finished.params, finished.runs
-    grids, choice = levels(p, runs)
-    seed = p["search_seed"]
-    grid = brute_grid(p)
-    search = Search(
-        levels=[(level, [runs[n] for n in level_names(level, seed)]) for level in grids],
-        brute=(grid, [runs[n] for n in brute_names(grid, seed)]),
-        final=runs[final_name(p)],
-        choice=choice,
-        checks={arm: [runs[check_name(arm, p, s)] for s in p["check_seeds"]] for arm in ("telescoped", "brute")},
-        hparams=HPARAMS,
-        flops={w: run_flops(p, w) for w in (*p["widths"], p["final_width"])},
-    )
-    return telescope_analysis(search, p, finished.out)
-
-
-STUDY = Study(
-    name="telescope",
-    title="Telescoping (lr, weight decay) search under muP with Muon (Essential AI Algorithm 1)",
-    claim="Essential AI (arXiv 2505.02222 §3.3–3.4, Algorithm 1, Figures 6, 13, 14): shrinking the grid around the "
-          "previous optimum at each width doubling finds near-optimal (lr, λ) for O(C log N) compute, typically "
-          "saving > 50 % against a full grid at the final width.",
-    presets=PRESETS,
-    plan=plan,
-    analyse=analyse,
-)

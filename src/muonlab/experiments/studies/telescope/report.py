@@ -1,7 +1,7 @@
 """The ``telescope`` study's numbers, claims and report sections, from what its runs measured.
 
-Kept apart from the plan (``telescope.py``) so each reads in one sitting; the plots are
-:mod:`muonlab.analysis.telescope_plots`. Distances between (lr, λ) points are counted in *cells*:
+Kept apart from the plan (``plan``) so each reads in one sitting; the plots are ``plots``.
+Distances between (lr, λ) points are counted in *cells*:
 ``|log(a / b)| / log(spacing)`` per hyperparameter, with the spacing of the last calibration level
 (the fine mesh) or of the brute-force grid.
 """
@@ -14,12 +14,24 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from ...analysis import telescope_plots as plots
-from ...analysis.fits import fit_saturating_power
-from ...analysis.runs import Run
-from ..protocol import MIN_SEEDS, ClaimCheck, Gap, claim_section, mean_std
-from ..study import Analysis
-from ..telescoping import Level, best_point, ledger
+from ....analysis.fits import fit_saturating_power
+from ....analysis.paired import MIN_SEEDS, PairedDifference
+from ....analysis.runs import Run
+from ...protocol import ClaimCheck, by_seed, claim_section, mean_std, paired
+from ...study import Analysis, Finished
+from ...telescoping import Level, best_point, ledger
+from . import plots
+from .plan import (
+    HPARAMS,
+    brute_grid,
+    brute_names,
+    check_name,
+    final_loss,
+    final_name,
+    level_names,
+    levels,
+    run_flops,
+)
 
 PAPER_ALPHA, PAPER_E = 0.31, 1.31
 """The paper's fit of the per-level minimum losses, L(d) = A/d^α + E (§3.4; nats at its scale)."""
@@ -43,12 +55,6 @@ class Search:
     checks: Mapping[str, list[Run]]
     hparams: tuple[str, ...]
     flops: Mapping[int, float]
-
-
-def final_loss(run: Run) -> float:
-    """The run's final validation loss (NaN if it logged none)."""
-    loss = run.final("val_loss")
-    return math.nan if loss is None else loss
 
 
 def _wall(run: Run) -> float:
@@ -140,19 +146,24 @@ def _location_claim(distance: Mapping[str, float], coarse: Mapping[str, float], 
     )
 
 
-def _noise_claim(gap: Gap, width: int) -> ClaimCheck:
-    if min(gap.a.n, gap.b.n) < MIN_SEEDS:
+def _noise_claim(d: PairedDifference, noise: float | None, width: int) -> ClaimCheck:
+    """Within seed noise: the paired 95 % interval of telescoped − brute-force lies inside ± the seed-to-seed std
+    of the brute-force optimum's runs (agrees), or entirely beyond it (disagrees); else cannot tell."""
+    interval = d.interval
+    if d.n < MIN_SEEDS or interval is None or not noise:
         agrees = None
+    elif -noise < interval[0] and interval[1] < noise:
+        agrees = True
+    elif interval[0] >= noise or interval[1] <= -noise:
+        agrees = False
     else:
-        agrees = True if not gap.separated else gap.difference < 0
-    size = (f"telescoped − brute-force = {gap.difference:+.4f} nats, "
-            + (f"{gap.in_spreads:.2f}× the seed-to-seed std {gap.spread:.4f}" if gap.in_spreads is not None
-               else "seed-to-seed std unknown"))
+        agrees = None
     return ClaimCheck(
         paper="the telescoped choice's loss is within seed noise of the brute-force optimum's (E7b)",
-        result=f"d={width}, fresh seeds: telescoped {gap.b}, brute-force optimum {gap.a}",
+        result=f"d={width}, fresh seeds: telescoped {d.mean_b:.4f}, brute-force optimum {d.mean_a:.4f}",
         agrees=agrees,
-        by_how_much=size,
+        by_how_much=f"telescoped − brute-force = {d.text()}; within noise means the interval lies inside ± the "
+                    f"brute-force runs' seed std ({noise:.4f})" if noise else f"telescoped − brute-force = {d.text()}",
     )
 
 
@@ -277,7 +288,7 @@ def telescope_analysis(search: Search, p: Mapping[str, Any], out: Path) -> Analy
     coarse = cells_apart(search.choice, refined, grid.spacing)
     seeds = {arm: [final_loss(r) for r in runs] for arm, runs in search.checks.items()}
     arms = {arm: mean_std(losses) for arm, losses in seeds.items()}
-    gap = Gap(arms["brute"], arms["telescoped"])
+    d = paired(*(by_seed(search.checks[arm], final_loss) for arm in ("brute", "telescoped")))
     final_width = int(search.final.config.get("d_model"))
     book = ledger([level for level, _ in search.levels], search.flops.__getitem__, final_width)
     measured = measured_ledger(search, rows)
@@ -285,7 +296,7 @@ def telescope_analysis(search: Search, p: Mapping[str, Any], out: Path) -> Analy
     widths = [r["width"] for r in rows] + [final_width]
     minima = [r["min_loss"] for r in rows] + [final_loss(search.final)]
     fit = fit_saturating_power(widths, minima)
-    checks = [_location_claim(distance, coarse, edge, grid.width), _noise_claim(gap, grid.width),
+    checks = [_location_claim(distance, coarse, edge, grid.width), _noise_claim(d, arms['brute'].std, grid.width),
               _cost_claim(book, measured, p["widths"], final_width), _even_claim(rows, book), _spread_claim(rows),
               _fit_claim(widths, minima, fit)]
     figures = [
@@ -305,7 +316,7 @@ def telescope_analysis(search: Search, p: Mapping[str, Any], out: Path) -> Analy
                   "refined": refined, "edge": edge, "losses": brute_losses},
         "distance_fine_cells": distance, "distance_brute_cells": coarse,
         "seed_noise": {arm: asdict(v) for arm, v in arms.items()} | {
-            "telescoped_minus_brute": gap.difference, "spread": gap.spread, "separated": gap.separated},
+            "telescoped_minus_brute": d.as_dict(), "noise": arms["brute"].std, "within_noise": checks[1].agrees},
         "ledger_flops": {**book, "brute_force_cost": brute_flops}, "ledger_wall_s": measured,
         "fit": {"A": fit.A, "alpha": fit.alpha, "E": fit.E, "r2": fit.r2, "widths": widths, "minima": minima},
         "claims_agree": [c.agrees for c in checks],
@@ -321,6 +332,25 @@ def telescope_analysis(search: Search, p: Mapping[str, Any], out: Path) -> Analy
                 (f"Brute-force grid at d={grid.width} (final validation loss, seed {p['search_seed']})",
                  _grid_table(grid, brute_losses)), ("Setting", _setting(p, search))]
     summary = (f"telescoped {_fmt(search.choice)} is {max(distance.values()):.2f} fine cells from the brute-force "
-               f"optimum; loss {gap.difference:+.4f} vs brute force (seed std {gap.spread or math.nan:.4f}); "
+               f"optimum; loss {d.mean:+.4f} vs brute force, paired (seed std {arms['brute'].std or math.nan:.4f}); "
                f"{book['saved_fraction_at_final_width']:.0%} of a full final-width grid saved")
     return Analysis(results=results, sections=sections, figures=figures, summary=summary)
+
+
+def analyse(finished: Finished) -> Analysis:
+
+    """Per-level grids, the brute-force check, the seed-noise comparison, the ledger and the L(d) fit."""
+    p, runs = finished.params, finished.runs
+    grids, choice = levels(p, runs)
+    seed = p["search_seed"]
+    grid = brute_grid(p)
+    search = Search(
+        levels=[(level, [runs[n] for n in level_names(level, seed)]) for level in grids],
+        brute=(grid, [runs[n] for n in brute_names(grid, seed)]),
+        final=runs[final_name(p)],
+        choice=choice,
+        checks={arm: [runs[check_name(arm, p, s)] for s in p["check_seeds"]] for arm in ("telescoped", "brute")},
+        hparams=HPARAMS,
+        flops={w: run_flops(p, w) for w in (*p["widths"], p["final_width"])},
+    )
+    return telescope_analysis(search, p, finished.out)
