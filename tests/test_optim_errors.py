@@ -239,3 +239,17 @@ def test_another_optimizers_state_dict_is_refused_and_changes_nothing():
     assert optimizer.param_groups[0]["lr"] == 0.1
     assert all(torch.equal(v, optimizer.state[params[0]][k]) for k, v in before.items())
     optimizer.step()  # still works
+
+
+def test_an_embedding_put_into_muon_by_hand_warns_once_naming_it():
+    from muonlab.optim import param_groups
+
+    model = nn.Sequential(nn.Embedding(10, 8), nn.Linear(8, 8, bias=False))
+    param_groups(model)  # routes model.0.weight as an embedding
+    with pytest.warns(UserWarning, match="parameter '0.weight' is routed as 'embedding'"):
+        Muon([{"params": list(model.parameters()), "algorithm": "muon"}], lr=0.1)
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        Muon([{"params": list(model.parameters()), "algorithm": "muon"}], lr=0.1)  # once per parameter

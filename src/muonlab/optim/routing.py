@@ -52,7 +52,8 @@ from .blocks import parse_blocks
 from .heads import head_blocks
 from .scaling import SCALE_RULES, logical_matrix_shape, update_scale
 
-__all__ = ["ORTHOGONALIZE", "ROLE_ALGORITHM", "RoutedParam", "param_groups", "route_parameters", "routing_table"]
+__all__ = ["ORTHOGONALIZE", "ROLE_ALGORITHM", "RoutedParam", "param_groups", "route_parameters", "routed_role",
+           "routing_table"]
 
 ROLE_ALGORITHM = {
     "hidden": "muon",
@@ -68,6 +69,14 @@ DEFAULT_HEAD_NAMES = ("lm_head", "output", "head", "embed_out", "classifier")
 _NORM_TYPES = (nn.LayerNorm, nn.GroupNorm, nn.RMSNorm, nn.modules.batchnorm._NormBase)
 _LAYOUT_KEYS = ("transposed", "fused", "heads", "col_heads")
 ORTHOGONALIZE = ("matrix", "per_head")
+
+
+ROUTED_ATTR = "_muonlab_routed"  # set on each parameter route_parameters places: (name, role)
+
+
+def routed_role(param: torch.Tensor) -> tuple[str, str] | None:
+    """``(name, role)`` that :func:`route_parameters` gave ``param``, if it routed it."""
+    return getattr(param, ROUTED_ATTR, None)
 
 
 @dataclass
@@ -224,6 +233,7 @@ def route_parameters(model: nn.Module, head_names: Iterable[str] = DEFAULT_HEAD_
                         heads = head_blocks(module, parent, module_name, param_name,
                                             _declared(module, "muon_layouts", param_name))
                 routed[id(param)] = RoutedParam(full_name, param, role, (), *layout, *heads)
+                setattr(param, ROUTED_ATTR, (full_name, role))
                 order.append(id(param))
             elif full_name != seen.name and full_name not in seen.aliases:
                 if ROLE_ALGORITHM[role] != seen.algorithm:

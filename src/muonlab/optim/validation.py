@@ -9,12 +9,14 @@ the option, the bad value and what would be valid.
 from __future__ import annotations
 
 import math
+import warnings
 from typing import Any
 
 import torch
 
 from .blocks import parse_blocks
 from .newton_schulz import NS_METHODS, get_coefficient_set
+from .routing import ROLE_ALGORITHM, routed_role
 from .scaling import SCALE_RULES, check_update_rms, logical_matrix_shape
 from .state import FIELDS
 
@@ -54,7 +56,7 @@ def _check_flag(where: str, group: dict[str, Any], name: str) -> None:
 
 def _param_name(group: dict[str, Any], i: int) -> str:
     names = group.get("names")
-    return repr(names[i]) if names else f"#{i} of shape {tuple(group['params'][i].shape)}"
+    return repr(names[i]) if names else f"#{i}"
 
 
 def check_group(group: dict[str, Any], index: int) -> None:
@@ -82,7 +84,9 @@ def check_group(group: dict[str, Any], index: int) -> None:
                              "Muon updates matrices only (2-D, 3-D expert stacks, or conv weights); route 1-D "
                              "parameters (norms, biases) to an 'adamw' group")
         if p.is_complex():
-            raise ValueError(f"parameter {_param_name(group, i)} is complex; Muon supports real parameters only")
+            raise ValueError(f"parameter {_param_name(group, i)} of shape {tuple(p.shape)} is complex; Muon supports "
+                             "real parameters only")
+        _warn_against_role(p)
         if p.numel() == 0:
             continue  # an empty matrix has nothing to update; the engines skip it
         try:
@@ -91,6 +95,21 @@ def check_group(group: dict[str, Any], index: int) -> None:
                          group.get("blocks", 1), group.get("col_blocks", 1))
         except ValueError as err:
             raise ValueError(f"{where}, parameter {_param_name(group, i)}: {err}") from None
+
+
+_WARNED: set[int] = set()
+
+
+def _warn_against_role(p: torch.Tensor) -> None:
+    """Warn once per parameter that ``param_groups`` routed to AdamW (an embedding, the LM head, …) but
+    that sits in a Muon group: Moonlight keeps those on AdamW, and Muon's update of them is not the paper's."""
+    routed = routed_role(p)
+    if routed is None or ROLE_ALGORITHM[routed[1]] == "muon" or id(p) in _WARNED:
+        return
+    _WARNED.add(id(p))
+    warnings.warn(f"parameter {routed[0]!r} is routed as {routed[1]!r} (an AdamW role) but is in a Muon group; "
+                  "Moonlight keeps embeddings, the LM head, norms and biases on AdamW (use param_groups(model))",
+                  UserWarning, stacklevel=4)
 
 
 def _check_muon_options(where: str, group: dict[str, Any]) -> None:
