@@ -54,7 +54,7 @@ def test_workers_stop_when_torchrun_is_killed(tiny_corpus, muonlab_cache, tmp_pa
     from muonlab.rundir.ownership import folder_lock
 
     run_dir = tmp_path / "run"
-    values = run_values(tiny_corpus, run_dir, batch_size=2, parallel="zero1", train_tokens=32 * 4 * 100_000)
+    values = {**run_values(tiny_corpus, run_dir, batch_size=2, parallel="zero1"), "train_tokens": 32 * 4 * 100_000}
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
                "-m", "muonlab.cli", "train", *train_flags(values)]
     env = {**os.environ, "MUONLAB_ALLOCATOR": "default", "OMP_NUM_THREADS": "1"}
