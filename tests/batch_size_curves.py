@@ -11,7 +11,7 @@ import math
 from pathlib import Path
 
 from muonlab.analysis.runs import Run
-from muonlab.experiments.studies import batch_size
+from muonlab.experiments.studies.batch_size import plan as batch_size
 
 BUDGET = 262_144  # tokens a run in the made-up study (32 steps at the largest batch, 1,024 at the smallest)
 KNEE = {"adamw": 1024, "muon": 2048}  # critical batch sizes (tokens) of the made-up runs
@@ -38,6 +38,7 @@ def curve_run(name: str, config, corpus_scale: float, val_loss: float) -> Run:
             for s in range(1, config.total_steps() + 1)]
     rows[-1]["val_loss"] = val_loss
     record = {"optimizer": config.optimizer, "seed": config.seed, "lr": config.lr, "tokens_per_step": per_step,
+              "corpus": config.corpus, "batch_size": config.batch_size,
               "log_every": 1, "train_split_tokens": 4_000_000}
     return Run(name, Path(name), record, rows)
 

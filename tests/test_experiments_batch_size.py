@@ -13,7 +13,8 @@ from muonlab.analysis.batch_size import smoothed_curve
 from muonlab.analysis.runs import Run
 from muonlab.experiments.estimate import stages
 from muonlab.experiments.registry import get_study
-from muonlab.experiments.studies import batch_size
+from muonlab.experiments.studies.batch_size import plan as batch_size
+from muonlab.experiments.studies.batch_size.report import analyse
 from muonlab.experiments.study import Finished
 
 from batch_size_curves import BUDGET, KNEE, SLOPE, made_up_study, params, tau
@@ -92,7 +93,7 @@ def _val_run(val_loss: float) -> Run:
 
 def test_the_analysis_recovers_known_token_ratios_and_critical_batches(tmp_path):
     p = params(train_tokens=BUDGET, ema_tokens=1)  # no smoothing: the curves are noiseless
-    analysis = batch_size.analyse(Finished(p, made_up_study(p), tmp_path))
+    analysis = analyse(Finished(p, made_up_study(p), tmp_path))
     batches = [b * p["seq_len"] for b in p["batch_sizes"]]
     for corpus in ("english", "python"):
         result = analysis.results["corpora"][corpus]
@@ -124,7 +125,7 @@ def test_the_analysis_recovers_known_token_ratios_and_critical_batches(tmp_path)
 
 def test_extra_tokens_are_the_per_seed_differences(tmp_path):
     p = params(train_tokens=BUDGET, ema_tokens=1)
-    analysis = batch_size.analyse(Finished(p, made_up_study(p), tmp_path))
+    analysis = analyse(Finished(p, made_up_study(p), tmp_path))
     result = analysis.results["corpora"]["english"]
     target = result["targets"][0]
     per_seed = [(tau("adamw", 256, s, 1.0) - tau("muon", 256, s, 1.0)) * math.log(3 / (target - 1.5))
@@ -141,7 +142,7 @@ def test_a_muon_that_needs_more_tokens_is_reported_as_disagreeing(tmp_path, monk
     monkeypatch.setitem(batch_size_curves.KNEE, "muon", KNEE["adamw"])
     monkeypatch.setitem(batch_size_curves.SLOPE, "muon", SLOPE["adamw"])
     p = params(train_tokens=BUDGET, ema_tokens=1)
-    analysis = batch_size.analyse(Finished(p, made_up_study(p), tmp_path))
+    analysis = analyse(Finished(p, made_up_study(p), tmp_path))
     ratio = analysis.results["corpora"]["english"]["token_ratio"][0][-1]
     assert ratio["mean"] == pytest.approx(0.8, rel=1e-2)
     agrees = analysis.results["claims_agree"]
@@ -155,7 +156,7 @@ def test_token_optimal_batches_both_at_the_smallest_batch_tell_nothing(tmp_path,
     for optimizer in ("adamw", "muon"):  # both knees below the grid: T_L(B) grows from the smallest batch on
         monkeypatch.setitem(batch_size_curves.KNEE, optimizer, 128)
     p = params(train_tokens=BUDGET, ema_tokens=1)
-    analysis = batch_size.analyse(Finished(p, made_up_study(p), tmp_path))
+    analysis = analyse(Finished(p, made_up_study(p), tmp_path))
     result = analysis.results["corpora"]["english"]
     assert {b for o in ("adamw", "muon") for b in result["token_optimal_batch"][o] if b} == {256}
     agrees = analysis.results["claims_agree"]

@@ -8,7 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from muonlab.analysis.pareto import (
+from muonlab.analysis.runs import Run
+from muonlab.experiments.studies.batch_size.plan import arm_runs
+from muonlab.experiments.studies.pareto import plan as pareto
+from muonlab.experiments.studies.pareto.report import analyse
+from muonlab.experiments.studies.pareto.timing import (
     StepTimes,
     devices_for,
     frontier,
@@ -18,8 +22,6 @@ from muonlab.analysis.pareto import (
     ring_allreduce_s,
     step_time_s,
 )
-from muonlab.analysis.runs import Run
-from muonlab.experiments.studies import pareto
 from muonlab.experiments.study import Finished
 from muonlab.rundir import MetricsLogger, write_config
 
@@ -66,13 +68,17 @@ def test_overhead_exponents_recover_d_over_b():
 
 def _write_batch_size_folder(folder: Path, p: dict) -> None:
     """The made-up batch-size study as run folders on disk, with the results.json pareto reads its parameters from."""
-    for name, run in made_up_study(p).items():
+    runs = made_up_study(p)
+    for name, run in runs.items():
         (folder / name).mkdir(parents=True)
         write_config(folder / name, run.config)
         with MetricsLogger(folder / name) as log:
             for row in run.rows:
                 log.log(row["step"], {k: v for k, v in row.items() if k != "step"})
-    (folder / "results.json").write_text(json.dumps({"study": "batch-size", "preset": "cpu", "params": p}))
+    lrs = {c: {"lr": {o: [arm_runs(p, runs, o, c, b)[0].config["lr"] for b in p["batch_sizes"]]
+                      for o in ("adamw", "muon")}} for c in p["corpora"]}
+    (folder / "results.json").write_text(json.dumps({"study": "batch-size", "preset": "cpu", "params": p,
+                                                     "results": {"corpora": lrs}}))
 
 
 def _optimizer_s(optimizer: str, width: int, ns_s: float) -> float:
@@ -104,7 +110,7 @@ def batch_size_folder(tmp_path_factory) -> Path:
 def test_the_analysis_models_the_time_to_loss_and_finds_where_newton_schulz_eats_the_gain(
         batch_size_folder, tmp_path, ns_s, eaten_at_highest, frontier_left):
     p = {**pareto.PRESETS["cpu"], "batch_size_runs": str(batch_size_folder)}
-    analysis = pareto.analyse(Finished(p, _timing_runs(p, ns_s), tmp_path))
+    analysis = analyse(Finished(p, _timing_runs(p, ns_s), tmp_path))
     grad_bytes = 4 * pareto.model_for(p, 128).num_params()
     for corpus, plane in analysis.results["planes"].items():
         assert plane["devices"] == [1, 1, 2, 4, 8, 16]
@@ -123,10 +129,10 @@ def test_the_analysis_models_the_time_to_loss_and_finds_where_newton_schulz_eats
 def test_a_missing_batch_size_study_names_the_command_that_makes_it(tmp_path):
     p = {**pareto.PRESETS["cpu"], "batch_size_runs": str(tmp_path / "nothing")}
     with pytest.raises(FileNotFoundError, match="muonlab experiment batch-size"):
-        pareto.analyse(Finished(p, _timing_runs(p, 1e-3), tmp_path))
+        analyse(Finished(p, _timing_runs(p, 1e-3), tmp_path))
 
 
 def test_timing_another_model_than_the_batch_size_runs_is_refused(batch_size_folder, tmp_path):
     p = {**pareto.PRESETS["cpu"], "batch_size_runs": str(batch_size_folder), "widths": (64, 256)}
     with pytest.raises(ValueError, match="must include its d_model=128"):
-        pareto.analyse(Finished(p, _timing_runs(p, 1e-3), tmp_path))
+        analyse(Finished(p, _timing_runs(p, 1e-3), tmp_path))

@@ -20,7 +20,7 @@ try:
 except ImportError as e:  # an optional extra
     raise ImportError("muonlab.analysis.figures needs matplotlib: pip install 'muonlab[plot]'") from e
 
-__all__ = ["Band", "band_of", "finish_axes", "new_figure", "plot_lr_sweeps", "save_figure"]
+__all__ = ["Band", "band_of", "finish_axes", "new_figure", "plot_lr_sweeps", "save_figure", "shades"]
 
 Band = tuple[np.ndarray, np.ndarray, "np.ndarray | None"]
 """``(steps, mean, std)``; std is None for a single run."""
@@ -92,3 +92,10 @@ def plot_lr_sweeps(sweeps: Mapping[str, Mapping[float, float]], path: str | os.P
     finish_axes(ax, title, "peak learning rate", "final validation loss (nats/token)", legend=False)
     ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0))  # beside the lines, never over them
     return save_figure(fig, path)
+
+
+def shades(n: int, cmap: str = "viridis") -> list:
+    """``n`` colours along ``cmap`` (its light end cut off, so the last stays visible on white)."""
+    from matplotlib import colormaps
+
+    return [colormaps[cmap](x) for x in np.linspace(0.0, 0.85, max(n, 1))]

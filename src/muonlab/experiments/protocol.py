@@ -59,31 +59,6 @@ def mean_std(values: Iterable[float]) -> MeanStd:
     return MeanStd(statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else None, len(values))
 
 
-@dataclass(frozen=True)
-class Gap:
-    """Transitional: the unpaired rule of the studies not yet on ``paired`` (removed once none uses it)."""
-
-    a: MeanStd
-    b: MeanStd
-
-    @property
-    def difference(self) -> float:
-        return self.b.mean - self.a.mean
-
-    @property
-    def spread(self) -> float | None:
-        return None if self.a.std is None or self.b.std is None else max(self.a.std, self.b.std)
-
-    @property
-    def in_spreads(self) -> float | None:
-        return abs(self.difference) / self.spread if self.spread else None
-
-    @property
-    def separated(self) -> bool:
-        return (min(self.a.n, self.b.n) >= MIN_SEEDS and self.spread is not None
-                and abs(self.difference) > self.spread)
-
-
 def by_seed(runs: Iterable[Run], value: Callable[[Run], float | None] | None = None) -> dict[int, float]:
     """``{seed: value(run)}`` (default: the final validation loss), leaving out runs whose value is None."""
     get = value or (lambda r: r.final("val_loss"))

@@ -1,7 +1,8 @@
-"""The studies ``muonlab experiment`` knows: every module of ``muonlab.experiments.studies`` with a ``STUDY``.
+"""The studies ``muonlab experiment`` knows: every module or package of ``muonlab.experiments.studies`` with a
+``STUDY`` (a package defines it in its ``__init__``).
 
-Adding a study is adding one module there; nothing else lists them. A module whose name starts with
-``_`` is a helper of a study (e.g. its report's tables), not a study.
+Adding a study is adding one package there (its plan, report and plots inside it); nothing else lists them.
+A module whose name starts with ``_`` is not a study.
 """
 
 from __future__ import annotations

@@ -1,37 +1,14 @@
-"""``batch-size``: Essential AI's token ratio across batch sizes and the critical batch size (arXiv 2505.02222
-§2.4–2.5, Figures 3–4, App. D.1 and F) at small scale, on both built-in corpora.
-
-Essential AI found that Muon needs 10–15 % fewer tokens than AdamW to reach the same loss, that the
-token ratio ``R_L(B) = T_AdamW / T_Muon`` stays above 1 and holds or grows as the batch size grows
-past the critical batch size, and that Muon's token-optimal batch is larger. This study trains one
-small dense model, for every batch size of ``batch_sizes`` (sequences of ``seq_len`` byte tokens),
-with both optimizers and a fixed token budget per run, on the English corpus (the stand-in for
-DCLM) and on the Python corpus (as the paper compares DCLM with Python):
-
-1. stage 0: per corpus and optimizer, a learning-rate sweep at the smallest batch (``lrs_smallest``)
-   and at the largest (``lrs_largest``), first seed (the best run by final validation loss is that
-   end's first-seed run);
-2. stage 1: every other (batch, seed) at the learning rate interpolated in log space between the two
-   ends' best (``interpolated_lr``): every seed at the smallest, the middle and the largest batch,
-   the first seed elsewhere (the budget does not allow three seeds at every batch).
-
-Byte tokens keep every run within one epoch (the English corpus holds ≈ 4.0M byte tokens for
-training), so each step's training loss is on a fresh batch; it is logged at every step, smoothed
-(``muonlab.analysis.batch_size``) and read at several target losses. The analysis
-(``_batch_size_report``) gives the token ratio, the extra tokens, and each optimizer's token-optimal
-and critical batch sizes with the App. F fit.
-"""
-
+"""The ``batch-size`` study's runs: the lr sweeps at both batch ends, then every batch at the interpolated lr
+(the study's docstring has the protocol)."""
 from __future__ import annotations
 
 import math
 from collections.abc import Mapping
 from typing import Any
 
-from ...analysis.runs import Run
-from ...train.config import TrainConfig
-from ..study import Analysis, Finished, PlannedRun, Study
-from ._batch_size_report import batch_size_analysis, measure
+from ....analysis.runs import Run
+from ....train.config import TrainConfig
+from ...study import PlannedRun
 
 OPTIMIZERS = ("adamw", "muon")
 WARMUP_FRACTION = 0.05
@@ -166,23 +143,3 @@ def sweeps(p: Mapping[str, Any], runs: Mapping[str, Run]) -> dict[str, dict[floa
     return {f"{labels[o]} {c} b{batch}": {lr: runs[sweep_name(o, c, batch, lr, p["seeds"][0])].final("val_loss")
                                           for lr in lrs}
             for c in p["corpora"] for o in OPTIMIZERS for batch, lrs in _ends(p)}
-
-
-def analyse(finished: Finished) -> Analysis:
-    """Token ratios, extra tokens and critical batch sizes per corpus and target loss, from the run folders."""
-    p, runs = finished.params, finished.runs
-    measured = measure(p, {c: {o: [arm_runs(p, runs, o, c, b) for b in p["batch_sizes"]] for o in OPTIMIZERS}
-                           for c in p["corpora"]})
-    return batch_size_analysis(measured, sweeps(p, runs), p, finished.out)
-
-
-STUDY = Study(
-    name="batch-size",
-    title="Token ratio across batch sizes and the critical batch size: Muon vs AdamW (Essential AI §2.4–2.5)",
-    claim="Essential AI (arXiv 2505.02222 §2.4–2.5, App. D.1, F): Muon needs 10–15 % fewer tokens than AdamW to "
-          "reach the same loss; the token ratio R_L(B) = T_AdamW / T_Muon stays above 1 and holds or grows as the "
-          "batch size grows past the critical batch size; Muon's token-optimal batch is larger.",
-    presets=PRESETS,
-    plan=plan,
-    analyse=analyse,
-)

@@ -10,28 +10,21 @@ from pathlib import Path
 
 import numpy as np
 
-from muonlab.analysis.batch_size import OPTIMIZERS, ArmFits, CorpusTokens
-from muonlab.analysis.figures import finish_axes, new_figure, plot_lr_sweeps, save_figure
+from ....analysis.batch_size import OPTIMIZERS, ArmFits, CorpusTokens
+from ....analysis.figures import finish_axes, new_figure, plot_lr_sweeps, save_figure, shades
 
 try:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 except ImportError as e:  # an optional extra
-    raise ImportError("muonlab.analysis.batch_size_plots needs matplotlib: pip install 'muonlab[plot]'") from e
+    raise ImportError("the batch-size study's plots need matplotlib: pip install 'muonlab[plot]'") from e
 
-__all__ = ["plot_extra_tokens", "plot_loss_curves", "plot_steps_to_loss", "plot_sweeps", "plot_token_ratio", "shades"]
+__all__ = ["plot_extra_tokens", "plot_loss_curves", "plot_steps_to_loss", "plot_sweeps", "plot_token_ratio"]
 
 PAPER_RATIO_BAND = (1 / 0.90, 1 / 0.85)
 """R for "10–15 % fewer tokens" (Essential AI §5): 1/(1 − 0.10) to 1/(1 − 0.15)."""
 _STYLE = {"adamw": "--", "muon": "-"}
 _COLORS = {"adamw": "tab:blue", "muon": "tab:red"}
-
-
-def shades(n: int, cmap: str = "viridis") -> list:
-    """``n`` colours along ``cmap`` (its light end cut off, so the last stays visible on white)."""
-    from matplotlib import colormaps
-
-    return [colormaps[cmap](x) for x in np.linspace(0.0, 0.85, max(n, 1))]
 
 
 def _log2_batches(ax) -> None:

@@ -11,14 +11,13 @@ from typing import Any
 
 import numpy as np
 
-from muonlab.analysis.batch_size import OPTIMIZERS
-from muonlab.analysis.batch_size_plots import shades
-from muonlab.analysis.figures import finish_axes, new_figure, save_figure
+from ....analysis.batch_size import OPTIMIZERS
+from ....analysis.figures import finish_axes, new_figure, save_figure, shades
 
 try:
     from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 except ImportError as e:  # an optional extra
-    raise ImportError("muonlab.analysis.pareto_plots needs matplotlib: pip install 'muonlab[plot]'") from e
+    raise ImportError("the pareto study's plots need matplotlib: pip install 'muonlab[plot]'") from e
 
 __all__ = ["plot_frontiers", "plot_ns_overhead"]
 

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .runs import Run
+from ....analysis.runs import Run
 
 __all__ = ["NS_STEPS", "StepTimes", "devices_for", "frontier", "measured_step_times", "ns_flops_per_step",
            "ns_overhead_rule", "overhead_exponents", "ring_allreduce_s", "step_time_s"]
@@ -99,8 +99,8 @@ def ns_flops_per_step(model_config) -> int:
     matrix Muon orthogonalizes (``muonlab.optim.ns_flops``, standard form), summed."""
     import torch
 
-    from ..models import Transformer
-    from ..optim import ns_flops, param_groups
+    from ....models import Transformer
+    from ....optim import ns_flops, param_groups
 
     with torch.device("meta"):
         model = Transformer(model_config)

@@ -1,12 +1,14 @@
 """The ``pareto`` study's numbers, claims and report sections: the compute–time plane per corpus and target loss
 from the batch-size runs' steps and the timing runs' step times, and the Newton–Schulz overhead grid.
 
-The time model and the overhead formulas are :mod:`muonlab.analysis.pareto`; plots
-:mod:`muonlab.analysis.pareto_plots`.
+The time model and the overhead formulas are ``timing``; plots ``plots``. The batch-size study's runs are read
+from its output folder through its ``results.json`` (its parameters and the lr it trained at each batch), never
+through its modules.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,19 +16,23 @@ from typing import Any
 
 import numpy as np
 
-from ...analysis import pareto_plots as plots
-from ...analysis.batch_size import OPTIMIZERS, CorpusTokens
-from ...analysis.pareto import (
+from ....analysis.batch_size import OPTIMIZERS, CorpusTokens, corpus_tokens
+from ....analysis.lr_sweep import grid_value
+from ....analysis.runs import Run, load_run
+from ...protocol import ClaimCheck, claim_section
+from ...study import Analysis, Finished
+from . import plots
+from .plan import model_for, timing_name
+from .timing import (
     StepTimes,
     devices_for,
     frontier,
+    measured_step_times,
     ns_flops_per_step,
     ns_overhead_rule,
     overhead_exponents,
     step_time_s,
 )
-from ..protocol import ClaimCheck, claim_section
-from ..study import Analysis
 
 __all__ = ["Plane", "Timings", "build_plane", "overhead_grid", "pareto_analysis"]
 
@@ -234,3 +240,73 @@ def pareto_analysis(tables: Mapping[str, CorpusTokens], bs: Mapping[str, Any], t
     }
     summary = "; ".join(check.result.split(";")[0] for check in checks[:-1])
     return Analysis(results=results, sections=sections, figures=figures, summary=summary)
+
+
+def load_batch_size_study(folder: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The ``batch-size`` study's parameters and per-corpus results (``lr`` per optimizer and batch) from its
+    ``results.json`` in ``folder``."""
+    results = folder / "results.json"
+    if not results.is_file():
+        raise FileNotFoundError(f"pareto reads the batch-size study's runs, but {folder} holds no finished batch-size "
+                                f"study (no {results.name}): run `muonlab experiment batch-size --out {folder}` first, "
+                                "or set batch_size_runs to the folder it wrote")
+    recorded = json.loads(results.read_text())
+    if recorded.get("study") != "batch-size":
+        raise ValueError(f"{results} is the {recorded.get('study')!r} study's, not batch-size's")
+    return recorded["params"], recorded["results"]["corpora"]
+
+
+def batch_size_arms(folder: Path, bs: Mapping[str, Any], corpora: Mapping[str, Any]
+                    ) -> dict[str, dict[str, list[list[Run]]]]:
+    """``{corpus: {optimizer: [runs at batch i, one per seed in seed order]}}``: the runs in ``folder`` at the lr
+    the batch-size study's results record for that corpus, optimizer and batch."""
+    index: dict[tuple, list[Run]] = {}
+    for path in sorted(q for q in folder.iterdir() if (q / "config.json").is_file()):
+        run = load_run(path)
+        c = run.config
+        key = (c.get("corpus"), c.get("optimizer"), c.get("batch_size"), grid_value(float(c.get("lr", 0.0))))
+        index.setdefault(key, []).append(run)
+    arms: dict[str, dict[str, list[list[Run]]]] = {}
+    for corpus, numbers in corpora.items():
+        for o in OPTIMIZERS:
+            per_batch = []
+            for batch, lr in zip(bs["batch_sizes"], numbers["lr"][o]):
+                runs = sorted(index.get((corpus, o, batch, grid_value(lr)), []), key=lambda r: int(r.config["seed"]))
+                if not runs:
+                    raise ValueError(f"{folder} holds no {o} run on {corpus} at batch {batch} and lr {lr:g}, which its "
+                                     "results.json records: the batch-size study there is incomplete")
+                per_batch.append(runs)
+            arms.setdefault(corpus, {})[o] = per_batch
+    return arms
+
+
+def _check_model(p: Mapping[str, Any], bs: Mapping[str, Any]) -> None:
+    """The timing runs must time the batch-size study's model at its per-device batches."""
+    differing = [f"{k}={p[k]} (batch-size: {bs[k]})" for k in ("n_layers", "head_dim", "seq_len") if p[k] != bs[k]]
+    if bs["d_model"] not in p["widths"]:
+        differing.append(f"widths={p['widths']} must include its d_model={bs['d_model']}")
+    if differing:
+        raise ValueError("pareto times another model than the batch-size runs in "
+                         f"{p['batch_size_runs']}: {'; '.join(differing)}")
+    needed = sorted({min(b, p["device_batch"]) for b in bs["batch_sizes"]} - set(p["timing_batches"]))
+    if needed:
+        raise ValueError(f"timing_batches={p['timing_batches']} lacks the per-device batches {needed} that the "
+                         f"batch-size runs' batches {bs['batch_sizes']} need at device_batch={p['device_batch']}")
+
+
+def analyse(finished: Finished) -> Analysis:
+    """The frontier per corpus and target, and the Newton–Schulz overhead grid, from the run folders."""
+    p = finished.params
+    folder = Path(p["batch_size_runs"])
+    bs, corpora = load_batch_size_study(folder)
+    _check_model(p, bs)
+    arms = batch_size_arms(folder, bs, corpora)
+    tables = {c: corpus_tokens(c, [b * bs["seq_len"] for b in bs["batch_sizes"]], by_o, bs["targets"],
+                               bs["ema_tokens"]) for c, by_o in arms.items()}
+    timings = Timings(
+        widths=list(p["widths"]), batches=list(p["timing_batches"]), seq_len=p["seq_len"],
+        times={(o, w, b): measured_step_times(finished.runs[timing_name(o, w, b)])
+               for o in OPTIMIZERS for w in p["widths"] for b in p["timing_batches"]},
+        models={w: model_for(p, w) for w in p["widths"]},
+    )
+    return pareto_analysis(tables, bs, timings, p, finished.out)

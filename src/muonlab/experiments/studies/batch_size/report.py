@@ -1,7 +1,7 @@
 """The ``batch-size`` study's numbers, claims and report sections, from what its runs measured.
 
-Kept apart from the plan (``batch_size.py``). Tokens to target losses, the ratios and the fits are
-:mod:`muonlab.analysis.batch_size`; the plots :mod:`muonlab.analysis.batch_size_plots`. Claims are
+Kept apart from the plan (``plan``). Tokens to target losses, the ratios and the fits are
+:mod:`muonlab.analysis.batch_size` (shared with the pareto study); the plots ``plots``. Claims are
 judged at the lowest target loss of each corpus ("near the end of training", PAPERS.md §5.2 E1),
 with the seed-to-seed spread of the batches that have every seed.
 """
@@ -16,13 +16,15 @@ from typing import Any
 
 import numpy as np
 
-from ...analysis import batch_size_plots as plots
-from ...analysis.batch_size import OPTIMIZERS, ArmFits, CorpusTokens, corpus_tokens, critical_fits, smoothed_curve
-from ...analysis.runs import Run
-from ..protocol import MIN_SEEDS, ClaimCheck, MeanStd, claim_section, epochs, mean_std
-from ..study import Analysis
+from ....analysis.batch_size import OPTIMIZERS, ArmFits, CorpusTokens, corpus_tokens, critical_fits, smoothed_curve
+from ....analysis.paired import MIN_SEEDS
+from ....analysis.runs import Run
+from ...protocol import ClaimCheck, MeanStd, claim_section, epochs, mean_std
+from ...study import Analysis, Finished
+from . import plots
+from .plan import arm_runs, sweeps
 
-__all__ = ["Measured", "batch_size_analysis", "measure"]
+__all__ = ["Measured", "analyse", "batch_size_analysis", "measure"]
 
 PAPER_FEWER = (0.10, 0.15)
 """Essential AI §5: Muon needs 10–15 % fewer tokens than AdamW for the same loss."""
@@ -404,3 +406,11 @@ def batch_size_analysis(measured: Measured, sweeps: Mapping[str, Mapping[float, 
                         for c, t in measured.tables.items())
     return Analysis(results=_results(measured, ratios, extras, checks), sections=sections, figures=figures,
                     summary=summary)
+
+
+def analyse(finished: Finished) -> Analysis:
+    """Token ratios, extra tokens and critical batch sizes per corpus and target loss, from the run folders."""
+    p, runs = finished.params, finished.runs
+    measured = measure(p, {c: {o: [arm_runs(p, runs, o, c, b) for b in p["batch_sizes"]] for o in OPTIMIZERS}
+                           for c in p["corpora"]})
+    return batch_size_analysis(measured, sweeps(p, runs), p, finished.out)
