@@ -20,7 +20,7 @@ try:
 except ImportError as e:  # an optional extra
     raise ImportError("muonlab.analysis.figures needs matplotlib: pip install 'muonlab[plot]'") from e
 
-__all__ = ["Band", "band_of", "finish_axes", "new_figure", "plot_lr_sweeps", "save_figure", "shades"]
+__all__ = ["Band", "band_of", "finish_axes", "log_axes", "new_figure", "plot_lr_sweeps", "save_figure", "shades"]
 
 Band = tuple[np.ndarray, np.ndarray, "np.ndarray | None"]
 """``(steps, mean, std)``; std is None for a single run."""
@@ -58,6 +58,17 @@ def finish_axes(ax, title: str, xlabel: str, ylabel: str, legend: bool = True) -
     ax.grid(True, alpha=0.3, which="both")
     if legend:
         ax.legend(fontsize="small")
+
+
+def log_axes(ax, x: bool = True, y: bool = False) -> None:
+    """Log scale on the chosen axes, labelled at the decades only: the minor ticks' labels (2×10⁻³, 3×10⁻³, …)
+    overlap on a narrow panel."""
+    from matplotlib.ticker import NullFormatter
+
+    for use, axis, scale in ((x, ax.xaxis, ax.set_xscale), (y, ax.yaxis, ax.set_yscale)):
+        if use:
+            scale("log")
+            axis.set_minor_formatter(NullFormatter())
 
 
 def save_figure(fig, path: str | os.PathLike) -> Path:

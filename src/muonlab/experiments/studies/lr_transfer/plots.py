@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from ....analysis.figures import finish_axes, new_figure, save_figure
+from ....analysis.figures import finish_axes, log_axes, new_figure, save_figure
 from ....analysis.runs import Run
 from ...sweeps import OPTIMIZERS, cells_from
 from . import plan as transfer_plan
@@ -35,7 +35,7 @@ def plot_map(rows: Sequence[Mapping[str, Any]], tolerance: float, path: str | os
         right.errorbar(steps, centre, yerr=err, marker=marker, capsize=4, label=f"d={w}")
     left.axhline(1.0, color="gray", linestyle=":", linewidth=1)
     for ax in (left, right):
-        ax.set_xscale("log")
+        log_axes(ax, x=True)
     left.set_yscale("log", base=2)
     right.axhline(tolerance * 100, color="black", linestyle="--", linewidth=1, label=f"{tolerance:.0%} tolerance")
     right.axhline(0.0, color="gray", linestyle=":", linewidth=1)
@@ -59,7 +59,7 @@ def plot_sweeps(p: Mapping[str, Any], runs: Iterable[Run], path: str | os.PathLi
             full = [len(v) == len(p["seeds"]) for _, v in points]
             ax.plot(lrs, means, color=color, linewidth=1, label=optimizer)
             ax.scatter(lrs, means, color=[color if f else "white" for f in full], edgecolors=color, s=20, zorder=3)
-        ax.set_xscale("log")
+        log_axes(ax, x=True)
         finish_axes(ax, f"d={g[0]}, {transfer_plan.steps(p, g[1]):,} steps", "peak lr",
                     "final val loss" if g == groups[0] else "", legend=g == groups[0])
     return save_figure(fig, path)

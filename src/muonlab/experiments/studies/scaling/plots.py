@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ....analysis.figures import finish_axes, new_figure, save_figure
+from ....analysis.figures import finish_axes, log_axes, new_figure, save_figure
 from ....analysis.fits import fit_power_law
 from ....analysis.qk_clip_plots import plot_max_logits
 from ....analysis.runs import Run
@@ -35,7 +35,7 @@ def _arm_losses(m: Measured, ch: Mapping[str, Any], arm: str) -> list[list[float
 
 
 def plot_scaling(m: Measured, ch: Mapping[str, Any], path: str | os.PathLike) -> Path:
-    """Final validation loss against training FLOPs (log-log): seeds faint, mean ± std, the power-law fit per arm."""
+    """Final validation loss against training FLOPs (log x): seeds faint, mean ± std, the power-law fit per arm."""
     fig, (ax,) = new_figure(1, width=8.0, height=5.0)
     c = np.asarray(m.compute, dtype=float)
     line = np.geomspace(c.min() / 1.3, c.max() * 1.3, 100)
@@ -48,8 +48,7 @@ def plot_scaling(m: Measured, ch: Mapping[str, Any], path: str | os.PathLike) ->
         fit = fit_power_law(c, means)
         ax.errorbar(c, means, yerr=stds, linestyle="none", marker="o", color=color, capsize=4, label=label)
         ax.plot(line, fit(line), color=color, linewidth=1.2, label=f"fit L = {fit.a:.3g}·C^{fit.b:.4f}")
-    ax.set_xscale("log")
-    ax.set_yscale("log")
+    log_axes(ax, x=True)  # the loss axis linear: its range spans no decade to label
     finish_axes(ax, "Compute-optimal runs: final validation loss against training FLOPs", "training FLOPs C",
                 "final validation loss (nats/token)", legend=False)
     ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0))
@@ -58,7 +57,7 @@ def plot_scaling(m: Measured, ch: Mapping[str, Any], path: str | os.PathLike) ->
 
 def plot_compute_ratio(ratio: Mapping[str, Any], paper: float, path: str | os.PathLike) -> Path:
     """C_Muon / C_AdamW at equal loss against C for both Muon arms, 95 % bands, the paper's value and parity."""
-    fig, (ax,) = new_figure(1, width=7.5, height=4.6)
+    fig, (ax,) = new_figure(1, width=8.0, height=5.2)
     at = np.asarray(ratio["at"])
     for name, arm in (("ratio_at_adamw_lr", "muon_shared"), ("ratio_at_own_lr", "muon_own")):
         color, label = _ARMS[arm]
@@ -69,11 +68,12 @@ def plot_compute_ratio(ratio: Mapping[str, Any], paper: float, path: str | os.Pa
                 label=f"{label} (band: 95 % interval, lr choice included)")
     ax.axhline(paper, color="black", linestyle="--", linewidth=1, label=f"Moonlight ≈ {paper}")
     ax.axhline(1.0, color="gray", linestyle=":", linewidth=1, label="parity")
-    ax.set_xscale("log")
-    ax.set_yscale("log")
+    log_axes(ax, x=True)
+    ax.set_ylim(0.0, max(1.1, max(v["high"] for name in ("ratio_at_adamw_lr", "ratio_at_own_lr")
+                                  for v in ratio[name]) * 1.05))
     finish_axes(ax, "Compute Muon needs for AdamW's loss, relative to AdamW", "AdamW's training FLOPs C",
                 "C_Muon / C_AdamW", legend=False)
-    ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    ax.legend(fontsize="small", loc="lower left")
     return save_figure(fig, path)
 
 
@@ -90,7 +90,7 @@ def plot_sweeps(m: Measured, path: str | os.PathLike) -> Path:
             ax.scatter([lr for lr, f in zip(lrs, full) if f], [x for x, f in zip(means, full) if f], color=color, s=22)
             ax.scatter([lr for lr, f in zip(lrs, full) if not f], [x for x, f in zip(means, full) if not f],
                        facecolors="none", edgecolors=color, s=22)
-        ax.set_xscale("log")
+        log_axes(ax, x=True)
         finish_axes(ax, f"d={w}", "peak learning rate", "final validation loss" if w == m.widths[0] else "")
     return save_figure(fig, path)
 
