@@ -111,3 +111,27 @@ def test_runs_started_from_planned_runs_cost_as_their_model_and_stages_add_up(tm
     assert [r.seconds for r in est.runs] == pytest.approx([10.0, 20.0, 20.0])
     # Stage 0 runs side by side (20 s), then the fine-tuning alone (20 s): not 30 s as one stage would give.
     assert est.wall_s == pytest.approx(40.0)
+
+
+def test_a_growing_plan_adds_the_runs_its_results_decide_and_provenance_lists_them(tiny_corpus, muonlab_cache,
+                                                                                   tmp_path):
+    def plan(p, done):
+        base = TrainConfig(**tiny_config_dict(tiny_corpus, Path("unused")))
+        runs = [PlannedRun(name, base.replace(lr=lr)) for name, lr in SWEEP.items()]
+        if all(name in done for name in SWEEP):  # the winner's run appears only once it is known, named after it
+            lr = SWEEP[min(SWEEP, key=lambda name: done[name].final("val_loss"))]
+            runs.append(PlannedRun(f"winner-lr{lr:g}", base.replace(lr=lr, seed=1), needs=tuple(SWEEP)))
+        return runs
+
+    study = Study(name="toy-growing", title="toy", claim="none", presets={"cpu": {"unused": 0}}, plan=plan,
+                  analyse=lambda finished: Analysis({"runs": sorted(finished.runs)}))
+    study_plan = command.StudyPlan(study, "cpu", {"unused": 0}, {}, tmp_path / "study")
+    assert [p.name for p in study_plan.runs] == list(SWEEP)
+    command.run_study(study_plan, workers=1, command="toy", show_progress=False, say=lambda s: None)
+    losses = {name: _final_val_loss(tmp_path / "study" / name) for name in SWEEP}
+    winner = f"winner-lr{SWEEP[min(losses, key=losses.get)]:g}"
+    assert (tmp_path / "study" / winner / "config.json").exists()
+    provenance = json.loads((tmp_path / "study" / "provenance.json").read_text())
+    assert provenance["invocations"][-1]["trained"] == [*SWEEP, winner]
+    results = json.loads((tmp_path / "study" / "results.json").read_text())
+    assert results["results"]["runs"] == sorted([*SWEEP, winner])

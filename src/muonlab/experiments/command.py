@@ -236,8 +236,9 @@ def _run_study(study_plan: StudyPlan, workers: int, command: str, console, show_
         with Monitor(progress, console=console) if show_progress else nullcontext():
             planned = _train_stages(study_plan, planned, done, workers, progress)
     runs, analysis = _analyse(study, study_plan.params, planned, out)
+    trained = [p.name for p in planned if p.name not in done]  # a growing plan's later runs included
     report = write_outputs(study, study_plan.preset, study_plan.params, runs, analysis, out,
-                           {**invocation, "wall_s": time.perf_counter() - started})
+                           {**invocation, "trained": trained, "wall_s": time.perf_counter() - started})
     if analysis.summary:
         say(analysis.summary)
     say(f"report: {report}")
