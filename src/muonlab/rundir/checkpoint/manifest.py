@@ -57,9 +57,11 @@ def write_manifest(folder: Path) -> None:
     that :func:`manifest_problem` reports as unfinished.
     """
     files = _files(folder)
-    with ThreadPoolExecutor(max_workers=max(2, min(8, (os.cpu_count() or 2)))) as pool:
-        syncs = [pool.submit(_fsync, p) for p in files]
+    # One thread per sync and per digest: a sync waits on the disk, a digest on a core, so each digest
+    # runs while the syncs wait rather than queueing behind them.
+    with ThreadPoolExecutor(max_workers=max(2, min(32, 2 * len(files)))) as pool:
         digests = [pool.submit(file_digest, p) for p in files]
+        syncs = [pool.submit(_fsync, p) for p in files]
         entries = {p.relative_to(folder).as_posix(): {"bytes": p.stat().st_size, "sha256": d.result()}
                    for p, d in zip(files, digests)}
         for s in syncs:
