@@ -338,8 +338,12 @@ class Engine:
             if last is not None and place.executor is last.executor:
                 return
             self._row_plan = place
-        states = self.row_states()
-        if self.world_size == 1 or last is None or not states:
+        if self.world_size == 1 or last is None:
+            return
+        # every rank, the same parameters in the same order (rows a rank never owned start at zero)
+        states = {k: self.row_state(k) for k, s in enumerate(self.slots)
+                  if s.algorithm == "muon" and self.group(k).get("normuon")}
+        if not states:
             return
         mine = {k: torch.zeros_like(v) for k, v in states.items()}
         for unit, unit_of in zip(last.units, last.where):
