@@ -199,3 +199,12 @@ def test_a_telescoped_choice_far_from_the_brute_force_optimum_is_reported_as_suc
     assert r["distance_fine_cells"]["lr"] > 1
     assert r["seed_noise"]["telescoped_minus_brute"]["low"] > 0.01 and r["seed_noise"]["within_noise"] is False
     assert r["claims_agree"][:2] == [False, False]
+
+
+def test_seed_noise_that_swamps_the_difference_cannot_tell(tmp_path):
+    p, runs = _made_up_runs(tmp_path)
+    for seed, delta in zip(p["check_seeds"], (0.03, -0.03, 0.0)):  # per-seed differences spread by 0.03
+        runs[telescope.check_name("telescoped", p, seed)].rows[0]["val_loss"] += delta
+    r = analyse(Finished(p, runs, tmp_path)).results
+    # half-width 4.303 · 0.03 / √3 ≈ 0.075: the interval reaches past both −0.01 and +0.01
+    assert r["seed_noise"]["within_noise"] is None and r["claims_agree"][1] is None

@@ -90,6 +90,7 @@ def test_report_table_and_fraction(tmp_path, capsys):
     assert "| Router | 0.6000 | 0.3000 | +0.3000 | 1 | 100.0% |" in text
     assert "| **all** | 0.7000 | 0.5900 | +0.1100 | 5 | 80.0% |" in text
     assert "| 5 |" in text and "| 10 |" in text  # the over-training table
+    assert "Baseline, the first logged step" in text and "muon (muon) at step 5: AttnQO 0.9900" in text
     assert (out / "spectra.png").stat().st_size > 10_000
     assert "spectra report:" in capsys.readouterr().out
 

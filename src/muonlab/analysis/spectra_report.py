@@ -149,6 +149,7 @@ def _markdown(comparison: SpectraComparison, runs: list[Run], figure: Path | Non
         lines.append(f"| {name} | {mean_a:.4f} | {mean_b:.4f} | {mean_a - mean_b:+.4f} | {count} | {higher:.1%} |")
     lines += ["", "(The \"all\" row is the plain mean over every grouped matrix; the fraction is the paper's "
               "\">90%\" statistic.)"]
+    lines += ["", _baseline(runs)]
     history = _history(runs)
     if len(history) > 1:
         groups = [g for g in MATRIX_GROUPS if any(g in diffs for _, diffs, _ in history)]
@@ -163,6 +164,20 @@ def _markdown(comparison: SpectraComparison, runs: list[Run], figure: Path | Non
     lines += ["", "## Runs", ""]
     lines += [f"- `{run.path}`: {run.config.get('command', '(no command recorded)')}" for run in runs]
     return "\n".join(lines) + "\n"
+
+
+def _baseline(runs: list[Run]) -> str:
+    """Each run's group entropies at its first logged step, the baseline the final values are read against:
+    random initial weights already have a high entropy (near that of Gaussian matrices of the same shapes)."""
+    parts = []
+    for run in runs:
+        first = run.rows[0]
+        means = group_means({n: v for n, v in _entropies(first).items() if matrix_group(n) is not None})
+        parts.append(f"{_label(run)} at step {first['step']}: "
+                     + ", ".join(f"{g} {means[g]:.4f}" for g in MATRIX_GROUPS if g in means))
+    return ("Baseline, the first logged step of each run (the initial weights when logged at step 0 or 1; random "
+            "matrices already have a high entropy, so a final value means something only beside it): "
+            + "; ".join(parts) + ".")
 
 
 def _history(runs: list[Run]) -> list[tuple[int, dict[str, float], float]]:
