@@ -11,7 +11,6 @@ import pytest
 
 from muonlab.analysis.batch_size import smoothed_curve
 from muonlab.analysis.runs import Run
-from muonlab.experiments.estimate import stages
 from muonlab.experiments.registry import get_study
 from muonlab.experiments.studies.batch_size import plan as batch_size
 from muonlab.experiments.studies.batch_size.report import analyse
@@ -20,45 +19,45 @@ from muonlab.experiments.study import Finished
 from batch_size_curves import BUDGET, KNEE, SLOPE, made_up_study, params, tau
 
 
-def test_the_plan_sweeps_both_ends_then_trains_every_batch_with_three_seeds_at_three_of_them(tmp_path):
+def test_the_plan_brackets_each_optimizers_own_grid_at_both_ends_then_interpolates(tmp_path):
     p = params()
     planned = get_study("batch-size").planned(p, tmp_path, {})
     by_name = {r.name: r for r in planned}
-    assert len(planned) == 64
-    stage = dict(zip(by_name, stages(planned)))
-    sweeps = [n for n in by_name if "-lr" in n]
-    assert len(sweeps) == 2 * 2 * 2 * 3 and all(stage[n] == 0 for n in sweeps)
-    assert "muon-english-b64-lr0.008-s0" in by_name and "adamw-python-b2-lr0.0005-s0" in by_name
-    for batch, seeds in ((2, {1, 2}), (4, {0}), (8, {0}), (16, {0, 1, 2}), (32, {0}), (64, {1, 2})):
-        tuned = {int(n.rsplit("-s", 1)[1]) for n in by_name if n.startswith(f"muon-python-b{batch}-tuned-")}
-        assert tuned == seeds, batch
-    ends = {f"adamw-english-b2-lr{lr:g}-s0" for lr in p["lrs_smallest"]}
-    assert set(by_name["adamw-english-b2-tuned-s1"].needs) == ends
-    assert set(by_name["adamw-english-b16-tuned-s0"].needs) == ends | {f"adamw-english-b64-lr{lr:g}-s0"
-                                                                       for lr in p["lrs_largest"]}
+    # Before any result: each (corpus, optimizer, end)'s first round, from that optimizer's own grid.
+    assert len(planned) == 2 * 2 * 2 * 3
+    assert "muon-english-b64-lr0.032-s0" in by_name and "adamw-python-b2-lr0.001-s0" in by_name
+    assert "muon-english-b2-lr0.001-s0" not in by_name  # not on Muon's grid
     for run in planned:
         config = run.config
         assert config.train_tokens == p["train_tokens"] and config.tokenizer == "byte" and config.log_every == 1
         assert config.total_steps() * config.tokens_per_step() == p["train_tokens"]
         assert config.eval_every == config.total_steps()  # validation once, at the end (for the lr choice)
+    runs = made_up_study(p)  # every sweep best at its grid's middle: no extension
+    seeds = {batch: {int(n.rsplit("-s", 1)[1]) for n in runs if n.startswith(f"muon-python-b{batch}-")}
+             for batch in p["batch_sizes"]}
+    assert seeds == {2: {0, 1, 2}, 4: {0}, 8: {0}, 16: {0, 1, 2}, 32: {0}, 64: {0, 1, 2}}
+    # Each end: the first seed over the grid, then the other seeds at the best lr and both neighbours.
+    assert sorted(n for n in runs if n.startswith("adamw-english-b2-")) == sorted(
+        f"adamw-english-b2-lr{lr:g}-s{s}" for lr in (1e-3, 2e-3, 4e-3) for s in (0, 1, 2))
 
 
-def test_tuned_runs_get_the_learning_rate_interpolated_in_log_space_between_the_ends(tmp_path):
+def test_an_edge_optimum_extends_the_grid_and_the_middle_batches_interpolate():
     p = params()
-    study = get_study("batch-size")
-    first = {r.name: r for r in study.planned(p, tmp_path, {})}
-    assert first["muon-english-b2-tuned-s1"].config.lr == 1e-3  # provisional: each grid's middle
-    done = {}
-    for batch, lrs, best in ((2, p["lrs_smallest"], 1e-3), (64, p["lrs_largest"], 8e-3)):
-        for lr in lrs:
-            done[batch_size.sweep_name("muon", "english", batch, lr, 0)] = _val_run(2.0 if lr == best else 2.3)
-    again = {r.name: r for r in study.planned(p, tmp_path, {}, done)}
-    assert list(again) == list(first)  # names never depend on results
-    assert again["muon-english-b2-tuned-s2"].config.lr == 1e-3
-    assert again["muon-english-b64-tuned-s1"].config.lr == 8e-3
-    # B = 16 sequences: log2(16/2) / log2(64/2) = 3/5 of the way from 1e-3 to 8e-3 in log space: 1e-3 · 8^0.6
-    assert again["muon-english-b16-tuned-s0"].config.lr == pytest.approx(3.482e-3, rel=1e-4)
-    assert again["adamw-english-b16-tuned-s0"].config.lr == first["adamw-english-b16-tuned-s0"].config.lr
+    done: dict[str, Run] = {}
+    # Muon at the largest batch better and better towards higher lrs, best at 6.4e-2 (beyond its grid's 3.2e-2).
+    while new := [r for r in batch_size.plan(p, done) if r.name not in done]:
+        for r in new:
+            c = r.config
+            best = 6.4e-2 if (c.optimizer, c.batch_size) == ("muon", 64) else 2e-3 if c.optimizer == "adamw" else 4e-3
+            config = {"optimizer": c.optimizer, "corpus": c.corpus, "batch_size": c.batch_size, "lr": c.lr,
+                      "seed": c.seed}
+            done[r.name] = Run(r.name, Path(r.name), config,
+                               [{"step": 10, "val_loss": 2.0 + 0.1 * abs(math.log2(c.lr / best))}])
+    assert "muon-english-b64-lr0.064-s0" in done and "muon-english-b64-lr0.128-s0" in done  # extended twice
+    assert "muon-english-b64-lr0.064-s2" in done  # every seed at the (now interior) best
+    # B = 16 sequences: log2(16/2) / log2(64/2) = 3/5 of the way from 4e-3 to 6.4e-2 in log space: 4e-3 · 16^0.6
+    assert "muon-english-b16-lr0.02111-s2" in done and abs(4e-3 * 16**0.6 - 0.02111) < 1e-5
+    assert "adamw-english-b16-lr0.002-s1" in done  # AdamW's ends both at 2e-3
 
 
 def test_interpolated_lr_is_geometric_between_the_ends():
@@ -85,10 +84,6 @@ def test_the_smoothed_curve_is_read_at_the_tokens_before_each_batch_with_a_token
     assert tokens.tolist() == [0, 1024]
     assert loss.tolist() == pytest.approx([4.0, (0.25 * 4.0 + 0.5 * 2.0) / 0.75])
     assert smoothed_curve(run, ema_tokens=512)[1].tolist() == [4.0, 2.0]  # B ≥ W: no smoothing
-
-
-def _val_run(val_loss: float) -> Run:
-    return Run("sweep", Path("sweep"), {"optimizer": "muon", "seed": 0}, [{"step": 10, "val_loss": val_loss}])
 
 
 def test_the_analysis_recovers_known_token_ratios_and_critical_batches(tmp_path):

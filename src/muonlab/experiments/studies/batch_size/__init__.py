@@ -8,12 +8,14 @@ small dense model, for every batch size of ``batch_sizes`` (sequences of ``seq_l
 with both optimizers and a fixed token budget per run, on the English corpus (the stand-in for
 DCLM) and on the Python corpus (as the paper compares DCLM with Python):
 
-1. stage 0: per corpus and optimizer, a learning-rate sweep at the smallest batch (``lrs_smallest``)
-   and at the largest (``lrs_largest``), first seed (the best run by final validation loss is that
-   end's first-seed run);
-2. stage 1: every other (batch, seed) at the learning rate interpolated in log space between the two
-   ends' best (``interpolated_lr``): every seed at the smallest, the middle and the largest batch,
-   the first seed elsewhere (the budget does not allow three seeds at every batch).
+1. per corpus and optimizer, a bracketed learning-rate sweep at the smallest batch and at the largest,
+   each optimizer from its own grid (``<optimizer>_lrs_smallest``, ``<optimizer>_lrs_largest``;
+   ``muonlab.analysis.lr_sweep.bracket``: the first seed over the grid, one ×``lr_step`` step past an
+   edge while the best is there, then every seed at the best lr and its neighbours);
+2. once both ends are chosen, every other batch at the learning rate interpolated in log space between
+   the two ends' best (``interpolated_lr``): every seed at the middle batch, the first seed elsewhere
+   (the budget does not allow three seeds at every batch). Runs are named after their lr and appear as
+   the sweeps decide them.
 
 Byte tokens keep every run within one epoch (the English corpus holds ≈ 4.0M byte tokens for
 training), so each step's training loss is on a fresh batch; it is logged at every step, smoothed
@@ -35,4 +37,5 @@ STUDY = Study(
     presets=plan.PRESETS,
     plan=plan.plan,
     analyse=report.analyse,
+    projected_plan=plan.projected_plan,
 )

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
+from ....analysis.lr_sweep import Bracket, SweepSpec, bracket, grid_value
 from ....analysis.runs import Run
 from ....train.config import TrainConfig
 from ...study import PlannedRun
@@ -16,33 +17,34 @@ WARMUP_FRACTION = 0.05
 
 PRESETS: dict[str, dict[str, Any]] = {
     # 4 layers, d=128 (0.92M parameters), byte tokens, 128-token sequences; batches of 256–8,192 tokens (32×);
-    # 1.18M tokens a run (0.29 epochs of the English corpus's 4.02M training bytes): 64 runs, 75.5M tokens and
-    # 4.6e14 training FLOPs (+ 1.5e14 of Newton–Schulz) in all: 75 min 41 s two at a time on a 2-core AMD EPYC
-    # (the dry-run said 66 min).
+    # 1.18M tokens a run (0.29 epochs of the English corpus's 4.02M training bytes). Each optimizer its own grid at
+    # each end, bracketed (the committed runs had AdamW best at 2e-3 at both ends and Muon at the top of its grid):
+    # per corpus and optimizer 2 × (3 + 2 × 3) bracket runs and 4 + 2 interpolated ones: ≈ 96 runs if no sweep
+    # extends (the committed 64-run protocol took 75 min 41 s two at a time on a 2-core AMD EPYC). Expected cost:
+    # not yet measured.
     "cpu": dict(
         seeds=(0, 1, 2), corpora=("english", "python"), batch_sizes=(2, 4, 8, 16, 32, 64), seq_len=128,
-        d_model=128, n_layers=4, head_dim=32, train_tokens=1_179_648, lrs_smallest=(5e-4, 1e-3, 2e-3),
-        lrs_largest=(2e-3, 4e-3, 8e-3), weight_decay=0.1, ema_tokens=4096, targets=5, token_optimal_margin=0.03,
-        eval_tokens=65_536, compile=False, device="auto",
+        d_model=128, n_layers=4, head_dim=32, train_tokens=1_179_648, adamw_lrs_smallest=(1e-3, 2e-3, 4e-3),
+        adamw_lrs_largest=(1e-3, 2e-3, 4e-3), muon_lrs_smallest=(2e-3, 4e-3, 8e-3),
+        muon_lrs_largest=(8e-3, 1.6e-2, 3.2e-2), lr_step=2.0, lr_caps=(1e-4, 0.128), weight_decay=0.1,
+        ema_tokens=4096, targets=5, token_optimal_margin=0.03, eval_tokens=65_536, compile=False, device="auto",
     ),
     # One GPU: d=256, 256-token sequences, batches of 2,048–65,536 tokens (32×), 2.6M tokens a run (0.65 epochs
-    # of the English corpus): 32,480 steps in all, sized at ≈ 10 ms a step for ≈ 7 minutes (not yet measured on a GPU).
+    # of the English corpus, no data repeated, as on the CPU; byte tokens keep the embedding at 257 × 256). Expected
+    # cost: not yet measured.
     "gpu": dict(
         seeds=(0, 1, 2), corpora=("english", "python"), batch_sizes=(8, 16, 32, 64, 128, 256), seq_len=256,
-        d_model=256, n_layers=4, head_dim=64, train_tokens=2_621_440, lrs_smallest=(5e-4, 1e-3, 2e-3),
-        lrs_largest=(2e-3, 4e-3, 8e-3), weight_decay=0.1, ema_tokens=16_384, targets=5, token_optimal_margin=0.03,
-        eval_tokens=262_144, compile=False, device="cuda",
+        d_model=256, n_layers=4, head_dim=64, train_tokens=2_621_440, adamw_lrs_smallest=(1e-3, 2e-3, 4e-3),
+        adamw_lrs_largest=(1e-3, 2e-3, 4e-3), muon_lrs_smallest=(2e-3, 4e-3, 8e-3),
+        muon_lrs_largest=(8e-3, 1.6e-2, 3.2e-2), lr_step=2.0, lr_caps=(1e-4, 0.128), weight_decay=0.1,
+        ema_tokens=16_384, targets=5, token_optimal_margin=0.03, eval_tokens=262_144, compile=False, device="cuda",
     ),
 }
 
 
 def sweep_name(optimizer: str, corpus: str, batch: int, lr: float, seed: int) -> str:
-    return f"{optimizer}-{corpus}-b{batch}-lr{lr:g}-s{seed}"
-
-
-def tuned_name(optimizer: str, corpus: str, batch: int, seed: int) -> str:
-    """A run at the batch's interpolated learning rate (named without it: names never depend on results)."""
-    return f"{optimizer}-{corpus}-b{batch}-tuned-s{seed}"
+    """Every run's name: ``<optimizer>-<corpus>-b<batch>-lr<lr>-s<seed>``."""
+    return f"{optimizer}-{corpus}-b{batch}-lr{grid_value(lr):g}-s{seed}"
 
 
 def seeds_at(p: Mapping[str, Any], batch: int) -> tuple[int, ...]:
@@ -59,25 +61,21 @@ def interpolated_lr(batch: float, smallest: float, largest: float, lr_smallest: 
     return float(f"{math.exp(math.log(lr_smallest) + t * (math.log(lr_largest) - math.log(lr_smallest))):.4g}")
 
 
-def _ends(p: Mapping[str, Any]) -> tuple[tuple[int, tuple[float, ...]], tuple[int, tuple[float, ...]]]:
-    return (p["batch_sizes"][0], p["lrs_smallest"]), (p["batch_sizes"][-1], p["lrs_largest"])
+def _ends(p: Mapping[str, Any]) -> tuple[tuple[int, str], tuple[int, str]]:
+    """``((smallest batch, "smallest"), (largest batch, "largest"))``: each end's batch and grid suffix."""
+    return (p["batch_sizes"][0], "smallest"), (p["batch_sizes"][-1], "largest")
 
 
-def best_lr(p: Mapping[str, Any], done: Mapping[str, Run], optimizer: str, corpus: str, batch: int,
-            lrs: tuple[float, ...]) -> float | None:
-    """The sweep's learning rate at ``batch`` with the lowest final validation loss (first seed), or None while
-    a sweep run is unfinished."""
-    names = {lr: sweep_name(optimizer, corpus, batch, lr, p["seeds"][0]) for lr in lrs}
-    if not all(n in done for n in names.values()):
-        return None
-    return min(lrs, key=lambda lr: done[names[lr]].final("val_loss"))
+Losses = Callable[[str, str, int], Mapping[tuple[float, int], float]]
+"""``losses(optimizer, corpus, batch) -> {(lr, seed): final validation loss}`` of the finished runs."""
 
 
-def tuned_lrs(p: Mapping[str, Any], done: Mapping[str, Run], optimizer: str, corpus: str) -> tuple[float, float]:
-    """The best learning rates at the smallest and the largest batch (each end's grid middle until its sweep is
-    done: the provisional value of a run that needs it)."""
-    ends = [best_lr(p, done, optimizer, corpus, batch, lrs) for batch, lrs in _ends(p)]
-    return tuple(lr if lr is not None else lrs[len(lrs) // 2] for lr, (_, lrs) in zip(ends, _ends(p)))
+def brackets(p: Mapping[str, Any], losses: Losses) -> dict[tuple[str, str, int], Bracket]:
+    """Each (optimizer, corpus, end batch)'s bracketed sweep, from its own grid."""
+    low, high = p["lr_caps"]
+    return {(o, c, batch): bracket(SweepSpec(tuple(p[f"{o}_lrs_{end}"]), tuple(p["seeds"]), p["lr_step"], low, high),
+                                   losses(o, c, batch))
+            for c in p["corpora"] for o in OPTIMIZERS for batch, end in _ends(p)}
 
 
 def _check(p: Mapping[str, Any]) -> None:
@@ -106,40 +104,74 @@ def _config(p: Mapping[str, Any], corpus: str, optimizer: str, batch: int, lr: f
     )
 
 
-def plan(p: Mapping[str, Any], done: Mapping[str, Run]) -> list[PlannedRun]:
-    """Stage 0: the sweeps at both ends (first seed); stage 1: every other (batch, seed) at the interpolated
-    learning rate, needing the sweeps it is interpolated from."""
+def _planned(p: Mapping[str, Any], losses: Losses) -> list[PlannedRun]:
+    """Each end's bracketed sweep (a first-round run needs nothing; a later one its sweep's first round); once
+    both ends of an (optimizer, corpus) are chosen, every other batch at the lr interpolated between them."""
     _check(p)
-    first = p["seeds"][0]
-    runs = [PlannedRun(sweep_name(o, c, batch, lr, first), _config(p, c, o, batch, lr, first))
-            for c in p["corpora"] for o in OPTIMIZERS for batch, lrs in _ends(p) for lr in lrs]
-    (smallest, _), (largest, _) = _ends(p)
+    state = brackets(p, losses)
+    runs = []
     for c in p["corpora"]:
         for o in OPTIMIZERS:
-            lr_small, lr_large = tuned_lrs(p, done, o, c)
-            for batch in p["batch_sizes"]:
-                ends = [(b, lrs) for b, lrs in _ends(p) if b == batch] or _ends(p)  # a middle batch needs both
-                needs = tuple(sweep_name(o, c, b, lr, first) for b, lrs in ends for lr in lrs)
-                lr = interpolated_lr(batch, smallest, largest, lr_small, lr_large)
-                runs += [PlannedRun(tuned_name(o, c, batch, s), _config(p, c, o, batch, lr, s), needs=needs)
-                         for s in seeds_at(p, batch) if not (s == first and batch in (smallest, largest))]
+            for batch, end in _ends(p):
+                first_round = tuple(sweep_name(o, c, batch, lr, p["seeds"][0]) for lr in p[f"{o}_lrs_{end}"])
+                for lr, s in state[(o, c, batch)].cells:
+                    name = sweep_name(o, c, batch, lr, s)
+                    runs.append(PlannedRun(name, _config(p, c, o, batch, lr, s), () if name in first_round
+                                           else first_round))
+            ends = [state[(o, c, batch)] for batch, _ in _ends(p)]
+            if not all(e.complete for e in ends):
+                continue
+            needs = tuple(sweep_name(o, c, batch, lr, s) for (batch, _), e in zip(_ends(p), ends) for lr, s in e.cells)
+            (smallest, _), (largest, _) = _ends(p)
+            for batch in p["batch_sizes"][1:-1]:
+                lr = interpolated_lr(batch, smallest, largest, ends[0].best, ends[1].best)
+                runs += [PlannedRun(sweep_name(o, c, batch, lr, s), _config(p, c, o, batch, lr, s), needs)
+                         for s in seeds_at(p, batch)]
     return runs
 
 
+def losses_from(done: Mapping[str, Run]) -> Losses:
+    def losses(optimizer: str, corpus: str, batch: int) -> dict[tuple[float, int], float]:
+        return {(grid_value(r.config["lr"]), int(r.config["seed"])): r.final("val_loss") for r in done.values()
+                if (r.config.get("optimizer"), r.config.get("corpus"), r.config.get("batch_size"))
+                == (optimizer, corpus, batch)}
+    return losses
+
+
+def plan(p: Mapping[str, Any], done: Mapping[str, Run]) -> list[PlannedRun]:
+    """The runs decided by the results in ``done`` (the study's docstring)."""
+    return _planned(p, losses_from(done))
+
+
+def projected_plan(p: Mapping[str, Any]) -> list[PlannedRun]:
+    """The plan as it ends when every sweep's best first-seed lr is its grid's middle value and no sweep extends
+    (what ``--dry-run`` costs; an extension adds a run per seed per step)."""
+    def bowl(optimizer: str, corpus: str, batch: int) -> dict[tuple[float, int], float]:
+        end = "smallest" if batch == p["batch_sizes"][0] else "largest"
+        grid = sorted(grid_value(lr) for lr in p[f"{optimizer}_lrs_{end}"])
+        return {(lr, s): abs(lr / grid[len(grid) // 2] - 1.0) for lr in grid for s in p["seeds"]}
+    return _planned(p, bowl)
+
+
 def arm_runs(p: Mapping[str, Any], runs: Mapping[str, Run], optimizer: str, corpus: str, batch: int) -> list[Run]:
-    """The runs of ``optimizer`` on ``corpus`` at ``batch`` and its tuned learning rate, one per seed (at the
-    ends, the first seed's is the sweep's best run)."""
-    first = p["seeds"][0]
-    head = tuned_name(optimizer, corpus, batch, first)
-    for end, lrs in _ends(p):
-        if batch == end:
-            head = sweep_name(optimizer, corpus, batch, best_lr(p, runs, optimizer, corpus, batch, lrs), first)
-    return [runs[head], *(runs[tuned_name(optimizer, corpus, batch, s)] for s in seeds_at(p, batch)[1:])]
+    """The runs of ``optimizer`` on ``corpus`` at ``batch`` and its chosen (ends) or interpolated learning rate,
+    one per seed of ``seeds_at``."""
+    state = brackets(p, losses_from(runs))
+    ends = [state[(optimizer, corpus, b)].best for b, _ in _ends(p)]
+    (smallest, _), (largest, _) = _ends(p)
+    lr = interpolated_lr(batch, smallest, largest, *ends)
+    return [runs[sweep_name(optimizer, corpus, batch, lr, s)] for s in seeds_at(p, batch)]
 
 
 def sweeps(p: Mapping[str, Any], runs: Mapping[str, Run]) -> dict[str, dict[float, float | None]]:
-    """Final validation loss by learning rate of every sweep, labelled "<Optimizer> <corpus> b<batch>"."""
+    """Mean final validation loss over the seeds run, by learning rate, of every end's sweep, labelled
+    "<Optimizer> <corpus> b<batch>"."""
     labels = {"adamw": "AdamW", "muon": "Muon"}
-    return {f"{labels[o]} {c} b{batch}": {lr: runs[sweep_name(o, c, batch, lr, p["seeds"][0])].final("val_loss")
-                                          for lr in lrs}
-            for c in p["corpora"] for o in OPTIMIZERS for batch, lrs in _ends(p)}
+    out = {}
+    for (o, c, batch), state in brackets(p, losses_from(runs)).items():
+        cells: dict[float, list[float]] = {}
+        for lr, s in state.cells:
+            if (name := sweep_name(o, c, batch, lr, s)) in runs:
+                cells.setdefault(lr, []).append(runs[name].final("val_loss"))
+        out[f"{labels[o]} {c} b{batch}"] = {lr: sum(v) / len(v) for lr, v in sorted(cells.items())}
+    return out

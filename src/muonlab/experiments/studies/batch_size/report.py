@@ -3,7 +3,8 @@
 Kept apart from the plan (``plan``). Tokens to target losses, the ratios and the fits are
 :mod:`muonlab.analysis.batch_size` (shared with the pareto study); the plots ``plots``. Claims are
 judged at the lowest target loss of each corpus ("near the end of training", PAPERS.md §5.2 E1),
-with the seed-to-seed spread of the batches that have every seed.
+with paired 95 % t intervals over the seeds (a seed's runs share initialisation and data order at every batch
+size and for both optimizers), at the batches that have every seed.
 """
 
 from __future__ import annotations
@@ -17,9 +18,9 @@ from typing import Any
 import numpy as np
 
 from ....analysis.batch_size import OPTIMIZERS, ArmFits, CorpusTokens, corpus_tokens, critical_fits, smoothed_curve
-from ....analysis.paired import MIN_SEEDS
+from ....analysis.paired import MIN_SEEDS, PairedDifference, t_quantile_975
 from ....analysis.runs import Run
-from ...protocol import ClaimCheck, MeanStd, claim_section, epochs, mean_std
+from ...protocol import ClaimCheck, MeanStd, claim_section, epochs, mean_std, paired
 from ...study import Analysis, Finished
 from . import plots
 from .plan import arm_runs, sweeps
@@ -98,19 +99,34 @@ def full_range_target(values: list[list[Cell]]) -> int:
     return complete[-1] if complete else 0
 
 
+def interval(cell: MeanStd) -> tuple[float, float] | None:
+    """The 95 % t interval of the mean of a per-seed (paired) quantity, e.g. the per-seed ratio T_AdamW/T_Muon;
+    None below ``MIN_SEEDS`` seeds."""
+    if cell.std is None or cell.n < MIN_SEEDS:
+        return None
+    half = t_quantile_975(cell.n - 1) * cell.std / math.sqrt(cell.n)
+    return cell.mean - half, cell.mean + half
+
+
 def _seeded(column: Sequence[MeanStd]) -> list[MeanStd]:
-    return [c for c in column if c.std is not None]
+    return [c for c in column if interval(c) is not None]
 
 
 def _clearly_above_one(column: Sequence[MeanStd]) -> bool:
-    """Every batch's mean above 1, and at the batches with several seeds by more than the std."""
+    """Every batch's mean above 1, and at the batches with ≥ ``MIN_SEEDS`` seeds the 95 % interval of the
+    per-seed ratio above 1."""
     seeded = _seeded(column)
-    return bool(seeded) and all(c.mean > 1 for c in column) and all(c.mean - c.std > 1 for c in seeded)
+    return bool(seeded) and all(c.mean > 1 for c in column) and all(interval(c)[0] > 1 for c in seeded)
 
 
-def _noise(a: MeanStd, b: MeanStd) -> float | None:
-    """The std of ``b − a`` from the two seed stds (None when either has one seed)."""
-    return None if a.std is None or b.std is None else math.hypot(a.std, b.std)
+def _across(table: CorpusTokens, op: Callable[[np.ndarray, np.ndarray], np.ndarray], b0: int, b1: int,
+            target: int) -> PairedDifference | None:
+    """``op(T_AdamW, T_Muon)`` at batch ``b1`` − at batch ``b0`` (tokens per step), paired per seed (a seed's runs
+    share initialisation and data order at every batch size)."""
+    i0, i1 = table.batches.index(b0), table.batches.index(b1)
+    values = [op(*table.paired(i, target)) for i in (i0, i1)]
+    n = min(len(v) for v in values)
+    return paired({k: float(values[0][k]) for k in range(n)}, {k: float(values[1][k]) for k in range(n)})
 
 
 def _fmt(cell: MeanStd, spec: str) -> str:
@@ -134,7 +150,7 @@ def _fewer_tokens_claim(table: CorpusTokens, ratio: list[list[Cell]]) -> ClaimCh
         return ClaimCheck(PAPER_FEWER_TEXT, result + (f" ({beyond})" if beyond else ""), None, "—")
     mean_r = float(np.mean([c.mean for c in column]))
     seeded = _seeded(column)
-    below = mean_r < 1 and all(c.mean + c.std < 1 for c in seeded)
+    below = mean_r < 1 and all(interval(c)[1] < 1 for c in seeded)
     return ClaimCheck(
         paper=PAPER_FEWER_TEXT,
         result=result + (f" ({beyond})" if beyond else ""),
@@ -162,17 +178,16 @@ def _trend_claim(table: CorpusTokens, ratio: list[list[Cell]], fits: Mapping[str
         return ClaimCheck(PAPER_TREND_TEXT, f"{table.corpus}: fewer than two batch sizes reached a target with "
                                             "both optimizers", None, "—")
     (b0, small), (b1, large) = _ends(reached)
-    noise = _noise(small, large)
-    diff = large.mean - small.mean
+    d = _across(table, np.divide, b0, b1, j)
     slope = float(np.polyfit(np.log2([b for b, _ in reached]), [c.mean for _, c in reached], 1)[0])
     return ClaimCheck(
         paper=PAPER_TREND_TEXT,
         result=f"{table.corpus}, L = {table.targets[j]:.3f} (the lowest target every batch size reached): R = "
                f"{_fmt(small, '.3f')} at B={b0:,} → {_fmt(large, '.3f')} at B={b1:,} (least-squares slope "
                f"{slope:+.3f} per doubling); fitted {_knees(fits, j)} tokens",
-        agrees=None if noise is None else diff >= -noise,
-        by_how_much=f"R changes by {diff:+.3f}" + (f" ({diff / noise:+.1f}× the std of the difference, "
-                                                   f"{noise:.3f})" if noise else ""),
+        agrees=d.verdict(+1) if d else None,
+        by_how_much=f"R at B={b1:,} − R at B={b0:,}, paired per seed: " + (d.text("") if d else "no seed in common")
+        + " (grows: the interval above 0; shrinks: below)",
     )
 
 
@@ -183,16 +198,14 @@ def _extra_claim(table: CorpusTokens, extra: list[list[Cell]]) -> ClaimCheck:
         return ClaimCheck(PAPER_EXTRA_TEXT, f"{table.corpus}: fewer than two batch sizes reached a target with "
                                             "both optimizers", None, "—")
     (b0, small), (b1, large) = _ends(reached)
-    noise = _noise(small, large)
-    diff = large.mean - small.mean
+    d = _across(table, np.subtract, b0, b1, j)
     increases = sum(b.mean > a.mean for (_, a), (_, b) in zip(reached, reached[1:]))
     return ClaimCheck(
         paper=PAPER_EXTRA_TEXT,
         result=f"{table.corpus}, L = {table.targets[j]:.3f}: " + ", ".join(f"B={b:,}: {c.mean:,.0f}"
                                                                           for b, c in reached),
-        agrees=None if noise is None else True if diff > noise else False if diff < -noise else None,
-        by_how_much=f"{diff:+,.0f} tokens from B={b0:,} to B={b1:,}"
-                    + (f" ({diff / noise:+.1f}× the std of the difference)" if noise else "")
+        agrees=d.verdict(+1) if d else None,
+        by_how_much=f"from B={b0:,} to B={b1:,}, paired per seed: " + (d.text("tokens") if d else "no seed in common")
                     + f"; up in {increases} of {len(reached) - 1} consecutive steps of B",
     )
 
