@@ -16,15 +16,15 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from ....analysis.logits import max_logit_keys
 from ....analysis.paired import paired_difference
-from ....analysis.qk_clip_plots import max_logit_keys
 from ....analysis.runs import Run
 from ....analysis.spectra import MATRIX_GROUPS, group_means
 from ...protocol import ClaimCheck
 from . import plan as scaling_plan
 
 if TYPE_CHECKING:
-    from .report import Measured
+    from .measured import Measured
 
 __all__ = ["EARLY_FRACTION", "entropy_comparison", "final_entropies", "initial_entropies", "logit_comparison"]
 

@@ -13,11 +13,11 @@ import numpy as np
 
 from ....analysis.figures import finish_axes, log_axes, new_figure, save_figure
 from ....analysis.fits import fit_power_law
-from ....analysis.qk_clip_plots import plot_max_logits
+from ....analysis.logits import plot_max_logits
 from ....analysis.runs import Run
 
 if TYPE_CHECKING:
-    from .report import Measured
+    from .measured import Measured
 
 __all__ = ["plot_compute_ratio", "plot_entropy", "plot_logits", "plot_scaling", "plot_sweeps"]
 
@@ -116,5 +116,5 @@ def plot_entropy(entropy: Mapping[str, Any], path: str | os.PathLike) -> Path | 
 
 
 def plot_logits(runs: Sequence[Run], path: str | os.PathLike) -> Path | None:
-    """Max attention logit over training per layer (``muonlab.analysis.qk_clip_plots.plot_max_logits``)."""
+    """Max attention logit over training per layer (``muonlab.analysis.logits.plot_max_logits``)."""
     return plot_max_logits(list(runs), None, path) if runs else None

@@ -11,64 +11,24 @@ resample of the seeds, so the uncertainty of the choice is in the interval.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from ....analysis.fits import equal_loss_compute_ratio, fit_power_law
-from ....analysis.lr_sweep import Bracket, at_edge, choose, grid_value, selection_bootstrap, transfer
+from ....analysis.lr_sweep import at_edge, choose, selection_bootstrap, transfer
 from ....analysis.paired import paired_difference
-from ....analysis.runs import Run
 from ...protocol import ClaimCheck, claim_section
 from ...study import Analysis, Finished
-from ...sweeps import OPTIMIZERS, cells_from
-from . import plan as scaling_plan
+from ...sweeps import OPTIMIZERS
 from . import plots
 from .diagnostics import entropy_comparison, logit_comparison
+from .measured import Measured, measure
 
 PAPER_RATIO = 0.52
 """Moonlight's equal-loss compute ratio C_Muon / C_AdamW (Figure 3, §3.2)."""
 COMPUTE_LEVELS = 5
 """Compute values (log-spaced over the widths' range) at which the ratio is reported."""
-
-Cells = dict[float, dict[int, float]]
-
-
-@dataclass(frozen=True)
-class Measured:
-    """What the runs measured, per width in ``widths`` order: compute, parameters, tokens, batch, steps;
-    per ``(optimizer, width)`` the cells and the sweep's state; the runs by cell."""
-
-    widths: list[int]
-    compute: list[float]
-    params: list[int]
-    tokens: list[int]
-    batch_tokens: list[int]
-    steps: list[int]
-    seeds: list[int]
-    cells: dict[tuple[str, int], Cells]
-    sweeps: dict[tuple[str, int], Bracket]
-    runs: dict[tuple[str, int, float, int], Run]
-
-
-def measure(p: Mapping[str, Any], runs: Mapping[str, Run]) -> Measured:
-    """Cells, sweep states and budgets from the finished runs."""
-    plan = scaling_plan.sweeps(p)
-    cells = {(o, w): {} for o in OPTIMIZERS for w in p["widths"]} | cells_from(runs.values(), plan.group_of)
-    by_cell = {(r.config["optimizer"], r.config["d_model"], grid_value(r.config["lr"]), int(r.config["seed"])): r
-               for r in runs.values()}
-    losses = {k: {(lr, s): v for lr, by_seed in c.items() for s, v in by_seed.items()} for k, c in cells.items()}
-    widths = list(p["widths"])
-    batch = [scaling_plan.batch_size(p, w) * p["seq_len"] for w in widths]
-    tokens = [scaling_plan.train_tokens(p, w) for w in widths]
-    return Measured(
-        widths=widths,
-        compute=[float(scaling_plan.model_for(p, w).flops_per_token(p["seq_len"]) * t) for w, t in zip(widths, tokens)],
-        params=[scaling_plan.non_embedding_params(p, w) for w in widths], tokens=tokens, batch_tokens=batch,
-        steps=[t // b for t, b in zip(tokens, batch)], seeds=list(p["seeds"]), cells=cells,
-        sweeps=plan.brackets(losses), runs=by_cell)
-
 
 def _statistic(compute: Sequence[float], at: np.ndarray):
     """The bootstrap's statistic: the compute ratio of Muon at AdamW's lr and at its own, at ``at``, then the
