@@ -38,5 +38,6 @@ def test_clipping_changes_the_trajectory():  # the 0.05 norm above really clips
 
 
 def test_negative_max_grad_norm_is_refused():
-    with pytest.raises(ValueError, match=r"max_grad_norm \(0 disables clipping\) must be a finite number in \[0, inf\), got -1.0"):
+    expected = r"max_grad_norm \(0 disables clipping\) must be a finite number in \[0, inf\), got -1.0"
+    with pytest.raises(ValueError, match=expected):
         Muon([torch.nn.Parameter(torch.zeros(2, 2))], algorithm="muon", max_grad_norm=-1.0)
