@@ -26,6 +26,7 @@ from muonlab.models import list_presets
 from muonlab.rundir import read_metrics
 from muonlab.train import loop
 from muonlab.train.config import TrainConfig
+from muonlab.train_command import fold_bool_values
 
 from conftest import tiny_config_dict
 
@@ -203,9 +204,10 @@ def test_report_writes_report_md(two_runs, tmp_path, capsys):
     assert "muon − adamw" in text
 
 
-def test_report_defaults_to_the_first_runs_parent(two_runs):
+def test_report_defaults_to_a_report_folder_beside_the_first_run(two_runs):
     assert main(["report", *map(str, two_runs)]) == 0
-    assert (two_runs[0].parent / "report.md").is_file()
+    assert (two_runs[0].parent / "report" / "report.md").is_file()
+    assert not (two_runs[0].parent / "report.md").exists()  # never into the folder that holds the runs
 
 
 def test_report_of_a_folder_that_is_not_a_run_exits_2(two_runs, tmp_path, capsys):
@@ -319,17 +321,18 @@ def test_run_demo_at_tiny_scale_writes_the_report(tiny_corpus, muonlab_cache, tm
     report = out / "report.md"
     assert report.is_file()
     stdout = capsys.readouterr().out
-    # The headline line names the direction the numbers have, and their gap.
-    found = re.search(r"final validation loss: AdamW ([\d.]+), Muon ([\d.]+) \(Muon (lower|higher) by ([\d.]+) nats",
-                      stdout)
+    # The headline line gives both means and the paired difference with its interval and verdict.
+    found = re.search(r"final validation loss: AdamW ([\d.]+), Muon ([\d.]+); Muon − AdamW paired ([+-][\d.]+) "
+                      r"\[([+-][\d.]+), ([+-][\d.]+)\] \((separated|not separated)\)", stdout)
     assert found, stdout
-    adamw_loss, muon_loss, direction, gap = float(found[1]), float(found[2]), found[3], float(found[4])
-    assert direction == ("lower" if muon_loss < adamw_loss else "higher")
-    assert gap == pytest.approx(abs(adamw_loss - muon_loss), abs=2e-4)
+    adamw_loss, muon_loss, gap, low, high = (float(found[i]) for i in range(1, 6))
+    assert gap == pytest.approx(muon_loss - adamw_loss, abs=2e-4)  # complete pairs: mean of differences
+    assert low < gap < high
+    assert found[6] == ("separated" if low > 0 or high < 0 else "not separated")
     text = report.read_text()
     assert "## Headline" in text
     assert "**adamw**: mean final validation loss" in text and "**muon**: mean final validation loss" in text
-    assert "over 2 seeds" in text and "muon − adamw" in text and "seed-to-seed std" in text
+    assert "over 2 seeds (unpaired)" in text and "muon − adamw, paired per seed:" in text
 
     # Each run folder records a command that reproduces its (planned) config through the CLI.
     assert len(planned) == 4
@@ -338,7 +341,7 @@ def test_run_demo_at_tiny_scale_writes_the_report(tiny_corpus, muonlab_cache, tm
         record = json.loads((Path(config.run_dir) / "config.json").read_text())
         argv = shlex.split(record["command"])
         assert argv[:2] == ["muonlab", "train"]
-        args = parser.parse_args(argv[1:])
+        args = parser.parse_args(fold_bool_values(argv[1:]))  # as main() reads a recorded command
         values = {k: v for k, v in vars(args).items() if k in FIELDS and v is not None}
         rebuilt = TrainConfig.from_dict(values)
         assert rebuilt.replace(progress=config.progress, threads=config.threads) == config  # speed-only knobs

@@ -12,6 +12,7 @@ from muonlab.analysis.spectra import group_means, layer_of, matrix_group
 from muonlab.analysis.spectra_report import entropy_rows
 from muonlab.cli import main
 from muonlab.models import ModelConfig, Transformer
+from muonlab.rundir.finished import write_finished
 from muonlab.spectra import svd_entropies, svd_entropy
 from muonlab.train.loop import train
 
@@ -63,6 +64,8 @@ def _fake_run(path, optimizer, rows):
         json.dumps({"optimizer": optimizer, "command": f"muonlab train --optimizer {optimizer}"})
     )
     (path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    last = rows[-1]["step"]
+    write_finished(path, step=last, total_steps=last, tokens=0, checkpoint=f"step_{last:08d}", final_val_loss=3.0)
     return path
 
 
