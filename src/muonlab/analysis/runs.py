@@ -22,7 +22,8 @@ import numpy as np
 from muonlab.rundir import METRICS_FILE, read_config, read_metrics
 
 # Config keys that do not change what is being measured: runs differing only in these are repeats.
-NOT_HYPERPARAMETERS = frozenset({"seed", "name", "run_name", "run_dir", "out_dir", "output_dir", "command", "resume"})
+NOT_HYPERPARAMETERS = frozenset({"seed", "name", "run_name", "run_dir", "out_dir", "output_dir", "command", "resume",
+                                 "resumes"})  # "resumes": the history of a run folder, not a setting
 
 
 def _is_number(value: Any) -> bool:
