@@ -19,6 +19,7 @@ hashable (it is part of a Newton–Schulz bucket key) and pure: no communication
 
 from __future__ import annotations
 
+import bisect
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -159,5 +160,9 @@ class Blocks:
         return index
 
     def col_block_of(self, col: int) -> int:
-        """The index of the column block that starts at column ``col``."""
-        return _edges(self.cols).index(col)
+        """The index of the column block that holds column ``col`` (a region of whole blocks starts at
+        its edge; one that cuts a block — ``tp_mode="blockwise"``'s approximation — keeps its rows in
+        the block it starts in)."""
+        if not 0 <= col < self.shape[1]:
+            raise ValueError(f"column {col} lies outside the matrix's {self.shape[1]} columns")
+        return bisect.bisect_right(_edges(self.cols), col) - 1

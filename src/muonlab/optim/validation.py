@@ -94,7 +94,7 @@ def check_group(group: dict[str, Any], index: int) -> None:
                                                group.get("transposed", False)),
                          group.get("blocks", 1), group.get("col_blocks", 1))
         except ValueError as err:
-            raise ValueError(f"{where}, parameter {_param_name(group, i)}: {err}") from None
+            raise ValueError(f"{where}, parameter {_param_name(group, i)} of shape {tuple(p.shape)}: {err}") from None
 
 
 _WARNED: set[int] = set()
