@@ -1,6 +1,8 @@
-"""The README's code, run: every fenced ``python`` and ``bash`` block carries a marker in the line
-above it, ``<!-- test: NAME -->`` (run here by ``RUNNERS[NAME]``) or ``<!-- not run by the tests:
-REASON -->``.
+"""The README's and the documentation pages' code, run: every fenced ``python`` and ``bash`` block of
+``README.md`` and ``docs/**/*.md`` carries a marker in the line above it, ``<!-- test: NAME -->`` (run
+here by ``RUNNERS[NAME]``) or ``<!-- not run by the tests: REASON -->``. A docs page that shows a README
+section (``<!-- readme-section: TITLE -->``, see ``scripts/docs_hooks.py``) shows the README's blocks,
+checked here once.
 
 Blocks run at tiny sizes: ``muonlab train``/``sft`` lines get flags appended (argparse keeps the last
 value) that shrink the model, data and budget, and torchrun lines run on gloo with 2 or 4 processes.
@@ -26,26 +28,37 @@ from muonlab.models import Transformer, preset
 
 from conftest import tiny_config_dict
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+ROOT = Path(__file__).resolve().parents[1]
+README = ROOT / "README.md"
+DOCS = ROOT / "docs"
 MARKER = re.compile(r"<!-- (test: (?P<name>[\w-]+)|not run by the tests: (?P<reason>.+?)) -->")
 
 
-def readme_blocks() -> list[tuple[str, str, str]]:
-    """``(marker line, language, code)`` of every fenced python/bash block (marker "" when missing)."""
-    lines = README.read_text().splitlines()
-    blocks, i = [], 0
-    while i < len(lines):
-        fence = re.fullmatch(r"\s*```(python|bash)\s*", lines[i])
-        if fence:
-            end = next(j for j in range(i + 1, len(lines)) if lines[j].strip() == "```")
-            blocks.append((lines[i - 1].strip() if i else "", fence.group(1), "\n".join(lines[i + 1:end])))
-            i = end
-        i += 1
+def pages() -> list[Path]:
+    """The README, then every page of the documentation site."""
+    return [README, *sorted(DOCS.rglob("*.md"))]
+
+
+def readme_blocks() -> list[tuple[str, str, str, str]]:
+    """``(marker line, language, code, where)`` of every fenced python/bash block of the README and the
+    docs pages (marker "" when missing; where = ``file:line``)."""
+    blocks = []
+    for page in pages():
+        lines = page.read_text().splitlines()
+        i = 0
+        while i < len(lines):
+            fence = re.fullmatch(r"\s*```(python|bash)\s*", lines[i])
+            if fence:
+                end = next(j for j in range(i + 1, len(lines)) if lines[j].strip() == "```")
+                blocks.append((lines[i - 1].strip() if i else "", fence.group(1), "\n".join(lines[i + 1:end]),
+                               f"{page.relative_to(README.parent)}:{i + 1}"))
+                i = end
+            i += 1
     return blocks
 
 
 def _block(name: str) -> str:
-    return next(code for marker, _, code in readme_blocks() if marker == f"<!-- test: {name} -->")
+    return next(code for marker, _, code, _ in readme_blocks() if marker == f"<!-- test: {name} -->")
 
 
 TINY = ["--tokenizer", "byte", "--seq_len", "64", "--batch_size", "2", "--train_tokens", "256", "--warmup_steps", "1",
@@ -105,20 +118,31 @@ class _LossModel(torch.nn.Module):
 
 
 def test_every_block_is_run_or_says_why_not():
-    markers = [marker for marker, _, _ in readme_blocks()]
-    unmarked = [i for i, marker in enumerate(markers) if not MARKER.fullmatch(marker)]
-    assert not unmarked, f"README blocks {unmarked} carry no marker"
-    named = [MARKER.fullmatch(m).group("name") for m in markers if MARKER.fullmatch(m).group("name")]
+    blocks = readme_blocks()
+    unmarked = [where for marker, _, _, where in blocks if not MARKER.fullmatch(marker)]
+    assert not unmarked, f"code blocks at {unmarked} carry no marker"
+    named = [MARKER.fullmatch(m).group("name") for m, _, _, _ in blocks if MARKER.fullmatch(m).group("name")]
     assert sorted(set(named)) == sorted(RUNNERS) and len(named) == len(set(named))
 
 
 def test_the_marker_check_finds_an_unmarked_block(tmp_path, monkeypatch):
-    """Negative control: a README with one unmarked block fails the check above."""
-    fake = tmp_path / "README.md"
-    fake.write_text("text\n```python\nprint(1)\n```\n")
-    monkeypatch.setattr(sys.modules[__name__], "README", fake)
-    with pytest.raises(AssertionError, match="carry no marker"):
+    """Negative control: one unmarked block in a docs page fails the check above, naming where it is."""
+    (tmp_path / "docs").mkdir()
+    (tmp_path / "README.md").write_text("text\n")
+    (tmp_path / "docs" / "page.md").write_text("text\n```python\nprint(1)\n```\n")
+    monkeypatch.setattr(sys.modules[__name__], "README", tmp_path / "README.md")
+    monkeypatch.setattr(sys.modules[__name__], "DOCS", tmp_path / "docs")
+    with pytest.raises(AssertionError, match=r"at \['docs/page.md:2'\] carry no marker"):
         test_every_block_is_run_or_says_why_not()
+
+
+def test_the_docs_cover_the_guide_and_the_api():
+    """Every docs page is in the site's navigation, and every page the README links exists."""
+    nav = (ROOT / "mkdocs.yml").read_text()
+    listed = set(re.findall(r":\s*(\S+\.md)\s*$", nav, re.MULTILINE))
+    assert listed == {str(p.relative_to(DOCS)) for p in DOCS.rglob("*.md")}
+    linked = re.findall(r"\]\((docs/[^)#]+\.md)", README.read_text())
+    assert linked and all((ROOT / link).is_file() for link in linked), linked
 
 
 def _optimizer_namespace() -> dict:

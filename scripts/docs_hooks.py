@@ -1,0 +1,57 @@
+"""MkDocs hooks for the documentation site (``mkdocs.yml`` names this file).
+
+- A page line ``<!-- readme-section: TITLE -->`` is replaced by the body of the README's section
+  whose ``#`` or ``##`` heading starts with TITLE, up to the next ``#``/``##`` heading: without its
+  heading line (the page has its own), its ``###`` headings one level up, its links into ``docs/``
+  made relative to the page. The README keeps such a section as its one copy; the site shows it.
+- The committed study results (``results/``: reports and their plots) join the site's files, outside
+  the navigation, so the links the README's sections make to them resolve, and a link to a missing one
+  fails the strict build.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from mkdocs.structure.files import File, InclusionLevel
+
+ROOT = Path(__file__).resolve().parents[1]
+README = ROOT / "README.md"
+INCLUDE = re.compile(r"^<!-- readme-section: (?P<title>.+?) -->$", re.MULTILINE)
+
+
+def _heading_levels(lines: list[str]) -> list[int]:
+    """Each line's heading level (0 for text, and for every line of a fenced code block)."""
+    levels, fenced = [], False
+    for line in lines:
+        fenced ^= line.lstrip().startswith("```")
+        heading = re.match(r"(#{1,6}) ", line)
+        levels.append(len(heading.group(1)) if heading and not fenced else 0)
+    return levels
+
+
+def readme_section(text: str, title: str) -> str:
+    """The body of the README section headed ``#``/``## TITLE…``, as a page shows it; raises when absent."""
+    lines = text.splitlines()
+    levels = _heading_levels(lines)
+    tops = [i for i, level in enumerate(levels) if level in (1, 2)]
+    start = next((i for i in tops if lines[i].split(" ", 1)[1].startswith(title)), None)
+    if start is None:
+        raise ValueError(f"README.md has no section headed '{title}…'; its sections: {[lines[i] for i in tops]}")
+    end = next((i for i in tops if i > start), len(lines))
+    body = [line[1:] if levels[i] >= 3 else line for i, line in enumerate(lines) if start < i < end]
+    return "\n".join(body).replace("](docs/", "](")
+
+
+def on_page_markdown(markdown: str, page, config, files) -> str:
+    text = README.read_text(encoding="utf-8")
+    return INCLUDE.sub(lambda match: readme_section(text, match.group("title")), markdown)
+
+
+def on_files(files, config):
+    for path in sorted((ROOT / "results").rglob("*")):
+        if path.suffix in (".md", ".png"):
+            files.append(File(str(path.relative_to(ROOT)), src_dir=str(ROOT), dest_dir=config["site_dir"],
+                              use_directory_urls=config["use_directory_urls"], inclusion=InclusionLevel.NOT_IN_NAV))
+    return files
