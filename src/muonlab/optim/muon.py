@@ -32,10 +32,21 @@ from typing import Any
 
 import torch
 
+from ..hyperparameters import (
+    ADAMW_BETAS,
+    ADAMW_EPS,
+    DEFAULT_UPDATE_RMS,
+    MOMENTUM,
+    NESTEROV,
+    NORMUON_BETA2,
+    NS_COEFFICIENTS,
+    NS_DTYPE,
+    NS_STEPS,
+    SCALE,
+)
 from .engines import build_engine
 from .gradients import NONFINITE_POLICIES, NonFiniteGradientError, NonFinitePolicy
 from .qk_clip import QKClip
-from .scaling import DEFAULT_UPDATE_RMS
 from .state import momentum_dtype
 from .telemetry import UpdateTelemetry
 from .validation import ALGORITHMS, as_dtype, check_group, check_loadable, check_number
@@ -112,16 +123,16 @@ class Muon(torch.optim.Optimizer):
         params: Iterable[torch.Tensor] | Iterable[dict[str, Any]],
         lr: float = 1e-3,
         weight_decay: float = 0.1,
-        momentum: float = 0.95,
-        nesterov: bool = True,
-        ns_steps: int = 5,
-        ns_coefficients: str = "jordan",
-        ns_dtype: torch.dtype | str = torch.bfloat16,
+        momentum: float = MOMENTUM,
+        nesterov: bool = NESTEROV,
+        ns_steps: int = NS_STEPS,
+        ns_coefficients: str = NS_COEFFICIENTS,
+        ns_dtype: torch.dtype | str = NS_DTYPE,
         ns_method: str = "auto",
-        scale: str = "moonlight",
+        scale: str = SCALE,
         update_rms: float = DEFAULT_UPDATE_RMS,
-        adamw_betas: tuple[float, float] = (0.9, 0.95),
-        adamw_eps: float = 1e-8,
+        adamw_betas: tuple[float, float] = ADAMW_BETAS,
+        adamw_eps: float = ADAMW_EPS,
         nonfinite: str = "raise",
         algorithm: str | None = None,
         eps: float = 1e-7,
@@ -129,7 +140,7 @@ class Muon(torch.optim.Optimizer):
         qk_clip: QKClip | None = None,
         tp_mode: str = "exact",
         normuon: bool = False,
-        normuon_beta2: float = 0.95,
+        normuon_beta2: float = NORMUON_BETA2,
         normuon_eps: float = 1e-8,
         cautious_wd: bool = False,
     ) -> None:

@@ -14,6 +14,7 @@ from typing import Any
 
 import torch
 
+from ..hyperparameters import NS_DTYPES
 from .blocks import parse_blocks
 from .newton_schulz import NS_METHODS, get_coefficient_set
 from .routing import ROLE_ALGORITHM, routed_role
@@ -24,7 +25,7 @@ __all__ = ["ALGORITHMS", "TP_MODES", "as_dtype", "check_group", "check_loadable"
 
 ALGORITHMS = ("muon", "adamw")
 TP_MODES = ("exact", "blockwise")
-_NS_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32, "float64": torch.float64}
+_NS_DTYPES = {name: getattr(torch, name) for name in NS_DTYPES}
 
 
 def as_dtype(value) -> torch.dtype:

@@ -14,6 +14,22 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..hyperparameters import (
+    ADAMW_BETAS,
+    ADAMW_EPS,
+    DEFAULT_UPDATE_RMS,
+    MOMENTUM,
+    NESTEROV,
+    NORMUON_BETA2,
+    NS_COEFFICIENTS,
+    NS_DTYPE,
+    NS_DTYPES,
+    NS_STEPS,
+    SCALE,
+    SCALE_RULES,
+    check_update_rms,
+)
+
 __all__ = ["SFT_DEFAULTS", "ConfigError", "TrainConfig", "load_config_file"]
 
 TASKS = ("pretrain", "sft")
@@ -23,8 +39,6 @@ DTYPES = ("bf16", "fp32")
 DEVICES = ("auto", "cpu", "cuda")
 # muonlab.parallel.PARALLEL_MODES, without importing torch here
 PARALLEL_MODES = ("none", "ddp", "zero1", "fsdp", "mesh")
-SCALE_RULES = ("moonlight", "min_side", "update_norm", "keller", "spectral", "none")  # muonlab.optim.SCALE_RULES
-TARGET_RMS_RULES = ("moonlight", "min_side", "update_norm")  # the SCALE_RULES with uses_update_rms
 
 
 SFT_DEFAULTS = {"task": "sft", "corpus": "python-functions", "schedule": "linear", "final_lr_ratio": 0.0,
@@ -91,20 +105,21 @@ class TrainConfig:
     lr: float = _f(3e-3, "peak learning rate, shared by Muon and AdamW groups (Moonlight reuses AdamW's)")
     weight_decay: float = _f(0.1, "decoupled weight decay λ (W ← W − lr·λ·W), every parameter")
     decay_norms: bool = _f(True, "apply weight decay to norm gains too (Moonlight App. D: crucial for stability)")
-    momentum: float = _f(0.95, "Muon momentum μ")
-    nesterov: bool = _f(True, "Nesterov momentum for Muon")
-    ns_steps: int = _f(5, "Newton–Schulz iterations")
-    ns_coefficients: str = _f("jordan", "Newton–Schulz coefficient set", ("jordan", "polar_express"))
-    ns_dtype: str = _f("bfloat16", "Newton–Schulz compute dtype", ("bfloat16", "float32", "float64"))
-    scale: str = _f("moonlight", "Muon update-scale rule (muonlab.optim.scaling): 'moonlight' "
+    momentum: float = _f(MOMENTUM, "Muon momentum μ")
+    nesterov: bool = _f(NESTEROV, "Nesterov momentum for Muon")
+    ns_steps: int = _f(NS_STEPS, "Newton–Schulz iterations")
+    ns_coefficients: str = _f(NS_COEFFICIENTS, "Newton–Schulz coefficient set", ("jordan", "polar_express"))
+    ns_dtype: str = _f(NS_DTYPE, "Newton–Schulz compute dtype", NS_DTYPES)
+    scale: str = _f(SCALE, "Muon update-scale rule (muonlab.hyperparameters): 'moonlight' "
                     "update_rms·sqrt(max(A,B)); 'min_side' update_rms·sqrt(min(A,B)) (Moonlight Table 1's "
                     "Baseline 0.2·√H for [H,H], [H,4H]); 'update_norm' update_rms·O/RMS(O); 'keller' "
-                    "sqrt(max(1,A/B)); 'spectral' sqrt(A/B); 'none' 1", SCALE_RULES)
-    update_rms: float = _f(0.2, "Muon's target update RMS (Moonlight §2.2: 0.2 matches AdamW; Table 8 sweeps it), used "
-                           "by scale 'moonlight', 'min_side' and 'update_norm'; the other rules allow only 0.2")
-    beta1: float = _f(0.9, "AdamW β1")
-    beta2: float = _f(0.95, "AdamW β2")
-    adam_eps: float = _f(1e-8, "AdamW ε")
+                    "sqrt(max(1,A/B)); 'spectral' sqrt(A/B); 'none' 1", tuple(SCALE_RULES))
+    update_rms: float = _f(DEFAULT_UPDATE_RMS, "Muon's target update RMS (Moonlight §2.2: 0.2 matches AdamW; "
+                           "Table 8 sweeps it), used by scale 'moonlight', 'min_side' and 'update_norm'; the other "
+                           "rules allow only 0.2")
+    beta1: float = _f(ADAMW_BETAS[0], "AdamW β1")
+    beta2: float = _f(ADAMW_BETAS[1], "AdamW β2")
+    adam_eps: float = _f(ADAMW_EPS, "AdamW ε")
     grad_clip: float = _f(1.0, "clip the global norm of the raw gradient to this (0: off)")
     qk_clip_tau: float = _f(0.0, "QK-Clip threshold τ (Kimi K2: 100): after each step, rescale the query/key weights "
                             "of every attention head whose max logit exceeded τ (0: off)")
@@ -113,7 +128,7 @@ class TrainConfig:
                             "GLM-5's Muon Split)", ("matrix", "per_head"))
     normuon: bool = _f(False, "NorMuon (arXiv 2510.05491): divide each row of the orthogonalized update by its running "
                        "second moment, then rescale to the update RMS")
-    normuon_beta2: float = _f(0.95, "NorMuon's second-moment decay β2, in [0, 1)")
+    normuon_beta2: float = _f(NORMUON_BETA2, "NorMuon's second-moment decay β2, in [0, 1)")
     cautious_wd: bool = _f(False, "cautious weight decay (arXiv 2510.12402): decay only the coordinates where the "
                            "update and the weight have the same sign (Muon and AdamW groups)")
     # schedule
@@ -178,11 +193,10 @@ class TrainConfig:
                               "(0: the schedule is train_tokens long)")
         if not 0.0 <= self.normuon_beta2 < 1.0:
             raise ConfigError(f"normuon_beta2 must lie in [0, 1), got {self.normuon_beta2}")
-        if not self.update_rms > 0:
-            raise ConfigError(f"update_rms must be > 0, got {self.update_rms}")
-        if self.scale not in TARGET_RMS_RULES and self.update_rms != 0.2:
-            raise ConfigError(f"update_rms={self.update_rms} has no effect under scale={self.scale!r}, which has no "
-                              f"target update RMS; use scale in {list(TARGET_RMS_RULES)} or leave update_rms at 0.2")
+        try:
+            check_update_rms(self.scale, self.update_rms)
+        except ValueError as error:
+            raise ConfigError(str(error)) from None
         if not 0.0 < self.val_fraction < 1.0:
             raise ConfigError(f"val_fraction must lie in (0, 1), got {self.val_fraction}")
         if self.task == "sft" and not self.init_from:
