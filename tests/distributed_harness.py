@@ -11,7 +11,6 @@ gloo processes with one torch thread each and returns what each rank returned.
 from __future__ import annotations
 
 import os
-import socket
 import tempfile
 from datetime import timedelta
 from pathlib import Path
@@ -110,17 +109,13 @@ def batch(step: int, global_batch: int) -> tuple[torch.Tensor, torch.Tensor]:
 COLLECTIVE_TIMEOUT = timedelta(seconds=120)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _entry(rank, world, port, out_dir, fn, args):
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
-                      LOCAL_RANK=str(rank))
+def _entry(rank, world, out_dir, fn, args):
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank))
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", rank=rank, world_size=world, timeout=COLLECTIVE_TIMEOUT)
+    # the ranks meet in a file of this call's own folder, not on a TCP port picked beforehand (which
+    # another process could take between the pick and the bind); gloo picks its own ports after that
+    dist.init_process_group("gloo", init_method=f"file://{Path(out_dir) / 'store'}", rank=rank, world_size=world,
+                            timeout=COLLECTIVE_TIMEOUT)
     try:
         result = fn(rank, world, *args)
         torch.save(result, Path(out_dir) / f"rank{rank}.pt")
@@ -131,7 +126,7 @@ def _entry(rank, world, port, out_dir, fn, args):
 def spawn(fn, world: int, *args) -> list:
     """Run ``fn(rank, world, *args)`` on ``world`` gloo processes; return each rank's result (torch-saveable)."""
     with tempfile.TemporaryDirectory() as out_dir:
-        mp.spawn(_entry, args=(world, free_port(), out_dir, fn, args), nprocs=world, join=True)
+        mp.spawn(_entry, args=(world, out_dir, fn, args), nprocs=world, join=True)
         return [torch.load(Path(out_dir) / f"rank{r}.pt", weights_only=False) for r in range(world)]
 
 

@@ -14,7 +14,6 @@
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 
 import pytest
@@ -65,13 +64,13 @@ def _train_with_rank_dependent_lr(rank: int, world: int, values: dict) -> None:
 
 
 def test_ranks_with_different_training_configs_fail_fast(tiny_corpus, muonlab_cache, tmp_path):
-    started = time.perf_counter()
+    """Before the first step: no rank wrote a metrics row (a hang fails on the collective timeout)."""
     with pytest.raises(Exception) as caught:
         spawn(
             _train_with_rank_dependent_lr, 2, run_values(tiny_corpus, tmp_path / "run", batch_size=2, parallel="ddp")
         )
     assert "configs differ across ranks: config lr is 0.003 on rank 0 but 0.001 on rank 1" in str(caught.value)
-    assert time.perf_counter() - started < 60
+    assert not (tmp_path / "run" / "metrics.jsonl").exists()
 
 
 def _mismatched(rank: int, world: int, what: str) -> None:
@@ -90,8 +89,7 @@ def _mismatched(rank: int, world: int, what: str) -> None:
     ("shape", "parameter 'embed.weight' (shape, dtype) is ((64, 64), 'torch.float32') on rank 0 but ((64, 128)"),
 ])
 def test_ranks_that_disagree_fail_fast_naming_the_mismatch(what, message):
-    started = time.perf_counter()
+    """In the constructor, before any step (a hang fails on the harness's collective timeout)."""
     with pytest.raises(Exception) as caught:
         spawn(_mismatched, 2, what)
     assert message in str(caught.value)
-    assert time.perf_counter() - started < 60

@@ -223,7 +223,9 @@ def run_sft(corpus):
 
 def _torchrun(nproc: int, argv: list[str], timeout: int = 900) -> None:
     env = {**os.environ, "MUONLAB_ALLOCATOR": "default", "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}", *argv],
+    # --standalone: the launcher binds a free port itself (the default, 29500, collides with any other launch)
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+                           *argv],
                           env=env, capture_output=True, text=True, timeout=timeout)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 import errno
 import json
 import math
-import time
 import warnings
 from pathlib import Path
 
@@ -418,7 +417,7 @@ def _bytes_and_mtimes(run_dir: Path) -> dict[str, tuple[bytes | None, int]]:
 def test_rerun_into_a_finished_run_with_another_config_fails_at_once_and_changes_nothing(
         tiny_config, monkeypatch, tmp_path, change, named):
     """The run-folder decision comes before the tokenizer and the dataset: no cache is built, and the
-    error names the folder and the first differing field, well within 2 s."""
+    error names the folder and the first differing field (no wall-clock bound: the empty cache shows it)."""
     config = tiny_config(train_tokens=TOKENS_PER_STEP * 4, log_every=2, eval_every=2)
     train(config, command="muonlab train ...")
     run_dir = Path(config.run_dir)
@@ -427,12 +426,9 @@ def test_rerun_into_a_finished_run_with_another_config_fails_at_once_and_changes
     empty_cache.mkdir()
     monkeypatch.setenv("MUONLAB_CACHE", str(empty_cache))
 
-    started = time.perf_counter()
     with pytest.raises(RunFolderError) as info:
         train(config.replace(**change))
-    elapsed = time.perf_counter() - started
 
-    assert elapsed < 2.0, f"the re-run took {elapsed:.2f} s to fail"
     message = _one_sentence(info.value)
     assert str(run_dir) in message
     for word in named:
