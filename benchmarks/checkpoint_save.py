@@ -1,9 +1,9 @@
 """Time a checkpoint save with its integrity checks against the save without them, side by side.
 
-A save today writes the files, syncs them, writes ``manifest.json`` (size and SHA-256 of every
-file, hashed in threads beside the syncs) and refuses non-finite weights. The baseline arm is the
-same save with those two checks swapped for what a save did before them: sync each file, nothing
-else. Both arms save the same model and optimizer state (the ``demo`` preset with Muon, after one
+A save today writes the files, syncs them, writes ``manifest.json`` (size and XXH3-128 checksum
+of every file, hashed while the syncs wait on the disk) and refuses non-finite weights. The
+baseline arm is the same save with those two checks swapped for what a save did before them: sync
+each file, nothing else. Both arms save the same model and optimizer state (the ``demo`` preset with Muon, after one
 step so the momentum exists) into their own run folder, in one process, interleaved — A, B, A, B
 — so machine noise (another job on the cores, the disk's cache) hits both alike; the median of
 each and their ratio are printed. The ratio is the figure to read: the absolute times depend on
@@ -89,7 +89,7 @@ def main() -> None:
                 without.append(_time_save(plain, step, model, optimizer))
         manifest = (checked / "checkpoints" / f"step_{args.repeats:08d}" / "manifest.json").read_text()
     print(f"model {args.model!r}: {files_mb:.1f} MB of weights, {args.repeats} saves per arm, interleaved, "
-          f"in {tmp}; manifest of {manifest.count('sha256')} files")
+          f"in {tmp}; manifest of {manifest.count('bytes')} files")
     for index, what in enumerate(("wall", "CPU")):
         a = statistics.median(t[index] for t in with_checks)
         b = statistics.median(t[index] for t in without)

@@ -216,3 +216,61 @@ def test_weights_holding_nan_are_never_saved(tmp_path):
     assert str(info.value) == (f"step 2: the weights hold NaN/inf (embed.weight), so they were not saved; the "
                                f"checkpoint {first} is kept")
     assert checksums(tmp_path) == before
+
+
+def test_huge_but_finite_weights_are_saved(tmp_path):
+    """The negative control of the finite check: a norm that overflows is not a NaN in the weights."""
+    from muonlab.rundir.checkpoint import save_checkpoint
+
+    model, optimizer = _tiny_model_and_muon()
+    with torch.no_grad():
+        model.embed.weight[3, 3] = 3e38
+    saved = save_checkpoint(tmp_path, 1, model, optimizer, {"tokens": 1})
+    assert safetensors.torch.load_file(str(saved / "model.safetensors"))["embed.weight"][3, 3] == 3e38
+
+
+# ---------------------------------------------------------------------------------- the manifest's format
+
+
+def _rewrite_manifest(checkpoint: Path, version: int, key: str, digest) -> None:
+    files = {p.relative_to(checkpoint).as_posix(): {"bytes": p.stat().st_size, key: digest(p.read_bytes()).hexdigest()}
+             for p in sorted(checkpoint.rglob("*")) if p.is_file() and p.name != "manifest.json"}
+    (checkpoint / "manifest.json").write_text(json.dumps({"format": version, "files": files}))
+
+
+def test_the_manifest_holds_each_files_xxh3_128(tmp_path):
+    import xxhash
+
+    from muonlab.rundir.checkpoint import save_checkpoint
+
+    saved = save_checkpoint(tmp_path, 1, *_tiny_model_and_muon(), {"tokens": 1})
+    manifest = json.loads((saved / "manifest.json").read_text())
+    assert manifest["format"] == 2 and sorted(manifest["files"]) == ["model.safetensors", "optimizer.pt",
+                                                                     "trainer.json"]
+    for name, entry in manifest["files"].items():
+        data = (saved / name).read_bytes()
+        assert entry == {"bytes": len(data), "xxh3_128": xxhash.xxh3_128(data).hexdigest()}
+
+
+def test_a_checkpoint_sealed_with_a_sha256_manifest_still_verifies(tmp_path):
+    import hashlib
+
+    from muonlab.rundir.checkpoint import checkpoint_problem, save_checkpoint
+
+    saved = save_checkpoint(tmp_path, 1, *_tiny_model_and_muon(), {"tokens": 1})
+    _rewrite_manifest(saved, 1, "sha256", hashlib.sha256)
+    assert checkpoint_problem(saved) is None
+    _flip_bit(saved / "optimizer.pt")
+    assert checkpoint_problem(saved) == ("optimizer.pt does not match its checksum (its content changed after it "
+                                         "was saved)")
+
+
+def test_a_manifest_of_a_newer_format_is_named_not_misread(tmp_path):
+    import hashlib
+
+    from muonlab.rundir.checkpoint import checkpoint_problem, save_checkpoint
+
+    saved = save_checkpoint(tmp_path, 1, *_tiny_model_and_muon(), {"tokens": 1})
+    _rewrite_manifest(saved, 3, "blake3", hashlib.sha256)
+    assert checkpoint_problem(saved) == ("its manifest.json is of format 3, newer than this muonlab reads (1, 2); "
+                                         "upgrade muonlab to load it")

@@ -364,13 +364,11 @@ def first_nonfinite(model: torch.nn.Module) -> str | None:
     floats = [(name, t._local_tensor if hasattr(t, "_local_tensor") else t)
               for name, t in unwrap(model).state_dict().items() if t.is_floating_point()]
     bad = None
-    if floats:
-        # One sum per tensor is NaN or inf when the tensor holds one (a pass that costs ~1 ms on the demo
-        # model where isfinite costs ~20); a suspect sum is confirmed element-wise, as finite values can
-        # overflow a sum.
-        sums = torch.stack([t.sum(dtype=torch.float32) for _, t in floats])
-        suspects = torch.nonzero(~torch.isfinite(sums)).flatten().tolist()
-        bad = next((floats[i][0] for i in suspects if not bool(torch.isfinite(floats[i][1]).all())), None)
+    # The norm of all tensors together, in one fused pass (~1.5 ms on the demo model, where a sum per
+    # tensor costs ~10 ms on two busy cores and isfinite ~20), is NaN or inf when any tensor holds one;
+    # then each tensor is checked element-wise, as finite values can overflow a norm too.
+    if floats and not bool(torch.isfinite(torch.nn.utils.get_total_norm([t for _, t in floats], foreach=True))):
+        bad = next((name for name, t in floats if not bool(torch.isfinite(t).all())), None)
     if multi_process():
         flag = torch.tensor([0 if bad is None else 1], device=_device_of(model))
         dist.all_reduce(flag)
