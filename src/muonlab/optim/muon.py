@@ -32,18 +32,7 @@ from typing import Any
 
 import torch
 
-from ..hyperparameters import (
-    ADAMW_BETAS,
-    ADAMW_EPS,
-    DEFAULT_UPDATE_RMS,
-    MOMENTUM,
-    NESTEROV,
-    NORMUON_BETA2,
-    NS_COEFFICIENTS,
-    NS_DTYPE,
-    NS_STEPS,
-    SCALE,
-)
+from .. import hyperparameters as hp
 from .engines import build_engine
 from .gradients import NONFINITE_POLICIES, NonFiniteGradientError, NonFinitePolicy
 from .qk_clip import QKClip
@@ -123,16 +112,16 @@ class Muon(torch.optim.Optimizer):
         params: Iterable[torch.Tensor] | Iterable[dict[str, Any]],
         lr: float = 1e-3,
         weight_decay: float = 0.1,
-        momentum: float = MOMENTUM,
-        nesterov: bool = NESTEROV,
-        ns_steps: int = NS_STEPS,
-        ns_coefficients: str = NS_COEFFICIENTS,
-        ns_dtype: torch.dtype | str = NS_DTYPE,
+        momentum: float = hp.MOMENTUM,
+        nesterov: bool = hp.NESTEROV,
+        ns_steps: int = hp.NS_STEPS,
+        ns_coefficients: str = hp.NS_COEFFICIENTS,
+        ns_dtype: torch.dtype | str = hp.NS_DTYPE,
         ns_method: str = "auto",
-        scale: str = SCALE,
-        update_rms: float = DEFAULT_UPDATE_RMS,
-        adamw_betas: tuple[float, float] = ADAMW_BETAS,
-        adamw_eps: float = ADAMW_EPS,
+        scale: str = hp.SCALE,
+        update_rms: float = hp.DEFAULT_UPDATE_RMS,
+        adamw_betas: tuple[float, float] = hp.ADAMW_BETAS,
+        adamw_eps: float = hp.ADAMW_EPS,
         nonfinite: str = "raise",
         algorithm: str | None = None,
         eps: float = 1e-7,
@@ -140,7 +129,7 @@ class Muon(torch.optim.Optimizer):
         qk_clip: QKClip | None = None,
         tp_mode: str = "exact",
         normuon: bool = False,
-        normuon_beta2: float = NORMUON_BETA2,
+        normuon_beta2: float = hp.NORMUON_BETA2,
         normuon_eps: float = 1e-8,
         cautious_wd: bool = False,
     ) -> None:

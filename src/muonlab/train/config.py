@@ -14,21 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..hyperparameters import (
-    ADAMW_BETAS,
-    ADAMW_EPS,
-    DEFAULT_UPDATE_RMS,
-    MOMENTUM,
-    NESTEROV,
-    NORMUON_BETA2,
-    NS_COEFFICIENTS,
-    NS_DTYPE,
-    NS_DTYPES,
-    NS_STEPS,
-    SCALE,
-    SCALE_RULES,
-    check_update_rms,
-)
+from .. import hyperparameters as hp
 
 __all__ = ["SFT_DEFAULTS", "ConfigError", "TrainConfig", "load_config_file"]
 
@@ -105,21 +91,21 @@ class TrainConfig:
     lr: float = _f(3e-3, "peak learning rate, shared by Muon and AdamW groups (Moonlight reuses AdamW's)")
     weight_decay: float = _f(0.1, "decoupled weight decay λ (W ← W − lr·λ·W), every parameter")
     decay_norms: bool = _f(True, "apply weight decay to norm gains too (Moonlight App. D: crucial for stability)")
-    momentum: float = _f(MOMENTUM, "Muon momentum μ")
-    nesterov: bool = _f(NESTEROV, "Nesterov momentum for Muon")
-    ns_steps: int = _f(NS_STEPS, "Newton–Schulz iterations")
-    ns_coefficients: str = _f(NS_COEFFICIENTS, "Newton–Schulz coefficient set", ("jordan", "polar_express"))
-    ns_dtype: str = _f(NS_DTYPE, "Newton–Schulz compute dtype", NS_DTYPES)
-    scale: str = _f(SCALE, "Muon update-scale rule (muonlab.hyperparameters): 'moonlight' "
+    momentum: float = _f(hp.MOMENTUM, "Muon momentum μ")
+    nesterov: bool = _f(hp.NESTEROV, "Nesterov momentum for Muon")
+    ns_steps: int = _f(hp.NS_STEPS, "Newton–Schulz iterations")
+    ns_coefficients: str = _f(hp.NS_COEFFICIENTS, "Newton–Schulz coefficient set", ("jordan", "polar_express"))
+    ns_dtype: str = _f(hp.NS_DTYPE, "Newton–Schulz compute dtype", hp.NS_DTYPES)
+    scale: str = _f(hp.SCALE, "Muon update-scale rule (muonlab.hyperparameters): 'moonlight' "
                     "update_rms·sqrt(max(A,B)); 'min_side' update_rms·sqrt(min(A,B)) (Moonlight Table 1's "
                     "Baseline 0.2·√H for [H,H], [H,4H]); 'update_norm' update_rms·O/RMS(O); 'keller' "
-                    "sqrt(max(1,A/B)); 'spectral' sqrt(A/B); 'none' 1", tuple(SCALE_RULES))
-    update_rms: float = _f(DEFAULT_UPDATE_RMS, "Muon's target update RMS (Moonlight §2.2: 0.2 matches AdamW; "
+                    "sqrt(max(1,A/B)); 'spectral' sqrt(A/B); 'none' 1", tuple(hp.SCALE_RULES))
+    update_rms: float = _f(hp.DEFAULT_UPDATE_RMS, "Muon's target update RMS (Moonlight §2.2: 0.2 matches AdamW; "
                            "Table 8 sweeps it), used by scale 'moonlight', 'min_side' and 'update_norm'; the other "
                            "rules allow only 0.2")
-    beta1: float = _f(ADAMW_BETAS[0], "AdamW β1")
-    beta2: float = _f(ADAMW_BETAS[1], "AdamW β2")
-    adam_eps: float = _f(ADAMW_EPS, "AdamW ε")
+    beta1: float = _f(hp.ADAMW_BETAS[0], "AdamW β1")
+    beta2: float = _f(hp.ADAMW_BETAS[1], "AdamW β2")
+    adam_eps: float = _f(hp.ADAMW_EPS, "AdamW ε")
     grad_clip: float = _f(1.0, "clip the global norm of the raw gradient to this (0: off)")
     qk_clip_tau: float = _f(0.0, "QK-Clip threshold τ (Kimi K2: 100): after each step, rescale the query/key weights "
                             "of every attention head whose max logit exceeded τ (0: off)")
@@ -128,7 +114,7 @@ class TrainConfig:
                             "GLM-5's Muon Split)", ("matrix", "per_head"))
     normuon: bool = _f(False, "NorMuon (arXiv 2510.05491): divide each row of the orthogonalized update by its running "
                        "second moment, then rescale to the update RMS")
-    normuon_beta2: float = _f(NORMUON_BETA2, "NorMuon's second-moment decay β2, in [0, 1)")
+    normuon_beta2: float = _f(hp.NORMUON_BETA2, "NorMuon's second-moment decay β2, in [0, 1)")
     cautious_wd: bool = _f(False, "cautious weight decay (arXiv 2510.12402): decay only the coordinates where the "
                            "update and the weight have the same sign (Muon and AdamW groups)")
     # schedule
@@ -194,7 +180,7 @@ class TrainConfig:
         if not 0.0 <= self.normuon_beta2 < 1.0:
             raise ConfigError(f"normuon_beta2 must lie in [0, 1), got {self.normuon_beta2}")
         try:
-            check_update_rms(self.scale, self.update_rms)
+            hp.check_update_rms(self.scale, self.update_rms)
         except ValueError as error:
             raise ConfigError(str(error)) from None
         if not 0.0 < self.val_fraction < 1.0:
