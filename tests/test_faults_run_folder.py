@@ -190,6 +190,52 @@ def test_report_and_analyze_refuse_an_unfinished_run_naming_its_step(finished, t
     assert f"warning: run {run_dir} is unfinished: it stopped at step 4 of 8" in err
 
 
+def test_export_refuses_an_unfinished_run_naming_its_step_and_exports_it_when_allowed(finished, muonlab_cache,
+                                                                                       tmp_path, capsys):
+    run_dir = _unfinished(finished, tmp_path / "run")
+    before = checksums(run_dir)
+
+    code, err = cli(capsys, "export", str(run_dir), "--out", str(tmp_path / "hf"))
+
+    assert code == 2
+    assert (f"run {run_dir} is unfinished: it stopped at step 4 of 8; finish it (muonlab train with its config "
+            "resumes it), or pass --allow-unfinished to use it as it is (nothing was written)") in err
+    assert not (tmp_path / "hf").exists() and checksums(run_dir) == before
+
+    pytest.importorskip("transformers")
+    code, err = cli(capsys, "export", str(run_dir), "--out", str(tmp_path / "hf"), "--allow-unfinished")
+    assert code == 0, err
+    assert err.splitlines()[0] == (f"muonlab export: warning: run {run_dir} is unfinished: it stopped at step 4 of "
+                                   "8; exporting that step's checkpoint as it is")
+    assert err.count("unfinished") == 1  # said once, by export (not again as an init_from warning)
+    assert (tmp_path / "hf" / "model.safetensors").is_file() and checksums(run_dir) == before
+
+
+def test_export_stops_at_once_while_another_process_writes_the_run(finished, tmp_path, capsys):
+    from muonlab.rundir.ownership import folder_lock
+
+    run_dir = copy_run(finished, tmp_path / "run")
+    with folder_lock(run_dir, "muonlab train --lr 0.003"):
+        before = checksums(run_dir)
+        code, err = cli(capsys, "export", str(run_dir), "--out", str(tmp_path / "hf"))
+        assert checksums(run_dir) == before
+    assert code == 2
+    assert f"{run_dir} is being written by process " in err and "(muonlab train --lr 0.003)" in err
+    assert not (tmp_path / "hf").exists()
+
+
+def test_export_refuses_a_folder_that_is_not_a_run_folder(finished, tmp_path, capsys):
+    report = copy_run(finished, tmp_path / "a-report")
+    (report / ".muonlab").write_text('{"muonlab": "report", "format": 1}\n')
+    before = checksums(report)
+
+    code, err = cli(capsys, "export", str(report), "--out", str(tmp_path / "hf"))
+
+    assert code == 2
+    assert f"{report} is not a muonlab run folder (it has no .muonlab marker saying so)" in err
+    assert not (tmp_path / "hf").exists() and checksums(report) == before
+
+
 def test_init_from_an_unfinished_run_warns_naming_its_step(finished, muonlab_cache, tmp_path):
     from muonlab.train.init_source import read_init_source
 

@@ -104,7 +104,7 @@ def _cmd_analyze_spectra(args: argparse.Namespace) -> int:
 def _cmd_export(args: argparse.Namespace) -> int:
     from .export import export_run
 
-    out, difference = export_run(args.run, args.out)
+    out, difference = export_run(args.run, args.out, allow_unfinished=args.allow_unfinished)
     print(f"exported {args.run} to {out} (logits agree with the run's to {difference:.1e}); load it with "
           f"AutoModelForCausalLM.from_pretrained({str(out)!r}) and AutoTokenizer.from_pretrained({str(out)!r}), or "
           f"continue training with muonlab train --init_from {out}")
@@ -197,6 +197,8 @@ def build_parser() -> argparse.ArgumentParser:
                             "format); safetensors weights and the run's tokenizer. Needs transformers.")
     export.add_argument("run", help="the run folder")
     export.add_argument("--out", required=True, help="a new (or empty) folder to write")
+    export.add_argument("--allow-unfinished", action="store_true",
+                        help="export an unfinished run's latest checkpoint too (its step named on stderr)")
     export.set_defaults(func=_cmd_export)
 
     presets = sub.add_parser("presets", help="list model presets and their parameter counts",

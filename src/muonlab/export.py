@@ -7,17 +7,23 @@ The folder holds ``config.json`` (Llama for dense models, DeepSeek-V3 for MLA an
 so ``AutoModelForCausalLM.from_pretrained(DIR)`` and ``AutoTokenizer.from_pretrained(DIR)`` load it
 and ``muonlab train --init_from DIR`` continues from it.
 
-Before anything is written the exported model is run on a check sequence next to the run's own
-model; the logits must agree to fp32 rounding. Everything is written into a temporary sibling of
-``DIR`` that is renamed at the end, so a failed export leaves nothing behind, and an existing
-non-empty ``DIR`` is never touched. The command lives beside the CLI: it reads a run folder
-(:func:`muonlab.load_run`) and writes a Hugging Face folder, so ``integrations`` needs nothing from ``train``.
+Only a muonlab run folder is exported, and only a finished one unless asked (``allow_unfinished``:
+then a warning names the step its latest checkpoint holds); the run folder's writer lock
+(:func:`muonlab.rundir.ownership.folder_lock`) is held throughout, so a run being trained, or a
+second export of it, stops at once naming the holder. Before anything is written the exported
+model is run on a check sequence next to the run's own model; the logits must agree to fp32
+rounding. Everything is written into a temporary sibling of ``DIR`` that is renamed at the end, so
+a failed export leaves nothing behind, and an existing non-empty ``DIR`` is never touched. The
+command lives beside the CLI: it reads a run folder (:func:`muonlab.load_run`) and writes a Hugging
+Face folder, so ``integrations`` needs nothing from ``train``.
 """
 
 from __future__ import annotations
 
 import os
+import shlex
 import shutil
+import warnings
 from pathlib import Path
 
 import torch
@@ -29,6 +35,8 @@ from .integrations.hf_tokenizer import write_tokenizer
 from .loading import LoadedRun, load_run
 from .models import Transformer
 from .rundir import read_config
+from .rundir.outputs import unfinished_runs
+from .rundir.ownership import folder_lock, is_run_folder
 
 __all__ = ["export_run"]
 
@@ -36,14 +44,25 @@ CHECK_TOLERANCE = 1e-4
 """Largest |Δ logit| allowed between the run's model and the export, relative to max(1, max |logit|)."""
 
 
-def _run_model(run_dir: Path) -> LoadedRun:
+def _check_run_folder(run_dir: Path, allow_unfinished: bool) -> None:
+    """Refuse what is not a muonlab run folder, and an unfinished run unless ``allow_unfinished`` (then warn)."""
     try:
         record = read_config(run_dir)
     except FileNotFoundError:
         raise HFFormatError(f"{run_dir} is not a run folder: it has no config.json") from None
     if "model_config" not in record:
         raise HFFormatError(f"{run_dir}/config.json has no model_config; it was not written by muonlab train")
-    run = load_run(run_dir)
+    if not is_run_folder(run_dir):
+        raise HFFormatError(f"{run_dir} is not a muonlab run folder (it has no .muonlab marker saying so); export "
+                            "a folder muonlab train wrote")
+    for reason in unfinished_runs([run_dir], allow_unfinished, "--allow-unfinished"):
+        warnings.warn(f"{reason}; exporting that step's checkpoint as it is", stacklevel=3)
+
+
+def _run_model(run_dir: Path) -> LoadedRun:
+    with warnings.catch_warnings():  # load_run's init_from warning of an unfinished run: export gave its own
+        warnings.filterwarnings("ignore", message="init_from: ")
+        run = load_run(run_dir)
     check_exportable(run.model.config)
     return run
 
@@ -71,13 +90,25 @@ def _readable_like_other_outputs(folder: Path) -> None:
         path.chmod((0o777 if path.is_dir() else 0o666) & ~umask)
 
 
-def export_run(run_dir: str | os.PathLike, out: str | os.PathLike) -> tuple[Path, float]:
-    """Export the latest checkpoint of ``run_dir`` to the new folder ``out``; returns ``out`` and the
-    logit difference of the check (see the module docstring)."""
+def export_run(run_dir: str | os.PathLike, out: str | os.PathLike,
+               allow_unfinished: bool = False) -> tuple[Path, float]:
+    """Export the latest checkpoint of the run folder ``run_dir`` to the new folder ``out``; returns ``out``
+    and the logit difference of the check (see the module docstring).
+
+    Raises ``ValueError`` in one sentence (nothing written) for a folder that is not a muonlab run, an
+    unfinished run without ``allow_unfinished``, a run folder another process is writing, or an ``out``
+    that exists and is not empty.
+    """
     run_dir, out = Path(run_dir), Path(out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise HFFormatError(f"{out} already exists and is not an empty folder; choose a new --out (nothing was "
                             "written)")
+    _check_run_folder(run_dir, allow_unfinished)
+    with folder_lock(run_dir, shlex.join(["muonlab export", str(run_dir), "--out", str(out)])):
+        return _export(run_dir, out)
+
+
+def _export(run_dir: Path, out: Path) -> tuple[Path, float]:
     run = _run_model(run_dir)
     model, tokenizer = run.model, run.tokenizer
     transformers = require_transformers()
@@ -92,9 +123,13 @@ def export_run(run_dir: str | os.PathLike, out: str | os.PathLike) -> tuple[Path
         write_tokenizer(tokenizer, tmp, model.config.max_seq_len,
                         chat_template=CHAT_TEMPLATE if run.record.get("task") == "sft" else None)
         _readable_like_other_outputs(tmp)
-        if out.exists():
-            out.rmdir()
-        os.replace(tmp, out)
+        try:
+            if out.exists():
+                out.rmdir()
+            os.replace(tmp, out)
+        except OSError:
+            raise HFFormatError(f"{out} was filled by another process during the export; choose a new --out "
+                                "(nothing was written)") from None
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return out, difference

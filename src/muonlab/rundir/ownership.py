@@ -23,7 +23,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 __all__ = ["LOCK_FILE", "MARKER_FILE", "STUDY_LOG_FILE", "FolderBusyError", "FolderError", "check_folder",
-           "claim_folder", "describe_os_error", "folder_kind", "folder_lock"]
+           "claim_folder", "describe_os_error", "folder_kind", "folder_lock", "is_run_folder"]
 
 MARKER_FILE = ".muonlab"
 LOCK_FILE = ".muonlab.lock"
@@ -79,6 +79,13 @@ def _is_legacy_run(folder: Path) -> bool:
     except (OSError, ValueError):
         return False
     return isinstance(record, dict) and all(key in record for key in LEGACY_RUN_KEYS)
+
+
+def is_run_folder(folder: str | os.PathLike) -> bool:
+    """Whether ``folder`` is a muonlab run folder: its marker says so, or (no marker) it is a run from before
+    the marker."""
+    kind = folder_kind(folder)
+    return kind == "run" or (kind is None and _is_legacy_run(Path(folder)))
 
 
 def _write_marker(folder: Path, kind: str) -> None:
