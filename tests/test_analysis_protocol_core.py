@@ -37,6 +37,15 @@ def test_a_difference_whose_interval_covers_zero_is_not_separated_and_two_seeds_
         paired_difference({0: 1.0}, {1: 1.0})
 
 
+def test_the_text_counts_the_signs_of_the_per_seed_differences_b_minus_a():
+    d = paired_difference({0: 1.0, 1: 1.0, 2: 1.0}, {0: 2.0, 1: 0.5, 2: 3.0})  # differences +1, -0.5, +2
+    text = d.text()
+    assert text.startswith("+0.8333 nats (95 % CI ")
+    assert "paired over 3 seeds; positive in 2 seeds, negative in 1; unpaired 1.0000" in text
+    one_up = paired_difference({0: 2.0, 1: 2.0, 2: 2.0}, {0: 1.0, 1: 2.5, 2: 0.0})
+    assert "positive in 1 seed, negative in 2;" in one_up.text()
+
+
 def test_t_quantiles_match_the_table_and_the_normal_limit():
     assert t_quantile_975(1) == pytest.approx(12.706) and t_quantile_975(30) == pytest.approx(2.042)
     assert t_quantile_975(31) == pytest.approx(2.0395, abs=1e-3)  # tables: 2.040 at 31 degrees of freedom

@@ -97,13 +97,15 @@ class PairedDifference:
         return (self.mean > 0) == (expected_sign > 0)
 
     def text(self, unit: str = "nats") -> str:
-        """``"+0.0135 nats (95 % CI +0.0098 to +0.0172, paired over 3 seeds; 3 of 3 seeds above;
-        unpaired 1.2345 ± 0.0123 vs 1.2480 ± 0.0110)"``."""
+        """``"+0.0135 nats (95 % CI +0.0098 to +0.0172, paired over 3 seeds; positive in 3 seeds, negative in 0;
+        unpaired 1.2345 ± 0.0123 vs 1.2480 ± 0.0110)"``: the difference ``b − a``, then each arm's mean ± std
+        (``a`` first)."""
         interval = self.interval
         ci = (f"95 % CI {interval[0]:+.4f} to {interval[1]:+.4f}" if interval else "no interval from one seed")
         above, below = self.sign_count
         return (f"{self.mean:+.4f} {unit} ({ci}, paired over {self.n} seed{'s' if self.n != 1 else ''}; "
-                f"b above a in {above}, below in {below}; unpaired {self.mean_a:.4f}{_spread(self.std_a)} vs "
+                f"positive in {above} seed{'s' if above != 1 else ''}, negative in {below}; "
+                f"unpaired {self.mean_a:.4f}{_spread(self.std_a)} vs "
                 f"{self.mean_b:.4f}{_spread(self.std_b)})")
 
     def as_dict(self) -> dict:
