@@ -96,6 +96,18 @@ def test_every_registered_study_plans_each_preset(tmp_path, monkeypatch):
         get_study("nope")
 
 
+def test_an_empty_list_parameter_stops_before_any_work_with_a_sentence(tmp_path, capsys):
+    with pytest.raises(ConfigError, match=r"parameter seeds is empty; give at least one value, e.g. --set seeds=0,1,2"):
+        command.plan(get_study("demo"), "cpu", tmp_path / "d", sets=["seeds="])
+    toml = tmp_path / "empty.toml"
+    toml.write_text("seeds = []\n")
+    with pytest.raises(ConfigError, match="parameter seeds is empty"):
+        command.plan(get_study("demo"), "cpu", tmp_path / "d", str(toml))
+    assert main(["experiment", "demo", "--set", "seeds=", "--out", str(tmp_path / "e")]) == 2
+    assert "parameter seeds is empty" in capsys.readouterr().err
+    assert not (tmp_path / "e").exists()  # nothing written, no lock left behind
+
+
 def test_toml_file_and_set_reach_the_plan(tmp_path):
     toml = tmp_path / "over.toml"
     toml.write_text('seeds = [4, 5]\ntrain_tokens = 8192\n[train]\neval_batches = 3\n')

@@ -200,6 +200,9 @@ def parameters(study: Study, preset: str, file_values: Mapping[str, Any] | None 
             overrides[name] = value
         elif key in defaults:
             params[key] = parse_value(key, value, defaults[key]) if from_text else _checked(key, value, defaults[key])
+            if isinstance(defaults[key], (tuple, list)) and defaults[key] and not params[key]:
+                example = ",".join(map(str, defaults[key]))
+                raise ConfigError(f"parameter {key} is empty; give at least one value, e.g. --set {key}={example}")
         else:
             raise ConfigError(f"study {study.name!r} has no parameter {key!r}; parameters: {sorted(defaults)}, "
                               "or train.<TrainConfig field> for every run")
