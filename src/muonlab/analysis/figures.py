@@ -60,15 +60,20 @@ def finish_axes(ax, title: str, xlabel: str, ylabel: str, legend: bool = True) -
         ax.legend(fontsize="small")
 
 
-def log_axes(ax, x: bool = True, y: bool = False) -> None:
+def log_axes(ax, x: bool = True, y: bool = False, x_ticks: Sequence[float] | None = None) -> None:
     """Log scale on the chosen axes, labelled at the decades only: the minor ticks' labels (2×10⁻³, 3×10⁻³, …)
-    overlap on a narrow panel."""
-    from matplotlib.ticker import NullFormatter
+    overlap on a narrow panel. ``x_ticks``: label the x axis at these values instead (e.g. the steps a study
+    ran, when they span less than a few decades)."""
+    from matplotlib.ticker import FixedLocator, NullFormatter, NullLocator
 
     for use, axis, scale in ((x, ax.xaxis, ax.set_xscale), (y, ax.yaxis, ax.set_yscale)):
         if use:
             scale("log")
             axis.set_minor_formatter(NullFormatter())
+    if x_ticks is not None:
+        ax.xaxis.set_major_locator(FixedLocator(list(x_ticks)))
+        ax.xaxis.set_minor_locator(NullLocator())
+        ax.set_xticklabels([f"{t:,g}" for t in x_ticks])
 
 
 def save_figure(fig, path: str | os.PathLike) -> Path:

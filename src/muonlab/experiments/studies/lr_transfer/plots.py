@@ -35,7 +35,7 @@ def plot_map(rows: Sequence[Mapping[str, Any]], tolerance: float, path: str | os
         right.errorbar(steps, centre, yerr=err, marker=marker, capsize=4, label=f"d={w}")
     left.axhline(1.0, color="gray", linestyle=":", linewidth=1)
     for ax in (left, right):
-        log_axes(ax, x=True)
+        log_axes(ax, x=True, x_ticks=sorted({r["steps"] for r in rows}))
     left.set_yscale("log", base=2)
     right.axhline(tolerance * 100, color="black", linestyle="--", linewidth=1, label=f"{tolerance:.0%} tolerance")
     right.axhline(0.0, color="gray", linestyle=":", linewidth=1)
