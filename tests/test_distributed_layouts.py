@@ -159,6 +159,36 @@ def test_blockwise_regions_orthogonalize_each_tensor_parallel_block_as_its_own_m
     assert all(u.tiled() and sum(b.area > 0 for b in u.inputs) == 2 for u in units)
 
 
+def _travelling(unit) -> int:
+    """Elements of a unit that move between ranks: every input and output region of a rank other than its owner."""
+    return sum(b.area for r, b in enumerate(unit.inputs + unit.outputs) if r % len(unit.inputs) != unit.owner)
+
+
+def test_heads_whole_on_a_rank_are_orthogonalized_there_and_nothing_travels():
+    """Tensor parallelism over 2 ranks: rank t holds head rows [4t, 4t + 4) of an 8 × 6 projection (per-head regions),
+    and half of a large matrix that loads the owners first (least-loaded balancing alone would send rank 0's heads to
+    rank 1)."""
+    from muonlab.optim.blocks import Blocks
+    from muonlab.optim.engines import BucketKey
+
+    key = BucketKey(8, 6, 5, "jordan", torch.float32, "standard", 1e-7, torch.float32, torch.float32, False,
+                    Blocks((4, 4), (6,)))
+    big = MatrixParam(0, (64, 64), 1, 64, 64, 1000.0)
+    heads = MatrixParam(1, key, 1, 8, 6, 1.0)
+    big_pieces = [Block((0, 32), (0, 64)), Block((32, 64), (0, 64))]
+    head_pieces = [Block((0, 4), (0, 6)), Block((4, 8), (0, 6))]
+    units, where = sharded_units([big, heads], [big_pieces, head_pieces],
+                                 [[Block((0, 64), (0, 64))] * 2, head_pieces], 2)
+    mine = [u for u, w in zip(units, where) if w.param == 1]
+    assert len(mine) == 2 and sorted(u.owner for u in mine) == [0, 1]
+    assert all(_travelling(u) == 0 and u.tiled() for u in mine)
+    # negative control: the same pieces orthogonalized as one matrix must gather (and send back) half of it
+    units, where = sharded_units([big, heads], [big_pieces, head_pieces], [[Block((0, 64), (0, 64))] * 2,
+                                                                          [Block((0, 8), (0, 6))] * 2], 2)
+    (whole,) = [u for u, w in zip(units, where) if w.param == 1]
+    assert _travelling(whole) == 2 * 4 * 6
+
+
 def test_replicated_units_split_one_stack_among_owners_and_share_results():
     units, where = replicated_units([MatrixParam(0, (4, 4), 6, 4, 4, 1.0)], 3)
     assert sorted(u.owner for u in units) == [0, 1, 2] and sum(u.batch for u in units) == 6

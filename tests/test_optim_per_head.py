@@ -169,3 +169,17 @@ def test_train_config_and_trainer_pass_the_refinements_on():
         TrainConfig(normuon_beta2=1.0)
     with pytest.raises(ConfigError, match="orthogonalize='heads' is not valid"):
         TrainConfig(orthogonalize="heads")
+
+
+def test_row_state_index_of_a_region_names_its_column_block():
+    """NorMuon's row state of a [8, 12] matrix with column blocks of 4: column block j's row i at j·8 + i. A region
+    of whole blocks starts at a block edge; one that cuts a block (a deliberately wrong shard-local plan) keeps
+    the rows of the block it starts in; a column outside the matrix names itself."""
+    from muonlab.optim.blocks import Blocks
+
+    whole = Blocks((8,), (4, 4, 4))
+    assert [whole.col_block_of(c) for c in (0, 3, 4, 5, 8, 11)] == [0, 0, 1, 1, 2, 2]
+    (index,) = Blocks((8,), (4,)).row_index(0, whole.col_block_of(4), 8)
+    assert index.tolist() == [list(range(8, 16))]
+    with pytest.raises(ValueError, match="column 12 lies outside the matrix's 12 columns"):
+        whole.col_block_of(12)

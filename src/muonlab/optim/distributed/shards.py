@@ -20,7 +20,9 @@ placements: it is read off the boxes.
   orthogonalized exactly once, on one rank;
 - with ``regions`` narrower than the matrix each region is a unit of its own shape (its key's
   ``region``): a union of whole per-head blocks orthogonalized where it lies (exact), or under
-  ``tp_mode="blockwise"`` a tensor-parallel block (Megatron-LM's approximation);
+  ``tp_mode="blockwise"`` a tensor-parallel block (Megatron-LM's approximation). A region some
+  rank holds whole is owned by that rank (the least loaded of them), so none of it travels;
+  the other units' owners are balanced around that load;
 - an expert stack ``[E, A, B]`` must be split on E only; each run of experts is orthogonalized on
   one rank that holds it whole (no communication) and sent only to other holders (replicas).
 """
@@ -142,6 +144,18 @@ def _region_cost(m: MatrixParam, region: Block) -> float:
     return m.cost * shape_cost(rows, cols) / shape_cost(m.rows, m.cols)
 
 
+def _local_owner(m: MatrixParam, pieces, region: Block, holders: list[int], loads: list[float]) -> int | None:
+    """The owner of a region narrower than its matrix that some rank holds whole (a tensor-parallel rank's whole
+    heads): the least-loaded such rank, so the region is orthogonalized where it lies and nothing travels to it
+    (its cost is added to ``loads``); None for any other region (owners balanced by cost)."""
+    whole = [r for r in holders if pieces[r] == region]
+    if not whole or (region.rows, region.cols) == ((0, m.rows), (0, m.cols)):
+        return None
+    owner = min(whole, key=lambda r: (loads[r], r))
+    loads[owner] += _region_cost(m, region)
+    return owner
+
+
 def sharded_units(mats: Sequence[MatrixParam], held: Sequence[Sequence[Block | Range | None]],
                   regions: Sequence[Sequence[Block | None]], world_size: int) -> tuple[list[Unit], list[UnitOf]]:
     """Units for parameters held in pieces (module docstring).
@@ -168,7 +182,10 @@ def sharded_units(mats: Sequence[MatrixParam], held: Sequence[Sequence[Block | R
         for region in sorted({a for a, p in zip(areas, pieces) if p is not None}, key=_corner):
             holders = [r for r in range(world_size) if pieces[r] is not None and areas[r] == region]
             free.append((m, pieces, region, holders))
-    owners = lpt_assign([_region_cost(m, region) for m, _, region, _ in free], world_size, loads)
+    local = [_local_owner(m, pieces, region, holders, loads) for m, pieces, region, holders in free]
+    rest = [item for item, owner in zip(free, local) if owner is None]
+    spread = iter(lpt_assign([_region_cost(m, region) for m, _, region, _ in rest], world_size, loads))
+    owners = [owner if owner is not None else next(spread) for owner in local]
     for (m, pieces, region, holders), owner in zip(free, owners):
         inputs, outputs = [EMPTY_BLOCK] * world_size, [EMPTY_BLOCK] * world_size
         for block in sorted({pieces[r] for r in holders}, key=_corner):
