@@ -20,8 +20,8 @@ SCALE = {"adamw": 1.2, "muon": 1.0}  # below both knees AdamW needs 1.2× Muon's
 
 
 def params(**changes) -> dict:
-    """The batch-size study's cpu preset with ``changes``."""
-    return {**batch_size.PRESETS["cpu"], **changes}
+    """The batch-size study's cpu preset on both corpora (the preset itself runs one), with ``changes``."""
+    return {**batch_size.PRESETS["cpu"], "corpora": ("english", "python"), **changes}
 
 
 def tau(optimizer: str, batch_tokens: int, seed: int, corpus_scale: float) -> float:
