@@ -66,145 +66,13 @@ import torch.multiprocessing as mp
 
 from muonlab.models import Transformer, preset
 from muonlab.optim import Muon, ns_flops, param_groups
-from muonlab.optim.newton_schulz import choose_method, get_coefficient_set
+from muonlab.optim.newton_schulz import choose_method
 from muonlab.parallel import data_parallel_rank, data_parallel_size, init_mesh, parallelize
 
 VOCAB, SEQ = 256, 64
 
-# ---- instruments ---------------------------------------------------------------------------------
-
-_WRAPPED = ("all_reduce", "reduce_scatter_single", "reduce_scatter_tensor", "all_gather_single",
-            "all_gather_into_tensor", "all_to_all_single", "broadcast", "all_gather", "reduce_scatter")
-
-
-def _nbytes(t) -> int:
-    if isinstance(t, (list, tuple)):
-        return sum(_nbytes(x) for x in t)
-    return t.numel() * t.element_size() if isinstance(t, torch.Tensor) else 0
-
-
-class Counter:
-    """Per collective: calls, payload bytes, bytes this rank sends (while ``active``)."""
-
-    def __init__(self) -> None:
-        self.active = False
-        self.phase = ""  # "optimizer." during the optimizer step: its collectives are listed apart
-        self.depth = 0  # torch's deprecated names call the new ones: count the outermost call only
-        self.stats: dict[str, list[float]] = defaultdict(lambda: [0, 0, 0])
-        self.ns_flops = 0.0
-        self.ns_matrices = 0
-
-    def add(self, op: str, payload: int, sent: float) -> None:
-        if self.active:
-            entry = self.stats[self.phase + op]
-            entry[0] += 1
-            entry[1] += payload
-            entry[2] += sent
-
-    def reset(self) -> None:
-        self.stats.clear()
-        self.ns_flops = 0.0
-        self.ns_matrices = 0
-
-
-def _sent(op: str, args, kwargs, world: int, rank: int) -> tuple[int, float]:
-    """(payload bytes, bytes sent by this rank) of one c10d call under ring / pairwise algorithms."""
-    first = args[0] if args else next(iter(kwargs.values()))
-    if op == "all_reduce":
-        b = _nbytes(first)
-        return b, 2 * b * (world - 1) / world
-    if op in ("reduce_scatter_single", "reduce_scatter_tensor"):  # (output, input)
-        b = _nbytes(args[1] if len(args) > 1 else kwargs["input"])
-        return b, b * (world - 1) / world
-    if op in ("all_gather_single", "all_gather_into_tensor"):  # (output, input)
-        b = _nbytes(first)
-        return b, b * (world - 1) / world
-    if op == "all_to_all_single":  # (output, input, output_splits, input_splits)
-        inp = args[1]
-        splits = args[3] if len(args) > 3 else kwargs.get("input_split_sizes")
-        per = inp.numel() // world if not splits else None
-        sizes = splits or [per] * world
-        row = inp.element_size() * (inp[0].numel() if inp.ndim > 1 else 1)
-        return _nbytes(inp), sum(s for r, s in enumerate(sizes) if r != rank) * row
-    if op == "broadcast":
-        b = _nbytes(first)
-        return b, b if rank == 0 else 0
-    b = _nbytes(first)
-    return b, b * (world - 1) / world
-
-
-def _funcol_sent(op: str, args, kwargs, world: int, rank: int) -> tuple[int, float]:
-    """(payload bytes, bytes sent) of one functional collective: its first argument is the local input."""
-    b = _nbytes(args[0])
-    if "all_reduce" in op:
-        return b, 2 * b * (world - 1) / world
-    if "all_gather" in op:
-        return b, b * (world - 1)
-    return b, b * (world - 1) / world
-
-
-def _wrap(module, names, counter: Counter, sent, prefix: str = "") -> None:
-    """Replace ``module.<name>`` by a counting wrapper (outermost call only)."""
-    world, rank = dist.get_world_size(), dist.get_rank()
-    for op in names:
-        real = getattr(module, op, None)
-        if real is None:
-            continue
-
-        def wrapper(*args, _real=real, _op=op, **kwargs):
-            outer = counter.depth == 0
-            counter.depth += 1
-            try:
-                if outer:
-                    counter.add(prefix + _op, *sent(_op, args, kwargs, world, rank))
-                return _real(*args, **kwargs)
-            finally:
-                counter.depth -= 1
-
-        setattr(module, op, wrapper)
-
-
-def install_collective_counters(counter: Counter) -> None:
-    """Count c10d collectives (Muon, DDP's Python comm hook, FSDP2) and functional ones (DTensor)."""
-    import torch.distributed._functional_collectives as funcol
-
-    _wrap(dist, _WRAPPED, counter, _sent)
-    _wrap(funcol, ("all_gather_single", "all_gather_tensor", "all_reduce", "reduce_scatter_single",
-                   "reduce_scatter_tensor", "all_to_all_single"), counter, _funcol_sent, prefix="functional.")
-
-
-def install_ns_counter(counter: Counter) -> None:
-    """Count Newton–Schulz FLOPs in muonlab (both paths) and in torch.optim.Muon."""
-    import torch.optim._muon as torch_muon
-
-    import muonlab.optim.engines.base as engine_base
-
-    def counted(real):
-        def orthogonalize(G, coefficients="jordan", steps=5, dtype=torch.bfloat16, eps=1e-7, method="auto"):
-            rows, cols = G.shape[-2:]
-            m, n = min(rows, cols), max(rows, cols)
-            cset = get_coefficient_set(coefficients)
-            chosen = choose_method(method, m, n, steps, dtype, cset)
-            if counter.active:
-                method_counted = chosen if chosen != "svd" else "standard"
-                counter.ns_flops += math.prod(G.shape[:-2]) * ns_flops(m, n, steps, method_counted,
-                                                                      cset)
-                counter.ns_matrices += math.prod(G.shape[:-2])
-            return real(G, coefficients, steps, dtype, eps, method)
-        return orthogonalize
-
-    engine_base.orthogonalize = counted(engine_base.orthogonalize)
-    real_torch = torch_muon._zeropower_via_newtonschulz
-
-    def torch_ns(grad, ns_coefficients, ns_steps, eps):
-        m, n = min(grad.shape), max(grad.shape)
-        if counter.active:
-            counter.ns_flops += ns_flops(m, n, ns_steps, "standard")
-            counter.ns_matrices += 1
-        return real_torch(grad, ns_coefficients, ns_steps, eps)
-
-    torch_muon._zeropower_via_newtonschulz = torch_ns
-
+sys.path.insert(0, str(Path(__file__).parent))
+from distributed_counters import Counter, install_collective_counters, install_ns_counter  # noqa: E402
 
 # ---- one configuration -----------------------------------------------------------------------------
 
@@ -266,6 +134,27 @@ def _exchange_bound(optimizers) -> float:
     return total
 
 
+def _attention_exchange(optimizers) -> float:
+    """Bytes (all ranks, one step) the owner-compute plan moves for the attention matrices (``.attn.`` in their
+    name): every piece sent to an owner and every result sent back, in the exchange dtypes. 0 on one process."""
+    from muonlab.optim.distributed.shards import sharded_units
+
+    engine = getattr(optimizers[0], "_engine", None)
+    if not hasattr(engine, "held"):
+        return 0.0
+    ks = [k for k in engine.held if ".attn." in engine.slots[k].name]
+    if not ks:
+        return 0.0
+    units, where = sharded_units([engine.matrix_param(k) for k in ks], [engine.held[k] for k in ks],
+                                 [engine.regions[k] for k in ks], engine.world_size)
+    total = 0.0
+    for u in units:
+        size_in, size_out = (torch.empty((), dtype=d).element_size() for d in (u.key.in_dtype, u.key.out_dtype))
+        total += sum(u.size(i) * size_in + u.size(o) * size_out
+                     for r, (i, o) in enumerate(zip(u.inputs, u.outputs)) if r != u.owner)
+    return total
+
+
 def run_config(rank: int, world: int, mode: str, optimizer: str, args, counter: Counter) -> dict:
     torch.manual_seed(0)
     model = Transformer(preset(args.model, vocab_size=VOCAB, max_seq_len=SEQ))
@@ -311,6 +200,7 @@ def run_config(rank: int, world: int, mode: str, optimizer: str, args, counter: 
         "ns_flops": counter.ns_flops / args.steps,
         "ns_matrices": counter.ns_matrices / args.steps,
         "exchange_bound": _exchange_bound(optimizers) if optimizer == "muon" else 0.0,
+        "attention_exchange": _attention_exchange(optimizers) if optimizer.startswith("muon") else 0.0,
         "step_ms": statistics.median(step_ms),
         "optim_ms": statistics.median(optim_ms),
     }
@@ -404,7 +294,33 @@ def report(results: list[dict]) -> list[str]:
             lines.append(f"  ZeRO-1 bytes sent/rank/step {sent / 1e6:.3f} MB ≤ Moonlight's bound (4+4+2)·Ψ·(N−1)/N = "
                          f"{paper / 1e6:.3f} MB: {'PASS' if sent <= paper else 'FAIL'}; ratio to measured ZeRO-1 AdamW "
                          f"({adamw / 1e6:.3f} MB) = {sent / adamw:.3f} (paper: (1, 1.25])")
-    return lines
+    return lines + _per_head_lines(by)
+
+
+def _per_head_lines(by) -> list[str]:
+    """Per-head blocks beside whole matrices on each multi-process layout: the attention matrices' exchange from the
+    plan, the optimizer's measured all-to-all bytes and NS FLOPs; on a tensor-parallel mesh alone (every head whole
+    on its rank) the attention matrices' exchange must be zero."""
+    def moved(rs):
+        return sum(r["collectives"].get("optimizer.all_to_all_single", [0, 0, 0])[2] for r in rs)
+
+    lines = []
+    for (world, mode, opt), heads in by.items():
+        if opt != "muon/per_head" or world == 1:
+            continue
+        whole = by[(world, mode, "muon")]
+        plan_w, plan_h = whole[0]["attention_exchange"], heads[0]["attention_exchange"]
+        target = ""
+        if "=" in mode and all(item.split("=")[0] == "tp" for item in mode.split(",")):
+            target = f" (heads whole on every rank: must be 0: {'PASS' if plan_h == 0 else 'FAIL'})"
+        lines.append(f"- N={world} {mode}: attention matrices' Muon exchange (plan, all ranks, per step): whole "
+                     f"matrices {plan_w / 1e6:.4f} MB, per-head {plan_h / 1e6:.4f} MB{target}; Muon all-to-all "
+                     f"measured (all ranks): whole {moved(whole) / 1e6:.4f} MB, per-head {moved(heads) / 1e6:.4f} MB "
+                     f"(saved {(moved(whole) - moved(heads)) / 1e6:.4f} MB vs the plan's attention difference "
+                     f"{(plan_w - plan_h) / 1e6:.4f} MB); NS GFLOP/rank (max): whole "
+                     f"{max(r['ns_flops'] for r in whole) / 1e9:.4f}, per-head "
+                     f"{max(r['ns_flops'] for r in heads) / 1e9:.4f}")
+    return ["", "Per-head blocks beside whole matrices:", "", *lines] if lines else []
 
 
 def _mesh_targets(world: int, mode: str, rs: list[dict], single: dict) -> str:
