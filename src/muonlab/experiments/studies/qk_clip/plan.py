@@ -27,7 +27,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     # Found with short probes: d=128, 2 layers of 2 heads (head_dim 64), shared lr 2e-2, no weight decay; unclipped
     # Muon's max logit climbs past 2τ there. Runs of 384 steps of 8 × 128 tokens (0.39 epochs of the English corpus).
     # 9 runs at the shared lr, and two bracketed sweeps of ≈ 4 + 2 × 3 runs each (more if a sweep extends): ≈ 27
-    # runs. Expected cost: not yet measured.
+    # runs. Measured: 29 runs, 11.8 min two at a time on a 2-core Intel Xeon (dry-run 13.3 min).
     "cpu": dict(
         seeds=(0, 1, 2), corpus="english", tokenizer="bpe", vocab_size=4096, model="demo", d_model=128, n_layers=2,
         n_heads=2, seq_len=128, batch_size=8, train_tokens=393_216, lr=2e-2, muon_lrs=(5e-3, 1e-2, 2e-2, 4e-2),
