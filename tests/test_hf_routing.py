@@ -71,8 +71,36 @@ def test_tied_embeddings_route_once_to_adamw():
     assert embed.role == "embedding" and embed.aliases == ("lm_head.weight",)
 
 
+def _orthogonal_update_spread(model: nn.Module, groups: list[dict]) -> float:
+    """One step at weight decay 0: the widest deviation from 1, over every matrix ``param_groups`` sends
+    to Muon (each expert apart), of the largest singular value of ``ΔW / (lr·0.2·sqrt(max(A, B)))``
+    (Muon: Newton–Schulz brings it to about 0.7–1.3; a low-rank gradient's zero singular values stay 0)."""
+    muon = {id(p) for g in param_groups(model) if g["algorithm"] == "muon" for p in g["params"]}
+    named = {n: p for n, p in model.named_parameters() if id(p) in muon}
+    before = {n: p.detach().clone() for n, p in named.items()}
+    optimizer = Muon(groups, lr=1e-3, weight_decay=0.0)
+    x = torch.randint(0, VOCAB, (4, 16), generator=torch.Generator().manual_seed(0))
+    model(input_ids=x, labels=x).loss.backward()
+    optimizer.step()
+    spread = 0.0
+    for name, p in named.items():
+        delta = (before[name] - p.detach()).double() / 1e-3
+        for matrix in delta.reshape(-1, *delta.shape[-2:]):
+            sigma = torch.linalg.svdvals(matrix / (0.2 * max(matrix.shape) ** 0.5))
+            spread = max(spread, abs(float(sigma.max()) - 1))
+    return spread
+
+
 @pytest.mark.parametrize("name", MODELS)
-def test_fifteen_muon_steps_lower_the_loss(name):
+def test_muon_matrices_get_orthogonal_updates_and_fifteen_steps_lower_the_loss(name):
+    """What separates Muon from any optimizer that lowers a loss: every routed matrix's first update is
+    ``0.2·sqrt(max(A, B))`` times a matrix whose largest singular value is within 0.5 of 1 (measured: 0.20–0.32
+    off over the six models). Negative control: the same step with every parameter in an AdamW group
+    (a sign-like first update) is 13.7–16.4 off."""
+    model = build(name)
+    assert _orthogonal_update_spread(model, param_groups(model)) < 0.5
+    model = build(name)
+    assert _orthogonal_update_spread(model, [{"params": list(model.parameters()), "algorithm": "adamw"}]) > 1.0
     model = build(name)
     optimizer = Muon(param_groups(model), lr=3e-3, weight_decay=0.1)
     x = torch.randint(0, VOCAB, (4, 16), generator=torch.Generator().manual_seed(0))
