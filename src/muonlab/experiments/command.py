@@ -23,7 +23,7 @@ from typing import Any
 from ..analysis.runs import Run, load_run
 from ..train.config import TrainConfig, load_config_file
 from .display import Monitor, format_duration, format_tokens
-from .estimate import Estimate, cost_configs, estimate, probe_configs
+from .estimate import Estimate, cost_configs, estimate, probe_configs, run_model
 from .lock import study_lock
 from .progress import StudyProgress
 from .provenance import git_revision, machine, machine_key
@@ -31,7 +31,7 @@ from .registry import all_studies
 from .runner import is_finished, run_configs
 from .study import Finished, PlannedRun, Study, parameters
 
-__all__ = ["StudyPlan", "default_out", "default_workers", "dry_run", "list_text", "plan", "run_study"]
+__all__ = ["StudyPlan", "default_out", "default_workers", "dry_run", "list_text", "plan", "plan_text", "run_study"]
 
 
 def default_out(study: Study, preset: str) -> Path:
@@ -154,6 +154,28 @@ def dry_run(study: Study, preset: str, planned: Sequence[PlannedRun], workers: i
     return est
 
 
+def plan_text(study: Study, preset: str, planned: Sequence[PlannedRun], workers: int) -> str:
+    """What a study is about to train, said before its first step: the runs left, their model sizes,
+    tokens and steps, and the wall time estimated from this machine's cached calibration (nothing is
+    measured here; without a calibration the line names the dry run that makes one)."""
+    from .calibration import cached_measurements, probe_key
+
+    configs = cost_configs(planned)
+    probes = probe_configs(configs, workers)
+    est = estimate(planned, workers, cached_measurements([probe_key(p, workers) for p in probes],
+                                                         planned[0].config.device))
+    left = [(cost, config) for cost, config in zip(est.runs, configs) if cost.tokens_left]
+    sizes = sorted({run_model(config).num_params() for _, config in left}) or [0]
+    size = f"{sizes[0] / 1e6:.2f}M" + (f"–{sizes[-1] / 1e6:.2f}M" if len(sizes) > 1 else "")
+    steps = sum(cost.tokens_left // config.tokens_per_step() for cost, config in left)
+    when = (f"estimated wall time {format_duration(est.wall_s)} on this machine (from its calibration)"
+            if est.wall_s is not None else
+            f"no wall-time estimate yet: `muonlab experiment {study.name} --dry-run` calibrates this machine once")
+    return (f"plan: study {study.name} (preset {preset}): {len(left)} of {len(planned)} runs to train, "
+            f"{workers} at a time; models of {size} parameters; {format_tokens(sum(c.tokens_left for c, _ in left))} "
+            f"tokens in {steps:,} steps; {when}")
+
+
 def list_text() -> str:
     """Every study: name, the claim it checks, and its cpu preset's cost (time when measured on this machine)."""
     from .calibration import cached_measurements, probe_key
@@ -230,6 +252,7 @@ def _run_study(study_plan: StudyPlan, workers: int, command: str, console, show_
         record_start(out, invocation)
         if done:
             say(f"{len(done)} of {len(planned)} runs are finished already; they are not run again")
+        say(plan_text(study, study_plan.preset, study_plan.projected_runs, workers))
         _prepare_data(configs, say)
         progress = StudyProgress(study.name, [_progress_entry(p) for p in planned],
                                  done=[p.config.run_dir for p in planned if p.name in done])

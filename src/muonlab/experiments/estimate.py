@@ -29,7 +29,7 @@ from .runner import steps_done, threads_per_run
 from .study import PlannedRun
 
 __all__ = ["Estimate", "RunCost", "cost_configs", "estimate", "makespan", "probe_configs", "run_flops_per_step",
-           "speed_config"]
+           "run_model", "speed_config"]
 
 BYTE_VOCAB = 257  # the byte tokenizer's vocabulary: 256 bytes + end-of-text
 MODEL_AND_DATA_FIELDS = ("task", "init_from", "corpus", "tokenizer", "vocab_size", "model", "d_model", "n_layers",
@@ -60,12 +60,16 @@ def stages(planned: Sequence[PlannedRun]) -> list[int]:
     return [stage[run.name] for run in planned]
 
 
+def run_model(config: TrainConfig):
+    """The ``ModelConfig`` a (cost) config trains."""
+    vocab = BYTE_VOCAB if config.tokenizer == "byte" else config.vocab_size
+    return model_config_for(config.model, vocab, config.seq_len, d_model=config.d_model, n_layers=config.n_layers,
+                            n_heads=config.n_heads, mlp=config.mlp, tie_embeddings=config.tie_embeddings)
+
+
 def run_flops_per_step(config: TrainConfig) -> float:
     """Training FLOPs of one optimizer step (``ModelConfig.flops_per_token`` × tokens per step)."""
-    vocab = BYTE_VOCAB if config.tokenizer == "byte" else config.vocab_size
-    model = model_config_for(config.model, vocab, config.seq_len, d_model=config.d_model, n_layers=config.n_layers,
-                             n_heads=config.n_heads, mlp=config.mlp, tie_embeddings=config.tie_embeddings)
-    return float(model.flops_per_token(config.seq_len) * config.tokens_per_step())
+    return float(run_model(config).flops_per_token(config.seq_len) * config.tokens_per_step())
 
 
 def speed_config(config: TrainConfig, workers: int) -> TrainConfig:
