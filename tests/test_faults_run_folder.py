@@ -268,6 +268,8 @@ BAD_VALUES = {
                                       "parallel='ddp' needs several processes but this is one"),
     "workers -3": (["experiment", "demo", "--workers", "-3"], "--workers -3 is negative"),
     "demo seeds 0": (["demo", "--seeds", "0"], "--seeds 0 trains no run"),
+    "set seeds= (empty)": (["experiment", "demo", "--set", "seeds="], "parameter seeds is empty; give at least one "
+                                                                       "value, e.g. --set seeds=0,1,2"),
 }
 
 

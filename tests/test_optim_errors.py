@@ -253,3 +253,100 @@ def test_an_embedding_put_into_muon_by_hand_warns_once_naming_it():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         Muon([{"params": list(model.parameters()), "algorithm": "muon"}], lr=0.1)  # once per parameter
+
+
+# ---- the non-finite policy covers the update: finite gradients too large to update with ---------
+
+
+HUGE = [("w", 1e19, 0.0), ("experts", 1e19, 0.0), ("gain", 3e19, 0.0), ("emb", 3e19, 0.0),
+        ("w", 3e19, 1.0), ("emb", 3e19, 1.0)]
+
+
+@pytest.mark.parametrize("bad, value, clip", HUGE, ids=[f"{b}-{v:g}-clip{c:g}" for b, v, c in HUGE])
+def test_a_huge_finite_gradient_raises_naming_it_and_changes_nothing(bad, value, clip):
+    """Muon's limit is S·(1 − 0.95) ≈ 9.2e17 and AdamW's S ≈ 1.84e19 (S = sqrt(bf16's largest)); one entry of
+    ``value`` puts the gradient past it. Clipping cannot rescue an entry of 3e19: the float32 norm it would
+    divide by overflows."""
+    params, opt = setup("raise")
+    opt.max_grad_norm = clip
+    set_grads(params, seed=99)
+    params[bad].grad.view(-1)[3] = value
+    snap = snapshot(params, opt)
+    with pytest.raises(NonFiniteGradientError, match=rf"gradient of parameter '{bad}' is finite but too large to "
+                                                     r"update with: its norm \(.*\) is at or past "):
+        opt.step()
+    assert_unchanged(params, opt, snap)
+    set_grads(params, seed=98)
+    opt.step()  # still usable
+    assert all(bool(torch.isfinite(p).all()) for p in params.values())
+
+
+def test_a_huge_finite_gradient_is_skipped_and_counted():
+    params, opt = setup("skip")
+    set_grads(params, seed=99)
+    params["w"].grad.fill_(1e19)
+    snap = snapshot(params, opt)
+    opt.step()
+    assert_unchanged(params, opt, snap)
+    assert opt.skipped_steps == 1
+
+
+def test_clipping_rescues_a_huge_gradient_whose_norm_it_can_measure():
+    params, opt = setup("raise")
+    opt.max_grad_norm = 1.0
+    set_grads(params, seed=99)
+    params["w"].grad.view(-1)[3] = 1e19  # norm 1e19: past Muon's limit, but clipped to 1 before the update
+    snap = snapshot(params, opt)
+    opt.step()
+    assert all(bool(torch.isfinite(p).all()) for p in params.values())
+    assert not torch.equal(params["w"].detach(), snap[0]["w"])
+
+
+def _accumulate(scale: float, steps: int, limits_off: bool = False) -> torch.Tensor:
+    """A Muon matrix after ``steps`` steps of the same gradient direction at norm ``scale`` (momentum 0.95)."""
+    import math
+
+    from muonlab.optim.engines import base
+
+    with pytest.MonkeyPatch.context() as mp:
+        if limits_off:
+            mp.setattr(base, "update_limit", lambda algorithm, momentum: math.inf)
+        p = nn.Parameter(randn(16, 32, seed=0))
+        opt = Muon([p], algorithm="muon", lr=0.01)
+        direction = randn(16, 32, seed=1)
+        direction /= direction.norm()
+        for _ in range(steps):
+            p.grad = direction * scale
+            opt.step()
+    return p.detach()
+
+
+def test_momentum_built_from_gradients_under_the_limit_keeps_the_update_finite():
+    """Gradients at 95 % of Muon's limit S·(1 − μ), 100 steps in one direction: the momentum grows to ~0.95·S
+    and the weights stay finite. Negative control: without the limits, gradients at 0.2·S (under AdamW's
+    limit, past Muon's) pass the check and the momentum's growth turns the weights to NaN/inf."""
+    from muonlab.optim.gradients import SQUARE_LIMIT
+
+    assert bool(torch.isfinite(_accumulate(0.95 * SQUARE_LIMIT * 0.05, 100)).all())
+    assert not bool(torch.isfinite(_accumulate(0.2 * SQUARE_LIMIT, 100, limits_off=True)).all())
+    with pytest.raises(NonFiniteGradientError, match="too large to update with"):
+        _accumulate(0.2 * SQUARE_LIMIT, 1)
+
+
+@pytest.mark.parametrize("field, value, pattern", [
+    ("lr", torch.tensor(0.01), r"parameter group 0: lr must be a finite number .*a tensor learning rate"),
+    ("lr", float("inf"), r"parameter group 0: lr must be a finite number in \[0, inf\), got inf"),
+    ("weight_decay", float("nan"), r"parameter group 0: weight_decay must be a finite number"),
+    ("momentum", 1.5, r"parameter group 0: momentum must be a finite number in \[0, 1\), got 1.5"),
+    ("betas", (0.9, float("nan")), r"parameter group 1: AdamW beta2 must be a finite number"),
+])
+def test_a_bad_number_set_between_steps_stops_the_next_step_before_anything_changes(field, value, pattern):
+    """A scheduler or a hand edit changes a group after construction: the step checks every group first, so
+    no parameter is left half-updated (a tensor lr used to fail after the Muon matrices were updated)."""
+    params, opt = setup("raise")
+    set_grads(params, seed=99)
+    opt.param_groups[1 if field == "betas" else 0][field] = value
+    snap = snapshot(params, opt)
+    with pytest.raises(ValueError, match=pattern):
+        opt.step()
+    assert_unchanged(params, opt, snap)

@@ -38,7 +38,7 @@ from .gradients import NONFINITE_POLICIES, NonFiniteGradientError, NonFinitePoli
 from .qk_clip import QKClip
 from .state import momentum_dtype
 from .telemetry import UpdateTelemetry
-from .validation import ALGORITHMS, as_dtype, check_group, check_loadable, check_number
+from .validation import ALGORITHMS, as_dtype, check_group, check_loadable, check_number, check_step_numbers
 
 __all__ = ["ALGORITHMS", "NONFINITE_POLICIES", "Muon", "NonFiniteGradientError"]
 
@@ -71,7 +71,8 @@ class Muon(torch.optim.Optimizer):
         adamw_betas, adamw_eps: AdamW's ``(β1, β2)`` and ``ε`` for ``algorithm="adamw"`` groups.
         nonfinite: ``"raise"`` (default) raises :class:`NonFiniteGradientError` before touching
             anything; ``"skip"`` leaves parameters and state untouched, counts the step in
-            ``skipped_steps`` and returns.
+            ``skipped_steps`` and returns. It covers gradients holding NaN/inf and finite ones so
+            large that the update would not be finite (:mod:`muonlab.optim.gradients`).
         algorithm: default algorithm for groups that do not name one (``None``: they must).
         eps: added to the Frobenius norm before Newton–Schulz.
         max_grad_norm: clip the global L2 norm of the (reduced) gradient of all parameters to
@@ -233,6 +234,8 @@ class Muon(torch.optim.Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
+        for index, group in enumerate(self.param_groups):
+            check_step_numbers(group, index)  # a scheduler or a hand edit may have changed them since
         measure, self._measure = self._measure, False
         telemetry = UpdateTelemetry() if measure else None
         self._current_engine().step(telemetry)

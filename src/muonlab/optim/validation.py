@@ -21,7 +21,7 @@ from .routing import ROLE_ALGORITHM, routed_role
 from .scaling import SCALE_RULES, check_update_rms, logical_matrix_shape
 from .state import FIELDS
 
-__all__ = ["ALGORITHMS", "TP_MODES", "as_dtype", "check_group", "check_loadable", "check_number"]
+__all__ = ["ALGORITHMS", "TP_MODES", "as_dtype", "check_group", "check_loadable", "check_number", "check_step_numbers"]
 
 ALGORITHMS = ("muon", "adamw")
 TP_MODES = ("exact", "blockwise")
@@ -70,13 +70,9 @@ def check_group(group: dict[str, Any], index: int) -> None:
     names = group.get("names")
     if names is not None and len(names) != len(group["params"]):
         raise ValueError(f"{where} has {len(names)} names for {len(group['params'])} params")
-    check_number(where, "lr", group["lr"], 0.0)
-    check_number(where, "weight_decay", group["weight_decay"], 0.0)
+    check_step_numbers(group, index)
     _check_flag(where, group, "cautious_wd")
     if algorithm == "adamw":
-        for name, beta in zip(("beta1", "beta2"), group["betas"]):
-            check_number(where, f"AdamW {name}", beta, 0.0, 1.0)
-        check_number(where, "AdamW eps", group["eps"], 0.0, low_open=True)
         return
     _check_muon_options(where, group)
     for i, p in enumerate(group["params"]):
@@ -98,6 +94,22 @@ def check_group(group: dict[str, Any], index: int) -> None:
             raise ValueError(f"{where}, parameter {_param_name(group, i)} of shape {tuple(p.shape)}: {err}") from None
 
 
+def check_step_numbers(group: dict[str, Any], index: int) -> None:
+    """Check the numbers a step reads from a group that may change between steps (a scheduler, a hand
+    edit, a loaded state dict): ``lr``, ``weight_decay``, and ``momentum`` or AdamW's betas and eps.
+    :class:`~muonlab.optim.Muon` checks every group before each step, so a bad value stops the step
+    before any parameter changes."""
+    where = f"parameter group {index}"
+    check_number(where, "lr", group["lr"], 0.0)
+    check_number(where, "weight_decay", group["weight_decay"], 0.0)
+    if group["algorithm"] == "adamw":
+        for name, beta in zip(("beta1", "beta2"), group["betas"]):
+            check_number(where, f"AdamW {name}", beta, 0.0, 1.0)
+        check_number(where, "AdamW eps", group["eps"], 0.0, low_open=True)
+    else:
+        check_number(where, "momentum", group["momentum"], 0.0, 1.0)
+
+
 _WARNED: set[int] = set()
 
 
@@ -114,7 +126,6 @@ def _warn_against_role(p: torch.Tensor) -> None:
 
 
 def _check_muon_options(where: str, group: dict[str, Any]) -> None:
-    check_number(where, "momentum", group["momentum"], 0.0, 1.0)
     check_number(where, "eps", group["ns_eps"], 0.0, low_open=True)
     for flag in ("nesterov", "transposed", "normuon"):
         _check_flag(where, group, flag)

@@ -25,7 +25,7 @@ import torch
 from ..blocks import Blocks, parse_blocks
 from ..distributed.layouts import MatrixParam, UnitOf
 from ..distributed.owners import OwnerCompute, Unit
-from ..gradients import NonFinitePolicy
+from ..gradients import NonFinitePolicy, update_limit
 from ..newton_schulz import choose_method, get_coefficient_set, ns_flops, orthogonalize
 from ..scaling import SCALE_RULES, stored_matrix_shape
 from ..state import FIELDS, momentum_dtype, new_state
@@ -375,6 +375,10 @@ class Engine:
                 telemetry.add("adamw", k, self.slots[k].label, u)
             for mask in masks or []:
                 telemetry.add_decayed("adamw", mask)
+
+    def update_limit(self, k: int) -> float:
+        """The gradient norm at and past which parameter k's update may not be finite (``gradients.update_limit``)."""
+        return update_limit(self.slots[k].algorithm, self.group(k).get("momentum", 0.0))
 
     def describe(self, k: int) -> str:
         """Parameter k for an error message (any k: an index past the end names no parameter)."""

@@ -32,7 +32,7 @@ class ReplicatedEngine(Engine):
     def step(self, telemetry: UpdateTelemetry | None) -> None:
         present = [k for k, s in enumerate(self.slots) if s.param.grad is not None]
         if not check_and_clip_whole([self.slots[k].param for k in present], lambda i: self.describe(present[i]),
-                                    self.policy, self.opt.max_grad_norm):
+                                    self.policy, self.opt.max_grad_norm, [self.update_limit(k) for k in present]):
             return
         muon = [k for k in present if self.slots[k].algorithm == "muon"]
         if muon:

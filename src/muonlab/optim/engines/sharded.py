@@ -140,6 +140,7 @@ class ShardedEngine(Engine):
         device = next(iter(grads.values())).device
         if not check_and_clip_pieces([(k, g) for k, g in grads.items() if self.primary[k]], self.describe,
                                      self.policy, self.opt.max_grad_norm, device, self.process_group,
+                                     [self.update_limit(k) for k in range(len(self.slots))],
                                      replicas=[g for k, g in grads.items() if not self.primary[k]]):
             return
         muon = []

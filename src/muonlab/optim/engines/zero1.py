@@ -77,6 +77,7 @@ class Zero1Engine(Engine):
             self.opt.max_grad_norm,
             self.device,
             self.process_group,
+            [self.update_limit(k) for k in range(len(self.slots))],
             counts,
         ):
             return
