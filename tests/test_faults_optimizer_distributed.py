@@ -55,5 +55,9 @@ def test_a_huge_gradient_on_one_rank_stops_every_rank_naming_the_same_parameter(
     assert one["error"] is not None and one["unchanged"]
     assert f"gradient of parameter '{POISONED}' is finite but too large to update with" in one["error"]
     ranks = spawn(_huge_second_step, 2, mode, value)
-    assert [r["error"] for r in ranks] == [one["error"]] * 2
+    errors = [r["error"] for r in ranks]
+    assert errors[0] is not None and errors[0] == errors[1]  # every rank stops, naming the same parameter
+    # the same parameter as one process (ZeRO-1 averages the poisoned unreduced gradient over the ranks, so the
+    # norm in the sentence may differ by that factor)
+    assert errors[0].split(": its norm")[0] == one["error"].split(": its norm")[0]
     assert all(r["unchanged"] for r in ranks)

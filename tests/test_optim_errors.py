@@ -6,6 +6,8 @@ from torch import nn
 
 from muonlab.optim import CoefficientSet, Muon, NonFiniteGradientError
 
+pytestmark = pytest.mark.faults  # the optimizer's cases of the fault-injection suite (issue 21)
+
 
 def randn(*shape, seed):
     g = torch.Generator().manual_seed(seed)
