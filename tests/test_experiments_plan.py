@@ -196,8 +196,10 @@ def test_measure_times_a_real_tiny_run(tiny_corpus, muonlab_cache, single_thread
     config = TrainConfig(corpus=str(tiny_corpus), tokenizer="byte", model="tiny", seq_len=32, batch_size=4,
                          eval_batches=2, device="cpu", dtype="fp32")
     m = calibration.measure(config, launched_at=time.time() - 5.0, min_time_s=0.05)
-    assert 5.0 <= m.startup_s < 60
-    assert all(0 < getattr(m, f.name) < 30 for f in dataclasses.fields(m) if f.name != "startup_s")
+    # launched 5 s ago: the start-up includes them; the upper bounds are loose enough for any load and
+    # catch only a unit slip (milliseconds for seconds) or a hang, not a slow machine
+    assert 5.0 <= m.startup_s < 3600
+    assert all(0 < getattr(m, f.name) < 600 for f in dataclasses.fields(m) if f.name != "startup_s")
 
 
 def test_dry_run_prints_the_plan_with_its_cost(tmp_path, monkeypatch, capsys):
