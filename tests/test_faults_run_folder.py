@@ -111,6 +111,37 @@ def test_an_unwritable_run_dir_is_one_sentence(corpus, muonlab_cache, tmp_path, 
     assert "[Errno" not in err
 
 
+def test_a_full_disk_while_logging_is_one_sentence_naming_the_file(finished, corpus, muonlab_cache, tmp_path, capsys,
+                                                                    monkeypatch):
+    """ENOSPC surfaces on a write's flush, whose error names no file (injected: a full disk is not made here)."""
+    from muonlab.rundir import metrics
+
+    class FullDisk:
+        def __init__(self, handle):
+            self.handle = handle
+
+        def write(self, text):
+            return self.handle.write(text)
+
+        def flush(self):
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        def close(self):
+            self.handle.close()
+
+    monkeypatch.setattr(metrics, "open", lambda *args, **kwargs: FullDisk(open(*args, **kwargs)), raising=False)
+    run_dir = _unfinished(finished, tmp_path / "run")
+    before = checksums(run_dir / "checkpoints")
+
+    code, err = train_cli(capsys, values(corpus, run_dir))
+
+    assert code == 2
+    assert (f"cannot write {run_dir / 'metrics.jsonl'}: No space left on device (free some space or choose a "
+            "folder on another disk)") in err
+    assert "[Errno" not in err and "Traceback" not in err
+    assert {k: v for k, v in checksums(run_dir / "checkpoints").items() if k in before} == before
+
+
 def test_report_writes_a_folder_of_its_own_and_never_over_a_study_report(finished, tmp_path, capsys):
     study = tmp_path / "study"
     run_dir = copy_run(finished, study / "run")

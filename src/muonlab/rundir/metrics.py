@@ -137,6 +137,7 @@ class MetricsLogger:
         if self.path.exists():
             self._repair(resume_step)
         self._file = open(self.path, "a", encoding="utf-8")
+        self._failed = False
         self._tb = None
         if tensorboard:
             try:
@@ -169,15 +170,23 @@ class MetricsLogger:
         if "step" in metrics:
             raise ValueError("pass the step as the first argument of log(), not inside metrics")
         row = {"step": int(step), **{key: _plain(key, value) for key, value in metrics.items()}}
-        self._file.write(json.dumps(row) + "\n")
-        self._file.flush()
+        try:
+            self._file.write(json.dumps(row) + "\n")
+            self._file.flush()
+        except OSError as err:  # a full disk: name the file (a failed write's error names none)
+            self._failed = True
+            raise OSError(err.errno, err.strerror, str(self.path)) from None
         if self._tb is not None:
             for key, value in row.items():
                 if key != "step" and isinstance(value, (int, float)) and not isinstance(value, bool):
                     self._tb.add_scalar(key, value, step)
 
     def close(self) -> None:
-        self._file.close()
+        try:
+            self._file.close()
+        except OSError:
+            if not self._failed:  # after a failed write the buffered row cannot be written either
+                raise
         if self._tb is not None:
             self._tb.close()
 
