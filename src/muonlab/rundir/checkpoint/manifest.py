@@ -59,25 +59,28 @@ def _files(folder: Path) -> list[Path]:
 
 
 def write_manifest(folder: Path) -> None:
-    """Sync every file under ``folder`` to disk and write ``folder/manifest.json`` with their sizes and checksums.
+    """Write ``folder/manifest.json`` with the size and checksum of every other file under ``folder``, and
+    sync them all to disk; returns once everything is synced.
 
-    The manifest itself is written (and synced) last; a writer that dies before it leaves a folder
-    that :func:`manifest_problem` reports as unfinished.
+    The manifest is written last, after every digest; a writer that dies before it leaves a folder
+    that :func:`manifest_problem` reports as unfinished. (The store publishes the folder only after
+    this returns, so the order in which the syncs reach the disk does not matter.)
     """
     files = _files(folder)
     key = DIGESTS[MANIFEST_FORMAT][0]
     # One thread per digest and per sync (both release the GIL): the files are hashed side by side on
-    # free cores, and while the syncs wait on the disk.
-    with ThreadPoolExecutor(max_workers=max(2, min(32, 2 * len(files)))) as pool:
-        digests = [pool.submit(file_digest, p) for p in files]
+    # free cores while their syncs wait on the disk, and the manifest's sync joins those still waiting
+    # rather than queueing behind them (on a busy disk a sync takes far longer than the hashing).
+    with ThreadPoolExecutor(max_workers=max(2, min(32, 2 * len(files) + 1))) as pool:
         syncs = [pool.submit(_fsync, p) for p in files]
+        digests = [pool.submit(file_digest, p) for p in files]
         entries = {p.relative_to(folder).as_posix(): {"bytes": p.stat().st_size, key: d.result()}
                    for p, d in zip(files, digests)}
+        path = folder / MANIFEST_FILE
+        path.write_text(json.dumps({"format": MANIFEST_FORMAT, "files": entries}, indent=1) + "\n")
+        syncs.append(pool.submit(_fsync, path))
         for s in syncs:
             s.result()
-    path = folder / MANIFEST_FILE
-    path.write_text(json.dumps({"format": MANIFEST_FORMAT, "files": entries}, indent=1) + "\n")
-    _fsync(path)
 
 
 def _read_manifest(folder: Path) -> tuple[int, dict[str, dict]] | str:
