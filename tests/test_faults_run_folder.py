@@ -63,6 +63,19 @@ def test_a_second_writer_stops_at_once_naming_the_first(finished, corpus, muonla
     assert "wait for it to finish or stop it" in err
 
 
+def test_a_second_report_into_the_same_folder_stops_at_once_naming_the_first(finished, tmp_path, capsys):
+    from muonlab.rundir.ownership import claim_folder, folder_lock
+
+    run_dir = copy_run(finished, tmp_path / "run")
+    out = claim_folder(tmp_path / "report", "report")
+    with folder_lock(out, "muonlab report runs/a --out report"):
+        before = checksums(tmp_path)
+        code, err = cli(capsys, "report", str(run_dir), "--out", str(out))
+        assert checksums(tmp_path) == before
+    assert code == 2
+    assert f"{out} is being written by process " in err and "(muonlab report runs/a --out report)" in err
+
+
 def test_a_folder_muonlab_did_not_write_is_refused(corpus, muonlab_cache, tmp_path, capsys):
     run_dir = tmp_path / "theirs"
     run_dir.mkdir()
