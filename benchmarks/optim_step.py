@@ -9,6 +9,7 @@ Matrix sets:
   d256   4 × [256×256 ×4, 704×256 ×2, 256×704]                     (muonlab's 4-layer d=256 "demo" model)
   1.3b   24 × [6144×2048 (fused QKV), 2048×2048, 8192×2048, 2048×8192] (a GPT-3-XL-sized model, 16 heads
          of 128; a GPU set: one CPU step takes minutes)
+  gpt2-layer  one block of ``gpt2`` (its 4 shapes once): the same per-matrix work at 1/12 of the time
 
 ``--variants`` times, in the same interleaved loop, plain Moonlight Muon against each refinement
 (cautious weight decay, NorMuon, per-head blocks — 64-row heads of the fused QKV, 64-column heads of
@@ -26,6 +27,11 @@ torch.optim.Muon's per-matrix ones mostly do not).
     python benchmarks/optim_step.py                 # both sets, CPU
     python benchmarks/optim_step.py --device cuda   # on a GPU
     python benchmarks/optim_step.py --sets gpt2 --variants   # the refinements' overheads, side by side
+    OMP_NUM_THREADS=1 python benchmarks/optim_step.py --sets gpt2-layer --variants --clock cpu   # on a busy CPU
+
+``--clock cpu`` times each step by this process's CPU time instead of the wall clock: on a CPU that other
+jobs share, the wall time of a step includes whatever ran beside it, its CPU time mostly does not (with one
+thread, so that no thread spins waiting for another).
 """
 
 from __future__ import annotations
@@ -46,12 +52,15 @@ SETS = {
     "gpt2": [(2304, 768), (768, 768), (3072, 768), (768, 3072)] * 12,
     "d256": [(256, 256)] * 16 + [(704, 256), (704, 256), (256, 704)] * 4,
     "1.3b": [(6144, 2048), (2048, 2048), (8192, 2048), (2048, 8192)] * 24,
+    "gpt2-layer": [(2304, 768), (768, 768), (3072, 768), (768, 3072)],
 }
 HEADS = {  # per-head blocks of each set's attention matrices: fused QKV rows, output-projection columns
     "gpt2": {(2304, 768): {"blocks": 36}, (768, 768): {"col_blocks": 12}},
     "d256": {(256, 256): {"blocks": 4}},
     "1.3b": {(6144, 2048): {"blocks": 48}, (2048, 2048): {"col_blocks": 16}},
+    "gpt2-layer": {(2304, 768): {"blocks": 36}, (768, 768): {"col_blocks": 12}},
 }
+CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
 VARIANTS = {
     "moonlight": ({}, False),
     "+cautious": ({"cautious_wd": True}, False),
@@ -105,7 +114,7 @@ def state_bytes(optimizer: torch.optim.Optimizer) -> int:
                if isinstance(t, torch.Tensor))
 
 
-def bench_set(name: str, device: torch.device, repeats: int, peak: float) -> float:
+def bench_set(name: str, device: torch.device, repeats: int, peak: float, clock=time.perf_counter) -> float:
     shapes = SETS[name]
     ours_params, torch_params = make_params(shapes, device), make_params(shapes, device)
     ours = Muon(ours_params, algorithm="muon", lr=1e-3, weight_decay=0.1, scale="moonlight")
@@ -114,11 +123,11 @@ def bench_set(name: str, device: torch.device, repeats: int, peak: float) -> flo
     for i in range(repeats + 1):
         for label, opt in (("muonlab", ours), ("torch", theirs)):
             sync(device)
-            t = time.perf_counter()
+            t = clock()
             opt.step()
             sync(device)
             if i > 0:  # the first step allocates state
-                times[label].append(time.perf_counter() - t)
+                times[label].append(clock() - t)
     t_ours, t_torch = statistics.median(times["muonlab"]), statistics.median(times["torch"])
     standard = sum(ns_flops(min(s), max(s), 5, "standard") for s in shapes)
     executed = executed_ns_flops(shapes)
@@ -161,7 +170,7 @@ def _block_ns_flops(name: str, per_head: bool, steps: int = 5) -> int:
     return total
 
 
-def bench_variants(name: str, device: torch.device, repeats: int) -> dict[str, float]:
+def bench_variants(name: str, device: torch.device, repeats: int, clock=time.perf_counter) -> dict[str, float]:
     """Step time of each refinement against plain Moonlight Muon, interleaved; returns the ratios."""
     opts = {}
     for label, (options, per_head) in VARIANTS.items():
@@ -171,11 +180,11 @@ def bench_variants(name: str, device: torch.device, repeats: int) -> dict[str, f
     for i in range(repeats + 1):
         for label, opt in opts.items():
             sync(device)
-            t = time.perf_counter()
+            t = clock()
             opt.step()
             sync(device)
             if i > 0:
-                times[label].append(time.perf_counter() - t)
+                times[label].append(clock() - t)
     base = statistics.median(times["moonlight"])
     print(f"\n[{name}] variants, {repeats} interleaved steps, median step time and ratio to plain Moonlight Muon "
           "(per-step pairs: median, range):")
@@ -197,16 +206,18 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--variants", action="store_true", help="also time the refinements against plain Muon")
+    parser.add_argument("--clock", choices=list(CLOCKS), default="wall",
+                        help="time steps by the wall clock or by this process's CPU time (a shared CPU)")
     args = parser.parse_args()
     ensure_fast_allocator([os.path.abspath(__file__), *sys.argv[1:]])
     device = torch.device(args.device)
     peak = matmul_peak_gflops(device)
-    print(f"device {device}, torch {torch.__version__}, threads {torch.get_num_threads()}, "
+    print(f"device {device}, torch {torch.__version__}, threads {torch.get_num_threads()}, clock {args.clock}, "
           f"allocator {os.environ.get('MUONLAB_ALLOCATOR', 'default')}, measured bf16 matmul peak {peak:.0f} GFLOP/s")
     for name in args.sets:
-        bench_set(name, device, args.repeats, peak)
+        bench_set(name, device, args.repeats, peak, CLOCKS[args.clock])
         if args.variants:
-            bench_variants(name, device, args.repeats)
+            bench_variants(name, device, args.repeats, CLOCKS[args.clock])
 
 
 if __name__ == "__main__":
