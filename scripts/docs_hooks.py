@@ -4,6 +4,9 @@
   whose ``#`` or ``##`` heading starts with TITLE, up to the next ``#``/``##`` heading: without its
   heading line (the page has its own), its ``###`` headings one level up, its links into ``docs/``
   made relative to the page. The README keeps such a section as its one copy; the site shows it.
+- The docstrings' Sphinx roles (``:func:`muonlab.optim.param_groups```), which mkdocstrings shows as
+  written, become links where the name is a documented object (an optional cross-reference: no warning
+  where it is not) and plain code elsewhere.
 - The committed study results (``results/``: reports and their plots) join the site's files, outside
   the navigation, so the links the README's sections make to them resolve, and a link to a missing one
   fails the strict build.
@@ -19,6 +22,7 @@ from mkdocs.structure.files import File, InclusionLevel
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
 INCLUDE = re.compile(r"^<!-- readme-section: (?P<title>.+?) -->$", re.MULTILINE)
+ROLE = re.compile(r":(?:func|class|mod|meth|attr|data|exc):<code>(?P<name>[\w.]+)</code>")
 
 
 def _heading_levels(lines: list[str]) -> list[int]:
@@ -47,6 +51,15 @@ def readme_section(text: str, title: str) -> str:
 def on_page_markdown(markdown: str, page, config, files) -> str:
     text = README.read_text(encoding="utf-8")
     return INCLUDE.sub(lambda match: readme_section(text, match.group("title")), markdown)
+
+
+def on_page_content(html: str, page, config, files) -> str:
+    def link(match: re.Match) -> str:
+        name = match.group("name")
+        code = f"<code>{name}</code>"
+        return f'<autoref identifier="{name}" optional>{code}</autoref>' if "." in name else code
+
+    return ROLE.sub(link, html)
 
 
 def on_files(files, config):

@@ -36,6 +36,13 @@ def test_readme_section_is_the_body_up_to_the_next_section():
         _hooks().readme_section(text, "C")
 
 
+def test_sphinx_roles_become_links_or_plain_code():
+    html = "see :func:<code>muonlab.optim.param_groups</code> and :class:<code>Muon</code>, not role:<code>x</code>"
+    assert _hooks().on_page_content(html, None, None, None) == (
+        'see <autoref identifier="muonlab.optim.param_groups" optional><code>muonlab.optim.param_groups</code>'
+        "</autoref> and <code>Muon</code>, not role:<code>x</code>")
+
+
 def test_every_readme_section_a_page_shows_exists():
     hooks = _hooks()
     readme = (ROOT / "README.md").read_text()
