@@ -7,6 +7,8 @@
 - The docstrings' Sphinx roles (``:func:`muonlab.optim.param_groups```), which mkdocstrings shows as
   written, become links where the name is a documented object (an optional cross-reference: no warning
   where it is not) and plain code elsewhere.
+- A page line ``<!-- train-config-fields -->`` becomes the table of ``TrainConfig``'s fields: default,
+  valid values and meaning, from the help text each field carries (what ``muonlab train --help`` prints).
 - The committed study results (``results/``: reports and their plots) join the site's files, outside
   the navigation, so the links the README's sections make to them resolve, and a link to a missing one
   fails the strict build.
@@ -22,6 +24,7 @@ from mkdocs.structure.files import File, InclusionLevel
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
 INCLUDE = re.compile(r"^<!-- readme-section: (?P<title>.+?) -->$", re.MULTILINE)
+FIELDS = "<!-- train-config-fields -->"
 ROLE = re.compile(r":(?:func|class|mod|meth|attr|data|exc):<code>(?P<name>[\w.]+)</code>")
 
 
@@ -48,9 +51,27 @@ def readme_section(text: str, title: str) -> str:
     return "\n".join(body).replace("](docs/", "](")
 
 
+def train_config_fields() -> str:
+    """``TrainConfig``'s fields as a Markdown table: name, default, valid values, meaning."""
+    import dataclasses
+
+    from muonlab.train.config import TrainConfig
+
+    def cell(text: str) -> str:
+        return text.replace("|", "\\|")
+
+    rows = ["| field | default | valid values | meaning |", "|---|---|---|---|"]
+    for field in dataclasses.fields(TrainConfig):
+        choices = ", ".join(f"`{c}`" for c in field.metadata.get("choices") or ())
+        meaning = cell(field.metadata.get("help", ""))
+        rows.append(f"| `{field.name}` | `{field.default!r}` | {cell(choices)} | {meaning} |")
+    return "\n".join(rows)
+
+
 def on_page_markdown(markdown: str, page, config, files) -> str:
     text = README.read_text(encoding="utf-8")
-    return INCLUDE.sub(lambda match: readme_section(text, match.group("title")), markdown)
+    markdown = INCLUDE.sub(lambda match: readme_section(text, match.group("title")), markdown)
+    return markdown.replace(FIELDS, train_config_fields()) if FIELDS in markdown else markdown
 
 
 def on_page_content(html: str, page, config, files) -> str:

@@ -43,6 +43,17 @@ def test_sphinx_roles_become_links_or_plain_code():
         "</autoref> and <code>Muon</code>, not role:<code>x</code>")
 
 
+def test_the_train_config_table_lists_every_field_with_its_choices():
+    import dataclasses
+
+    from muonlab.train.config import TrainConfig
+
+    rows = _hooks().train_config_fields().splitlines()[2:]
+    assert [row.split("|")[1].strip(" `") for row in rows] == [f.name for f in dataclasses.fields(TrainConfig)]
+    schedule = next(row for row in rows if row.startswith("| `schedule` |"))
+    assert "`cosine`, `wsd`, `linear`, `constant`" in schedule
+
+
 def test_every_readme_section_a_page_shows_exists():
     hooks = _hooks()
     readme = (ROOT / "README.md").read_text()
