@@ -1,9 +1,11 @@
 """Entry point of the resharding tests: the ``muonlab`` CLI, but every process of the run dies abruptly
 (``os._exit(17)``, as under SIGKILL: no cleanup) after ``MUONLAB_TEST_STOP_AFTER_STEP`` optimizer steps,
-when that variable is set."""
+when that variable is set. Each leaves a file ``stopped-rankR-stepN`` in ``MUONLAB_TEST_DEATHS`` when that
+is set, which a test reads (not the launcher's log text)."""
 
 import os
 import sys
+from pathlib import Path
 
 from muonlab.cli import main
 from muonlab.train import loop
@@ -19,6 +21,9 @@ if os.environ.get("MUONLAB_TEST_STOP_AFTER_STEP"):
         def die(opt, args, kwargs):
             steps.append(1)
             if len(steps) == stop_after:
+                if os.environ.get("MUONLAB_TEST_DEATHS"):
+                    rank = os.environ.get("RANK", "0")
+                    (Path(os.environ["MUONLAB_TEST_DEATHS"]) / f"stopped-rank{rank}-step{stop_after}").touch()
                 os._exit(17)
 
         optimizer.register_step_post_hook(die)
