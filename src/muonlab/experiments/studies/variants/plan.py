@@ -38,15 +38,14 @@ PRESETS: dict[str, dict[str, Any]] = {
     # Byte tokens of the Python corpus (11.7M training bytes; no run repeats data). Both models 2 layers of width
     # 32 with 4 heads of 8 (per-head blocks of 8 rows / columns): the dense SwiGLU model (the "tiny" preset's
     # layout) and Moonlight's MLA + MoE layout at that size ("moe-tiny": 64 routed experts, top-6, 2 shared,
-    # layer 0 dense). 1,024 steps of 16 × 64 tokens (1,048,576 tokens a run). Grids: lr-transfer's CPU grids (Muon's
-    # optimum at 0.5-4× AdamW's in 0.5-2k-step runs); an extension past an edge adds one lr per seed. 120 runs
-    # (6 arms × 2 models × 10) if no sweep extends. Sized from this machine's unloaded probe of a larger dense run
-    # (weight-decay's d=48, 16 × 128 tokens: 62 ms a step, 5 s start-up), an upper bound for the dense runs (≤ 70 s
-    # each), and the MoE model's measured step-time ratio to the dense one (≈ 1.6×: ≤ 110 s): ≤ 1.5 hours on
-    # 2 cores. (A --dry-run while another study loaded both cores measured probes 20-40× slower: 44 hours.)
+    # layer 0 dense). 1,024 steps of 16 × 64 tokens (1,048,576 tokens a run). Grids: the middle of lr-transfer's CPU
+    # grids (Muon's optimum at 0.5-4× AdamW's in 0.5-2k-step runs); an extension past an edge adds one lr per seed.
+    # 108 runs (6 arms × 2 models × 9) if no sweep extends. --dry-run with another study on the cores (load ≈ 3)
+    # said 2 h 31 min with 4-lr grids (120 runs), its probes 1.5-2× slower than unloaded ones (start-up 7.7 s
+    # against 4.5 s); unloaded, with 3-lr grids, that is about 1-1.5 hours on 2 cores.
     "cpu": dict(
         seeds=(0, 1, 2), models=("tiny", "moe-tiny"), d_model=32, n_layers=2, n_heads=4, seq_len=64, batch_size=16,
-        steps=1024, muon_lrs=(2.5e-3, 5e-3, 1e-2, 2e-2), adamw_lrs=(1.25e-3, 2.5e-3, 5e-3, 1e-2), lr_step=2.0,
+        steps=1024, muon_lrs=(5e-3, 1e-2, 2e-2), adamw_lrs=(2.5e-3, 5e-3, 1e-2), lr_step=2.0,
         lr_caps=(1e-4, 0.16), weight_decay=0.1, corpus="python", tokenizer="byte", vocab_size=4096,
         eval_tokens=32_768, compile=False, device="auto",
     ),
