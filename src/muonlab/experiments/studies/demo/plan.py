@@ -16,8 +16,8 @@ OPTIMIZERS = ("adamw", "muon")
 PRESETS: dict[str, dict[str, Any]] = {
     # The fixed workload of the demo, the same on every machine so its numbers stay comparable: 6 runs of
     # 96 steps of 16 × 256 tokens (0.39 epochs of the English corpus), eager (on a 2-core CPU compiling costs
-    # more than it saves at this length); 5 min 19 s on a 2-core Intel Xeon with other jobs beside it (6 min 45 s
-    # from a fresh clone, set-up included). lr: AdamW's best of {1.5e-3, 3e-3, 6e-3} on
+    # more than it saves at this length); 3 min 20 s on an idle 2-core Intel Xeon (4 min 50 s from a fresh clone,
+    # set-up included). lr: AdamW's best of {1.5e-3, 3e-3, 6e-3} on
     # this workload (final val loss 4.744 ± 0.026 and 4.725 ± 0.038 over 3 seeds, 5.018 with seed 0).
     "cpu": dict(
         seeds=(0, 1, 2), corpus="english", tokenizer="bpe", vocab_size=4096, model="demo", d_model=160,
