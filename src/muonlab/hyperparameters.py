@@ -53,7 +53,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 __all__ = ["ADAMW_BETAS", "ADAMW_EPS", "DEFAULT_UPDATE_RMS", "MOMENTUM", "NESTEROV", "NORMUON_BETA2", "NS_COEFFICIENTS",
-           "NS_DTYPE", "NS_DTYPES", "NS_STEPS", "SCALE", "SCALE_RULES", "TARGET_RMS_RULES", "ScaleRule",
+           "NS_DTYPE", "NS_DTYPES", "NS_STEPS", "SCALE", "SCALE_RULES", "ScaleRule",
            "check_update_rms"]
 
 MOMENTUM = 0.95
@@ -114,7 +114,3 @@ def check_update_rms(rule: str, update_rms: float) -> None:
         users = sorted(name for name, r in SCALE_RULES.items() if r.uses_update_rms)
         raise ValueError(f"update_rms={update_rms!r} has no effect under scale rule {rule!r}, which has no target "
                          f"update RMS; use one of {users}, or leave update_rms at {DEFAULT_UPDATE_RMS}")
-
-
-TARGET_RMS_RULES = tuple(name for name, rule in SCALE_RULES.items() if rule.uses_update_rms)
-"""The rules whose update RMS is ``update_rms``; the others accept only ``DEFAULT_UPDATE_RMS``."""
