@@ -111,14 +111,16 @@ def check_and_clip_whole(params: Sequence[torch.Tensor], describe: Callable[[int
     grads = [p.grad for p in params]
     # One fused norm per tensor and one sync: a norm is not finite when an entry is not (or when the
     # squares of huge finite entries overflow: then that gradient is past its limit anyway).
-    norms = torch.stack([n.double() for n in torch._foreach_norm(grads)])
+    tensor_norms = torch._foreach_norm(grads)
+    norms = torch.stack([n.double() for n in tensor_norms])
     first = _first_past_limit(norms, norms.new_tensor(list(limits)), _clip_scale(norms, max_norm))
     if first is not None:
         finite = bool(torch.isfinite(grads[first]).all())
         policy.found(describe(first), *((float(norms[first]), limits[first]) if finite else ()))
         return False
-    if max_norm > 0:
-        torch.nn.utils.clip_grad_norm_(list(params), max_norm)
+    if max_norm > 0:  # clip_grad_norm_'s total norm, from the per-tensor norms already taken (no second pass)
+        total = torch.linalg.vector_norm(torch.stack([n.to(norms.device) for n in tensor_norms]))
+        torch.nn.utils.clip_grads_with_norm_(list(params), max_norm, total)
     return True
 
 
