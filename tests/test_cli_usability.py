@@ -180,6 +180,28 @@ def test_under_torchrun_an_error_prints_once_unless_it_differs_by_rank(values, l
     assert len(errors) == lines and all(e.startswith("muonlab train: error: lr must be >= 0") for e in errors)
 
 
+def test_under_torchrun_a_warning_prints_once_unless_it_differs_by_rank(monkeypatch, tmp_path, capsys):
+    """Warnings take the errors' path: the ranks of one launch (same launcher, same run id; simulated in
+    this process) that warn the same text show it once, muonlab's as ``muonlab CMD: warning:`` lines and
+    others' (torch's) as Python prints them; texts that differ by rank (negative control) show on each."""
+    import warnings
+
+    from muonlab import cli
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("TORCHELASTIC_RUN_ID", f"test-{os.getpid()}-{tmp_path.name}")
+    monkeypatch.setattr(warnings, "showwarning", warnings.showwarning)  # put back after the test
+    cli._show_warnings("train")
+    ours, torch_file = str(Path(muonlab.__file__)), str(Path(torch.__file__))
+    for text, filename in [("same on every rank", ours), ("same on every rank", ours), ("rank 0's own", ours),
+                           ("rank 1's own", ours), ("torch's", torch_file), ("torch's", torch_file)]:
+        warnings.showwarning(UserWarning(text), UserWarning, filename, 7, None, "")  # no source line
+    err = capsys.readouterr().err.splitlines()
+    assert err[:3] == ["muonlab train: warning: same on every rank", "muonlab train: warning: rank 0's own",
+                       "muonlab train: warning: rank 1's own"]
+    assert len(err) == 4 and err[3].endswith("UserWarning: torch's") and torch_file in err[3]
+
+
 def test_load_run_gives_the_trained_model_and_its_tokenizer(tiny_config, tmp_path):
     config = tiny_config("run", tokenizer="bpe", vocab_size=300, eval_batches=2)
     train(config)

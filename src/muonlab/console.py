@@ -5,8 +5,8 @@ each and would print N times. :func:`say_once` prints a message on the first pro
 and skips it on the others when their text is the same (messages that differ by rank all print):
 each process claims the message by creating a file named by the launch and the message's hash
 (``O_EXCL``, so exactly one process wins) in a per-user temporary folder. Processes on other nodes
-do not share that folder, so a multi-node launch prints once per node. :func:`dedupe_warnings`
-routes Python warnings through it.
+do not share that folder, so a multi-node launch prints once per node. The command line routes
+Python warnings through it too (``muonlab.cli``).
 """
 
 from __future__ import annotations
@@ -15,11 +15,10 @@ import hashlib
 import os
 import sys
 import tempfile
-import warnings
 from pathlib import Path
 from typing import TextIO
 
-__all__ = ["dedupe_warnings", "in_launch", "say_once"]
+__all__ = ["in_launch", "say_once"]
 
 
 def in_launch() -> bool:
@@ -47,15 +46,3 @@ def say_once(message: str, file: TextIO | None = None) -> None:
     if not in_launch() or _claim(message):
         print(message, file=file if file is not None else sys.stderr)
 
-
-def dedupe_warnings() -> None:
-    """Under torchrun, show each distinct warning text once per launch instead of once per process."""
-    if not in_launch():
-        return
-    show = warnings.showwarning
-
-    def show_once(message, category, filename, lineno, file=None, line=None):
-        if _claim(f"{category.__name__}: {message} ({filename}:{lineno})"):
-            show(message, category, filename, lineno, file, line)
-
-    warnings.showwarning = show_once
