@@ -2,13 +2,16 @@
 
 Checks: transformers' logits of an exported dense (Llama) and MoE + MLA (DeepSeek-V3) run equal
 muonlab's on the same tokens within fp32 rounding; the exported tokenizer encodes and decodes as
-the run's; a run started from the export has, at its first step, the loss the original model
+the run's and pads (on the left) for batched ``generate()``; the exported files get the mode any new
+file gets (not owner-only); a run started from the export has, at its first step, the loss the original model
 gives that batch; plain transformers Llama / DeepSeek-V3 folders import with equal logits; every
 bad input is one sentence and changes nothing.
 """
 
 import json
+import os
 import re
+import stat
 
 import pytest
 import torch
@@ -96,6 +99,40 @@ def test_the_exported_tokenizer_round_trips(in_cache, name):
         ids = theirs(text)["input_ids"]
         assert ids == ours.encode(text), text
         assert theirs.decode(ids) == text == ours.decode(ids)
+
+
+def test_the_exported_tokenizer_pads_for_batched_generation(in_cache):
+    """A batch of prompts of different lengths needs a pad token; padded on the left, each row continues
+    greedily exactly as its prompt does alone (without a pad token the batch cannot be built at all)."""
+    _, folder = in_cache["dense-bpe-tied"]
+    tokenizer = tf.AutoTokenizer.from_pretrained(folder)
+    model = tf.AutoModelForCausalLM.from_pretrained(folder).eval()
+    assert tokenizer.pad_token_id == tokenizer.eos_token_id and tokenizer.padding_side == "left"
+    prompts = ["In the beginning God created the heaven", "And"]
+    batch = tokenizer(prompts, return_tensors="pt", padding=True)
+    lengths = batch["attention_mask"].sum(1).tolist()
+    assert lengths[0] > lengths[1]  # the second row is padded
+    greedy = dict(max_new_tokens=6, min_new_tokens=6, do_sample=False, pad_token_id=tokenizer.pad_token_id)
+    with torch.no_grad():
+        together = model.generate(**batch, **greedy)[:, -6:]
+        alone = [model.generate(**tokenizer([p], return_tensors="pt"), **greedy)[0, -6:] for p in prompts]
+    assert together.tolist() == [row.tolist() for row in alone]
+
+
+def test_exported_files_are_readable_like_any_other_output(in_cache, tmp_path):
+    """Under the usual umask 022 every exported file is 0644 and every folder 0755, as any new file and
+    folder; safetensors and the temporary folder alone would leave model.safetensors and the folder
+    owner-only (0600 / 0700)."""
+    config, _ = in_cache["dense-byte"]
+    umask = os.umask(0o022)
+    try:
+        assert main(["export", config.run_dir, "--out", str(tmp_path / "hf")]) == 0
+    finally:
+        os.umask(umask)
+    paths = [tmp_path / "hf", *(tmp_path / "hf").rglob("*")]
+    modes = {p.relative_to(tmp_path).as_posix(): stat.S_IMODE(p.stat().st_mode) for p in paths}
+    assert "hf/model.safetensors" in modes and "hf/tokenizer.json" in modes
+    assert modes == {name: 0o755 if (tmp_path / name).is_dir() else 0o644 for name in modes}
 
 
 @pytest.mark.parametrize("name", ["dense-bpe-tied", "moe-mla"])
