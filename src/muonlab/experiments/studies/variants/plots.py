@@ -30,6 +30,8 @@ def plot_sweeps(cells: Mapping[tuple[str, str], Mapping[float, Mapping[int, floa
             ax.plot(lrs, means, color=color, linewidth=1, label=arm)
             ax.scatter(lrs, means, color=[color if f else "white" for f in full], edgecolors=color, s=20, zorder=3)
         log_axes(ax, x=True)
+        ax.text(0.02, 0.02, "filled: mean over every seed; hollow: first seed only", transform=ax.transAxes,
+                fontsize=7, color="dimgray")
         finish_axes(ax, model, "peak lr", "final val loss" if model == models[0] else "", legend=model == models[0])
     return save_figure(fig, path)
 
@@ -48,6 +50,8 @@ def plot_differences(models: Mapping[str, Mapping[str, Any]], path: str | os.Pat
                 ax.plot([t["low"], t["high"]], [i, i], color=_COLORS.get(arm, "black"), linewidth=4, alpha=0.6)
             ax.scatter([t["mean"]], [i], color=_COLORS.get(arm, "black"), zorder=3)
         ax.axvline(0.0, color="gray", linestyle=":", linewidth=1)
+        ax.plot([], [], color="gray", linewidth=4, alpha=0.6, label="95 % paired t over seeds")
+        ax.plot([], [], color="gray", linewidth=1, label="95 % with the lr choice")
         ax.set_yticks(range(len(arms)), arms)
-        finish_axes(ax, model, "final val loss − Muon's (nats)", "", legend=False)
+        finish_axes(ax, model, "final val loss − Muon's (nats)", "", legend=model == next(iter(models)))
     return save_figure(fig, path)
