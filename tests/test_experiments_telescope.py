@@ -99,13 +99,14 @@ def test_names_carry_level_width_and_grid_index_never_a_value(tmp_path):
 
 def test_the_brute_force_grid_spans_level_0_s_box_at_the_top_width():
     p = _params(brute_points=3)
-    grid = telescope.brute_grid(p)
+    grid, status = telescope.brute_grid(p, {})
+    assert status == "pending"
     level0 = plan_level(0, 32, {"lr": 0.03, "weight_decay": 0.1}, {"lr": 2.0, "weight_decay": 2.0}, 6)
     assert grid.width == 128 and len(grid.points) == 9
     for name in ("lr", "weight_decay"):
         assert min(q[name] for q in grid.points) == pytest.approx(min(q[name] for q in level0.points))
         assert max(q[name] for q in grid.points) == pytest.approx(max(q[name] for q in level0.points))
-    same = telescope.brute_grid(_params())
+    same, _ = telescope.brute_grid(_params(), {})
     pairs = [(q["lr"], q["weight_decay"]) for q in same.points]
     assert pairs == [pytest.approx((q["lr"], q["weight_decay"])) for q in level0.points]
 
@@ -115,6 +116,8 @@ def test_the_brute_force_grid_spans_level_0_s_box_at_the_top_width():
     (dict(final_width=64), "final_width"),
     (dict(widths=(32, 64), final_width=64), "3 distinct"),
     (dict(head_dim=48), "head_dim"),
+    (dict(brute_wd_caps=(0.05, 2.0)), "brute_wd_caps"),
+    (dict(brute_lr_caps=(1e-4, 0.1)), "brute_lr_caps"),
 ])
 def test_bad_parameters_are_refused_naming_the_parameter(tmp_path, change, message):
     with pytest.raises(ConfigError, match=message):
@@ -132,6 +135,46 @@ def test_parabola_vertex_and_the_refined_grid_optimum():
     refined, edge = refined_optimum(grid, losses)
     assert refined["lr"] == pytest.approx(known["lr"]) and edge == {"lr": False, "weight_decay": True}
     assert refined["weight_decay"] == pytest.approx(0.4)
+
+
+def test_a_brute_force_optimum_below_the_box_grows_the_grid_line_by_line_until_it_is_interior(tmp_path):
+    """λ's optimum 0.006 lies below the box (0.0177–0.566): the grid grows by whole λ lines 0.0088, 0.0044 and
+    λ 0.0022 (there 0.0044 is interior), each waiting for the line before; the seed-noise runs wait for them."""
+    study, p = get_study("telescope"), _params()
+    def below(width, lr, wd):
+        return 2.0 + math.log(lr / 0.02) ** 2 + math.log(wd / 0.006) ** 2
+    done: dict[str, Run] = {}
+    while _finish(study.planned(p, tmp_path, {}, done), done, below):
+        pass
+    grid, status = telescope.brute_grid(p, done)
+    wds = sorted({q["weight_decay"] for q in grid.points})
+    assert status == "interior" and len(grid.points) == 6 * 9
+    assert wds[:4] == pytest.approx([0.1 * 2**-5.5, 0.1 * 2**-4.5, 0.1 * 2**-3.5, 0.1 * 2**-2.5])
+    planned = {r.name: r for r in study.planned(p, tmp_path, {}, done)}
+    grown = [n for n in planned if re.match(r"brute-d128-i\d-jm\d-s0$", n)]
+    assert len(grown) == 18 and all(n in done for n in grown)
+    assert planned["brute-d128-i0-jm2-s0"].needs == planned["brute-d128-i5-jm1-s0"].needs
+    assert set(planned["brute-d128-i0-jm1-s0"].needs) == {n for n in planned if re.match(r"brute-d128-i\d-j\d-s0$", n)}
+    check = planned["check-brute-d128-s1"]
+    assert (check.config.lr, check.config.weight_decay) == pytest.approx((0.03 / math.sqrt(2), 0.1 * 2**-4.5))
+    assert set(grown) <= set(check.needs)
+    r = analyse(Finished(p, done, tmp_path)).results
+    assert r["brute"]["status"] == "interior" and r["brute"]["edge"] == {"lr": False, "weight_decay": False}
+    assert r["brute"]["refined"]["weight_decay"] == pytest.approx(0.006)
+
+
+def test_a_brute_force_optimum_past_the_cap_is_reported_at_the_cap(tmp_path):
+    study, p = get_study("telescope"), _params(brute_wd_caps=(0.005, 2.0))
+    def below(width, lr, wd):
+        return 2.0 + math.log(lr / 0.02) ** 2 + math.log(wd / 0.001) ** 2
+    done: dict[str, Run] = {}
+    while _finish(study.planned(p, tmp_path, {}, done), done, below):
+        pass
+    grid, status = telescope.brute_grid(p, done)
+    assert status == "at the cap" and len(grid.points) == 6 * 7  # λ 0.0088 grown; the next, 0.0044, passes 0.005
+    r = analyse(Finished(p, done, tmp_path))
+    assert r.results["brute"]["edge"]["weight_decay"] is True
+    assert "at the cap in λ" in dict(r.sections)["Paper claim vs small-scale result"]
 
 
 KNOWN = {"lr": 0.025, "weight_decay": 0.15}  # the optimum at every width in the made-up runs

@@ -6,6 +6,7 @@ import pytest
 
 from muonlab.experiments.telescoping import (
     best_point,
+    bracketed_grid,
     grid_indices,
     ledger,
     plan_level,
@@ -107,3 +108,52 @@ def test_a_spanning_grid_covers_level_0_s_box_with_its_own_number_of_points():
     assert grid.width == 128 and grid.spacing["lr"] == pytest.approx(2**3.5)
     with pytest.raises(ValueError, match="at least 2 points"):
         spanning_grid(128, CENTER, SPACING, 8, 1)
+
+
+CAPS = {"lr": (1e-5, 1.0), "weight_decay": (1e-3, 10.0)}
+
+
+def _grow(surface, caps=CAPS, points=4):
+    """Train every point ``bracketed_grid`` asks for (loss from ``surface``) until it stops; its last answer."""
+    losses = {}
+    while True:
+        grid, status = bracketed_grid(64, CENTER, SPACING, points, points, caps, losses)
+        if status != "pending":
+            return grid, status, losses
+        losses.update((ix, surface(q)) for ix, q in zip(grid.indices, grid.points) if ix not in losses)
+
+
+def _bowl(best):
+    return lambda q: sum(math.log(q[k] / best[k]) ** 2 for k in best)
+
+
+def test_a_bracketed_grid_whose_best_is_interior_stays_the_box():
+    grid, status, losses = _grow(_bowl(CENTER))
+    assert status == "interior" and len(grid.points) == 16 and len(losses) == 16
+    assert grid.points == spanning_grid(64, CENTER, SPACING, 4, 4).points
+
+
+def test_a_bracketed_grid_grows_whole_lines_past_a_corner_until_the_best_is_interior():
+    # box: lr 3e-3·2^(−1.5 … 1.5), λ 0.1·2^(−1.5 … 1.5); the optimum lies 2.2 steps below in lr and 3.4 above in λ
+    best = {"lr": 3e-3 * 2**-3.7, "weight_decay": 0.1 * 2**4.9}
+    grid, status, losses = _grow(_bowl(best))
+    assert status == "interior"
+    lrs = sorted({q["lr"] for q in grid.points})
+    wds = sorted({q["weight_decay"] for q in grid.points})
+    assert lrs == pytest.approx([3e-3 * 2 ** (k - 1.5) for k in range(-3, 4)])  # 3 lines grown below
+    assert wds == pytest.approx([0.1 * 2 ** (k - 1.5) for k in range(0, 8)])  # 4 lines grown above
+    assert len(grid.points) == len(lrs) * len(wds) == len(losses)  # whole lines: still a full grid
+    top = best_point(grid.points, [losses[ix] for ix in grid.indices])
+    assert top == pytest.approx({"lr": 3e-3 * 2**-3.5, "weight_decay": 0.1 * 2**4.5})
+    assert (-2, 6) in grid.indices and grid.indices[0] == (-3, 0)  # indices count from the box's first value
+
+
+def test_a_bracketed_grid_stops_at_its_cap_and_says_so():
+    grid, status, _ = _grow(_bowl({"lr": 3e-3, "weight_decay": 1e-4}), caps={**CAPS, "weight_decay": (0.01, 10.0)})
+    assert status == "at the cap"
+    lowest = min(q["weight_decay"] for q in grid.points)
+    assert lowest == pytest.approx(0.1 * 2**-2.5)  # grown once, to 0.0177: the next, 0.0088, is below 0.01
+    never = {ix: 1.0 for ix in spanning_grid(64, CENTER, SPACING, 4, 4).indices}
+    assert bracketed_grid(64, CENTER, SPACING, 4, 4, CAPS, {})[1] == "pending"
+    del never[(1, 1)]
+    assert bracketed_grid(64, CENTER, SPACING, 4, 4, CAPS, never)[1] == "pending"  # one point untrained

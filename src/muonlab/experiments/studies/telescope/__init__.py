@@ -12,14 +12,16 @@ one small Llama-style family whose width grows by adding heads of a fixed width
 3. the final run at ``final_width`` at the last level's best point (the telescoped choice).
 
 The check (stage 0, independent of the telescope): a brute-force ``brute_points × brute_points`` grid
-at the top calibration width ``widths[-1]`` over level 0's box. Seed noise: the telescoped choice and
+at the top calibration width ``widths[-1]`` over level 0's box; while its best point sits on an edge, the
+grid grows by the whole line one step beyond it (later stages) until the best is interior or the next line
+would leave ``brute_lr_caps`` / ``brute_wd_caps`` (then "at the cap"). Seed noise: the telescoped choice and
 the brute-force optimum are each trained again at the top calibration width with the fresh seeds
 ``check_seeds`` (the search runs all use ``search_seed``). Every run has the same tokens, batch,
 sequence length and depth; only the width and (lr, λ) differ.
 
 Run names carry the level, the width and the grid index (``L1-d64-i0-j2-s0``: lr index 0, λ index
-2), never a hyperparameter value: until level k − 1 is done, level k's grid is provisional (centred
-on level k − 1's own centre).
+2; a line the brute-force grid grew below its box has index ``m1``, ``m2``, ...), never a hyperparameter
+value: until level k − 1 is done, level k's grid is provisional (centred on level k − 1's own centre).
 """
 
 

@@ -11,7 +11,7 @@ from ....analysis.runs import Run
 from ....train.config import ConfigError, TrainConfig
 from ...estimate import run_flops_per_step
 from ...study import PlannedRun
-from ...telescoping import Level, best_point, grid_indices, plan_level, spanning_grid
+from ...telescoping import Level, best_point, bracketed_grid, grid_indices, plan_level
 
 
 def final_loss(run: Run) -> float:
@@ -27,12 +27,14 @@ PRESETS: dict[str, dict[str, Any]] = {
     # Byte tokens of the English corpus, 4 blocks, heads of 32, 491,520 tokens (240 steps of 16 × 128) a run: the
     # family and budget of docs/mup_lr_transfer.json, where muP's best lr stayed at 0.027–0.031 from d = 32 to 128
     # (base 64), hence the centre. Levels 6×6 → 3×3 → 2×2 at d = 32, 64, 128, the final run at d = 256; the
-    # brute-force check is level 0's 6×6 grid at d = 128. 92 runs, 45M tokens, --workers 2: 26 min 44 s on a
-    # 2-core AMD EPYC (the dry-run said 26 min 21 s). The grid's corner (lr 0.17, λ 0.018) trains without
-    # diverging at d = 32 and 128.
+    # brute-force check is level 0's 6×6 grid at d = 128, grown by whole lines past any edge its best sits on
+    # (λ down to 0.0022 at most: below that, 240 steps of decay change the weights by < 0.01 %). 92 runs before
+    # it grows, 45M tokens, --workers 2: 26 min 44 s on a 2-core AMD EPYC (the dry-run said 26 min 21 s). The
+    # grid's corner (lr 0.17, λ 0.018) trains without diverging at d = 32 and 128.
     "cpu": dict(
         widths=(32, 64, 128), final_width=256, grid_points=6, brute_points=6, lr_center=0.03, wd_center=0.1,
-        lr_spacing=2.0, wd_spacing=2.0, search_seed=0, check_seeds=(1, 2, 3), n_layers=4, head_dim=32,
+        lr_spacing=2.0, wd_spacing=2.0, brute_lr_caps=(1e-4, 1.0), brute_wd_caps=(0.002, 2.0),
+        search_seed=0, check_seeds=(1, 2, 3), n_layers=4, head_dim=32,
         mup_base_width=64, corpus="english", tokenizer="byte", vocab_size=4096, seq_len=128, batch_size=16,
         train_tokens=491_520, compile=False, device="auto",
     ),
@@ -41,7 +43,8 @@ PRESETS: dict[str, dict[str, Any]] = {
     # (128 steps of 32 × 128), one after another in one process (not measured on a GPU yet).
     "gpu": dict(
         widths=(128, 256, 512), final_width=1024, grid_points=4, brute_points=4, lr_center=0.03, wd_center=0.1,
-        lr_spacing=2.0, wd_spacing=2.0, search_seed=0, check_seeds=(1, 2, 3), n_layers=4, head_dim=32,
+        lr_spacing=2.0, wd_spacing=2.0, brute_lr_caps=(1e-4, 1.0), brute_wd_caps=(0.002, 2.0), search_seed=0,
+        check_seeds=(1, 2, 3), n_layers=4, head_dim=32,
         mup_base_width=64, corpus="english", tokenizer="byte", vocab_size=4096, seq_len=128, batch_size=32,
         train_tokens=524_288, compile=False, device="cuda",
     ),
@@ -60,6 +63,12 @@ def _check(p: Mapping[str, Any]) -> None:
         raise ConfigError(f"telescope: grid_points={p['grid_points']} and brute_points={p['brute_points']} must be ≥ 2")
     if any(w % p["head_dim"] for w in (*widths, p["final_width"])):
         raise ConfigError(f"telescope: every width must be a multiple of head_dim={p['head_dim']}")
+    box = plan_level(0, widths[-1], _center(p), _spacing(p), p["grid_points"]).points
+    for name, (low, high) in _caps(p).items():
+        values = [q[name] for q in box]
+        if not (low <= min(values) * (1 + 1e-9) and max(values) <= high * (1 + 1e-9)):
+            raise ConfigError(f"telescope: brute_{_CAP_KEY[name]}_caps=({low:g}, {high:g}) must contain level 0's "
+                              f"{name} values {min(values):.3g}–{max(values):.3g}")
 
 
 def _center(p: Mapping[str, Any]) -> dict[str, float]:
@@ -75,8 +84,14 @@ def level_names(level: Level, seed: int) -> list[str]:
     return [f"L{level.index}-d{level.width}-i{i}-j{j}-s{seed}" for i, j in grid_indices(level)]
 
 
+def _index(k: int) -> str:
+    """A grid index in a run name: ``3``, or ``m1`` for −1 (a line the brute-force grid grew below its box)."""
+    return str(k) if k >= 0 else f"m{-k}"
+
+
 def brute_names(grid: Level, seed: int) -> list[str]:
-    return [f"brute-d{grid.width}-i{i}-j{j}-s{seed}" for i, j in grid_indices(grid)]
+    """``brute-d<width>-i<lr index>-j<wd index>-s<seed>``, in the order of ``grid.points``."""
+    return [f"brute-d{grid.width}-i{_index(i)}-j{_index(j)}-s{seed}" for i, j in grid_indices(grid)]
 
 
 def final_name(p: Mapping[str, Any]) -> str:
@@ -103,18 +118,36 @@ def levels(p: Mapping[str, Any], done: Mapping[str, Run]) -> tuple[list[Level], 
     return planned, center if known else None
 
 
-def brute_grid(p: Mapping[str, Any]) -> Level:
-    """The brute-force grid at the top calibration width, over level 0's box."""
-    return spanning_grid(p["widths"][-1], _center(p), _spacing(p), p["grid_points"], p["brute_points"])
+_CAP_KEY = {"lr": "lr", "weight_decay": "wd"}
+
+
+def _caps(p: Mapping[str, Any]) -> dict[str, tuple[float, float]]:
+    """How far the brute-force grid may grow per hyperparameter: ``(low, high)`` from ``brute_<lr|wd>_caps``."""
+    return {name: tuple(p[f"brute_{key}_caps"]) for name, key in _CAP_KEY.items()}
+
+
+def brute_grid(p: Mapping[str, Any], done: Mapping[str, Run]) -> tuple[Level, str]:
+    """The brute-force grid at the top calibration width over level 0's box, grown past any edge its best point
+    sits on (``bracketed_grid``) from the runs ``done``, and its status ("pending", "interior", "at the cap")."""
+    losses: dict[tuple[int, ...], float] = {}
+    read: set[tuple[int, ...]] = set()
+    while True:
+        grid, status = bracketed_grid(p["widths"][-1], _center(p), _spacing(p), p["grid_points"], p["brute_points"],
+                                      _caps(p), losses)
+        if status != "pending" or read == set(grid.indices):
+            return grid, status
+        for ix, name in zip(grid.indices, brute_names(grid, p["search_seed"])):  # the lines it grew: their losses
+            if name in done:
+                losses[ix] = final_loss(done[name])
+        read = set(grid.indices)
 
 
 def brute_best(p: Mapping[str, Any], done: Mapping[str, Run]) -> dict[str, float] | None:
-    """The brute-force grid's best point (search seed), None while any of its runs is unfinished."""
-    grid = brute_grid(p)
-    names = brute_names(grid, p["search_seed"])
-    if not all(n in done for n in names):
+    """The brute-force grid's best point (search seed), None while it is still growing or training."""
+    grid, status = brute_grid(p, done)
+    if status == "pending":
         return None
-    return best_point(grid.points, [final_loss(done[n]) for n in names])
+    return best_point(grid.points, [final_loss(done[n]) for n in brute_names(grid, p["search_seed"])])
 
 
 def config(p: Mapping[str, Any], width: int, point: Mapping[str, float], seed: int) -> TrainConfig:
@@ -150,9 +183,12 @@ def plan(p: Mapping[str, Any], done: Mapping[str, Run]) -> list[PlannedRun]:
         names = level_names(level, seed)
         runs += [PlannedRun(n, config(p, level.width, point, seed), needs) for n, point in zip(names, level.points)]
         needs = tuple(names)
-    grid = brute_grid(p)
+    grid, _ = brute_grid(p, done)
     brute = brute_names(grid, seed)
-    runs += [PlannedRun(n, config(p, grid.width, point, seed)) for n, point in zip(brute, grid.points)]
+    box = brute_names(brute_grid(p, {})[0], seed)  # the grid as first planned, then the lines it grew (need it)
+    point_of = dict(zip(brute, grid.points))
+    runs += [PlannedRun(n, config(p, grid.width, point_of[n], seed)) for n in box]
+    runs += [PlannedRun(n, config(p, grid.width, point_of[n], seed), tuple(box)) for n in brute if n not in box]
     provisional = _center(p)
     runs.append(PlannedRun(final_name(p), config(p, p["final_width"], choice or provisional, seed), needs))
     top = p["widths"][-1]

@@ -46,10 +46,12 @@ EVEN_COST = 2.0
 class Search:
     """What the runs measured: each calibration level's grid with its runs (in grid order), the
     brute-force grid with its runs, the final run, the telescoped choice, the seed-noise runs per arm
-    ("telescoped", "brute"), the searched hyperparameters and the training FLOPs of one run per width."""
+    ("telescoped", "brute"), the searched hyperparameters and the training FLOPs of one run per width.
+    ``brute_status``: whether the brute-force grid's best point ended "interior" or "at the cap"."""
 
     levels: list[tuple[Level, list[Run]]]
     brute: tuple[Level, list[Run]]
+    brute_status: str
     final: Run
     choice: dict[str, float]
     checks: Mapping[str, list[Run]]
@@ -131,6 +133,8 @@ def measured_ledger(search: Search, rows: Sequence[Mapping[str, Any]]) -> dict[s
 
 def _location_claim(distance: Mapping[str, float], coarse: Mapping[str, float], edge: Mapping[str, bool],
                     width: int) -> ClaimCheck:
+    """Within one fine cell of the refined brute-force optimum; an optimum on the grid's edge (the grid grew to
+    its cap there) is named, since the true optimum may lie beyond it."""
     worst = max(distance.values())
     at_edge = [n for n, e in edge.items() if e]
     return ClaimCheck(
@@ -139,8 +143,8 @@ def _location_claim(distance: Mapping[str, float], coarse: Mapping[str, float], 
         result=f"d={width}, from the refined brute-force optimum: "
                + "; ".join(f"{_LABEL[n]} {distance[n]:.2f} fine cells ({coarse[n]:.2f} brute-force cells)"
                            for n in distance)
-               + (f"; the brute-force optimum is on the grid's edge in {', '.join(_LABEL[n] for n in at_edge)} "
-                  "(it may lie beyond)" if at_edge else ""),
+               + (f"; the brute-force optimum is at the cap in {', '.join(_LABEL[n] for n in at_edge)} "
+                  "(the grid may not grow further there; it may lie beyond)" if at_edge else ""),
         agrees=worst <= 1.0,
         by_how_much=f"at most {worst:.2f} fine cells apart (1 allowed)",
     )
@@ -255,8 +259,16 @@ def _grid_table(grid: Level, losses: Sequence[float]) -> str:
     return "\n".join(lines)
 
 
+def _brute_shape(grid: Level) -> str:
+    """``6×8 (lr 0.0053–0.17, λ 0.0044–0.57)``: values per hyperparameter and their range."""
+    values = {name: sorted({q[name] for q in grid.points}) for name in grid.center}
+    return ("×".join(str(len(v)) for v in values.values()) + " ("
+            + ", ".join(f"{_LABEL[n]} {v[0]:.2g}–{v[-1]:.2g}" for n, v in values.items()) + ")")
+
+
 def _setting(p: Mapping[str, Any], search: Search) -> str:
     grid = search.brute[0]
+    n = p["brute_points"]
     return "\n".join([
         f"- Model: {p['n_layers']} Llama-style blocks, heads of {p['head_dim']} (the width grows by adding heads), "
         f"muP with base width {p['mup_base_width']} (`muonlab.models.mup`), Muon on the hidden matrices and "
@@ -266,9 +278,12 @@ def _setting(p: Mapping[str, Any], search: Search) -> str:
         f"grid around lr {p['lr_center']:g}, λ {p['wd_center']:g} spaced ×{p['lr_spacing']:g} and "
         f"×{p['wd_spacing']:g}; each level halves the mesh (log space) and has 4× fewer runs, centred on the "
         f"previous level's best; the final run at d={p['final_width']}.",
-        f"- Check: a brute-force {len(grid.points)}-point grid at d={grid.width} over "
-        f"level 0's box (spacing ×{grid.spacing['lr']:.3g}, ×{grid.spacing['weight_decay']:.3g}); its best point "
-        "refined along each axis by a parabola in log space through its neighbours.",
+        f"- Check: a brute-force {n}×{n} grid at d={grid.width} over level 0's box (spacing "
+        f"×{grid.spacing['lr']:.3g}, ×{grid.spacing['weight_decay']:.3g}), grown by a whole line one step beyond "
+        "any edge its best point sat on until the best was interior or the next line would leave lr ∈ "
+        f"[{p['brute_lr_caps'][0]:g}, {p['brute_lr_caps'][1]:g}], λ ∈ [{p['brute_wd_caps'][0]:g}, "
+        f"{p['brute_wd_caps'][1]:g}]: it ended {_brute_shape(grid)}, best point {search.brute_status}; the best "
+        "point refined along each axis by a parabola in log space through its neighbours.",
         f"- Seeds: every search and brute-force run uses seed {p['search_seed']} (initialisation and data order); "
         f"the telescoped choice and the brute-force grid's best point are trained again at d={grid.width} with "
         f"the fresh seeds {', '.join(map(str, p['check_seeds']))} (no selection bias). Seed noise is the sample "
@@ -313,7 +328,8 @@ def telescope_analysis(search: Search, p: Mapping[str, Any], out: Path) -> Analy
         "levels": rows, "choice": search.choice,
         "final": {"width": final_width, "loss": final_loss(search.final), "wall_s": _wall(search.final)},
         "brute": {"width": grid.width, "spacing": grid.spacing, "best": best_point(grid.points, brute_losses),
-                  "refined": refined, "edge": edge, "losses": brute_losses},
+                  "refined": refined, "edge": edge, "status": search.brute_status, "shape": _brute_shape(grid),
+                  "points": list(grid.points), "losses": brute_losses},
         "distance_fine_cells": distance, "distance_brute_cells": coarse,
         "seed_noise": {arm: asdict(v) for arm, v in arms.items()} | {
             "telescoped_minus_brute": d.as_dict(), "noise": arms["brute"].std, "within_noise": checks[1].agrees},
@@ -343,10 +359,11 @@ def analyse(finished: Finished) -> Analysis:
     p, runs = finished.params, finished.runs
     grids, choice = levels(p, runs)
     seed = p["search_seed"]
-    grid = brute_grid(p)
+    grid, status = brute_grid(p, runs)
     search = Search(
         levels=[(level, [runs[n] for n in level_names(level, seed)]) for level in grids],
         brute=(grid, [runs[n] for n in brute_names(grid, seed)]),
+        brute_status=status,
         final=runs[final_name(p)],
         choice=choice,
         checks={arm: [runs[check_name(arm, p, s)] for s in p["check_seeds"]] for arm in ("telescoped", "brute")},
