@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import errno
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -74,6 +75,30 @@ def test_a_second_report_into_the_same_folder_stops_at_once_naming_the_first(fin
         assert checksums(tmp_path) == before
     assert code == 2
     assert f"{out} is being written by process " in err and "(muonlab report runs/a --out report)" in err
+
+
+def test_a_rank_that_checks_the_folder_while_rank_0_claims_it_goes_on(corpus, tmp_path, monkeypatch):
+    """Under torchrun every rank checks the run folder while rank 0 claims it; a rank that looks in the
+    instant rank 0's marker exists only under its temporary name must not take that file for a stranger's
+    (it did: that rank stopped, and torchrun restarted or failed the whole launch)."""
+    from muonlab.rundir.ownership import MARKER_FILE
+    from muonlab.train.config import TrainConfig
+    from muonlab.train.run_folder import check_run_folder, hold_run_folder
+
+    monkeypatch.delenv("RANK", raising=False)  # this process is rank 0, the one that claims
+    config = TrainConfig(**values(corpus, tmp_path / "run"))
+    replace, seen = os.replace, []
+
+    def another_rank_looks_first(src, dst):
+        if Path(dst).name == MARKER_FILE:  # the marker is written but not yet renamed into place
+            seen.append(sorted(os.listdir(Path(dst).parent)))
+            check_run_folder(config)  # what rank 1 runs before it joins the process group
+        replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", another_rank_looks_first)
+    with hold_run_folder(config, "muonlab train") as run_dir:
+        assert (run_dir / MARKER_FILE).is_file()
+    assert seen == [[f".{MARKER_FILE}.tmp-{os.getpid()}"]]
 
 
 def test_a_folder_muonlab_did_not_write_is_refused(corpus, muonlab_cache, tmp_path, capsys):

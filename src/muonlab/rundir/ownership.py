@@ -5,7 +5,9 @@ A folder muonlab writes (a run folder, a report folder, an export) carries muonl
 :func:`claim_folder` creates a folder with its marker, marks an empty folder, and refuses any other
 non-empty folder, so a file that muonlab did not write is never replaced. A run folder written by a
 muonlab from before the marker (its ``config.json`` is muonlab's run record) is recognised and
-marked.
+marked. The marker is written under a temporary name and renamed into place; that name counts as
+muonlab's too, because under ``torchrun`` the other ranks check the folder while rank 0 claims it
+and may see the folder at that instant.
 
 :func:`folder_lock` holds an exclusive advisory lock (``fcntl.flock``) on ``<folder>/.muonlab.lock``
 while a process writes the folder; the kernel releases it when the process ends, killed or not, so
@@ -27,6 +29,8 @@ __all__ = ["LOCK_FILE", "MARKER_FILE", "STUDY_LOG_FILE", "FolderBusyError", "Fol
 
 MARKER_FILE = ".muonlab"
 LOCK_FILE = ".muonlab.lock"
+MARKER_TEMP_PREFIX = f".{MARKER_FILE}.tmp-"
+"""How the marker's temporary file is named (then the writer's pid) until it is renamed to ``MARKER_FILE``."""
 MARKER_FORMAT = 1
 STUDY_LOG_FILE = "train.log"
 """The log a study's runner opens in a run folder before the run in it starts (and claims the folder)."""
@@ -89,7 +93,7 @@ def is_run_folder(folder: str | os.PathLike) -> bool:
 
 
 def _write_marker(folder: Path, kind: str) -> None:
-    tmp = folder / f".{MARKER_FILE}.tmp-{os.getpid()}"
+    tmp = folder / f"{MARKER_TEMP_PREFIX}{os.getpid()}"
     tmp.write_text(json.dumps({"muonlab": kind, "format": MARKER_FORMAT}) + "\n")
     os.replace(tmp, folder / MARKER_FILE)
 
@@ -112,7 +116,10 @@ def check_folder(folder: str | os.PathLike, kind: str, option: str = "the folder
     existing = folder_kind(path)
     if existing is None:
         try:
-            entries = [p.name for p in path.iterdir() if p.name not in (LOCK_FILE, STUDY_LOG_FILE)]
+            # A marker still under its temporary name: another process (rank 0 of this launch) is claiming
+            # the folder right now, so it is muonlab's, not a stranger's file.
+            entries = [p.name for p in path.iterdir()
+                       if p.name not in (LOCK_FILE, STUDY_LOG_FILE) and not p.name.startswith(MARKER_TEMP_PREFIX)]
         except OSError as err:
             raise FolderError(f"{option} {path} cannot be read: {err.strerror} (choose a folder you may read and "
                               "write)") from None
