@@ -190,6 +190,33 @@ def test_calibration_cache_is_per_machine(tmp_path, monkeypatch):
     assert set(stored) == {"cpu A"} and stored["cpu A"][key] == dataclasses.asdict(_measurement(2))
 
 
+def test_a_probe_measured_on_a_busy_cpu_is_used_once_said_and_not_cached(tmp_path, monkeypatch):
+    config = TrainConfig(model="tiny", seq_len=32, batch_size=4)
+    key = probe_key(config, 1)
+    starved = dataclasses.replace(_measurement(2.0), cpu_share=0.45)  # another process held the core half the time
+    monkeypatch.setattr(calibration, "_probe_batch", lambda configs: [starved] * len(configs))
+    said = []
+    assert calibration.calibrate([config], 1, cache_dir=tmp_path, say=said.append) == {key: starved}
+    assert "busy" in said[-1] and "45%" in said[-1] and "not cached" in said[-1]
+    assert cached_measurements([key], cache_dir=tmp_path) == {}
+    assert not starved.busy("cuda")  # a GPU probe's CPU share says nothing about the GPU
+    idle = dataclasses.replace(starved, cpu_share=0.97)
+    monkeypatch.setattr(calibration, "_probe_batch", lambda configs: [idle] * len(configs))
+    said.clear()
+    assert calibration.calibrate([config], 1, cache_dir=tmp_path, say=said.append) == {key: idle}
+    assert not any("busy" in line for line in said) and cached_measurements([key], cache_dir=tmp_path) == {key: idle}
+
+
+def test_a_cached_probe_without_its_cpu_share_is_measured_again(tmp_path, monkeypatch):
+    """Entries cached before probes recorded their CPU share may come from a busy machine: they count as missing."""
+    config = TrainConfig(model="tiny", seq_len=32, batch_size=4)
+    key = probe_key(config, 1)
+    monkeypatch.setattr(calibration, "machine_key", lambda device: "cpu A")
+    old = {k: v for k, v in dataclasses.asdict(_measurement(2.0)).items() if k != "cpu_share"}
+    (tmp_path / calibration.CACHE_FILE).write_text(json.dumps({"cpu A": {key: old}}))
+    assert cached_measurements([key], cache_dir=tmp_path) == {}
+
+
 def test_measure_times_a_real_tiny_run(tiny_corpus, muonlab_cache, single_thread):
     import time
 

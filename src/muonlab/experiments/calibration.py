@@ -9,6 +9,13 @@ mutual slowdown. Results are cached in ``$MUONLAB_CACHE/calibration.json`` under
 model, core count, torch version, GPU) and the probe's speed-relevant config, so a later
 ``--dry-run`` or ``--list`` on this machine measures nothing again.
 
+A probe on a CPU that other work is using measures a slower machine, and a cached slow probe would
+inflate every later estimate (on the 2-core development machine, probes taken beside a training study
+read 1.7–2.2× the quiet step time). So each probe also records the CPU time its process got per second
+of its timed steps (``cpu_share``: ≥ 1 on an idle machine, since the main thread computes throughout); a
+CPU probe below ``BUSY_CPU_SHARE`` is used for the estimate at hand, said to be from a busy machine, and
+not cached.
+
 ``python -m muonlab.experiments.calibration CONFIG_JSON LAUNCHED_AT`` is one probe; it prints its
 ``Measurement`` as one JSON line.
 """
@@ -31,9 +38,11 @@ from ..train.config import TrainConfig
 from .provenance import machine_key
 from .runner import child_command
 
-__all__ = ["CACHE_FILE", "Measurement", "calibrate", "cached_measurements", "measure", "probe_key"]
+__all__ = ["BUSY_CPU_SHARE", "CACHE_FILE", "Measurement", "calibrate", "cached_measurements", "measure", "probe_key"]
 
 CACHE_FILE = "calibration.json"
+BUSY_CPU_SHARE = 0.8
+"""A CPU probe whose process got less CPU time than this per second of its timed steps was sharing the cores."""
 # TrainConfig fields that do not change the time of a step, an evaluation or a checkpoint.
 _NOT_SPEED = frozenset({
     "run_dir", "resume", "seed", "lr", "weight_decay", "train_tokens", "warmup_steps", "final_lr_ratio",
@@ -46,7 +55,8 @@ _NOT_SPEED = frozenset({
 @dataclass(frozen=True)
 class Measurement:
     """Seconds: process start-up, set-up (data, model, optimizer), first step, later step (mean), a
-    telemetry step, one evaluation, one checkpoint."""
+    telemetry step, one evaluation, one checkpoint; and the CPU seconds the process got per second of
+    its later steps (``cpu_share``, see the module docstring)."""
 
     startup_s: float
     build_s: float
@@ -55,6 +65,11 @@ class Measurement:
     telemetry_step_s: float
     eval_s: float
     checkpoint_s: float
+    cpu_share: float = 1.0
+
+    def busy(self, device: str) -> bool:
+        """Whether this probe ran on a CPU that other work was using (GPU probes are never judged so)."""
+        return device != "cuda" and self.cpu_share < BUSY_CPU_SHARE
 
 
 def probe_key(config: TrainConfig, workers: int) -> str:
@@ -109,16 +124,18 @@ def measure(config: TrainConfig, launched_at: float, min_time_s: float = 3.0, ma
         training.optimizer.zero_grad(set_to_none=True)
 
     first_step_s = _timed(step, device)
-    steps, elapsed = 0, 0.0
+    steps, elapsed, cpu_started = 0, 0.0, time.process_time()
     while steps < 3 or (elapsed < min_time_s and steps < max_steps):
         elapsed += _timed(step, device)
         steps += 1
+    cpu_share = (time.process_time() - cpu_started) / elapsed
     telemetry_step_s = _timed(lambda: step(telemetry=True), device)
     eval_s = _timed(lambda: evaluate(training.model, training.data, config, device), device)
     with tempfile.TemporaryDirectory() as folder:
         state = {"tokens": 0, "wall_s": 0.0, "loader": training.loader.state_dict()}
         checkpoint_s = _timed(lambda: save_checkpoint(folder, 1, training.model, training.optimizer, state), device)
-    return Measurement(startup_s, build_s, first_step_s, elapsed / steps, telemetry_step_s, eval_s, checkpoint_s)
+    return Measurement(startup_s, build_s, first_step_s, elapsed / steps, telemetry_step_s, eval_s, checkpoint_s,
+                       cpu_share)
 
 
 def _cache_path(cache_dir: Path | None) -> Path:
@@ -180,7 +197,8 @@ def calibrate(configs: list[TrainConfig], workers: int, cache_dir: Path | None =
     """Measurements for ``configs`` (by ``probe_key``), probing those not cached for this machine.
 
     Probes run ``workers`` at a time; a last batch with fewer probes is filled with repeats so each
-    probe shares the machine as a study's runs do (the repeats' measurements are discarded).
+    probe shares the machine as a study's runs do (the repeats' measurements are discarded). A probe
+    measured on a busy CPU (``Measurement.busy``) is returned but not cached, and said so.
     """
     keyed = {probe_key(c, workers): c for c in configs}
     device = configs[0].device if configs else "cpu"
@@ -193,7 +211,13 @@ def calibrate(configs: list[TrainConfig], workers: int, cache_dir: Path | None =
         batch = missing[i:i + workers]
         padded = [batch[j % len(batch)][1] for j in range(max(workers, len(batch)))]
         measured = dict(zip((k for k, _ in batch), _probe_batch(padded)))
-        _store(_cache_path(cache_dir), device, measured)
+        busy = {k: m for k, m in measured.items() if m.busy(device)}
+        if busy:
+            share = min(m.cpu_share for m in busy.values())
+            say(f"the CPU is busy: a probe got {share:.0%} of a core's time while timing its steps (an idle machine "
+                f"gives ≥ {BUSY_CPU_SHARE:.0%}), so this estimate is probably high; {len(busy)} probe(s) not "
+                "cached: a dry run on an idle machine measures them again")
+        _store(_cache_path(cache_dir), device, {k: m for k, m in measured.items() if k not in busy})
         found.update(measured)
     return found
 
