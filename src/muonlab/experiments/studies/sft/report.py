@@ -4,7 +4,8 @@ Each cell's chosen lr is its sweep's (the best mean over fully seeded lrs); the 
 final fine-tuning validation loss}`` there. Verdicts are paired over seeds (``muonlab.analysis.paired``):
 Muon/Muon against the best other cell, and, for the mismatched pair, Muon SFT − AdamW SFT on the AdamW
 base, which agrees with "no significant advantage" when its 95 % interval lies above −``NO_ADVANTAGE_MARGIN``.
-The bases' paired loss difference says whether they were matched.
+AdamW's base is searched to match Muon's (``plan.base_search``); the chosen bases' paired loss difference
+says whether they were matched.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from ....analysis.runs import Run
 from ...protocol import ClaimCheck, by_seed, claim_section, epochs, paired
 from ...study import Analysis, Finished
 from . import plots
-from .plan import CELLS, OPTIMIZERS, losses_from, pretrain_name, pretrain_tokens, sweep_name, sweeps
+from .plan import CELLS, OPTIMIZERS, base_search, losses_from, pretrain_name, pretrain_tokens, sweep_name, sweeps
 
 __all__ = ["NO_ADVANTAGE_MARGIN", "analyse", "cell_runs", "claims"]
 
@@ -89,28 +90,45 @@ def _sweep_table(state: Mapping[tuple[str, str], Bracket], runs: Mapping[str, Ru
     return "\n".join(lines)
 
 
-def _base_match(p: Mapping[str, Any], runs: Mapping[str, Run]) -> tuple[PairedDifference | None, str]:
-    bases = {o: by_seed(runs[pretrain_name(o, s)] for s in p["seeds"] if pretrain_name(o, s) in runs)
-             for o in OPTIMIZERS}
-    d = paired(bases["muon"], bases["adamw"])
-    text = ("no base of both optimizers" if d is None else
-            f"AdamW base ({p['adamw_pretrain_multiple']:g}× Muon's tokens) − Muon base = {d.text()}"
-            + (": the bases are not matched; the fine-tuning comparison carries their gap" if d.separated else
-               ": not separated, the bases are matched within the seeds' noise"))
-    return d, text
+def _bases(p: Mapping[str, Any], runs: Mapping[str, Run], multiple: float) -> dict[str, list[Run]]:
+    """Each pretraining optimizer's finished bases, AdamW's at ``multiple``."""
+    return {o: [runs[n] for s in p["seeds"] if (n := pretrain_name(o, s, multiple)) in runs] for o in OPTIMIZERS}
 
 
-def _setting(p: Mapping[str, Any], runs: Mapping[str, Run]) -> str:
-    pre = [runs[pretrain_name(o, s)] for s in p["seeds"] for o in OPTIMIZERS if pretrain_name(o, s) in runs]
+def _base_match(p: Mapping[str, Any], runs: Mapping[str, Run]) -> tuple[PairedDifference | None, str, dict]:
+    """The chosen bases' paired difference (AdamW − Muon), a sentence, and the search as numbers."""
+    multiples, chosen = base_search(p, runs)
+    muon = by_seed(_bases(p, runs, 1.0)["muon"])
+    tried = {m: paired(muon, by_seed(_bases(p, runs, m)["adamw"])) for m in multiples}
+    search = {"multiples": multiples, "chosen": chosen, "tolerance": p["base_tolerance"],
+              "gaps": {f"{m:g}": d.mean for m, d in tried.items() if d is not None}}
+    d = tried.get(chosen) if chosen is not None else None
+    if d is None:
+        return None, "the AdamW base search did not finish", search
+    steps = ", ".join(f"{m:g}× {tried[m].mean:+.4f}" for m in multiples if tried[m] is not None)
+    matched = abs(d.mean) <= p["base_tolerance"]
+    text = (f"AdamW bases at {steps} nats from Muon's (mean gap per multiple of Muon's tokens); chosen "
+            f"{chosen:g}×: AdamW base − Muon base = {d.text()}: "
+            + (f"matched (mean gap within ±{p['base_tolerance']:g} nats)" if matched else
+               f"not matched within ±{p['base_tolerance']:g} nats after {len(multiples)} multiples (the closest is "
+               "used; the fine-tuning comparison carries the gap)"))
+    return d, text, search
+
+
+def _setting(p: Mapping[str, Any], runs: Mapping[str, Run], chosen: float | None) -> str:
+    bases = _bases(p, runs, chosen or 1.0)
+    pre = bases["muon"] + bases["adamw"]
     tuned = [r for r in runs.values() if r.name.startswith("sft-")]
     pre_epochs = [e for e in (epochs(r) for r in pre) if e is not None]
     sft_epochs = [e for e in (epochs(r) for r in tuned) if e is not None]
+    adamw = (f"AdamW {pretrain_tokens(p, chosen):,} ({chosen:g}×, the multiple that matched Muon's base loss best)"
+             if chosen else "AdamW: base search unfinished")
     return "\n".join([
         f"- Pretraining: {pre[0].config.get('model')} model (d_model {p['d_model'] or 'preset'}), "
-        f"{p['pretrain_corpus']} corpus, BPE vocabulary {p['vocab_size']}; Muon {pretrain_tokens(p, 'muon'):,} "
-        f"tokens, AdamW {pretrain_tokens(p, 'adamw'):,} ({p['adamw_pretrain_multiple']:g}×, to match Muon's base "
-        "loss)" + (f" (at most {max(pre_epochs):.2f} epochs)" if pre_epochs else "") + f", cosine schedule, lr "
-        f"{p['lr']:g} and weight decay {p['weight_decay']:g} for both optimizers (Muon reuses AdamW's, §2.2).",
+        f"{p['pretrain_corpus']} corpus, BPE vocabulary {p['vocab_size']}; Muon {pretrain_tokens(p):,} "
+        f"tokens, {adamw}" + (f" (at most {max(pre_epochs):.2f} epochs)" if pre_epochs else "") + ", cosine "
+        f"schedule, lr {p['lr']:g} and weight decay {p['weight_decay']:g} for both optimizers (Muon reuses AdamW's, "
+        "§2.2).",
         f"- Fine-tuning: built-in python-functions set (signature + docstring → body; loss on the body only), "
         f"tokenized with the pretrained model's English BPE, {p['sft_tokens']:,} tokens per run"
         + (f" ({max(sft_epochs):.2f} epochs)" if sft_epochs else "") + f", no warmup, linear decay to 0 "
@@ -126,7 +144,7 @@ def analyse(finished: Finished) -> Analysis:
     by_cell, state = cell_runs(p, runs)
     losses = {cell: by_seed(rs.values()) for cell, rs in by_cell.items()}
     checks = claims(losses) if set(losses) == set(CELLS) else []
-    base, base_text = _base_match(p, runs)
+    base, base_text, search = _base_match(p, runs)
     groups = {_label(c): list(rs.values()) for c, rs in by_cell.items()}
     figures = [
         ("Final fine-tuning validation loss per cell (mean ± std over seeds)",
@@ -138,15 +156,14 @@ def analyse(finished: Finished) -> Analysis:
                                         and (n := sweep_name(*c, lr, s)) in runs} for c, sweep in state.items()},
                           out / "sft_lr_sweep.png")),
         ("Pretraining validation loss per optimizer",
-         plots.plot_curves({o: [runs[pretrain_name(o, s)] for s in p["seeds"] if pretrain_name(o, s) in runs]
-                            for o in OPTIMIZERS}, out / "pretrain_curves.png")),
+         plots.plot_curves(_bases(p, runs, search["chosen"] or 1.0), out / "pretrain_curves.png")),
     ]
     means = {c: float(np.mean(list(v.values()))) for c, v in losses.items()}
     results = {
         "cells": {f"{pre}->{sft}": {"lr": state[(pre, sft)].best, "status": state[(pre, sft)].status,
                                     "by_seed": {str(s): v for s, v in losses.get((pre, sft), {}).items()}}
                   for pre, sft in CELLS},
-        "base_adamw_minus_muon": base.as_dict() if base else None,
+        "base_adamw_minus_muon": base.as_dict() if base else None, "base_search": search,
         "claims": [c.__dict__ for c in checks], "claims_agree": [c.agrees for c in checks],
     }
     table = ["| pretrain \\ SFT | AdamW | Muon |", "|---|---|---|"]
@@ -159,6 +176,6 @@ def analyse(finished: Finished) -> Analysis:
                  + f"\n\nBases: {base_text}."),
                 ("Paper claim vs small-scale result", "Verdicts are paired over seeds (95 % t interval of the per-seed "
                  "differences).\n\n" + claim_section(checks)),
-                ("Setting", _setting(p, runs)),
+                ("Setting", _setting(p, runs, search["chosen"])),
                 ("Learning-rate sweeps", _sweep_table(state, runs, p["seeds"]))]
     return Analysis(results=results, sections=sections, figures=figures, summary=summary)
