@@ -180,6 +180,18 @@ def test_under_torchrun_an_error_prints_once_unless_it_differs_by_rank(values, l
     assert len(errors) == lines and all(e.startswith("muonlab train: error: lr must be >= 0") for e in errors)
 
 
+def test_under_torchrun_a_restarted_attempt_prints_its_error_again(monkeypatch, tmp_path, capsys):
+    """torchrun restarts failed workers under the same run id and launcher: the second attempt's error is news."""
+    from muonlab.console import say_once
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("TORCHELASTIC_RUN_ID", f"test-{os.getpid()}-{tmp_path.name}")
+    for attempt in ("0", "0", "1", "1"):  # two ranks per attempt
+        monkeypatch.setenv("TORCHELASTIC_RESTART_COUNT", attempt)
+        say_once("muonlab train: error: the same failure")
+    assert capsys.readouterr().err.splitlines() == ["muonlab train: error: the same failure"] * 2
+
+
 def test_under_torchrun_a_warning_prints_once_unless_it_differs_by_rank(monkeypatch, tmp_path, capsys):
     """Warnings take the errors' path: the ranks of one launch (same launcher, same run id; simulated in
     this process) that warn the same text show it once, muonlab's as ``muonlab CMD: warning:`` lines and

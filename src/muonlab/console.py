@@ -4,7 +4,9 @@ Every process of a launch runs the same command, so an error in the config or th
 each and would print N times. :func:`say_once` prints a message on the first process to reach it
 and skips it on the others when their text is the same (messages that differ by rank all print):
 each process claims the message by creating a file named by the launch and the message's hash
-(``O_EXCL``, so exactly one process wins) in a per-user temporary folder. Processes on other nodes
+(``O_EXCL``, so exactly one process wins) in a per-user temporary folder. A launch is one attempt of
+torchrun's (run id, launcher, restart count): when torchrun restarts its workers and they fail again
+with the same text, the new attempt prints it too. Processes on other nodes
 do not share that folder, so a multi-node launch prints once per node. The command line routes
 Python warnings through it too (``muonlab.cli``).
 """
@@ -28,7 +30,8 @@ def in_launch() -> bool:
 
 def _claim(message: str) -> bool:
     """Whether this process is the first of its launch to print ``message`` (True when that cannot be told)."""
-    launch = f"{os.environ.get('TORCHELASTIC_RUN_ID', 'none')}-{os.getppid()}"  # the launcher is the parent
+    launch = (f"{os.environ.get('TORCHELASTIC_RUN_ID', 'none')}-{os.getppid()}"  # the launcher is the parent
+              f"-{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}")
     digest = hashlib.sha256(message.encode()).hexdigest()[:20]
     folder = Path(tempfile.gettempdir()) / f"muonlab-messages-{getattr(os, 'getuid', lambda: 0)()}"
     try:
