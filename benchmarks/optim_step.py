@@ -14,7 +14,9 @@ Matrix sets:
 ``--variants`` times, in the same interleaved loop, plain Moonlight Muon against each refinement
 (cautious weight decay, NorMuon, per-head blocks — 64-row heads of the fused QKV, 64-column heads of
 the attention output — and all three) and prints each one's step time as a ratio to plain Muon's,
-side by side, with per-head's Newton–Schulz FLOPs against whole-matrix's.
+side by side, with per-head's Newton–Schulz FLOPs against whole-matrix's. Cautious decay runs as
+``Muon`` does by default, in one compiled pass (``muonlab.optim.fused``, compiled in the untimed
+first step), and as ``+cautious eager`` with ``compile=False``.
 
 Also printed: the bf16 matmul peak measured on this machine, the Newton–Schulz GFLOP/s achieved
 (FLOPs actually executed, from ``ns_flops``), and the optimizer-state bytes per algorithm.
@@ -64,6 +66,7 @@ CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
 VARIANTS = {
     "moonlight": ({}, False),
     "+cautious": ({"cautious_wd": True}, False),
+    "+cautious eager": ({"cautious_wd": True, "compile": False}, False),
     "+normuon": ({"normuon": True}, False),
     "+per_head": ({}, True),
     "all three": ({"cautious_wd": True, "normuon": True}, True),
@@ -192,7 +195,7 @@ def bench_variants(name: str, device: torch.device, repeats: int, clock=time.per
     for label, ts in times.items():
         pairs = sorted(t / b for t, b in zip(ts, times["moonlight"]))
         ratios[label] = statistics.median(ts) / base
-        print(f"  {label:10s} {statistics.median(ts) * 1e3:9.1f} ms   x{ratios[label]:.3f}   "
+        print(f"  {label:15s} {statistics.median(ts) * 1e3:9.1f} ms   x{ratios[label]:.3f}   "
               f"pairs {statistics.median(pairs):.3f} ({pairs[0]:.3f}-{pairs[-1]:.3f})")
     whole, heads = _block_ns_flops(name, False), _block_ns_flops(name, True)
     print(f"  Newton-Schulz FLOPs: whole matrices {whole / 1e9:.1f} GFLOP, per-head {heads / 1e9:.1f} GFLOP "

@@ -95,6 +95,9 @@ class Muon(torch.optim.Optimizer):
         cautious_wd: cautious weight decay (Chen et al., arXiv 2510.12402): decay only the
             coordinates where the update and the weight have the same sign,
             ``W ← W − lr·(U + λ·𝟙(U⊙W ≥ 0)⊙W)``; for Muon and AdamW groups alike.
+        compile: with ``cautious_wd``, apply a Muon matrix's cautious decay and update in one element-wise
+            pass that ``torch.compile`` fuses (:mod:`muonlab.optim.fused`; compiled on the first step,
+            eager where compiling fails). ``False`` keeps every step eager. Plain decay is eager always.
 
     A Muon group may also say how its matrices are cut into blocks that are orthogonalized, normalized
     and scaled each on its own (per-head Muon; :mod:`muonlab.optim.blocks`): ``"blocks"`` (row blocks of
@@ -133,8 +136,12 @@ class Muon(torch.optim.Optimizer):
         normuon_beta2: float = hp.NORMUON_BETA2,
         normuon_eps: float = 1e-8,
         cautious_wd: bool = False,
+        compile: bool = True,
     ) -> None:
         policy = NonFinitePolicy(nonfinite)
+        if not isinstance(compile, bool):
+            raise ValueError(f"Muon's compile must be True or False, got {compile!r}")
+        self.compile = compile
         check_number("Muon", "max_grad_norm (0 disables clipping)", max_grad_norm, 0.0)
         defaults = dict(
             lr=lr,

@@ -23,8 +23,8 @@ import torch
 from .newton_schulz import get_coefficient_set
 from .scaling import DEFAULT_UPDATE_RMS, SCALE_RULES, logical_matrix_shape, update_scale
 
-__all__ = ["reference_adamw_step", "reference_muon_step", "reference_newton_schulz", "reference_polar",
-           "reference_variant_step"]
+__all__ = ["reference_adamw_step", "reference_decoupled_update", "reference_muon_step", "reference_newton_schulz",
+           "reference_polar", "reference_variant_step"]
 
 
 def reference_polar(G: torch.Tensor) -> torch.Tensor:
@@ -113,9 +113,17 @@ def reference_adamw_step(
     m_hat = m / (1 - b1**step)
     v_hat = v / (1 - b2**step)
     u = m_hat / (v_hat.sqrt() + eps)
-    decay = W * (u * W >= 0) if cautious else W
-    W = W - lr * (u + weight_decay * decay)
-    return W, m, v
+    return reference_decoupled_update(W, u, lr=lr, weight_decay=weight_decay, cautious=cautious), m, v
+
+
+def reference_decoupled_update(param: torch.Tensor, update: torch.Tensor, *, lr: float, weight_decay: float,
+                               cautious: bool = False) -> torch.Tensor:
+    """``W − lr·(U + λ·D)`` in float64 with ``U`` the scaled update: decoupled decay ``D = W``, or with
+    ``cautious`` ``D = 𝟙(U ⊙ W ≥ 0) ⊙ W`` (Chen et al., arXiv 2510.12402, Algorithm 1: a coordinate
+    where ``U`` or ``W`` is 0 decays)."""
+    W, U = param.double(), update.double()
+    D = W * (U * W >= 0) if cautious else W
+    return W - lr * (U + weight_decay * D)
 
 
 def _edges(sizes) -> list[tuple[int, int]]:
@@ -183,8 +191,7 @@ def reference_variant_step(
                 U[r0:r1, c0:c1] = update_rms * (m * n) ** 0.5 / O_hat.norm() * O_hat
             else:
                 U[r0:r1, c0:c1] = update_rms * max(m, n) ** 0.5 * O
-    D = W * (U * W >= 0) if cautious else W
-    W = W - lr * (U + weight_decay * D)
+    W = reference_decoupled_update(W, U, lr=lr, weight_decay=weight_decay, cautious=cautious)
     if transposed:
         W, M = W.T, M.T
     return W, M, v if normuon else None

@@ -34,8 +34,8 @@ import torch
 
 from .scaling import SCALE_RULES
 
-__all__ = ["adamw_", "cautious_mask", "decoupled_update_", "exchange_dtypes", "holder_scale", "momentum_",
-           "newton_schulz_input_", "normuon_", "unit_rms_"]
+__all__ = ["adamw_", "cautious_mask", "cautious_update", "decoupled_update_", "exchange_dtypes", "holder_scale",
+           "momentum_", "newton_schulz_input_", "normuon_", "unit_rms_"]
 
 
 def momentum_(buf: torch.Tensor, grad: torch.Tensor, momentum: float) -> None:
@@ -112,6 +112,23 @@ def decoupled_update_(param: torch.Tensor, update: torch.Tensor, lr: float, weig
         else:
             param.addcmul_(param, mask, value=-lr * weight_decay)
     param.add_(update, alpha=-lr * scale)
+
+
+def cautious_update(param: torch.Tensor, update: torch.Tensor, lr: float, weight_decay: float,
+                    scale: float) -> torch.Tensor:
+    """Cautious weight decay and the update as one out-of-place element-wise expression (Chen et al.,
+    arXiv 2510.12402, Algorithm 1), in the dtype ``param`` and ``update`` promote to::
+
+        W − lr·(s·Õ + λ·𝟙(Õ ⊙ W ≥ 0) ⊙ W)  =  (W + (−lr·λ)·(mask ⊙ W)) + (−lr·s)·Õ
+
+    the arithmetic of :func:`cautious_mask` then :func:`decoupled_update_` (a product ``Õ ⊙ W`` of 0,
+    where ``Õ = 0`` or ``W = 0``, decays), up to their rounding of the last sum. The learning rate
+    and coefficients multiply as tensors, never as ``alpha=``/``value=`` arguments, so that a
+    compiler keeps them as inputs instead of constants (:mod:`muonlab.optim.fused`)."""
+    wide = torch.promote_types(param.dtype, update.dtype)
+    W, O = param.to(wide), update.to(wide)
+    mask = (O * W).ge(0).to(wide)
+    return W + W * mask * (-lr * weight_decay) + O * (-lr * scale)
 
 
 def adamw_(params: list[torch.Tensor], grads: list[torch.Tensor], exp_avgs: list[torch.Tensor],

@@ -127,7 +127,8 @@ class TrainConfig:
                               "a 20B-token schedule); must be >= train_tokens")
     # numerics and speed
     dtype: str = _f("bf16", "autocast dtype for forward/backward (master weights stay fp32)", DTYPES)
-    compile: bool = _f(False, "torch.compile the model")
+    compile: bool = _f(False, "torch.compile the model, and with cautious_wd the optimizer's fused decay and update "
+                              "(muonlab.optim.fused)")
     device: str = _f("auto", "'auto' (cuda if available), 'cpu' or 'cuda'", DEVICES)
     seed: int = _f(0, "seed for initialisation and data order")
     threads: int = _f(0, "CPU threads for torch (0: torch's default, all cores)")

@@ -25,6 +25,7 @@ import torch
 from ..blocks import Blocks, parse_blocks
 from ..distributed.layouts import MatrixParam, UnitOf
 from ..distributed.owners import OwnerCompute, Unit
+from ..fused import fused_cautious_update_
 from ..gradients import NonFinitePolicy, update_limit
 from ..newton_schulz import choose_method, get_coefficient_set, ns_flops, orthogonalize
 from ..scaling import SCALE_RULES, stored_matrix_shape
@@ -222,6 +223,7 @@ class Engine:
             O_b ← O_b / RMS(O_b)                         unit_rms_            (owner, scale="update_norm")
             U_b = s(shape of b) · O_b                    scale_rule           (owner if blocks differ in shape)
             W ← W − lr·(U + λ·𝟙(U⊙W ≥ 0)⊙W)              decoupled_update_    (every holder; mask if cautious_wd)
+                                                         or fused_cautious_update_ (cautious_wd, compile: one pass)
 
         ``place`` (the engine) says only where the pieces, owners and state are; the math is the
         pure functions of :mod:`muonlab.optim.update_rule`, the same on every engine and mesh.
@@ -252,11 +254,14 @@ class Engine:
             for u, piece in results.items():
                 k, target = where[u].param, place.target(u)
                 group, update = self.group(k), piece.view(target.shape)
-                mask = cautious_mask(update, target) if group.get("cautious_wd") else None
+                scale, cautious = holder_scale(units[u].key, group), group.get("cautious_wd")
+                if (cautious and telemetry is None and self.opt.compile and group["weight_decay"] != 0.0
+                        and fused_cautious_update_(target, update, group["lr"], group["weight_decay"], scale)):
+                    continue  # one compiled pass; telemetry steps keep the eager mask to count it
+                mask = cautious_mask(update, target) if cautious else None
                 if telemetry is not None and mask is not None:
                     telemetry.add_decayed("muon", mask)
-                decoupled_update_(target, update, group["lr"], group["weight_decay"],
-                                  holder_scale(units[u].key, group), mask)
+                decoupled_update_(target, update, group["lr"], group["weight_decay"], scale, mask)
 
         place.executor.run(write_input, on_owner, apply, place.device)
 
