@@ -137,16 +137,22 @@ def test_parabola_vertex_and_the_refined_grid_optimum():
     assert refined["weight_decay"] == pytest.approx(0.4)
 
 
+def _grown_brute(tmp_path, p: dict, wd_optimum: float):
+    """Every run of the study on a bowl with its optimum at lr 0.02 and λ ``wd_optimum`` (any width), until the
+    plan stops growing; the finished runs and the brute-force grid with its status."""
+    def bowl(width, lr, wd):
+        return 2.0 + math.log(lr / 0.02) ** 2 + math.log(wd / wd_optimum) ** 2
+    study, done = get_study("telescope"), {}
+    while _finish(study.planned(p, tmp_path, {}, done), done, bowl):
+        pass
+    return done, telescope.brute_grid(p, done)
+
+
 def test_a_brute_force_optimum_below_the_box_grows_the_grid_line_by_line_until_it_is_interior(tmp_path):
     """λ's optimum 0.006 lies below the box (0.0177–0.566): the grid grows by whole λ lines 0.0088, 0.0044 and
     λ 0.0022 (there 0.0044 is interior), each waiting for the line before; the seed-noise runs wait for them."""
     study, p = get_study("telescope"), _params()
-    def below(width, lr, wd):
-        return 2.0 + math.log(lr / 0.02) ** 2 + math.log(wd / 0.006) ** 2
-    done: dict[str, Run] = {}
-    while _finish(study.planned(p, tmp_path, {}, done), done, below):
-        pass
-    grid, status = telescope.brute_grid(p, done)
+    done, (grid, status) = _grown_brute(tmp_path, p, wd_optimum=0.006)
     wds = sorted({q["weight_decay"] for q in grid.points})
     assert status == "interior" and len(grid.points) == 6 * 9
     assert wds[:4] == pytest.approx([0.1 * 2**-5.5, 0.1 * 2**-4.5, 0.1 * 2**-3.5, 0.1 * 2**-2.5])
@@ -164,13 +170,8 @@ def test_a_brute_force_optimum_below_the_box_grows_the_grid_line_by_line_until_i
 
 
 def test_a_brute_force_optimum_past_the_cap_is_reported_at_the_cap(tmp_path):
-    study, p = get_study("telescope"), _params(brute_wd_caps=(0.005, 2.0))
-    def below(width, lr, wd):
-        return 2.0 + math.log(lr / 0.02) ** 2 + math.log(wd / 0.001) ** 2
-    done: dict[str, Run] = {}
-    while _finish(study.planned(p, tmp_path, {}, done), done, below):
-        pass
-    grid, status = telescope.brute_grid(p, done)
+    p = _params(brute_wd_caps=(0.005, 2.0))
+    done, (grid, status) = _grown_brute(tmp_path, p, wd_optimum=0.001)
     assert status == "at the cap" and len(grid.points) == 6 * 7  # λ 0.0088 grown; the next, 0.0044, passes 0.005
     r = analyse(Finished(p, done, tmp_path))
     assert r.results["brute"]["edge"]["weight_decay"] is True
