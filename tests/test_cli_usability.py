@@ -88,7 +88,7 @@ def test_the_plan_line_comes_before_the_first_step_and_matches_the_run(tiny_corp
 def test_the_plan_line_estimates_the_wall_time_from_the_calibration(tiny_corpus, tmp_path, muonlab_cache, capsys):
     values = tiny_config_dict(tiny_corpus, tmp_path / "run", **FOUR_STEPS)
     measured = dict(startup_s=1000.0, build_s=10.0, first_step_s=20.0, step_s=30.0, telemetry_step_s=40.0,
-                    eval_s=50.0, checkpoint_s=60.0)
+                    eval_s=50.0, checkpoint_s=60.0, cpu_share=1.0)
     cache = {machine_key("cpu"): {probe_key(TrainConfig(**values), 1): measured}}
     (muonlab_cache / CACHE_FILE).write_text(json.dumps(cache))
     try:
