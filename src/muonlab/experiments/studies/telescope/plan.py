@@ -142,12 +142,12 @@ def brute_grid(p: Mapping[str, Any], done: Mapping[str, Run]) -> tuple[Level, st
         read = set(grid.indices)
 
 
-def brute_best(p: Mapping[str, Any], done: Mapping[str, Run]) -> dict[str, float] | None:
-    """The brute-force grid's best point (search seed), None while it is still growing or training."""
-    grid, status = brute_grid(p, done)
+def brute_best(grid: Level, status: str, seed: int, done: Mapping[str, Run]) -> dict[str, float] | None:
+    """The best point of the brute-force ``grid`` (``brute_grid``'s answer) at ``seed``, None while it is
+    still growing or training."""
     if status == "pending":
         return None
-    return best_point(grid.points, [final_loss(done[n]) for n in brute_names(grid, p["search_seed"])])
+    return best_point(grid.points, [final_loss(done[n]) for n in brute_names(grid, seed)])
 
 
 def config(p: Mapping[str, Any], width: int, point: Mapping[str, float], seed: int) -> TrainConfig:
@@ -183,7 +183,7 @@ def plan(p: Mapping[str, Any], done: Mapping[str, Run]) -> list[PlannedRun]:
         names = level_names(level, seed)
         runs += [PlannedRun(n, config(p, level.width, point, seed), needs) for n, point in zip(names, level.points)]
         needs = tuple(names)
-    grid, _ = brute_grid(p, done)
+    grid, status = brute_grid(p, done)
     brute = brute_names(grid, seed)
     box = brute_names(brute_grid(p, {})[0], seed)  # the grid as first planned, then the lines it grew (need it)
     point_of = dict(zip(brute, grid.points))
@@ -194,6 +194,6 @@ def plan(p: Mapping[str, Any], done: Mapping[str, Run]) -> list[PlannedRun]:
     top = p["widths"][-1]
     runs += [PlannedRun(check_name("telescoped", p, s), config(p, top, choice or provisional, s), needs)
              for s in p["check_seeds"]]
-    best = brute_best(p, done) or provisional
+    best = brute_best(grid, status, seed, done) or provisional
     runs += [PlannedRun(check_name("brute", p, s), config(p, top, best, s), tuple(brute)) for s in p["check_seeds"]]
     return runs
