@@ -109,6 +109,32 @@ def test_train_records_the_command_it_was_given(tiny_corpus, tmp_path):
     assert shlex.split(command) == ["muonlab", *argv]
 
 
+def test_train_config_from_a_run_folder_trains_a_new_run_with_its_settings(tiny_corpus, tmp_path, capsys):
+    """A finished run's config.json is a valid --config: its settings, not its recorded counts, and never its folder."""
+    first, second = tmp_path / "first", tmp_path / "second"
+    config_file = tmp_path / "config.json"
+    config_file.write_text(json.dumps(_tiny_file_values(tiny_corpus, first, lr=0.02, weight_decay=0.05)))
+    assert main(["train", "--config", str(config_file)]) == 0
+    before = (first / "metrics.jsonl").read_bytes()
+
+    assert main(["train", "--config", str(first / "config.json"), "--run_dir", str(second), "--seed", "3"]) == 0
+
+    assert "finished 4 steps" in capsys.readouterr().out
+    assert (first / "metrics.jsonl").read_bytes() == before  # the recorded run is not resumed or touched
+    old, new = (json.loads((d / "config.json").read_text()) for d in (first, second))
+    assert new["seed"] == 3 and old["seed"] != 3  # flags still win over the file
+    assert {k: new[k] for k in FIELDS if k not in ("run_dir", "seed")} == {
+        k: old[k] for k in FIELDS if k not in ("run_dir", "seed")}
+
+
+def test_train_config_file_with_a_recorded_key_but_no_run_record_is_refused(tiny_corpus, tmp_path, capsys):
+    """Only a run folder's own record is filtered: a hand-written file with a non-config key still fails."""
+    config_file = tmp_path / "config.json"
+    config_file.write_text(json.dumps({**_tiny_file_values(tiny_corpus, tmp_path / "run"), "num_params": 5}))
+    assert main(["train", "--config", str(config_file)]) == 2
+    assert "num_params" in capsys.readouterr().err
+
+
 def test_train_unknown_key_in_config_file_exits_2(tmp_path, capsys):
     config_file = tmp_path / "config.json"
     config_file.write_text(json.dumps({"run_dir": str(tmp_path / "run"), "lrr": 0.01}))

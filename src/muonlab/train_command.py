@@ -66,7 +66,8 @@ def add_train_parser(sub, name: str, summary: str, base: dict) -> argparse.Argum
 
     parser = sub.add_parser(name, help=summary, description=f"{summary}. Values come from the defaults, then "
                             "--config, then flags.")
-    parser.add_argument("--config", help="a JSON or TOML file of config keys")
+    parser.add_argument("--config", help="a JSON or TOML file of config keys, or a run folder's config.json (that "
+                        "run's settings, trained into --run_dir)")
     if base.get("task") == "sft":
         parser.add_argument("--epochs", type=float, default=None,
                             help="passes over the training conversations; sets train_tokens (default: 1 when "
@@ -110,11 +111,11 @@ def _resolve_epochs(config, epochs: float | None, explicit_tokens: bool):
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from .train.config import TrainConfig, load_config_file
+    from .train.config import TrainConfig, load_config_file, train_settings
     from .train.run_folder import check_run_folder
     from .train_plan import plan_line
 
-    file_values = load_config_file(args.config) if args.config else {}
+    file_values = train_settings(load_config_file(args.config)) if args.config else {}
     values = {**args.base, **file_values}
     fields = {f.name for f in dataclasses.fields(TrainConfig)}
     flags = {k: v for k, v in vars(args).items() if k in fields and v is not None}

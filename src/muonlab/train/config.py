@@ -16,7 +16,7 @@ from typing import Any
 
 from .. import hyperparameters as hp
 
-__all__ = ["SFT_DEFAULTS", "ConfigError", "TrainConfig", "load_config_file"]
+__all__ = ["SFT_DEFAULTS", "ConfigError", "TrainConfig", "load_config_file", "train_settings"]
 
 TASKS = ("pretrain", "sft")
 OPTIMIZERS = ("muon", "adamw")
@@ -285,3 +285,15 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
     if not isinstance(values, dict):
         raise ConfigError(f"config file {str(path)!r} must hold an object of key: value pairs")
     return values
+
+
+def train_settings(values: dict[str, Any]) -> dict[str, Any]:
+    """The config keys of a ``--config`` file for ``muonlab train``. A run folder's ``config.json``
+    (recognised by the ``model_config`` that muonlab records beside the config) gives that run's
+    settings without what was recorded about it (counts, machine, resumes) and without its
+    ``run_dir``, so that it trains a new run, never resumes the recorded one; any other file is
+    returned whole, to be checked key by key."""
+    if "model_config" not in values:
+        return values
+    names = {f.name for f in dataclasses.fields(TrainConfig)} - {"run_dir"}
+    return {k: v for k, v in values.items() if k in names}
