@@ -14,9 +14,10 @@ Matrix sets:
 ``--variants`` times, in the same interleaved loop, plain Moonlight Muon against each refinement
 (cautious weight decay, NorMuon, per-head blocks — 64-row heads of the fused QKV, 64-column heads of
 the attention output — and all three) and prints each one's step time as a ratio to plain Muon's,
-side by side, with per-head's Newton–Schulz FLOPs against whole-matrix's. Cautious decay runs as
-``Muon`` does by default, in one compiled pass (``muonlab.optim.fused``, compiled in the untimed
-first step), and as ``+cautious eager`` with ``compile=False``.
+side by side, with per-head's Newton–Schulz FLOPs against whole-matrix's. Cautious decay and NorMuon
+run as ``Muon`` does by default, their element-wise passes compiled (``muonlab.optim.fused``,
+compiled in the untimed first step), and as ``+cautious eager`` / ``+normuon eager`` with
+``compile=False``.
 
 Also printed: the bf16 matmul peak measured on this machine, the Newton–Schulz GFLOP/s achieved
 (FLOPs actually executed, from ``ns_flops``), and the optimizer-state bytes per algorithm.
@@ -68,6 +69,7 @@ VARIANTS = {
     "+cautious": ({"cautious_wd": True}, False),
     "+cautious eager": ({"cautious_wd": True, "compile": False}, False),
     "+normuon": ({"normuon": True}, False),
+    "+normuon eager": ({"normuon": True, "compile": False}, False),
     "+per_head": ({}, True),
     "all three": ({"cautious_wd": True, "normuon": True}, True),
 }

@@ -1,8 +1,8 @@
-"""The compiled cautious-decay update (``muonlab.optim.fused``) against the float64 reference and the
-eager path: zeros in the update and the weight (which decay), bf16 and fp32 updates, the pieces the
-sharded engines pass (row shards of an expert stack, flat ZeRO-1 ranges), one compilation for many
-shapes and learning rates, the optimizer end to end, the switch that turns it off, and the eager
-fallback where compiling fails."""
+"""The compiled cautious-decay update and NorMuon row normalization (``muonlab.optim.fused``) against
+float64 references and the eager path: zeros in the update and the weight (which decay), bf16 and fp32
+updates, the pieces the sharded engines pass (row shards of an expert stack, flat ZeRO-1 ranges), one
+compilation for many shapes and learning rates, the optimizer end to end, the switch that turns it
+off, and the eager fallback where compiling fails."""
 
 import warnings
 
@@ -13,7 +13,7 @@ from torch import nn
 from muonlab.optim import Muon, fused
 from muonlab.optim.engines import base
 from muonlab.optim.reference import reference_decoupled_update, reference_variant_step
-from muonlab.optim.update_rule import cautious_mask, decoupled_update_
+from muonlab.optim.update_rule import cautious_mask, decoupled_update_, normuon_
 
 LR, WD, SCALE = 0.05, 0.1, 2.5
 SHAPE = (192, 128)  # 24576 elements: over fused.MIN_NUMEL
@@ -134,7 +134,7 @@ def test_a_compiler_failure_warns_once_and_stays_eager(monkeypatch):
     def broken(*args):
         raise RuntimeError("no C++ compiler")
 
-    monkeypatch.setattr(fused, "_compiled", lambda: broken)
+    monkeypatch.setattr(fused, "_compiled", lambda fn: broken)
     monkeypatch.setattr(fused, "_compiled_keys", set())
     monkeypatch.setattr(fused, "_failed_devices", set())
     W, O = weights_and_update(SHAPE, torch.float32)
@@ -147,3 +147,78 @@ def test_a_compiler_failure_warns_once_and_stays_eager(monkeypatch):
         assert not fused.fused_cautious_update_(out, O, LR, WD, SCALE)
     err, _, _ = run(compile=True)  # the optimizer falls back to the eager update
     assert err < 1e-5, err
+
+
+# ---- NorMuon
+
+
+def normuon_formula(O: torch.Tensor, v: torch.Tensor, beta2=0.95, eps=1e-8):
+    """Li et al., arXiv 2510.05491, Algorithm 1 in float64, per matrix of the batch: ``v ← β₂v + (1 − β₂)
+    mean_cols(O²)``, ``Ô = O / (sqrt(v) + ε)``, rescaled to ``sqrt(min(m, n))`` in Frobenius norm."""
+    O, v = O.double(), v.double() * beta2 + (1 - beta2) * O.double().pow(2).mean(dim=-1)
+    O_hat = O / (v.sqrt()[..., None] + eps)
+    return O_hat * min(O.shape[-2:]) ** 0.5 / O_hat.norm(dim=(-2, -1), keepdim=True), v
+
+
+def blocks_and_state(shape, dtype, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    O = torch.randn(shape, generator=g) / shape[-1] ** 0.5
+    return O.to(dtype), torch.rand(shape[:-1], generator=g) / shape[-1]
+
+
+@pytest.mark.parametrize("dtype, rounding", [(torch.float32, 2.0**-20), (torch.bfloat16, 2.0**-8)],
+                         ids=["fp32", "bf16"])
+@pytest.mark.parametrize("shape", [(2, 192, 128), (1, 96, 400)], ids=["tall", "wide"])
+def test_fused_normuon_equals_the_float64_formula_and_eager(dtype, rounding, shape):
+    O, v = blocks_and_state(shape, dtype)
+    want, want_v = normuon_formula(O, v)
+    got, got_v = O.clone(), v.clone()
+    assert fused.fused_normuon_(got, got_v, 0.95, 1e-8)
+    # one rounding of the result to O's dtype (half an ulp, 2^-9 in bf16), the fp32 statistics far below it
+    assert float(((got.double() - want).abs() - rounding * want.abs()).max()) <= 0.0
+    torch.testing.assert_close(got_v.double(), want_v, rtol=2**-20, atol=0)
+    eager_O, eager_v = O.clone(), v.clone()
+    normuon_(eager_O, eager_v, 0.95, 1e-8)
+    assert float(((got.double() - eager_O.double()).abs() - rounding * eager_O.double().abs()).max()) <= 0.0
+    # a wrong row statistic (the old v, not the updated one) is far outside that bound
+    stale = O.double() / (v.double().sqrt()[..., None] + 1e-8)
+    stale = stale * min(shape[-2:]) ** 0.5 / stale.norm(dim=(-2, -1), keepdim=True)
+    assert float(((stale - want).abs() - rounding * want.abs()).max()) > 0.0
+
+
+def test_one_normuon_compilation_serves_every_batch_shape():
+    fused.fused_normuon_(*blocks_and_state((2, 192, 128), torch.bfloat16), 0.95, 1e-8)  # compiled here (or before)
+    with torch._dynamo.config.patch(error_on_recompile=True):
+        for seed, shape in enumerate([(1, 2304, 64), (3, 64, 768), (12, 64, 48), (1, 48, 3072)]):
+            O, v = blocks_and_state((shape[0] + 1, *shape[1:]), torch.bfloat16, seed)  # a slice, as the engines pass
+            O, v = O[: shape[0]], v[: shape[0]]
+            got, want = O.clone(), O.clone()
+            assert fused.fused_normuon_(got, v.clone(), 0.9 + seed / 100, 1e-8)
+            normuon_(want, v.clone(), 0.9 + seed / 100, 1e-8)
+            assert float(((got.double() - want.double()).abs() - 2**-8 * want.double().abs()).max()) <= 0.0
+
+
+def test_small_normuon_batches_stay_eager():
+    O, v = blocks_and_state((1, 64, 64), torch.float32)
+    before = O.clone(), v.clone()
+    assert not fused.fused_normuon_(O, v, 0.95, 1e-8)  # under MIN_NUMEL
+    assert torch.equal(O, before[0]) and torch.equal(v, before[1])  # nothing done
+
+
+@pytest.mark.parametrize("compile", [True, False], ids=["compiled", "eager"])
+def test_muon_with_normuon_equals_float64_reference(monkeypatch, compile):
+    calls = []
+    monkeypatch.setattr(base, "fused_normuon_", lambda *a: calls.append(a[0].shape) or fused.fused_normuon_(*a))
+    W0 = torch.randn(SHAPE, generator=torch.Generator().manual_seed(0))
+    p = nn.Parameter(W0.clone())
+    opt = Muon([p], algorithm="muon", lr=LR, weight_decay=WD, ns_dtype=torch.float32, ns_method="standard",
+               normuon=True, compile=compile)
+    W, M, v = W0.double(), torch.zeros(SHAPE, dtype=torch.float64), None
+    for t in range(4):
+        g = torch.randn(SHAPE, generator=torch.Generator().manual_seed(100 + t))
+        p.grad = g.clone()
+        opt.step()
+        W, M, v = reference_variant_step(W, g, M, v, lr=LR, weight_decay=WD, normuon=True)
+    delta, delta_ref = p.detach().double() - W0.double(), W - W0.double()
+    assert float((delta - delta_ref).norm() / delta_ref.norm()) < 1e-5
+    assert len(calls) == (4 if compile else 0)

@@ -96,8 +96,9 @@ class Muon(torch.optim.Optimizer):
             coordinates where the update and the weight have the same sign,
             ``W ← W − lr·(U + λ·𝟙(U⊙W ≥ 0)⊙W)``; for Muon and AdamW groups alike.
         compile: with ``cautious_wd``, apply a Muon matrix's cautious decay and update in one element-wise
-            pass that ``torch.compile`` fuses (:mod:`muonlab.optim.fused`; compiled on the first step,
-            eager where compiling fails). ``False`` keeps every step eager. Plain decay is eager always.
+            pass, and with ``normuon``, normalize its rows in one reduction and one multiplication, that
+            ``torch.compile`` fuses (:mod:`muonlab.optim.fused`; compiled on the first step, eager where
+            compiling fails). ``False`` keeps every step eager. Plain Moonlight Muon is eager always.
 
     A Muon group may also say how its matrices are cut into blocks that are orthogonalized, normalized
     and scaled each on its own (per-head Muon; :mod:`muonlab.optim.blocks`): ``"blocks"`` (row blocks of

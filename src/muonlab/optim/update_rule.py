@@ -35,7 +35,8 @@ import torch
 from .scaling import SCALE_RULES
 
 __all__ = ["adamw_", "cautious_mask", "cautious_update", "decoupled_update_", "exchange_dtypes", "holder_scale",
-           "momentum_", "newton_schulz_input_", "normuon_", "unit_rms_"]
+           "momentum_", "newton_schulz_input_", "normuon_", "normuon_row_factor_", "row_mean_squares", "scale_rows_",
+           "unit_rms_"]
 
 
 def momentum_(buf: torch.Tensor, grad: torch.Tensor, momentum: float) -> None:
@@ -73,24 +74,38 @@ def normuon_(O: torch.Tensor, v: torch.Tensor, beta2: float, eps: float) -> None
 
     The last line gives ``Ô`` the Frobenius norm of an exact semi-orthogonal ``[m, n]`` matrix, so
     that the scale rule then acts as on any orthogonalized update: under ``"moonlight"``,
-    ``s·O = 0.2·sqrt(m·n)/‖Ô‖_F · Ô``, the paper's ``η̂ / η`` exactly (update RMS 0.2). The
-    arithmetic is in at least fp32; ``O`` receives the result in its own dtype. Two passes over ``O``:
-    its rows' mean squares, and one multiplication by a per-row factor, since
-    ``‖Ô‖_F² = Σ_i n · mean_cols(O ⊙ O)_i / (sqrt(v_i) + ε)²``. A narrower ``O`` (bf16) is widened
-    once for both: a CPU multiplies a bf16 tensor by a fp32 factor in place ~8× slower than it
-    widens, multiplies in fp32 and narrows back, with the same rounding."""
-    n = O.shape[-1]
-    wide = O.to(torch.promote_types(O.dtype, torch.float32))
-    mean_sq = torch.linalg.vector_norm(wide, dim=-1).square_().div_(n)
+    ``s·O = 0.2·sqrt(m·n)/‖Ô‖_F · Ô``, the paper's ``η̂ / η`` exactly (update RMS 0.2). Two passes
+    over ``O`` (:func:`row_mean_squares`, :func:`scale_rows_`), the rest on one value per row
+    (:func:`normuon_row_factor_`); :mod:`muonlab.optim.fused` compiles the two passes."""
+    scale_rows_(O, normuon_row_factor_(row_mean_squares(O), v, beta2, eps, O.shape[-1]))
+
+
+def row_mean_squares(O: torch.Tensor) -> torch.Tensor:
+    """``mean_cols(O ⊙ O)``: each row's mean square, ``O`` ``[..., n]`` → ``[...]``, in at least fp32."""
+    return torch.linalg.vector_norm(O.to(torch.promote_types(O.dtype, torch.float32)), dim=-1).square() / O.shape[-1]
+
+
+def normuon_row_factor_(mean_sq: torch.Tensor, v: torch.Tensor, beta2: float, eps: float, cols: int) -> torch.Tensor:
+    """NorMuon's per-row factor ``f`` ``[N, m]``, with ``f ⊙ O`` (by rows) ``= Ô·sqrt(min(m, n))/‖Ô‖_F``
+    (:func:`normuon_`), from the rows' mean squares ``[N, m]`` of blocks of ``n = cols`` columns; updates
+    the second moment ``v`` in place. No pass over ``O``, since
+    ``‖Ô‖_F² = Σ_i n · mean_cols(O ⊙ O)_i / (sqrt(v_i) + ε)²``."""
     v.mul_(beta2).add_(mean_sq.to(v.dtype), alpha=1.0 - beta2)
     inverse = (v.sqrt().to(mean_sq.dtype) + eps).reciprocal_()
-    norm = (mean_sq * inverse.square()).sum(dim=-1, keepdim=True).mul_(n).sqrt_().clamp_min(
+    frobenius = (mean_sq * inverse.square()).sum(dim=-1, keepdim=True).mul_(cols).sqrt_().clamp_min(
         torch.finfo(torch.float32).tiny)
-    factor = (inverse * (math.sqrt(min(O.shape[-2], n)) / norm)).unsqueeze(-1)
+    return inverse.mul_(math.sqrt(min(mean_sq.shape[-1], cols)) / frobenius)
+
+
+def scale_rows_(O: torch.Tensor, factor: torch.Tensor) -> None:
+    """``O ← f ⊙ O`` by rows in place (``factor`` ``[...]`` for ``O`` ``[..., n]``), in at least fp32 and
+    rounded once to ``O``'s dtype. A narrower ``O`` (bf16) is widened, multiplied and narrowed back:
+    a CPU multiplies a bf16 tensor by a fp32 factor in place ~8× slower, with the same rounding."""
+    wide = O.to(torch.promote_types(O.dtype, torch.float32))
     if wide is O:
-        O.mul_(factor)
+        O.mul_(factor.unsqueeze(-1))
     else:
-        O.copy_(wide.mul_(factor))
+        O.copy_(wide.mul_(factor.unsqueeze(-1)))
 
 
 def cautious_mask(update: torch.Tensor, param: torch.Tensor) -> torch.Tensor:

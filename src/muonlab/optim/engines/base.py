@@ -25,7 +25,7 @@ import torch
 from ..blocks import Blocks, parse_blocks
 from ..distributed.layouts import MatrixParam, UnitOf
 from ..distributed.owners import OwnerCompute, Unit
-from ..fused import fused_cautious_update_
+from ..fused import fused_cautious_update_, fused_normuon_
 from ..gradients import NonFinitePolicy, update_limit
 from ..newton_schulz import choose_method, get_coefficient_set, ns_flops, orthogonalize
 from ..scaling import SCALE_RULES, stored_matrix_shape
@@ -292,7 +292,8 @@ class Engine:
                 first, batch = place.where[u].first, place.units[u].batch
                 state = self.row_state(k)[first : first + batch]
                 rows = state[:, index[p]].reshape(O.shape[0], O.shape[1])
-                normuon_(O, rows, group["normuon_beta2"], group["normuon_eps"])
+                if not (self.opt.compile and fused_normuon_(O, rows, group["normuon_beta2"], group["normuon_eps"])):
+                    normuon_(O, rows, group["normuon_beta2"], group["normuon_eps"])
                 state[:, index[p]] = rows.view(batch, *index[p].shape)
                 if telemetry is not None and p == 0:
                     telemetry.add_row_spread("after", O)
