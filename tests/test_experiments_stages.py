@@ -14,7 +14,7 @@ import pytest
 
 from muonlab.experiments import command
 from muonlab.experiments.calibration import Measurement, probe_key
-from muonlab.experiments.estimate import cost_configs, estimate, probe_configs, stages
+from muonlab.experiments.estimate import Estimate, cost_configs, estimate, probe_configs, stages
 from muonlab.experiments.study import Analysis, PlannedRun, Study
 from muonlab.rundir import read_metrics
 from muonlab.train.config import TrainConfig
@@ -135,3 +135,22 @@ def test_a_growing_plan_adds_the_runs_its_results_decide_and_provenance_lists_th
     assert provenance["invocations"][-1]["trained"] == [*SWEEP, winner]
     results = json.loads((tmp_path / "study" / "results.json").read_text())
     assert results["results"]["runs"] == sorted([*SWEEP, winner])
+
+
+def test_each_invocation_records_its_starting_estimate_and_the_report_compares_it(tiny_corpus, muonlab_cache,
+                                                                                 tmp_path, monkeypatch):
+    """The wall time estimated from the calibration when an invocation starts is kept beside the time it
+    took, and the report states their ratio; an invocation that trains nothing states none."""
+    monkeypatch.setattr(command, "cached_estimate", lambda planned, workers: Estimate([], workers, 90.0))
+    base = TrainConfig(**tiny_config_dict(tiny_corpus, Path("unused")))
+    study = Study(name="toy-estimate", title="toy", claim="none", presets={"cpu": {"unused": 0}},
+                  plan=lambda p, done: [PlannedRun(name, base.replace(lr=lr)) for name, lr in SWEEP.items()],
+                  analyse=lambda finished: Analysis({"runs": sorted(finished.runs)}))
+    study_plan = command.StudyPlan(study, "cpu", {"unused": 0}, {}, tmp_path / "study")
+    for _ in range(2):  # the second invocation finds everything trained
+        command.run_study(study_plan, workers=1, command="toy", show_progress=False, say=lambda s: None)
+    first, second = json.loads((tmp_path / "study" / "provenance.json").read_text())["invocations"]
+    assert first["estimate_s"] == 90.0 and first["wall_s"] > 0
+    report = (tmp_path / "study" / "report.md").read_text()
+    assert f"{first['wall_s'] / 90.0:.2f}× the 1.5 min estimated at its start" in report
+    assert second["trained"] == [] and report.count("estimated at its start") == 1

@@ -154,16 +154,22 @@ def dry_run(study: Study, preset: str, planned: Sequence[PlannedRun], workers: i
     return est
 
 
+def cached_estimate(planned: Sequence[PlannedRun], workers: int) -> Estimate:
+    """The cost of what is left of ``planned``, its time from this machine's cached calibration (none
+    when a probe is missing: nothing is measured here)."""
+    from .calibration import cached_measurements, probe_key
+
+    probes = probe_configs(cost_configs(planned), workers)
+    return estimate(planned, workers, cached_measurements([probe_key(p, workers) for p in probes],
+                                                          planned[0].config.device))
+
+
 def plan_text(study: Study, preset: str, planned: Sequence[PlannedRun], workers: int) -> str:
     """What a study is about to train, said before its first step: the runs left, their model sizes,
     tokens and steps, and the wall time estimated from this machine's cached calibration (nothing is
     measured here; without a calibration the line names the dry run that makes one)."""
-    from .calibration import cached_measurements, probe_key
-
     configs = cost_configs(planned)
-    probes = probe_configs(configs, workers)
-    est = estimate(planned, workers, cached_measurements([probe_key(p, workers) for p in probes],
-                                                         planned[0].config.device))
+    est = cached_estimate(planned, workers)
     left = [(cost, config) for cost, config in zip(est.runs, configs) if cost.tokens_left]
     sizes = sorted({run_model(config).num_params() for _, config in left}) or [0]
     size = f"{sizes[0] / 1e6:.2f}M" + (f"–{sizes[-1] / 1e6:.2f}M" if len(sizes) > 1 else "")
@@ -247,7 +253,8 @@ def _run_study(study_plan: StudyPlan, workers: int, command: str, console, show_
     configs = [p.config for p in planned]
     invocation = {"started": datetime.now(timezone.utc).isoformat(timespec="seconds"), "command": command,
                   "git_revision": git_revision(), "machine": machine(configs[0].device),
-                  "trained": [p.name for p in planned if p.name not in done]}
+                  "trained": [p.name for p in planned if p.name not in done],
+                  "estimate_s": cached_estimate(study_plan.projected_runs, workers).wall_s}
     if len(done) < len(planned):
         record_start(out, invocation)
         if done:

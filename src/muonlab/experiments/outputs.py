@@ -89,6 +89,15 @@ def _invocations(out: Path, invocation: dict[str, Any]) -> list[dict[str, Any]]:
     return [*previous, invocation]
 
 
+def _against_estimate(invocation: Mapping[str, Any]) -> str:
+    """`` (R× the X min estimated at its start)`` for an invocation that trained with a calibration; ''
+    otherwise. The estimate covers the runs planned at the start, not those a growing plan added."""
+    est = invocation.get("estimate_s")
+    if not est or not invocation.get("trained"):
+        return ""
+    return f" ({invocation['wall_s'] / est:.2f}× the {est / 60:.1f} min estimated at its start)"
+
+
 def _provenance_md(provenance: Mapping[str, Any], out: Path, runs: Mapping[str, Run]) -> str:
     last = provenance["invocations"][-1]
     m = last["machine"]
@@ -96,7 +105,7 @@ def _provenance_md(provenance: Mapping[str, Any], out: Path, runs: Mapping[str, 
     folders = ", ".join(f"`{os.path.relpath(run.path, out)}`" for run in runs.values())
     history = [f"  {i}. {p.get('started', '?')}: `{p.get('command')}` at "
                f"`{p.get('git_revision') or 'unknown revision'}`"
-               + (f", {p['wall_s'] / 60:.1f} min; trained " if p.get("wall_s") is not None
+               + (f", {p['wall_s'] / 60:.1f} min{_against_estimate(p)}; trained " if p.get("wall_s") is not None
                   else ", did not finish (stopped or killed); set out to train ")
                + (', '.join(p.get('trained', [])) or 'nothing (all runs were finished)')
                for i, p in enumerate(provenance["invocations"], 1)]
@@ -118,7 +127,8 @@ def write_outputs(study: Study, preset: str, params: Mapping[str, Any], runs: Ma
     """Write ``report.md``, ``results.json`` and ``provenance.json`` into ``out``; return the report's path.
 
     ``invocation``: this command's ``started`` (time stamp), ``command``, ``git_revision``, ``machine``
-    (``provenance.machine()``), ``wall_s`` and ``trained`` (the runs left to train when it started: all of
+    (``provenance.machine()``), ``wall_s``, ``estimate_s`` (the wall time estimated at its start from the
+    machine's calibration, None without one) and ``trained`` (the runs left to train when it started: all of
     them were trained if it finished, some if it was killed, as ``wall_s`` None records); ``provenance.json``
     keeps every invocation that wrote into ``out``, and ``train_s``, the runs' summed training time
     from their metrics.
