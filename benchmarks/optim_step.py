@@ -191,14 +191,16 @@ def bench_variants(name: str, device: torch.device, repeats: int, clock=time.per
             if i > 0:
                 times[label].append(clock() - t)
     base = statistics.median(times["moonlight"])
+    fastest = min(times["moonlight"])
     print(f"\n[{name}] variants, {repeats} interleaved steps, median step time and ratio to plain Moonlight Muon "
-          "(per-step pairs: median, range):")
+          "(per-step pairs: median, range; fastest step: the ratio least disturbed by other work on the machine):")
     ratios = {}
     for label, ts in times.items():
         pairs = sorted(t / b for t, b in zip(ts, times["moonlight"]))
         ratios[label] = statistics.median(ts) / base
         print(f"  {label:15s} {statistics.median(ts) * 1e3:9.1f} ms   x{ratios[label]:.3f}   "
-              f"pairs {statistics.median(pairs):.3f} ({pairs[0]:.3f}-{pairs[-1]:.3f})")
+              f"pairs {statistics.median(pairs):.3f} ({pairs[0]:.3f}-{pairs[-1]:.3f})   "
+              f"fastest x{min(ts) / fastest:.3f}")
     whole, heads = _block_ns_flops(name, False), _block_ns_flops(name, True)
     print(f"  Newton-Schulz FLOPs: whole matrices {whole / 1e9:.1f} GFLOP, per-head {heads / 1e9:.1f} GFLOP "
           f"(x{heads / whole:.3f}); measured step-time ratio per-head / whole x{ratios['+per_head']:.3f}")
