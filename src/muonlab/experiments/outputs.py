@@ -83,9 +83,10 @@ def record_start(out: Path, invocation: dict[str, Any]) -> None:
 
 
 def _invocations(out: Path, invocation: dict[str, Any]) -> list[dict[str, Any]]:
-    """The invocations recorded before this one (a killed study's, say), then this one (replacing its start)."""
-    previous = [p for p in _recorded(out)["invocations"]
-                if isinstance(p, dict) and p.get("started") != invocation.get("started")]
+    """The invocations recorded before this one (a killed study's, say), then this one (replacing its start:
+    the unfinished record of the same ``started``; a finished one of the same second stays)."""
+    previous = [p for p in _recorded(out)["invocations"] if isinstance(p, dict)
+                and not (p.get("started") == invocation.get("started") and p.get("wall_s") is None)]
     return [*previous, invocation]
 
 
