@@ -153,7 +153,7 @@ def build_optimizer(model: torch.nn.Module, config: TrainConfig) -> Muon:
         max_grad_norm=config.grad_clip,  # clipped inside the step, where ZeRO-1/FSDP hold the reduced gradient
         normuon=config.normuon,
         normuon_beta2=config.normuon_beta2,
-        cautious_wd=config.cautious_wd, compile=config.compile,  # compile: cautious decay's fused pass too
+        cautious_wd=config.cautious_wd, compile=config.compile,  # compile: also cautious decay's and NorMuon's passes
         qk_clip=QKClip(model, tau=config.qk_clip_tau or None),
     )
 

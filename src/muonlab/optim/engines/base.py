@@ -220,6 +220,7 @@ class Engine:
             X = G + μM (Nesterov) or M                   newton_schulz_input_ (sent to the owner)
             O_b = NS(X_b) for each block b               orthogonalize        (owner: whole blocks)
             O_b ← NorMuon(O_b, v_b)                      normuon_             (owner, if normuon)
+                                                         or fused_normuon_ (normuon, compile: two compiled passes)
             O_b ← O_b / RMS(O_b)                         unit_rms_            (owner, scale="update_norm")
             U_b = s(shape of b) · O_b                    scale_rule           (owner if blocks differ in shape)
             W ← W − lr·(U + λ·𝟙(U⊙W ≥ 0)⊙W)              decoupled_update_    (every holder; mask if cautious_wd)
