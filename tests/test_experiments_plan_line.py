@@ -24,7 +24,7 @@ def test_the_plan_names_runs_sizes_tokens_steps_and_the_calibrated_wall_time(tmp
                        eval_s=0.0, checkpoint_s=0.0)
     monkeypatch.setattr(calibration, "cached_measurements", lambda keys, device="cpu", cache_dir=None:
                         dict.fromkeys(keys, step))
-    line = command.plan_text(study, "cpu", planned, workers=2)
+    line = command.plan_text(study, "cpu", planned, 2, command.cached_estimate(planned, 2))
     configs = [p.config for p in planned]
     vocab = configs[0].vocab_size
     params = model_config_for(configs[0].model, vocab, configs[0].seq_len, d_model=configs[0].d_model,
@@ -42,7 +42,8 @@ def test_the_plan_names_runs_sizes_tokens_steps_and_the_calibrated_wall_time(tmp
 def test_without_a_calibration_the_plan_names_the_dry_run_that_makes_one(tmp_path, monkeypatch):
     study, study_plan = _study_plan(tmp_path)
     monkeypatch.setattr(calibration, "cached_measurements", lambda keys, device="cpu", cache_dir=None: {})
-    line = command.plan_text(study, "cpu", study_plan.projected_runs, workers=1)
+    planned = study_plan.projected_runs
+    line = command.plan_text(study, "cpu", planned, 1, command.cached_estimate(planned, 1))
     assert line.endswith("no wall-time estimate yet: `muonlab experiment demo --dry-run` calibrates this machine once")
 
 

@@ -164,12 +164,11 @@ def cached_estimate(planned: Sequence[PlannedRun], workers: int) -> Estimate:
                                                           planned[0].config.device))
 
 
-def plan_text(study: Study, preset: str, planned: Sequence[PlannedRun], workers: int) -> str:
+def plan_text(study: Study, preset: str, planned: Sequence[PlannedRun], workers: int, est: Estimate) -> str:
     """What a study is about to train, said before its first step: the runs left, their model sizes,
-    tokens and steps, and the wall time estimated from this machine's cached calibration (nothing is
+    tokens and steps, and the wall time of ``est`` (``cached_estimate`` of the same runs: nothing is
     measured here; without a calibration the line names the dry run that makes one)."""
     configs = cost_configs(planned)
-    est = cached_estimate(planned, workers)
     left = [(cost, config) for cost, config in zip(est.runs, configs) if cost.tokens_left]
     sizes = sorted({run_model(config).num_params() for _, config in left}) or [0]
     size = f"{sizes[0] / 1e6:.2f}M" + (f"–{sizes[-1] / 1e6:.2f}M" if len(sizes) > 1 else "")
@@ -251,15 +250,15 @@ def _run_study(study_plan: StudyPlan, workers: int, command: str, console, show_
     study, out = study_plan.study, study_plan.out
     planned, done = study_plan.resolve()
     configs = [p.config for p in planned]
+    est = cached_estimate(study_plan.projected_runs, workers)
     invocation = {"started": datetime.now(timezone.utc).isoformat(timespec="seconds"), "command": command,
                   "git_revision": git_revision(), "machine": machine(configs[0].device),
-                  "trained": [p.name for p in planned if p.name not in done],
-                  "estimate_s": cached_estimate(study_plan.projected_runs, workers).wall_s}
+                  "trained": [p.name for p in planned if p.name not in done], "estimate_s": est.wall_s}
     if len(done) < len(planned):
         record_start(out, invocation)
         if done:
             say(f"{len(done)} of {len(planned)} runs are finished already; they are not run again")
-        say(plan_text(study, study_plan.preset, study_plan.projected_runs, workers))
+        say(plan_text(study, study_plan.preset, study_plan.projected_runs, workers, est))
         _prepare_data(configs, say)
         progress = StudyProgress(study.name, [_progress_entry(p) for p in planned],
                                  done=[p.config.run_dir for p in planned if p.name in done])
