@@ -44,6 +44,7 @@ def test_the_text_counts_the_signs_of_the_per_seed_differences_b_minus_a():
     assert "paired over 3 seeds; positive in 2 seeds, negative in 1; unpaired 1.0000" in text
     one_up = paired_difference({0: 2.0, 1: 2.0, 2: 2.0}, {0: 1.0, 1: 2.5, 2: 0.0})
     assert "positive in 1 seed, negative in 2;" in one_up.text()
+    assert d.text(unit="").startswith("+0.8333 (95 % CI ")  # a unitless figure: one space before the interval
 
 
 def test_t_quantiles_match_the_table_and_the_normal_limit():

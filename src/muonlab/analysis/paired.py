@@ -103,7 +103,8 @@ class PairedDifference:
         interval = self.interval
         ci = (f"95 % CI {interval[0]:+.4f} to {interval[1]:+.4f}" if interval else "no interval from one seed")
         above, below = self.sign_count
-        return (f"{self.mean:+.4f} {unit} ({ci}, paired over {self.n} seed{'s' if self.n != 1 else ''}; "
+        value = f"{self.mean:+.4f} {unit}" if unit else f"{self.mean:+.4f}"
+        return (f"{value} ({ci}, paired over {self.n} seed{'s' if self.n != 1 else ''}; "
                 f"positive in {above} seed{'s' if above != 1 else ''}, negative in {below}; "
                 f"unpaired {self.mean_a:.4f}{_spread(self.std_a)} vs "
                 f"{self.mean_b:.4f}{_spread(self.std_b)})")
