@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -15,7 +16,14 @@ import pytest
 from muonlab.cli import main
 from muonlab.experiments import calibration, command
 from muonlab.experiments.calibration import Measurement, cached_measurements, probe_key
-from muonlab.experiments.estimate import estimate, makespan, probe_configs, run_flops_per_step, run_seconds
+from muonlab.experiments.estimate import (
+    estimate,
+    interpolate_measurement,
+    makespan,
+    probe_configs,
+    run_flops_per_step,
+    run_seconds,
+)
 from muonlab.experiments.registry import all_studies, get_study
 from muonlab.experiments.study import Analysis, PlannedRun, Study, parameters
 from muonlab.train.config import ConfigError, TrainConfig
@@ -153,23 +161,33 @@ def _measurement(step_s: float) -> Measurement:
                        eval_s=0.0, checkpoint_s=0.0)
 
 
-def test_estimate_interpolates_step_time_in_flops_between_the_probed_extremes(tmp_path):
-    sizes = {"small": 64, "mid": 96, "large": 128}
+def test_estimate_interpolates_step_time_as_a_power_law_in_flops_between_neighbouring_probes(tmp_path):
+    sizes = {"small": 64, "between": 80, "mid": 96, "large": 128}
     planned = [PlannedRun(name, TrainConfig(run_dir=str(tmp_path / name), model="tiny", d_model=d, seq_len=32,
                                             batch_size=4, train_tokens=128 * 11, eval_every=1000, telemetry_every=0))
                for name, d in sizes.items()]
     probes = probe_configs([p.config for p in planned], workers=2)
-    assert [p.d_model for p in probes] == [64, 128] and all(p.threads >= 1 for p in probes)
+    assert [p.d_model for p in probes] == [64, 96, 128] and all(p.threads >= 1 for p in probes)
     flops = {p.name: run_flops_per_step(p.config) for p in planned}
-    assert flops["small"] < flops["mid"] < flops["large"]
-    measured = {probe_key(probes[0], 2): _measurement(1.0), probe_key(probes[1], 2): _measurement(3.0)}
+    assert flops["small"] < flops["between"] < flops["mid"] < flops["large"]
+    measured = {probe_key(p, 2): _measurement(step) for p, step in zip(probes, (1.0, 2.0, 3.0))}
     est = estimate(planned, 2, measured)
-    mid_step = 1.0 + 2.0 * (flops["mid"] - flops["small"]) / (flops["large"] - flops["small"])
+    # t = 1.0·(F/F_small)^k between the small and the mid probe, k = ln(2.0 / 1.0) / ln(F_mid / F_small)
+    k = math.log(2.0) / math.log(flops["mid"] / flops["small"])
+    between_step = (flops["between"] / flops["small"]) ** k
+    linear_step = 1.0 + (flops["between"] - flops["small"]) / (flops["mid"] - flops["small"])
+    assert abs(between_step - linear_step) > 0.01  # the law is not the straight line: the test tells them apart
     # 11 steps; start-up, set-up; one evaluation and one checkpoint at the end cost nothing here.
-    assert [r.seconds for r in est.runs] == pytest.approx([3 + 11 * 1.0, 3 + 11 * mid_step, 3 + 11 * 3.0])
-    assert est.wall_s == pytest.approx(max(3 + 11 + 3 + 11 * 3.0, 3 + 11 * mid_step))
-    assert est.tokens == 3 * 128 * 11 and est.flops == pytest.approx(11 * sum(flops.values()))
+    assert [r.seconds for r in est.runs] == pytest.approx([3 + 11 * 1.0, 3 + 11 * between_step, 3 + 11 * 2.0,
+                                                          3 + 11 * 3.0])
+    assert est.tokens == 4 * 128 * 11 and est.flops == pytest.approx(11 * sum(flops.values()))
     assert estimate(planned, 2, {}).wall_s is None  # nothing measured: no time, still tokens and FLOPs
+
+
+def test_a_time_measured_as_zero_is_interpolated_linearly_and_never_below_zero():
+    zero, some = _measurement(1.0), dataclasses.replace(_measurement(1.0), eval_s=0.4)
+    assert interpolate_measurement([(1.0, zero), (3.0, some)], 2.0).eval_s == pytest.approx(0.2)
+    assert interpolate_measurement([(1.0, some), (3.0, zero)], 9.0).eval_s == 0.0
 
 
 def test_calibration_cache_is_per_machine(tmp_path, monkeypatch):

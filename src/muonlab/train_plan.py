@@ -3,8 +3,8 @@
 :func:`plan_line` gives the model's size, the tokens and steps, and the wall time estimated from this
 machine's calibration (``$MUONLAB_CACHE/calibration.json``, written by ``muonlab experiment NAME
 --dry-run``; see :mod:`muonlab.experiments.calibration`): the cached probes of the same device,
-dtype, compile setting and optimizer are interpolated linearly in FLOPs per step, as a study's
-``--dry-run`` does, and the run is costed as :func:`muonlab.experiments.estimate.run_seconds` costs
+dtype, compile setting and optimizer are interpolated in FLOPs per step as a study's ``--dry-run``
+does, and the run is costed as :func:`muonlab.experiments.estimate.run_seconds` costs
 one. Without such probes the line says so instead of guessing.
 
 :func:`sft_epochs_tokens` turns ``muonlab sft --epochs N`` into a token budget: N passes over the
@@ -78,18 +78,14 @@ def _probes(config: TrainConfig) -> list[tuple[float, object]]:
 
 
 def _interpolate(points: Sequence[tuple[float, object]], flops: float):
-    """Each time linear in FLOPs per step through the nearest probe below and above (the nearest one alone
-    when the run lies outside them all)."""
-    below = [p for p in points if p[0] <= flops]
-    above = [p for p in points if p[0] >= flops]
-    if not below or not above:
+    """Between the probes, as a study's estimate interpolates (a power law in FLOPs per step between the
+    two around the run); outside them all, the nearest probe alone (probes of other studies' models
+    need not bracket this one, and a power law carried far past them is a guess)."""
+    from .experiments.estimate import interpolate_measurement
+
+    if all(f < flops for f, _ in points) or all(f > flops for f, _ in points):
         return min(points, key=lambda p: abs(p[0] - flops))[1]
-    (f0, m0), (f1, m1) = max(below, key=lambda p: p[0]), min(above, key=lambda p: p[0])
-    if f1 == f0:
-        return m0
-    t = (flops - f0) / (f1 - f0)
-    return type(m0)(**{f.name: getattr(m0, f.name) + t * (getattr(m1, f.name) - getattr(m0, f.name))
-                       for f in dataclasses.fields(m0)})
+    return interpolate_measurement(points, flops)
 
 
 def estimated_seconds(config: TrainConfig) -> float | None:

@@ -1,9 +1,12 @@
 """A study's cost before it runs: tokens and FLOPs from the plan, minutes from measured probes.
 
-Per optimizer, the plan's runs with the fewest and the most FLOPs per step are probed
+Per optimizer, the plan's runs with the fewest, the median and the most FLOPs per step are probed
 (``calibration``); a run's step, first-step, telemetry, evaluation and checkpoint times are
-interpolated linearly in FLOPs per step between them (``a + b·FLOPs``: the constant part is the
-per-step overhead that dominates tiny models on a CPU). A run then costs
+interpolated between the two probes around its FLOPs per step as a power law, a straight line in
+log–log (``t = t0·(F/F0)^k``; beyond the probes, the nearest segment's law). On a CPU a step's time
+grows slower than its FLOPs (a fixed per-step overhead dominates tiny models), so a straight line in
+FLOPs through the smallest and the largest run puts every run between them too low: 25–30 % for the
+``telescope`` study's middle widths, which hold most of its runs. A run then costs
 
     start-up (separate processes only) + set-up + first step + (steps left − 1) · step
     + telemetry steps · (telemetry step − step) + evaluations · evaluation + checkpoints · checkpoint,
@@ -17,8 +20,10 @@ that run's model: it is costed and probed as its source's model and data with it
 
 from __future__ import annotations
 
+import bisect
 import dataclasses
 import heapq
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -28,8 +33,8 @@ from .calibration import Measurement, probe_key
 from .runner import steps_done, threads_per_run
 from .study import PlannedRun
 
-__all__ = ["Estimate", "RunCost", "cost_configs", "estimate", "makespan", "probe_configs", "run_flops_per_step",
-           "run_model", "speed_config"]
+__all__ = ["Estimate", "RunCost", "cost_configs", "estimate", "interpolate_measurement", "makespan", "probe_configs",
+           "run_flops_per_step", "run_model", "speed_config"]
 
 BYTE_VOCAB = 257  # the byte tokenizer's vocabulary: 256 bytes + end-of-text
 MODEL_AND_DATA_FIELDS = ("task", "init_from", "corpus", "tokenizer", "vocab_size", "model", "d_model", "n_layers",
@@ -78,24 +83,36 @@ def speed_config(config: TrainConfig, workers: int) -> TrainConfig:
 
 
 def probe_configs(configs: Sequence[TrainConfig], workers: int) -> list[TrainConfig]:
-    """Per optimizer, the runs with the fewest and the most FLOPs per step (one if they are alike)."""
+    """Per optimizer, the runs with the fewest, the median and the most FLOPs per step (fewer probes
+    where those runs train alike)."""
     probes: dict[str, TrainConfig] = {}
     for optimizer in dict.fromkeys(c.optimizer for c in configs):
         ranked = sorted((c for c in configs if c.optimizer == optimizer), key=run_flops_per_step)
-        for config in (ranked[0], ranked[-1]):
+        for config in (ranked[0], ranked[len(ranked) // 2], ranked[-1]):
             probe = speed_config(config, workers)
             probes.setdefault(probe_key(probe, workers), probe)
     return list(probes.values())
 
 
-def _interpolate(points: Sequence[tuple[float, Measurement]], flops: float) -> Measurement:
-    """Each field linear in FLOPs per step through the lowest and highest probe (constant with one)."""
-    (f0, m0), (f1, m1) = min(points, key=lambda p: p[0]), max(points, key=lambda p: p[0])
-    if f1 == f0:
-        return m0
-    t = (flops - f0) / (f1 - f0)
-    return Measurement(**{f.name: max(0.0, getattr(m0, f.name) + t * (getattr(m1, f.name) - getattr(m0, f.name)))
-                          for f in dataclasses.fields(Measurement)})
+def _power_law(f0: float, y0: float, f1: float, y1: float, flops: float) -> float:
+    """``y0·(F/F0)^k`` through (F0, y0) and (F1, y1): a straight line in log–log; linear in F where a
+    value is not positive (a time measured as 0 has no logarithm)."""
+    if y0 <= 0.0 or y1 <= 0.0:
+        return max(0.0, y0 + (flops - f0) / (f1 - f0) * (y1 - y0))
+    k = math.log(y1 / y0) / math.log(f1 / f0)
+    return y0 * (flops / f0) ** k
+
+
+def interpolate_measurement(points: Sequence[tuple[float, Measurement]], flops: float) -> Measurement:
+    """Each field a power law in FLOPs per step between the two probes around ``flops`` (the nearest
+    two outside the probes' range; constant with one probe)."""
+    by_flops = sorted({f: m for f, m in points}.items())
+    if len(by_flops) == 1:
+        return by_flops[0][1]
+    upper = min(max(bisect.bisect_left([f for f, _ in by_flops], flops), 1), len(by_flops) - 1)
+    (f0, m0), (f1, m1) = by_flops[upper - 1], by_flops[upper]
+    return Measurement(**{field.name: _power_law(f0, getattr(m0, field.name), f1, getattr(m1, field.name), flops)
+                          for field in dataclasses.fields(Measurement)})
 
 
 def _multiples(start: int, total: int, every: int) -> int:
@@ -183,7 +200,7 @@ def estimate(planned: Sequence[PlannedRun], workers: int, measurements: Mapping[
         total = config.total_steps()
         points = [(run_flops_per_step(p), measurements[probe_key(p, workers)]) for p in probes
                   if p.optimizer == config.optimizer and measurements and probe_key(p, workers) in measurements]
-        seconds = run_seconds(config, _interpolate(points, per_step), done, workers > 1) if points else None
+        seconds = run_seconds(config, interpolate_measurement(points, per_step), done, workers > 1) if points else None
         costs.append(RunCost(run.name, config.optimizer, total * config.tokens_per_step(), per_step * total,
                              max(0, total - done) * config.tokens_per_step(), seconds))
         durations.append(seconds)
