@@ -193,13 +193,16 @@ def estimate(planned: Sequence[PlannedRun], workers: int, measurements: Mapping[
     """
     costs, durations = [], []
     configs = cost_configs(planned)
-    probes = probe_configs(configs, workers)
+    measurements = measurements or {}
+    points_of: dict[str, list[tuple[float, Measurement]]] = {}  # per optimizer: (FLOPs per step, measured times)
+    for probe in probe_configs(configs, workers):
+        if (key := probe_key(probe, workers)) in measurements:
+            points_of.setdefault(probe.optimizer, []).append((run_flops_per_step(probe), measurements[key]))
     for run, config in zip(planned, configs):
         per_step = run_flops_per_step(config)
         done = 0 if from_scratch else steps_done(config)
         total = config.total_steps()
-        points = [(run_flops_per_step(p), measurements[probe_key(p, workers)]) for p in probes
-                  if p.optimizer == config.optimizer and measurements and probe_key(p, workers) in measurements]
+        points = points_of.get(config.optimizer)
         seconds = run_seconds(config, interpolate_measurement(points, per_step), done, workers > 1) if points else None
         costs.append(RunCost(run.name, config.optimizer, total * config.tokens_per_step(), per_step * total,
                              max(0, total - done) * config.tokens_per_step(), seconds))
