@@ -14,7 +14,7 @@ from muonlab.experiments.studies.sft.plan import ONE_SIDED_STEP, PRESETS, base_s
 from muonlab.experiments.studies.sft.report import analyse, claims
 from muonlab.experiments.study import Finished
 
-P = {**PRESETS["cpu"], "seeds": (0, 1, 2)}
+P = {**PRESETS["cpu"], "seeds": (0, 1, 2), "adamw_pretrain_multiple": 2.0}  # the search from 2×, as tested below
 
 
 def test_the_plan_pretrains_adamw_longer_and_sweeps_each_cell_from_its_first_seed(tmp_path):

@@ -36,14 +36,14 @@ CELLS = tuple((pre, sft) for pre in OPTIMIZERS for sft in OPTIMIZERS)
 
 PRESETS: dict[str, dict[str, Any]] = {
     # 4 layers, d=128 (M10 of PAPERS.md §5.1), Muon pretrained on 1.57M tokens (≈ 1.6 epochs of the English corpus),
-    # AdamW's base searched from 2× as many (at 2× it ended 0.105 nats *below* Muon's: 3.368 vs 3.473, 3 seeds),
-    # matched within 0.01 nats or 3 multiples; 614,400 fine-tuning tokens (≈ 0.5 epochs of the python-functions
-    # set in the English BPE). Each cell's SFT lr bracketed from {1e-3, 3e-3, 1e-2} (×3 steps). With AdamW at 2×
-    # only: 6 pretraining runs, 38 fine-tuning runs (two Muon-SFT sweeps grew to 0.03), 52.7 min beside two other
-    # studies on a 2-core Intel Xeon; quiet probes estimate 35.6 min for that plan.
+    # AdamW's base searched from 1.68× as many: the search from 2× ended there on a 2-core Intel Xeon (2×: 0.105
+    # nats *below* Muon's base, 1.41×: 0.106 above, 1.68×: +0.0008, 3 seeds each), so starting at 1.68× spares the
+    # six pretraining runs of its first two tries; matched within 0.01 nats or 3 multiples. 614,400 fine-tuning
+    # tokens (≈ 0.5 epochs of the python-functions set in the English BPE). Each cell's SFT lr bracketed from
+    # {1e-3, 3e-3, 1e-2} (×3 steps).
     "cpu": dict(
         seeds=(0, 1, 2), pretrain_corpus="english", vocab_size=4096, model="demo", d_model=128, seq_len=256,
-        batch_size=16, pretrain_tokens=1_572_864, adamw_pretrain_multiple=2.0, base_tolerance=0.01, base_tries=3,
+        batch_size=16, pretrain_tokens=1_572_864, adamw_pretrain_multiple=1.68, base_tolerance=0.01, base_tries=3,
         lr=3e-3, weight_decay=0.1, sft_tokens=614_400,
         sft_lrs=(1e-3, 3e-3, 1e-2), sft_lr_step=3.0, sft_lr_caps=(1e-4, 0.1), sft_weight_decay=0.1, compile=False,
         device="auto",
